@@ -1,0 +1,543 @@
+//! The one seam for file I/O. Every byte the log writes or reads goes through
+//! [`SegmentFile`], which has two implementations chosen by configuration:
+//!
+//! - `direct`: O_DIRECT through glommio DMA files. Writes must be aligned, so the
+//!   unaligned tail of the file (less than one block) is kept in memory and rewritten,
+//!   padded with zeros, by the next append. The padding on disk is trimmed when the file
+//!   is sealed; after a crash it reads as a torn batch, which recovery truncates.
+//! - `buffered`: the page cache, through glommio buffered files (also io_uring), which is
+//!   what zero-copy fetch (sendfile/splice) reads from.
+//!
+//! Both submit through io_uring, so a shard never blocks in a syscall here. Appends are
+//! sequential: a file is only ever appended to by one task at a time (the log's append
+//! lock) and the position is the logical length.
+//!
+//! A [`FaultPlan`] can be attached for tests: fail the next fsync, tear the next append
+//! after N bytes, fail the next read. Faults hit real files, so what recovery then finds
+//! on disk is exactly what a crash would leave.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use glommio::io::{BufferedFile, DmaFile, OpenOptions, ReadResult};
+
+/// How segment files do I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// O_DIRECT through glommio DMA files; the page cache is bypassed.
+    Direct,
+    /// Through the page cache; reads can be sent to sockets with sendfile/splice.
+    Buffered,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "direct" => Ok(IoMode::Direct),
+            "buffered" => Ok(IoMode::Buffered),
+            other => Err(format!("unknown io mode {other:?} (expected direct or buffered)")),
+        }
+    }
+}
+
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoMode::Direct => "direct",
+            IoMode::Buffered => "buffered",
+        })
+    }
+}
+
+/// Faults to inject into the next operations of the files that share this plan. Atomic
+/// so that options holding a plan can cross to a shard's thread.
+#[derive(Debug)]
+pub struct FaultPlan {
+    fail_next_sync: AtomicBool,
+    /// `usize::MAX` when no tear is planned.
+    tear_next_append_after: AtomicUsize,
+    fail_next_read: AtomicBool,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        Self {
+            fail_next_sync: AtomicBool::new(false),
+            tear_next_append_after: AtomicUsize::new(usize::MAX),
+            fail_next_read: AtomicBool::new(false),
+        }
+    }
+}
+
+impl FaultPlan {
+    /// The next `sync` fails.
+    pub fn fail_next_sync(&self) {
+        self.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// The next append writes only `bytes` bytes of its data, then fails.
+    pub fn tear_next_append_after(&self, bytes: usize) {
+        self.tear_next_append_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// The next `read_at` fails.
+    pub fn fail_next_read(&self) {
+        self.fail_next_read.store(true, Ordering::SeqCst);
+    }
+
+    fn take_sync(&self) -> bool {
+        self.fail_next_sync.swap(false, Ordering::SeqCst)
+    }
+
+    fn take_tear(&self) -> Option<usize> {
+        let after = self.tear_next_append_after.swap(usize::MAX, Ordering::SeqCst);
+        (after != usize::MAX).then_some(after)
+    }
+
+    fn take_read(&self) -> bool {
+        self.fail_next_read.swap(false, Ordering::SeqCst)
+    }
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected fault: {what}"))
+}
+
+/// Bytes read from a segment file: a view of glommio's buffer, or owned bytes.
+#[derive(Debug)]
+pub enum FileBytes {
+    Uring(ReadResult),
+    Owned(Vec<u8>),
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Uring(result) => result,
+            FileBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+enum Backend {
+    Direct(DirectFile),
+    Buffered(BufferedFile),
+}
+
+struct DirectFile {
+    file: DmaFile,
+    alignment: u64,
+    /// Bytes from `align_down(len)` to `len`: what is on disk in the last, partial block.
+    tail: RefCell<Vec<u8>>,
+}
+
+/// A file that the log appends to and reads from. Lives on one shard; shared by `Rc`
+/// between the log and in-flight reads, so every method takes `&self`.
+pub struct SegmentFile {
+    backend: Backend,
+    path: PathBuf,
+    /// Logical length: the bytes appended so far. Direct-mode padding is not counted.
+    len: Cell<u64>,
+    faults: Option<Arc<FaultPlan>>,
+}
+
+impl std::fmt::Debug for SegmentFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentFile")
+            .field("path", &self.path)
+            .field("len", &self.len.get())
+            .field("direct", &matches!(self.backend, Backend::Direct(_)))
+            .finish()
+    }
+}
+
+fn to_io(error: glommio::GlommioError<()>) -> io::Error {
+    io::Error::from(error)
+}
+
+impl SegmentFile {
+    /// Opens `path` for reading and appending, creating it if missing. The logical length
+    /// is the file's size; the caller truncates further if recovery says so.
+    pub async fn open(
+        path: &Path,
+        mode: IoMode,
+        faults: Option<Arc<FaultPlan>>,
+    ) -> io::Result<SegmentFile> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true);
+        let (backend, len) = match mode {
+            IoMode::Buffered => {
+                let file = options.buffered_open(path).await.map_err(to_io)?;
+                let len = file.file_size().await.map_err(to_io)?;
+                (Backend::Buffered(file), len)
+            }
+            IoMode::Direct => {
+                probe_iopoll_once(path).await?;
+                let file = options.dma_open(path).await.map_err(to_io)?;
+                let len = file.file_size().await.map_err(to_io)?;
+                let alignment = file.alignment().max(512);
+                let direct = DirectFile { file, alignment, tail: RefCell::new(Vec::new()) };
+                direct.load_tail(len).await?;
+                (Backend::Direct(direct), len)
+            }
+        };
+        Ok(SegmentFile { backend, path: path.to_path_buf(), len: Cell::new(len), faults })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Logical length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.get() == 0
+    }
+
+    pub fn mode(&self) -> IoMode {
+        match self.backend {
+            Backend::Direct(_) => IoMode::Direct,
+            Backend::Buffered(_) => IoMode::Buffered,
+        }
+    }
+
+    /// Appends `bytes` at the logical end and returns the position they start at. On error
+    /// the logical length is unchanged, but a prefix of `bytes` may be on disk: the caller
+    /// must truncate back to the returned-before length (or recovery will).
+    pub async fn append(&self, bytes: &[u8]) -> io::Result<u64> {
+        let position = self.len.get();
+        let mut data = bytes;
+        let mut torn = false;
+        if let Some(faults) = &self.faults {
+            if let Some(after) = faults.take_tear() {
+                data = &bytes[..after.min(bytes.len())];
+                torn = true;
+            }
+        }
+        match &self.backend {
+            Backend::Buffered(file) => write_all_buffered(file, data, position).await?,
+            Backend::Direct(direct) => direct.append(data, position).await?,
+        }
+        if torn {
+            return Err(injected("torn append"));
+        }
+        let len_new = position + u64::try_from(bytes.len()).expect("usize fits u64");
+        self.len.set(len_new);
+        Ok(position)
+    }
+
+    /// Reads up to `len` bytes at `position`, clipped to the logical length.
+    pub async fn read_at(&self, position: u64, len: usize) -> io::Result<FileBytes> {
+        if let Some(faults) = &self.faults {
+            if faults.take_read() {
+                return Err(injected("read"));
+            }
+        }
+        let available = self.len.get().saturating_sub(position);
+        let len = len.min(usize::try_from(available).unwrap_or(usize::MAX));
+        if len == 0 {
+            return Ok(FileBytes::Owned(Vec::new()));
+        }
+        let result = match &self.backend {
+            Backend::Buffered(file) => file.read_at(position, len).await.map_err(to_io)?,
+            Backend::Direct(direct) => direct.file.read_at(position, len).await.map_err(to_io)?,
+        };
+        if result.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "short read of {} at {position}: {} of {len} bytes",
+                    self.path.display(),
+                    result.len()
+                ),
+            ));
+        }
+        Ok(FileBytes::Uring(result))
+    }
+
+    /// fdatasync: everything appended so far is durable when this returns.
+    pub async fn sync(&self) -> io::Result<()> {
+        if let Some(faults) = &self.faults {
+            if faults.take_sync() {
+                return Err(injected("fsync"));
+            }
+        }
+        match &self.backend {
+            Backend::Buffered(file) => file.fdatasync().await.map_err(to_io),
+            Backend::Direct(direct) => direct.file.fdatasync().await.map_err(to_io),
+        }
+    }
+
+    /// Cuts the file to `len` bytes (recovery, replication truncation, failed appends).
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        match &self.backend {
+            Backend::Buffered(file) => file.truncate(len).await.map_err(to_io)?,
+            Backend::Direct(direct) => {
+                direct.file.truncate(len).await.map_err(to_io)?;
+                direct.load_tail(len).await?;
+            }
+        }
+        self.len.set(len);
+        Ok(())
+    }
+
+    /// Makes the on-disk file exactly the logical bytes (trims direct-mode padding) and
+    /// syncs it. Called when a segment stops being active and on clean close.
+    pub async fn seal(&self) -> io::Result<()> {
+        if let Backend::Direct(direct) = &self.backend {
+            direct.file.truncate(self.len.get()).await.map_err(to_io)?;
+        }
+        self.sync().await
+    }
+
+    /// Deletes the file from its directory. Reads in flight on other `Rc`s keep working
+    /// until they drop the file (the inode lives while it is open).
+    pub async fn remove(&self) -> io::Result<()> {
+        glommio::io::remove(&self.path).await.map_err(to_io)
+    }
+}
+
+thread_local! {
+    /// Directories whose device glommio has probed for iopoll on this thread.
+    static PROBED_DIRS: RefCell<std::collections::HashSet<PathBuf>> =
+        RefCell::new(std::collections::HashSet::new());
+}
+
+/// Works around a glommio 0.9 bug: the first DMA file opened on a device (per thread)
+/// decides whether the device supports io_uring polled I/O by reading its first block,
+/// and an empty file answers that read with 0 bytes and no error, so the device is taken
+/// as pollable and every later O_DIRECT read fails with EOPNOTSUPP. Opening a file that
+/// has a whole block first makes the probe see the device's real answer.
+async fn probe_iopoll_once(path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    if PROBED_DIRS.with(|dirs| dirs.borrow().contains(&dir)) {
+        return Ok(());
+    }
+    let probe_path = dir.join(format!(".sluice-iopoll-probe-{}", std::process::id()));
+    let probe = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&probe_path)
+        .await
+        .map_err(to_io)?;
+    write_all_buffered(&probe, &[0u8; 4096], 0).await?;
+    probe.close().await.map_err(to_io)?;
+    let opened = OpenOptions::new().read(true).dma_open(&probe_path).await;
+    let removed = glommio::io::remove(&probe_path).await;
+    opened.map_err(to_io)?.close().await.map_err(to_io)?;
+    removed.map_err(to_io)?;
+    PROBED_DIRS.with(|dirs| dirs.borrow_mut().insert(dir));
+    Ok(())
+}
+
+async fn write_all_buffered(file: &BufferedFile, data: &[u8], position: u64) -> io::Result<()> {
+    let mut written = 0usize;
+    while written < data.len() {
+        let at = position + u64::try_from(written).expect("usize fits u64");
+        let n = file.write_at(data[written..].to_vec(), at).await.map_err(to_io)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "buffered write wrote 0 bytes"));
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+impl DirectFile {
+    fn align_down(&self, value: u64) -> u64 {
+        value - value % self.alignment
+    }
+
+    /// Reloads the partial last block of a file of logical length `len` into memory.
+    async fn load_tail(&self, len: u64) -> io::Result<()> {
+        let start = self.align_down(len);
+        let tail_len = usize::try_from(len - start).expect("tail < alignment");
+        let mut tail = Vec::with_capacity(tail_len);
+        if tail_len > 0 {
+            let block = self
+                .file
+                .read_at_aligned(start, usize::try_from(self.alignment).expect("small"))
+                .await
+                .map_err(to_io)?;
+            if block.len() < tail_len {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short tail read"));
+            }
+            tail.extend_from_slice(&block[..tail_len]);
+        }
+        *self.tail.borrow_mut() = tail;
+        Ok(())
+    }
+
+    /// Writes `tail + data` as whole aligned blocks starting at `align_down(position)`.
+    async fn append(&self, data: &[u8], position: u64) -> io::Result<()> {
+        let start = self.align_down(position);
+        let alignment = usize::try_from(self.alignment).expect("small");
+        let (buffer, total) = {
+            let tail = self.tail.borrow();
+            debug_assert_eq!(start + tail.len() as u64, position);
+            let total = tail.len() + data.len();
+            let padded = total.div_ceil(alignment) * alignment;
+            let mut buffer = self.file.alloc_dma_buffer(padded);
+            let bytes = buffer.as_bytes_mut();
+            bytes[..tail.len()].copy_from_slice(&tail);
+            bytes[tail.len()..total].copy_from_slice(data);
+            bytes[total..].fill(0);
+            (buffer, total)
+        };
+        let padded = buffer.len();
+        let written = self.file.write_at(buffer, start).await.map_err(to_io)?;
+        if written < padded {
+            // The kernel accepted a prefix (rare with O_DIRECT); write the rest as a new
+            // aligned buffer. `written` is block-aligned for O_DIRECT.
+            self.write_rest(data, position, start, written).await?;
+        }
+        // Remember the new partial block for the next append.
+        let end = position + data.len() as u64;
+        let tail_start = self.align_down(end);
+        let mut tail = self.tail.borrow_mut();
+        if tail_start >= start {
+            let from_total = usize::try_from(tail_start - start).expect("within buffer");
+            let mut rebuilt = Vec::with_capacity(total - from_total);
+            let tail_len_old = tail.len();
+            for at in from_total..total {
+                rebuilt.push(if at < tail_len_old { tail[at] } else { data[at - tail_len_old] });
+            }
+            *tail = rebuilt;
+        }
+        Ok(())
+    }
+
+    async fn write_rest(
+        &self,
+        data: &[u8],
+        position: u64,
+        start: u64,
+        written: usize,
+    ) -> io::Result<()> {
+        let tail = self.tail.borrow().clone();
+        let mut whole = tail;
+        whole.extend_from_slice(data);
+        let mut done = written;
+        while done < whole.len() {
+            let alignment = usize::try_from(self.alignment).expect("small");
+            let remaining = whole.len() - done;
+            let padded = remaining.div_ceil(alignment) * alignment;
+            let mut buffer = self.file.alloc_dma_buffer(padded);
+            let bytes = buffer.as_bytes_mut();
+            bytes[..remaining].copy_from_slice(&whole[done..]);
+            bytes[remaining..].fill(0);
+            let at = start + done as u64;
+            let n = self.file.write_at(buffer, at).await.map_err(to_io)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("direct write at {position} wrote 0 bytes"),
+                ));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::test_support::run;
+
+    async fn round_trip(mode: IoMode) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000.log");
+        let file = SegmentFile::open(&path, mode, None).await.unwrap();
+        let mut expected = Vec::new();
+        // Sizes that cross block boundaries in every way: tiny, odd, exact, large.
+        for (i, size) in [1usize, 100, 4095, 4096, 1, 8191, 70_000, 3, 4093].iter().enumerate() {
+            let chunk: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
+            let position = file.append(&chunk).await.unwrap();
+            assert_eq!(position, expected.len() as u64);
+            expected.extend_from_slice(&chunk);
+        }
+        assert_eq!(file.len(), expected.len() as u64);
+        let read = file.read_at(0, expected.len() + 100).await.unwrap();
+        assert_eq!(&read[..], &expected[..]);
+        let middle = file.read_at(5000, 10_000).await.unwrap();
+        assert_eq!(&middle[..], &expected[5000..15_000]);
+        // Truncate into the middle of a block and keep appending.
+        file.truncate(9_000).await.unwrap();
+        expected.truncate(9_000);
+        file.append(b"after-truncate").await.unwrap();
+        expected.extend_from_slice(b"after-truncate");
+        file.seal().await.unwrap();
+        drop(file);
+        // The sealed file on disk is exactly the logical bytes, no padding.
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        // Reopen and append: the tail block is reloaded correctly.
+        let file = SegmentFile::open(&path, mode, None).await.unwrap();
+        assert_eq!(file.len(), expected.len() as u64);
+        file.append(b"reopened").await.unwrap();
+        expected.extend_from_slice(b"reopened");
+        file.seal().await.unwrap();
+        let read = file.read_at(0, usize::MAX).await.unwrap();
+        assert_eq!(&read[..], &expected[..]);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn buffered_round_trip() {
+        run(round_trip(IoMode::Buffered));
+    }
+
+    #[test]
+    fn direct_round_trip() {
+        run(round_trip(IoMode::Direct));
+    }
+
+    #[test]
+    fn direct_unsealed_file_has_zero_padding_after_logical_end() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("x.log");
+            let file = SegmentFile::open(&path, IoMode::Direct, None).await.unwrap();
+            file.append(&[7u8; 10]).await.unwrap();
+            let on_disk = std::fs::read(&path).unwrap();
+            assert!(on_disk.len() >= 512, "a whole block is written");
+            assert_eq!(&on_disk[..10], &[7u8; 10]);
+            assert!(on_disk[10..].iter().all(|b| *b == 0));
+        });
+    }
+
+    #[test]
+    fn faults_are_injected_once() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(FaultPlan::default());
+            let path = dir.path().join("f.log");
+            let file =
+                SegmentFile::open(&path, IoMode::Buffered, Some(faults.clone())).await.unwrap();
+            file.append(b"0123456789").await.unwrap();
+            faults.tear_next_append_after(3);
+            assert!(file.append(b"abcdef").await.is_err());
+            assert_eq!(file.len(), 10, "a failed append does not move the logical end");
+            assert_eq!(std::fs::read(&path).unwrap(), b"0123456789abc");
+            faults.fail_next_sync();
+            assert!(file.sync().await.is_err());
+            file.sync().await.unwrap();
+            faults.fail_next_read();
+            assert!(file.read_at(0, 4).await.is_err());
+            assert_eq!(&file.read_at(0, 4).await.unwrap()[..], b"0123");
+        });
+    }
+}

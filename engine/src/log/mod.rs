@@ -1,0 +1,1373 @@
+//! One partition's log: segments named by base offset (`%020d.log`), each with a sparse
+//! `.index` and `.timeindex`, byte-compatible with Kafka's. Appends assign offsets and go
+//! to the active segment; reads find the batch holding an offset through the segment map,
+//! a binary search in the sparse index and a short scan of batch headers, and return the
+//! file range to send; recovery re-validates everything after the recovery point.
+//!
+//! Lives on the shard that owns the partition. All methods take `&self` so that the log
+//! can be shared (`Rc`) by the tasks of its shard: state sits in a `RefCell` that is never
+//! borrowed across an `.await`; appends, flushes, truncation and retention take the
+//! append lock so they run one at a time, while reads run alongside them and see only
+//! bytes whose append has completed.
+
+pub mod index;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::sync::Semaphore;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
+use crate::clock::Clock;
+use crate::io::{FaultPlan, FileBytes, IoMode, SegmentFile};
+use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+
+/// Kafka's defaults for the topic-level settings the log obeys.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
+pub const SEGMENT_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 4096;
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 1_048_588;
+/// Positions in `.index` are u32 and Kafka caps `segment.bytes` at `Int.MaxValue`.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+/// Bytes read per I/O when recovery walks a segment.
+const RECOVERY_READ_BYTES: usize = 1 << 20;
+/// Bytes read per I/O when scanning batch headers after an index lookup.
+const SCAN_READ_BYTES: usize = 16 << 10;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SCAN_READ_BYTES >= HEADER_BYTES);
+
+/// Settings of one log, under Kafka's topic-config names.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub io_mode: IoMode,
+    /// `segment.bytes`: roll when the active segment would grow past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first append is this old.
+    pub segment_ms: i64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// `retention.ms`: delete segments whose newest record is older; -1 keeps forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete old segments while the log is larger; -1 for no limit.
+    pub retention_bytes: i64,
+    /// `flush.messages`: fsync after this many records; `u64::MAX` leaves it to the OS
+    /// and to replication, like Kafka's default.
+    pub flush_messages: u64,
+    /// `flush.ms`: fsync when the oldest unflushed append is this old (see
+    /// [`Log::maybe_flush`]); `u64::MAX` to disable.
+    pub flush_ms: u64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_message_bytes: usize,
+    /// Faults to inject in tests; `None` in production.
+    pub faults: Option<std::sync::Arc<FaultPlan>>,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            io_mode: IoMode::Buffered,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            segment_ms: SEGMENT_MS_DEFAULT,
+            index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
+            retention_ms: RETENTION_MS_DEFAULT,
+            retention_bytes: -1,
+            flush_messages: u64::MAX,
+            flush_ms: u64::MAX,
+            max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
+            faults: None,
+        }
+    }
+}
+
+/// Where a log starts from on open, as read from the checkpoint files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenHints {
+    /// From `recovery-point-offset-checkpoint`: every offset below is known durable and
+    /// indexed; everything from its segment on is re-validated.
+    pub recovery_point: i64,
+    /// From `log-start-offset-checkpoint`.
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("i/o on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("invalid batch: {0}")]
+    Batch(#[from] BatchError),
+    #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange { offset: i64, log_start_offset: i64, log_end_offset: i64 },
+    #[error("corrupt log {path} at byte {position}: {reason}")]
+    Corrupt { path: PathBuf, position: u64, reason: String },
+    #[error("log {dir} is offline: {reason}")]
+    Offline { dir: PathBuf, reason: String },
+    #[error("invalid log options: {0}")]
+    InvalidOptions(String),
+    #[error("empty append")]
+    EmptyAppend,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_path_buf(), source }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub offset_of_max_timestamp: i64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// A range of one segment file to send to a consumer. Holds the file open, so retention
+/// may delete the segment meanwhile without breaking the read.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub file: Option<Rc<SegmentFile>>,
+    pub position: u64,
+    pub bytes: u64,
+    /// Base offset of the first batch in the range (the requested offset may lie inside it).
+    pub first_batch_offset: i64,
+}
+
+impl ReadSlice {
+    fn empty(offset: i64) -> Self {
+        Self { file: None, position: 0, bytes: 0, first_batch_offset: offset }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// The bytes of the range (a copy; zero-copy senders use `file` and `position`).
+    pub async fn read(&self) -> Result<FileBytes, LogError> {
+        match &self.file {
+            None => Ok(FileBytes::Owned(Vec::new())),
+            Some(file) => {
+                let len = usize::try_from(self.bytes).expect("slice < 2 GiB");
+                file.read_at(self.position, len).await.map_err(io_error(file.path()))
+            }
+        }
+    }
+}
+
+/// The first offset whose record timestamp is at or after a target time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+struct Segment {
+    base_offset: i64,
+    log: Rc<SegmentFile>,
+    index_file: Rc<SegmentFile>,
+    time_file: Rc<SegmentFile>,
+    offset_index: OffsetIndex,
+    time_index: TimeIndex,
+    /// Logical bytes whose append completed.
+    size: u64,
+    /// One past the last offset in the segment (`base_offset` when empty).
+    next_offset: i64,
+    max_timestamp: i64,
+    offset_of_max_timestamp: i64,
+    bytes_since_last_index_entry: u64,
+    /// Wall time of the first append (or of opening, for a reopened segment): `segment.ms`.
+    rolling_since_ms: Option<i64>,
+}
+
+impl Segment {
+    fn relative(&self, offset: i64) -> u32 {
+        assert!(offset >= self.base_offset);
+        u32::try_from(offset - self.base_offset).expect("relative offset checked at roll")
+    }
+
+    /// Adds index entries for a batch that now sits at `position`, as Kafka's
+    /// `LogSegment.append` does: an offset-index entry once `index.interval.bytes` have
+    /// passed since the last one, and a time-index entry whenever the max grows.
+    fn index_batch(&mut self, batch: &Batch<'_>, position: u64, interval: u64) {
+        if batch.max_timestamp() > self.max_timestamp {
+            self.max_timestamp = batch.max_timestamp();
+            self.offset_of_max_timestamp = batch.last_offset();
+        }
+        if self.bytes_since_last_index_entry > interval {
+            let relative = self.relative(batch.last_offset());
+            let position = u32::try_from(position).expect("segment.bytes <= i32::MAX");
+            self.offset_index.append(OffsetEntry { relative_offset: relative, position });
+            let entry = TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: self.relative(self.offset_of_max_timestamp),
+            };
+            self.time_index.maybe_append(entry);
+            self.bytes_since_last_index_entry = 0;
+        }
+        self.bytes_since_last_index_entry += batch.size() as u64;
+        self.next_offset = batch.last_offset() + 1;
+    }
+
+    /// Kafka's `onBecomeInactiveSegment`: the time index ends with the segment's max.
+    fn close_time_index(&mut self) {
+        if self.max_timestamp >= 0 && self.size > 0 {
+            let entry = TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: self.relative(self.offset_of_max_timestamp),
+            };
+            self.time_index.maybe_append(entry);
+        }
+    }
+}
+
+struct State {
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    recovery_point: i64,
+    unflushed_records: u64,
+    /// Monotonic time of the first append since the last flush.
+    unflushed_since_ms: Option<u64>,
+    offline: Option<String>,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|segment| segment.size).sum()
+    }
+}
+
+/// A partition log. See the module docs.
+pub struct Log {
+    dir: PathBuf,
+    options: RefCell<LogOptions>,
+    state: RefCell<State>,
+    append_lock: Semaphore,
+    clock: Rc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("log_start_offset", &self.log_start_offset())
+            .field("log_end_offset", &self.log_end_offset())
+            .finish()
+    }
+}
+
+/// File names of a segment: `<base:020>.log`, `.index`, `.timeindex`.
+pub fn segment_file_name(base_offset: i64, extension: &str) -> String {
+    format!("{base_offset:020}.{extension}")
+}
+
+fn parse_segment_name(name: &str) -> Option<(i64, &str)> {
+    let (stem, extension) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, extension))
+}
+
+async fn blocking<F, T>(work: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    glommio::executor().spawn_blocking(work).await
+}
+
+fn validate_options(options: &LogOptions) -> Result<(), LogError> {
+    if options.segment_bytes < HEADER_BYTES as u64 || options.segment_bytes > SEGMENT_BYTES_MAX {
+        return Err(LogError::InvalidOptions(format!(
+            "segment.bytes {} must be in [{HEADER_BYTES}, {SEGMENT_BYTES_MAX}]",
+            options.segment_bytes
+        )));
+    }
+    if options.max_message_bytes < HEADER_BYTES {
+        return Err(LogError::InvalidOptions("max.message.bytes below a batch header".into()));
+    }
+    if options.segment_ms <= 0 {
+        return Err(LogError::InvalidOptions("segment.ms must be positive".into()));
+    }
+    Ok(())
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` and recovers it: segments from the one
+    /// holding `hints.recovery_point` on are re-validated batch by batch and their indexes
+    /// rebuilt; the log is cut at the first torn or corrupt batch. Errors mean the
+    /// partition cannot be served (the caller takes it offline), never a panic.
+    pub async fn open(
+        dir: &Path,
+        options: LogOptions,
+        hints: OpenHints,
+        clock: Rc<dyn Clock>,
+    ) -> Result<Log, LogError> {
+        validate_options(&options)?;
+        let dir_owned = dir.to_path_buf();
+        let listing = blocking(move || -> io::Result<Vec<String>> {
+            std::fs::create_dir_all(&dir_owned)?;
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&dir_owned)? {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            Ok(names)
+        })
+        .await
+        .map_err(io_error(dir))?;
+
+        let mut bases = Vec::new();
+        let mut leftovers = Vec::new();
+        for name in &listing {
+            match parse_segment_name(name) {
+                Some((base, "log")) => bases.push(base),
+                Some((_, "index" | "timeindex" | "txnindex")) => {}
+                // Kafka's in-progress suffixes: a crash left them; they are not the log.
+                Some((_, extension))
+                    if extension.ends_with(".deleted")
+                        || extension.ends_with(".cleaned")
+                        || extension.ends_with(".swap")
+                        || extension.ends_with(".tmp") =>
+                {
+                    leftovers.push(dir.join(name));
+                }
+                _ => {}
+            }
+        }
+        for path in leftovers {
+            warn!(path = %path.display(), "removing leftover file from an interrupted operation");
+            glommio::io::remove(&path).await.map_err(|e| io_error(&path)(e.into()))?;
+        }
+        bases.sort_unstable();
+
+        let log = Log {
+            dir: dir.to_path_buf(),
+            options: RefCell::new(options),
+            state: RefCell::new(State {
+                segments: BTreeMap::new(),
+                log_start_offset: hints.log_start_offset.max(0),
+                log_end_offset: 0,
+                recovery_point: hints.recovery_point.max(0),
+                unflushed_records: 0,
+                unflushed_since_ms: None,
+                offline: None,
+            }),
+            append_lock: Semaphore::new(1),
+            clock,
+        };
+        log.recover(&bases, hints).await?;
+        Ok(log)
+    }
+
+    async fn open_segment_files(
+        &self,
+        base_offset: i64,
+    ) -> Result<(Rc<SegmentFile>, Rc<SegmentFile>, Rc<SegmentFile>), LogError> {
+        let (mode, faults) = {
+            let options = self.options.borrow();
+            (options.io_mode, options.faults.clone())
+        };
+        let log_path = self.dir.join(segment_file_name(base_offset, "log"));
+        let index_path = self.dir.join(segment_file_name(base_offset, "index"));
+        let time_path = self.dir.join(segment_file_name(base_offset, "timeindex"));
+        let log = SegmentFile::open(&log_path, mode, faults).await.map_err(io_error(&log_path))?;
+        // Index files are small and written once per flush: the page cache suits them.
+        let index = SegmentFile::open(&index_path, IoMode::Buffered, None)
+            .await
+            .map_err(io_error(&index_path))?;
+        let time = SegmentFile::open(&time_path, IoMode::Buffered, None)
+            .await
+            .map_err(io_error(&time_path))?;
+        Ok((Rc::new(log), Rc::new(index), Rc::new(time)))
+    }
+
+    async fn new_segment(&self, base_offset: i64) -> Result<Segment, LogError> {
+        let (log, index_file, time_file) = self.open_segment_files(base_offset).await?;
+        // A fresh segment: any stale files of the same name (truncation, crash) go.
+        for file in [&log, &index_file, &time_file] {
+            if !file.is_empty() {
+                file.truncate(0).await.map_err(io_error(file.path()))?;
+            }
+        }
+        Ok(Segment {
+            base_offset,
+            log,
+            index_file,
+            time_file,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            bytes_since_last_index_entry: 0,
+            rolling_since_ms: None,
+        })
+    }
+
+    async fn recover(&self, bases: &[i64], hints: OpenHints) -> Result<(), LogError> {
+        let recover_from = bases
+            .iter()
+            .rev()
+            .find(|base| **base <= hints.recovery_point)
+            .or(bases.first())
+            .copied()
+            .unwrap_or(0);
+        let interval = self.options.borrow().index_interval_bytes;
+        let mut segments: BTreeMap<i64, Segment> = BTreeMap::new();
+        let mut cut = false;
+        for (at, &base) in bases.iter().enumerate() {
+            if cut {
+                self.delete_segment_files(base).await?;
+                continue;
+            }
+            // Segments must follow each other without a gap: a segment starting past the
+            // previous one's end (a lost or emptied file before it) ends the log.
+            if let Some(previous) = segments.values().next_back() {
+                if previous.next_offset != base {
+                    warn!(
+                        dir = %self.dir.display(), segment = base, expected = previous.next_offset,
+                        "segment does not start where the previous one ends; dropping it and the rest"
+                    );
+                    cut = true;
+                    self.delete_segment_files(base).await?;
+                    continue;
+                }
+            }
+            let (log, index_file, time_file) = self.open_segment_files(base).await?;
+            let mut segment = Segment {
+                base_offset: base,
+                size: log.len(),
+                log,
+                index_file,
+                time_file,
+                offset_index: OffsetIndex::default(),
+                time_index: TimeIndex::default(),
+                next_offset: base,
+                max_timestamp: -1,
+                offset_of_max_timestamp: base,
+                bytes_since_last_index_entry: 0,
+                rolling_since_ms: Some(self.clock.wall_ms()),
+            };
+            let next_base = bases.get(at + 1).copied();
+            let trusted = base < recover_from && next_base.is_some();
+            if trusted && self.load_indexes(&mut segment, next_base).await? {
+                segments.insert(base, segment);
+                continue;
+            }
+            let expected_first = segments.values().next_back().map_or(base, |s| s.next_offset);
+            let outcome = self.recover_segment(&mut segment, expected_first, interval).await?;
+            if segment.size == 0 {
+                segment.rolling_since_ms = None;
+            }
+            segments.insert(base, segment);
+            if let Recovered::Cut { reason, position } = outcome {
+                warn!(
+                    dir = %self.dir.display(), segment = base, position, %reason,
+                    "log truncated at the first invalid batch during recovery"
+                );
+                cut = true;
+            }
+        }
+        let first_base = bases.first().copied().unwrap_or(hints.log_start_offset.max(0));
+        if segments.is_empty() {
+            let segment = self.new_segment(first_base).await?;
+            segments.insert(first_base, segment);
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            state.segments = segments;
+            state.log_end_offset = state.active().next_offset;
+            let log_end_offset = state.log_end_offset;
+            let first = *state.segments.keys().next().expect("non-empty");
+            state.log_start_offset = state.log_start_offset.clamp(first, log_end_offset);
+            // The hint may point past what survived; the flush below moves it to the end.
+            state.recovery_point = state.recovery_point.min(log_end_offset);
+        }
+        // Make the recovered state durable and indexed, then trust it.
+        self.flush_locked(true).await?;
+        info!(
+            dir = %self.dir.display(),
+            log_start_offset = self.log_start_offset(),
+            log_end_offset = self.log_end_offset(),
+            segments = self.segment_count(),
+            "log opened"
+        );
+        Ok(())
+    }
+
+    /// Loads a trusted segment's indexes; returns false when they are missing or corrupt
+    /// (the caller then rebuilds them by scanning the segment).
+    async fn load_indexes(
+        &self,
+        segment: &mut Segment,
+        next_base: Option<i64>,
+    ) -> Result<bool, LogError> {
+        let index_bytes = read_whole(&segment.index_file).await?;
+        let time_bytes = read_whole(&segment.time_file).await?;
+        let Ok(offset_index) = OffsetIndex::decode(&index_bytes, segment.size) else {
+            warn!(segment = %segment.log.path().display(), "offset index corrupt, rebuilding");
+            return Ok(false);
+        };
+        let Ok(time_index) = TimeIndex::decode(&time_bytes) else {
+            warn!(segment = %segment.log.path().display(), "time index corrupt, rebuilding");
+            return Ok(false);
+        };
+        if segment.size > 0 && offset_index.is_empty() && segment.size > INDEX_REBUILD_FREE {
+            // Kafka writes the first entry after one interval; a big segment with none is
+            // an index that was lost.
+            return Ok(false);
+        }
+        segment.offset_index = offset_index;
+        segment.time_index = time_index;
+        segment.next_offset = next_base.unwrap_or(segment.base_offset);
+        if let Some(last) = segment.time_index.last() {
+            segment.max_timestamp = last.timestamp;
+            segment.offset_of_max_timestamp = segment.base_offset + i64::from(last.relative_offset);
+        }
+        Ok(true)
+    }
+
+    /// Walks every batch of a segment: validates it and rebuilds the indexes. Cuts the
+    /// segment at the first invalid batch, except for zero padding after the last batch
+    /// (direct mode writes whole blocks; the padding is trimmed, not a sign of damage).
+    async fn recover_segment(
+        &self,
+        segment: &mut Segment,
+        expected_first: i64,
+        interval: u64,
+    ) -> Result<Recovered, LogError> {
+        let file = segment.log.clone();
+        let file_len = file.len();
+        let mut position = 0u64;
+        let mut expected = expected_first.max(segment.base_offset);
+        let mut buffer: Option<(u64, FileBytes)> = None;
+        segment.offset_index = OffsetIndex::default();
+        segment.time_index = TimeIndex::default();
+        let outcome = loop {
+            if position >= file_len {
+                break Recovered::Clean;
+            }
+            // Make sure the buffer holds the header, then the whole batch.
+            let mut need = HEADER_BYTES as u64;
+            let checked = loop {
+                let have = buffer.as_ref().map_or(0, |(start, bytes)| {
+                    if *start <= position && position < *start + bytes.len() as u64 {
+                        *start + bytes.len() as u64 - position
+                    } else {
+                        0
+                    }
+                });
+                if have >= need.min(file_len - position) {
+                    let (start, bytes) = buffer.as_ref().expect("have > 0");
+                    let from = usize::try_from(position - start).expect("in buffer");
+                    let window = &bytes[from..];
+                    if need == HEADER_BYTES as u64 {
+                        match batch::batch_size(window) {
+                            Ok(size) if window.len() >= HEADER_BYTES => {
+                                need = size as u64;
+                                if need > file_len - position {
+                                    break Err(format!(
+                                        "batch of {size} bytes runs past the end of the file"
+                                    ));
+                                }
+                                continue;
+                            }
+                            Ok(_) => break Err("truncated batch header".to_string()),
+                            Err(error) => break Err(error.to_string()),
+                        }
+                    }
+                    let size = usize::try_from(need).expect("batch < 2 GiB");
+                    let (one, _) = match Batch::parse(&window[..size]) {
+                        Ok(parsed) => parsed,
+                        Err(error) => break Err(error.to_string()),
+                    };
+                    if let Err(error) = one.validate(usize::MAX) {
+                        break Err(error.to_string());
+                    }
+                    // Offsets are dense: a base offset flipped on disk (it is outside the
+                    // CRC) shows up here. Compaction will relax this for compacted topics.
+                    if one.base_offset() != expected {
+                        break Err(format!(
+                            "batch base offset {} where {expected} was expected",
+                            one.base_offset()
+                        ));
+                    }
+                    if one.last_offset() - segment.base_offset > i64::from(i32::MAX) {
+                        break Err("offset too far from the segment base".to_string());
+                    }
+                    segment.index_batch(&one, position, interval);
+                    expected = one.last_offset() + 1;
+                    break Ok(need);
+                }
+                let want = need.max(RECOVERY_READ_BYTES as u64).min(file_len - position);
+                let want = usize::try_from(want).expect("read < 2 GiB");
+                let bytes = file.read_at(position, want).await.map_err(io_error(file.path()))?;
+                buffer = Some((position, bytes));
+            };
+            match checked {
+                Ok(size) => position += size,
+                Err(reason) => {
+                    let rest_len = file_len - position;
+                    if rest_len < PADDING_BYTES_MAX as u64 {
+                        let rest = file
+                            .read_at(position, PADDING_BYTES_MAX)
+                            .await
+                            .map_err(io_error(file.path()))?;
+                        if rest.iter().all(|byte| *byte == 0) {
+                            break Recovered::Padding;
+                        }
+                    }
+                    break Recovered::Cut { reason, position };
+                }
+            }
+        };
+        if position < file_len {
+            file.truncate(position).await.map_err(io_error(file.path()))?;
+        }
+        segment.size = position;
+        // Everything is rewritten by the flush at the end of recovery.
+        for index_file in [&segment.index_file, &segment.time_file] {
+            index_file.truncate(0).await.map_err(io_error(index_file.path()))?;
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_segment_files(&self, base_offset: i64) -> Result<(), LogError> {
+        for extension in ["log", "index", "timeindex", "txnindex"] {
+            let path = self.dir.join(segment_file_name(base_offset, extension));
+            match glommio::io::remove(&path).await {
+                Ok(()) => {}
+                Err(error) => {
+                    let error = io::Error::from(error);
+                    if error.kind() != io::ErrorKind::NotFound {
+                        return Err(io_error(&path)(error));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start_offset
+    }
+
+    /// The offset the next appended record gets.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().log_end_offset
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.state.borrow().recovery_point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.state.borrow().segments.keys().copied().collect()
+    }
+
+    pub fn options(&self) -> LogOptions {
+        self.options.borrow().clone()
+    }
+
+    /// Changes settings at run time (AlterConfigs). The I/O mode of open files stays.
+    pub fn set_options(&self, options: LogOptions) -> Result<(), LogError> {
+        validate_options(&options)?;
+        *self.options.borrow_mut() = options;
+        Ok(())
+    }
+
+    /// The reason the log is offline, if it is.
+    pub fn offline_reason(&self) -> Option<String> {
+        self.state.borrow().offline.clone()
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        match &self.state.borrow().offline {
+            Some(reason) => {
+                Err(LogError::Offline { dir: self.dir.clone(), reason: reason.clone() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn take_offline(&self, reason: String) {
+        warn!(dir = %self.dir.display(), %reason, "log taken offline");
+        self.state.borrow_mut().offline = Some(reason);
+    }
+
+    async fn lock(&self) -> glommio::sync::Permit<'_> {
+        self.append_lock.acquire_permit(1).await.expect("the append lock is never closed")
+    }
+
+    /// Appends one or more batches laid out back to back in `batches`: validates every
+    /// batch (magic, CRC, size against `max.message.bytes`) before writing any, assigns
+    /// offsets by rewriting base offsets in place, and writes the bytes as they are.
+    pub async fn append(&self, batches: &mut [u8]) -> Result<AppendInfo, LogError> {
+        self.check_online()?;
+        if batches.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        let max_message_bytes = self.options.borrow().max_message_bytes;
+        for batch in batch::BatchIter::new(batches) {
+            batch?.validate(max_message_bytes)?;
+        }
+        let _permit = self.lock().await;
+        self.check_online()?;
+
+        // Assign offsets: base offsets are outside the CRC, so this is a pure rewrite.
+        let base_offset = self.log_end_offset();
+        let mut next = base_offset;
+        let mut at = 0usize;
+        while at < batches.len() {
+            let size = batch::batch_size(&batches[at..])?;
+            let (one, _) = Batch::parse(&batches[at..])?;
+            let delta = i64::from(one.last_offset_delta());
+            batch::set_base_offset(&mut batches[at..at + size], next);
+            next += delta + 1;
+            at += size;
+        }
+        let last_offset = next - 1;
+        let bytes_len = batches.len() as u64;
+
+        if self.should_roll(bytes_len, last_offset) {
+            self.roll(base_offset).await?;
+        }
+        let (file, position_expected) = {
+            let state = self.state.borrow();
+            (state.active().log.clone(), state.active().size)
+        };
+        let position = match file.append(batches).await {
+            Ok(position) => position,
+            Err(error) => {
+                // Put the file back as it was; if even that fails the log cannot be trusted
+                // until recovery runs, so it goes offline.
+                if let Err(undo) = file.truncate(position_expected).await {
+                    self.take_offline(format!("append failed ({error}) and undo failed ({undo})"));
+                }
+                return Err(io_error(file.path())(error));
+            }
+        };
+        assert_eq!(position, position_expected);
+
+        let interval = self.options.borrow().index_interval_bytes;
+        let now_ms = self.clock.wall_ms();
+        let mut records = 0u64;
+        let mut max_timestamp = -1i64;
+        let mut offset_of_max_timestamp = base_offset;
+        {
+            let mut state = self.state.borrow_mut();
+            let segment = state.active_mut();
+            let mut batch_position = position;
+            for one in batch::BatchIter::new(batches) {
+                let one = one.expect("validated above");
+                segment.index_batch(&one, batch_position, interval);
+                batch_position += one.size() as u64;
+                records += u64::try_from(one.record_count()).unwrap_or(0);
+                if one.max_timestamp() > max_timestamp {
+                    max_timestamp = one.max_timestamp();
+                    offset_of_max_timestamp = one.last_offset();
+                }
+            }
+            segment.size = batch_position;
+            segment.rolling_since_ms.get_or_insert(now_ms);
+            assert_eq!(segment.next_offset, next);
+            state.log_end_offset = next;
+            state.unflushed_records += records;
+            state.unflushed_since_ms.get_or_insert(self.clock.monotonic_ms());
+        }
+        let flush_messages = self.options.borrow().flush_messages;
+        if self.state.borrow().unflushed_records >= flush_messages {
+            self.flush_locked(false).await?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            max_timestamp,
+            offset_of_max_timestamp,
+            records,
+            bytes: bytes_len,
+        })
+    }
+
+    fn should_roll(&self, bytes_len: u64, last_offset: i64) -> bool {
+        let options = self.options.borrow();
+        let state = self.state.borrow();
+        let active = state.active();
+        if active.size == 0 {
+            return false;
+        }
+        let too_big = active.size + bytes_len > options.segment_bytes;
+        let too_old = active
+            .rolling_since_ms
+            .is_some_and(|since| self.clock.wall_ms().saturating_sub(since) >= options.segment_ms);
+        let offsets_overflow = last_offset - active.base_offset > i64::from(i32::MAX);
+        too_big || too_old || offsets_overflow
+    }
+
+    /// Rolls now if the active segment holds anything (Kafka's `log.roll()`, used by tools
+    /// and tests). Returns the new active segment's base offset.
+    pub async fn roll_active(&self) -> Result<i64, LogError> {
+        self.check_online()?;
+        let _permit = self.lock().await;
+        let (empty, log_end_offset) = {
+            let state = self.state.borrow();
+            (state.active().size == 0, state.log_end_offset)
+        };
+        if !empty {
+            self.roll(log_end_offset).await?;
+        }
+        Ok(log_end_offset)
+    }
+
+    /// Starts a new active segment at `base_offset` (the log end offset).
+    async fn roll(&self, base_offset: i64) -> Result<(), LogError> {
+        let segment = self.new_segment(base_offset).await?;
+        let mut state = self.state.borrow_mut();
+        assert_eq!(state.log_end_offset, base_offset);
+        let old = state.active_mut();
+        old.close_time_index();
+        let old_file = old.log.clone();
+        state.segments.insert(base_offset, segment);
+        drop(state);
+        // Seal the old segment off the append path (Kafka flushes it asynchronously too;
+        // KAFKA-9693 showed what a synchronous fsync on roll costs). Until the seal lands,
+        // recovery treats direct-mode zero padding at its end as padding, not damage.
+        glommio::spawn_local(async move {
+            if let Err(error) = old_file.seal().await {
+                warn!(path = %old_file.path().display(), %error, "sealing a rolled segment failed");
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// fsyncs everything appended so far, writes pending index entries, and moves the
+    /// recovery point to the log end offset. Acks that need durability wait for this.
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.check_online()?;
+        let _permit = self.lock().await;
+        self.flush_locked(false).await
+    }
+
+    /// Flushes when `flush.ms` has passed since the oldest unflushed append. The shard
+    /// calls this periodically.
+    pub async fn maybe_flush(&self) -> Result<bool, LogError> {
+        let flush_ms = self.options.borrow().flush_ms;
+        let due = self
+            .state
+            .borrow()
+            .unflushed_since_ms
+            .is_some_and(|since| self.clock.monotonic_ms().saturating_sub(since) >= flush_ms);
+        if due {
+            self.flush().await?;
+        }
+        Ok(due)
+    }
+
+    /// Flush with the append lock held (or during open, before anyone else has the log).
+    async fn flush_locked(&self, all_segments: bool) -> Result<(), LogError> {
+        struct Pending {
+            base: i64,
+            active: bool,
+            log: Rc<SegmentFile>,
+            index: (Rc<SegmentFile>, u64, Vec<u8>),
+            time: (Rc<SegmentFile>, u64, Vec<u8>),
+        }
+        let (target, pending) = {
+            let state = self.state.borrow();
+            let from = if all_segments {
+                i64::MIN
+            } else {
+                state
+                    .segments
+                    .range(..=state.recovery_point)
+                    .next_back()
+                    .map_or(i64::MIN, |(base, _)| *base)
+            };
+            let active_base = state.active().base_offset;
+            let pending: Vec<Pending> = state
+                .segments
+                .range(from..)
+                .map(|(base, segment)| {
+                    let (index_at, index_bytes) = segment.offset_index.unflushed();
+                    let (time_at, time_bytes) = segment.time_index.unflushed();
+                    Pending {
+                        base: *base,
+                        active: *base == active_base,
+                        log: segment.log.clone(),
+                        index: (segment.index_file.clone(), index_at, index_bytes),
+                        time: (segment.time_file.clone(), time_at, time_bytes),
+                    }
+                })
+                .collect();
+            (state.log_end_offset, pending)
+        };
+        let result: Result<(), LogError> = async {
+            for one in &pending {
+                for (file, at, bytes) in [&one.index, &one.time] {
+                    if file.len() != *at {
+                        file.truncate(*at).await.map_err(io_error(file.path()))?;
+                    }
+                    if !bytes.is_empty() {
+                        file.append(bytes).await.map_err(io_error(file.path()))?;
+                    }
+                    file.sync().await.map_err(io_error(file.path()))?;
+                }
+                // A rolled segment is sealed (direct-mode padding trimmed) before the
+                // recovery point passes it: recovery trusts the size of such segments.
+                let synced = if one.active { one.log.sync().await } else { one.log.seal().await };
+                synced.map_err(io_error(one.log.path()))?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            // A failed fsync leaves the page cache in an unknown state (fsyncgate): the
+            // recovery point stays where it was and the error goes to the caller.
+            warn!(dir = %self.dir.display(), %error, "flush failed");
+            return Err(error);
+        }
+        let mut state = self.state.borrow_mut();
+        for one in &pending {
+            if let Some(segment) = state.segments.get_mut(&one.base) {
+                segment.offset_index.mark_flushed();
+                segment.time_index.mark_flushed();
+            }
+        }
+        state.recovery_point = state.recovery_point.max(target);
+        if state.log_end_offset == target {
+            state.unflushed_records = 0;
+            state.unflushed_since_ms = None;
+        }
+        Ok(())
+    }
+
+    /// Finds the bytes to send for a fetch at `offset`: from the start of the batch holding
+    /// `offset`, up to `max_bytes`, never past `max_offset` (exclusive: the high watermark
+    /// or the log end offset), within one segment like Kafka. With `min_one_batch` the
+    /// first batch is returned whole even when larger than `max_bytes` (KIP-74). The range
+    /// may end inside a batch when `max_bytes` cuts it; clients drop the partial batch.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: u64,
+        max_offset: i64,
+        min_one_batch: bool,
+    ) -> Result<ReadSlice, LogError> {
+        self.check_online()?;
+        let (file, start_position, segment_end, max_offset_in_segment) = {
+            let state = self.state.borrow();
+            if offset < state.log_start_offset || offset > state.log_end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.log_end_offset,
+                });
+            }
+            let max_offset = max_offset.min(state.log_end_offset);
+            if offset >= max_offset {
+                return Ok(ReadSlice::empty(offset));
+            }
+            // The segment holding `offset`: the last with base <= offset whose range
+            // reaches it (an offset at a segment's end lives in the next one).
+            let Some(segment) = state
+                .segments
+                .range(..=offset)
+                .rev()
+                .find(|(_, segment)| offset < segment.next_offset)
+                .map(|(_, segment)| segment)
+                .or_else(|| state.segments.range(offset + 1..).next().map(|(_, s)| s))
+            else {
+                return Ok(ReadSlice::empty(offset));
+            };
+            let start = if offset >= segment.base_offset {
+                segment.offset_index.lookup(segment.relative(offset)).map_or(0, |e| e.position)
+            } else {
+                0
+            };
+            let in_segment = (max_offset < segment.next_offset).then_some(max_offset);
+            (segment.log.clone(), u64::from(start), segment.size, in_segment)
+        };
+        let Some((position, first)) =
+            find_batch(&file, start_position, segment_end, offset).await?
+        else {
+            return Ok(ReadSlice::empty(offset));
+        };
+        let end = match max_offset_in_segment {
+            Some(limit) => find_batch(&file, position, segment_end, limit)
+                .await?
+                .map_or(segment_end, |(at, _)| at),
+            None => segment_end,
+        };
+        if end <= position {
+            return Ok(ReadSlice::empty(offset));
+        }
+        let mut bytes = (end - position).min(max_bytes);
+        if min_one_batch && bytes < first.size {
+            bytes = first.size.min(end - position);
+        }
+        if bytes == 0 {
+            return Ok(ReadSlice::empty(offset));
+        }
+        Ok(ReadSlice { file: Some(file), position, bytes, first_batch_offset: first.base_offset })
+    }
+
+    /// The first offset with a record timestamp >= `timestamp` (ListOffsets by time), or
+    /// `None` when every record is older. Follows Kafka: the first segment whose max
+    /// timestamp reaches the target, the time index, the offset index, then a scan.
+    /// Compressed batches are resolved to their base offset (the record-level answer needs
+    /// a codec; the broker refines it).
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        self.check_online()?;
+        let (file, start, end, log_start_offset) = {
+            let state = self.state.borrow();
+            let Some(segment) =
+                state.segments.values().find(|segment| segment.max_timestamp >= timestamp)
+            else {
+                return Ok(None);
+            };
+            let from_offset =
+                segment.time_index.lookup(timestamp).map_or(segment.base_offset, |e| {
+                    segment.base_offset + i64::from(e.relative_offset)
+                });
+            let start = segment
+                .offset_index
+                .lookup(segment.relative(from_offset))
+                .map_or(0, |entry| u64::from(entry.position));
+            (segment.log.clone(), start, segment.size, state.log_start_offset)
+        };
+        let mut position = start;
+        while position < end {
+            let header = read_header(&file, position).await?;
+            if header.max_timestamp >= timestamp {
+                let size = usize::try_from(header.size).expect("batch < 2 GiB");
+                let bytes = file.read_at(position, size).await.map_err(io_error(file.path()))?;
+                let (one, _) = Batch::parse(&bytes).map_err(|error| LogError::Corrupt {
+                    path: file.path().to_path_buf(),
+                    position,
+                    reason: error.to_string(),
+                })?;
+                let found = match one.timestamp_type() {
+                    batch::TimestampType::LogAppendTime => {
+                        Some((one.base_offset(), one.max_timestamp()))
+                    }
+                    batch::TimestampType::CreateTime => match one.record_offsets_and_timestamps() {
+                        Some(records) => records.into_iter().find(|(_, ts)| *ts >= timestamp),
+                        None => Some((one.base_offset(), one.max_timestamp())),
+                    },
+                };
+                if let Some((offset, found_timestamp)) = found {
+                    let offset = offset.max(log_start_offset);
+                    return Ok(Some(TimestampOffset { timestamp: found_timestamp, offset }));
+                }
+            }
+            position += header.size;
+        }
+        Ok(None)
+    }
+
+    /// The largest record timestamp and its offset (ListOffsets MAX_TIMESTAMP, KIP-734).
+    pub fn max_timestamp_and_offset(&self) -> Option<TimestampOffset> {
+        let state = self.state.borrow();
+        state
+            .segments
+            .values()
+            .filter(|segment| segment.max_timestamp >= 0)
+            .max_by_key(|segment| segment.max_timestamp)
+            .map(|segment| TimestampOffset {
+                timestamp: segment.max_timestamp,
+                offset: segment.offset_of_max_timestamp,
+            })
+    }
+
+    /// Removes every record at or after `offset` (a follower truncating to its leader).
+    /// The batch holding `offset` goes whole, so the new log end offset is that batch's
+    /// base offset (the same as `offset` whenever it is a batch boundary).
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        self.check_online()?;
+        let _permit = self.lock().await;
+        let (log_end_offset, first_base) = {
+            let state = self.state.borrow();
+            (state.log_end_offset, *state.segments.keys().next().expect("non-empty"))
+        };
+        if offset >= log_end_offset {
+            return Ok(log_end_offset);
+        }
+        if offset <= first_base {
+            return self.truncate_fully_locked(offset.max(0)).await;
+        }
+        // Whole segments at or above the target go; the one below holds the cut.
+        let doomed: Vec<i64> =
+            self.state.borrow().segments.range(offset..).map(|(base, _)| *base).collect();
+        for base in &doomed {
+            self.state.borrow_mut().segments.remove(base);
+            self.delete_segment_files(*base).await?;
+        }
+        let (file, index_file, time_file, start, size) = {
+            let state = self.state.borrow();
+            let segment = state.active();
+            let start = if offset >= segment.base_offset && offset < segment.next_offset {
+                segment.offset_index.lookup(segment.relative(offset)).map_or(0, |e| e.position)
+            } else {
+                0
+            };
+            (
+                segment.log.clone(),
+                segment.index_file.clone(),
+                segment.time_file.clone(),
+                u64::from(start),
+                segment.size,
+            )
+        };
+        let cut = find_batch(&file, start, size, offset).await?;
+        let (position, new_end) = match cut {
+            Some((position, header)) => (position, header.base_offset),
+            None => (size, self.state.borrow().active().next_offset),
+        };
+        file.truncate(position).await.map_err(io_error(file.path()))?;
+        let (index_len, time_len) = {
+            let mut state = self.state.borrow_mut();
+            let segment = state.active_mut();
+            segment.size = position;
+            segment.next_offset = new_end;
+            segment.offset_index.truncate_to_position(position);
+            let relative_end = segment.relative(new_end);
+            segment.time_index.truncate_to_offset(relative_end);
+            match segment.time_index.last() {
+                Some(last) => {
+                    segment.max_timestamp = last.timestamp;
+                    segment.offset_of_max_timestamp =
+                        segment.base_offset + i64::from(last.relative_offset);
+                }
+                None => {
+                    segment.max_timestamp = -1;
+                    segment.offset_of_max_timestamp = segment.base_offset;
+                }
+            }
+            segment.bytes_since_last_index_entry = 0;
+            state.log_end_offset = new_end;
+            state.recovery_point = state.recovery_point.min(new_end);
+            state.log_start_offset = state.log_start_offset.min(new_end);
+            let segment = state.active();
+            (segment.offset_index.file_len(), segment.time_index.file_len())
+        };
+        // Cut stale index entries on disk now, so they never describe newer bytes.
+        index_file.truncate(index_len).await.map_err(io_error(index_file.path()))?;
+        time_file.truncate(time_len).await.map_err(io_error(time_file.path()))?;
+        Ok(new_end)
+    }
+
+    async fn truncate_fully_locked(&self, start: i64) -> Result<i64, LogError> {
+        let bases: Vec<i64> = self.state.borrow().segments.keys().copied().collect();
+        for base in &bases {
+            self.state.borrow_mut().segments.remove(base);
+            self.delete_segment_files(*base).await?;
+        }
+        let segment = self.new_segment(start).await?;
+        let mut state = self.state.borrow_mut();
+        state.segments.insert(start, segment);
+        state.log_start_offset = start;
+        state.log_end_offset = start;
+        state.recovery_point = start;
+        state.unflushed_records = 0;
+        state.unflushed_since_ms = None;
+        Ok(start)
+    }
+
+    /// Moves the log start offset forward (DeleteRecords); whole segments below it are
+    /// deleted by the next [`Log::apply_retention`]. Returns the new log start offset.
+    pub fn advance_log_start_offset(&self, offset: i64) -> Result<i64, LogError> {
+        self.check_online()?;
+        let mut state = self.state.borrow_mut();
+        if offset > state.log_end_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: state.log_start_offset,
+                log_end_offset: state.log_end_offset,
+            });
+        }
+        state.log_start_offset = state.log_start_offset.max(offset);
+        Ok(state.log_start_offset)
+    }
+
+    /// Deletes whole non-active segments, oldest first, while one of Kafka's rules holds:
+    /// every record is below the log start offset; the newest record is older than
+    /// `retention.ms`; or the log is larger than `retention.bytes` without the segment.
+    /// Returns the base offsets of the deleted segments.
+    pub async fn apply_retention(&self) -> Result<Vec<i64>, LogError> {
+        self.check_online()?;
+        let _permit = self.lock().await;
+        let now_ms = self.clock.wall_ms();
+        let (retention_ms, retention_bytes) = {
+            let options = self.options.borrow();
+            (options.retention_ms, options.retention_bytes)
+        };
+        let doomed: Vec<i64> = {
+            let state = self.state.borrow();
+            let mut size = state.size_bytes();
+            let mut doomed = Vec::new();
+            let segments: Vec<&Segment> = state.segments.values().collect();
+            for pair in segments.windows(2) {
+                let (segment, next) = (pair[0], pair[1]);
+                let below_start = next.base_offset <= state.log_start_offset;
+                let expired = retention_ms >= 0
+                    && segment.size > 0
+                    && now_ms.saturating_sub(segment.max_timestamp) > retention_ms;
+                let over_size = retention_bytes >= 0
+                    && size.saturating_sub(segment.size) >= retention_bytes as u64
+                    && size > retention_bytes as u64;
+                if !(below_start || expired || over_size) {
+                    break;
+                }
+                size -= segment.size;
+                doomed.push(segment.base_offset);
+            }
+            doomed
+        };
+        for base in &doomed {
+            {
+                let mut state = self.state.borrow_mut();
+                state.segments.remove(base);
+                let first = *state.segments.keys().next().expect("the active segment stays");
+                state.log_start_offset = state.log_start_offset.max(first);
+            }
+            self.delete_segment_files(*base).await?;
+            info!(dir = %self.dir.display(), segment = base, "deleted segment by retention");
+        }
+        Ok(doomed)
+    }
+
+    /// Flushes and seals every segment (trims direct-mode padding). After this the files
+    /// on disk are exactly Kafka's, and the recovery point equals the log end offset.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let _permit = self.lock().await;
+        if self.state.borrow().offline.is_some() {
+            return Ok(());
+        }
+        self.flush_locked(true).await?;
+        let files: Vec<Rc<SegmentFile>> =
+            self.state.borrow().segments.values().map(|segment| segment.log.clone()).collect();
+        for file in files {
+            file.seal().await.map_err(io_error(file.path()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Zero bytes after the last batch up to this size are direct-mode padding.
+const PADDING_BYTES_MAX: usize = 64 << 10;
+/// A segment this small may legitimately have an empty offset index.
+const INDEX_REBUILD_FREE: u64 = 2 * INDEX_INTERVAL_BYTES_DEFAULT;
+
+enum Recovered {
+    Clean,
+    Padding,
+    Cut { reason: String, position: u64 },
+}
+
+async fn read_whole(file: &SegmentFile) -> Result<FileBytes, LogError> {
+    let len = usize::try_from(file.len()).expect("index < 2 GiB");
+    file.read_at(0, len).await.map_err(io_error(file.path()))
+}
+
+/// The batch header fields the read path needs.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    base_offset: i64,
+    last_offset: i64,
+    max_timestamp: i64,
+    size: u64,
+}
+
+fn decode_header(bytes: &[u8], path: &Path, position: u64) -> Result<Header, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt { path: path.to_path_buf(), position, reason };
+    let size = batch::batch_size(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if bytes.len() < HEADER_BYTES {
+        return Err(corrupt("truncated batch header".into()));
+    }
+    let base_offset = batch::base_offset_of(bytes).expect("length checked");
+    let delta = i32::from_be_bytes(bytes[23..27].try_into().expect("length checked"));
+    let max_timestamp = i64::from_be_bytes(bytes[35..43].try_into().expect("length checked"));
+    Ok(Header {
+        base_offset,
+        last_offset: base_offset + i64::from(delta),
+        max_timestamp,
+        size: size as u64,
+    })
+}
+
+async fn read_header(file: &SegmentFile, position: u64) -> Result<Header, LogError> {
+    let bytes = file.read_at(position, HEADER_BYTES).await.map_err(io_error(file.path()))?;
+    decode_header(&bytes, file.path(), position)
+}
+
+/// From `position` (a batch boundary, from the index), finds the first batch below `end`
+/// whose last offset is >= `target`. Reads headers in windows of `SCAN_READ_BYTES`.
+async fn find_batch(
+    file: &SegmentFile,
+    mut position: u64,
+    end: u64,
+    target: i64,
+) -> Result<Option<(u64, Header)>, LogError> {
+    let mut window: Option<(u64, FileBytes)> = None;
+    while position < end {
+        let in_window = window.as_ref().and_then(|(start, bytes)| {
+            let from = usize::try_from(position.checked_sub(*start)?).ok()?;
+            (from + HEADER_BYTES <= bytes.len()).then_some(from)
+        });
+        let header = match in_window {
+            Some(from) => {
+                let (_, bytes) = window.as_ref().expect("checked");
+                decode_header(&bytes[from..], file.path(), position)?
+            }
+            None => {
+                let want =
+                    usize::try_from((end - position).min(SCAN_READ_BYTES as u64)).expect("small");
+                let bytes = file.read_at(position, want).await.map_err(io_error(file.path()))?;
+                let header = decode_header(&bytes, file.path(), position)?;
+                window = Some((position, bytes));
+                header
+            }
+        };
+        if header.last_offset >= target {
+            return Ok(Some((position, header)));
+        }
+        position += header.size;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,913 @@
+//! The hierarchical timing wheel: O(1) add and cancel of deadlines, driven only by
+//! `advance(now_ms)`, so that the purgatory and every timeout in a shard cost a few
+//! pointer writes instead of a heap's O(log n), and tests drive time by hand.
+//!
+//! Layout (one wheel per shard, no locks, no `Rc`):
+//! - every entry lives in one arena (`Vec<Entry<T>>` with a free list and a generation per
+//!   slot), so a [`TimerHandle`] is `(index, generation)` and a stale handle is harmless;
+//! - every bucket is an intrusive doubly linked list threaded through the arena by index,
+//!   so add is "link at the tail" and cancel is "unlink", both O(1);
+//! - level `k` has `wheel_size` buckets of `wheel_size^k` ticks each; levels above 0 are
+//!   created on demand for far deadlines (Kafka's overflow wheels) and their buckets move
+//!   down a level (cascade) when time reaches them;
+//! - a bitmap of non-empty buckets per level lets `advance` jump straight to the next
+//!   non-empty bucket, so a jump of an hour over a near-empty wheel costs a handful of
+//!   steps, not 3.6 million.
+//!
+//! Time is counted in ticks. A deadline `d` (ms) belongs to tick `ceil(d / tick_ms)`; the
+//! wheel's clock is `floor(now / tick_ms)`. An entry expires when the clock reaches its
+//! tick, which gives the guarantee stated on [`TimingWheel::advance`].
+
+use thiserror::Error;
+
+/// Marks "no entry" in the intrusive links (and the end of the free list).
+const NIL: u32 = u32::MAX;
+/// `Entry::list` of a vacant arena slot.
+const LIST_FREE: u32 = u32::MAX;
+/// `Entry::list` of an entry that was due when it was added (or cascaded) and waits for
+/// the next `advance` in the due list.
+const LIST_DUE: u32 = u32::MAX - 1;
+
+/// Largest wheel size accepted: keeps `level * wheel_size + slot` far below `LIST_DUE`.
+pub const WHEEL_SIZE_MAX: u32 = 4096;
+/// Largest number of live entries one wheel can address (indexes are `u32`, two values
+/// are reserved).
+pub const ENTRIES_MAX_LIMIT: usize = (u32::MAX - 2) as usize;
+
+const _: () = assert!(WHEEL_SIZE_MAX as u64 * 64 < LIST_DUE as u64);
+
+/// Errors of the timing wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TimerError {
+    /// The wheel already holds `entries_max` entries.
+    #[error("timing wheel full: {entries_max} entries")]
+    Full { entries_max: usize },
+    /// `tick_ms` must be at least 1.
+    #[error("tick_ms must be >= 1, got {tick_ms}")]
+    TickZero { tick_ms: u64 },
+    /// `wheel_size` must lie in `2..=WHEEL_SIZE_MAX`.
+    #[error("wheel_size must be in 2..={max}, got {wheel_size}")]
+    WheelSize { wheel_size: u32, max: u32 },
+    /// `entries_max` must lie in `1..=ENTRIES_MAX_LIMIT`.
+    #[error("entries_max must be in 1..={max}, got {entries_max}")]
+    EntriesMax { entries_max: usize, max: usize },
+}
+
+/// How a wheel is shaped and bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelOptions {
+    /// Resolution in milliseconds (Kafka: 1 ms).
+    pub tick_ms: u64,
+    /// Buckets per level (Kafka: 20).
+    pub wheel_size: u32,
+    /// Live entries at most; `add` fails with [`TimerError::Full`] beyond it.
+    pub entries_max: usize,
+    /// The clock's reading when the wheel is created (monotonic ms).
+    pub start_ms: u64,
+}
+
+impl WheelOptions {
+    /// Kafka's defaults: 1 ms tick, 20 buckets per level.
+    pub const DEFAULT: WheelOptions =
+        WheelOptions { tick_ms: 1, wheel_size: 20, entries_max: 1 << 24, start_ms: 0 };
+
+    /// Checks the options without building a wheel (for config validation).
+    pub fn validate(&self) -> Result<(), TimerError> {
+        if self.tick_ms == 0 {
+            return Err(TimerError::TickZero { tick_ms: self.tick_ms });
+        }
+        if self.wheel_size < 2 || self.wheel_size > WHEEL_SIZE_MAX {
+            return Err(TimerError::WheelSize { wheel_size: self.wheel_size, max: WHEEL_SIZE_MAX });
+        }
+        if self.entries_max == 0 || self.entries_max > ENTRIES_MAX_LIMIT {
+            return Err(TimerError::EntriesMax {
+                entries_max: self.entries_max,
+                max: ENTRIES_MAX_LIMIT,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for WheelOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Names one entry of one wheel. Copy it freely: once the entry has expired or been
+/// cancelled the handle is stale and `cancel` on it returns `None` (the slot's generation
+/// moved on). Generations are `u32` and wrap: a handle kept across 2^32 reuses of the
+/// same slot could alias a newer entry, which no caller in the broker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerHandle {
+    index: u32,
+    generation: u32,
+}
+
+/// One arena slot. Vacant slots keep their generation and use `next` as the free-list
+/// link; occupied slots are linked into exactly one list (a bucket or the due list).
+#[derive(Debug)]
+struct Entry<T> {
+    /// `ceil(deadline_ms / tick_ms)`.
+    deadline_tick: u64,
+    prev: u32,
+    next: u32,
+    /// Which list holds the entry: `level * wheel_size + slot`, `LIST_DUE` or `LIST_FREE`.
+    list: u32,
+    generation: u32,
+    payload: Option<T>,
+}
+
+/// Head and tail of one intrusive list; entries are appended at the tail so that entries
+/// with the same deadline come out in the order they were added.
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+impl List {
+    const EMPTY: List = List { head: NIL, tail: NIL };
+}
+
+/// One level of the hierarchy: `wheel_size` buckets of `tick_span` ticks each.
+#[derive(Debug)]
+struct Level {
+    /// Ticks covered by one bucket: `wheel_size^level`.
+    tick_span: u64,
+    /// Ticks covered by the whole level: `wheel_size^(level+1)`, `None` when that does not
+    /// fit in a `u64` (the level then covers every remaining deadline).
+    level_span: Option<u64>,
+    buckets: Vec<List>,
+    /// Bit `s` set when bucket `s` is non-empty.
+    occupied: Vec<u64>,
+    /// The level's window, cached so that `add` needs at most one division: its first
+    /// tick (the wheel's time rounded down to `tick_span`), ...
+    window_start: u64,
+    /// ... its end (exclusive; `None` when it reaches past `u64::MAX`), ...
+    window_end: Option<u64>,
+    /// ... and the slot of the bucket that starts it.
+    window_slot: usize,
+}
+
+impl Level {
+    fn new(tick_span: u64, wheel_size: u32, current_tick: u64) -> Self {
+        let words = (wheel_size as usize).div_ceil(64);
+        let mut level = Level {
+            tick_span,
+            level_span: tick_span.checked_mul(u64::from(wheel_size)),
+            buckets: vec![List::EMPTY; wheel_size as usize],
+            occupied: vec![0; words],
+            window_start: 0,
+            window_end: None,
+            window_slot: 0,
+        };
+        level.place_window(current_tick, wheel_size);
+        level
+    }
+
+    /// Moves the cached window to the wheel's time `current_tick`.
+    fn sync(&mut self, current_tick: u64, wheel_size: u32) {
+        // Advancing tick by tick mostly stays inside the current bucket of every level
+        // above 0, and moves level 0 by a slot or two: spare those the divisions.
+        if current_tick >= self.window_start {
+            let delta = current_tick - self.window_start;
+            if delta < self.tick_span {
+                return;
+            }
+            if self.tick_span == 1 && delta < u64::from(wheel_size) {
+                self.window_start = current_tick;
+                self.window_end = self.level_span.and_then(|span| current_tick.checked_add(span));
+                let slot = self.window_slot + delta as usize;
+                self.window_slot = slot.checked_sub(wheel_size as usize).unwrap_or(slot);
+                return;
+            }
+        }
+        self.place_window(current_tick, wheel_size);
+    }
+
+    fn place_window(&mut self, current_tick: u64, wheel_size: u32) {
+        let bucket_id = current_tick / self.tick_span;
+        self.window_start = bucket_id * self.tick_span;
+        self.window_end = self.level_span.and_then(|span| self.window_start.checked_add(span));
+        self.window_slot = (bucket_id % u64::from(wheel_size)) as usize;
+    }
+
+    /// The slot of a deadline inside the window.
+    /// The slot of a deadline inside the window, and the tick at which that bucket expires.
+    fn slot_of(&self, deadline_tick: u64, wheel_size: usize) -> (usize, u64) {
+        let offset = deadline_tick - self.window_start;
+        // Level 0 (one tick per bucket) is where most entries land: spare it the division.
+        let offset = if self.tick_span == 1 { offset } else { offset / self.tick_span };
+        assert!(offset < wheel_size as u64);
+        let slot = self.window_slot + offset as usize;
+        let slot = if slot >= wheel_size { slot - wheel_size } else { slot };
+        (slot, self.window_start + offset * self.tick_span)
+    }
+
+    fn set_occupied(&mut self, slot: usize, occupied: bool) {
+        let bit = 1u64 << (slot % 64);
+        if occupied {
+            self.occupied[slot / 64] |= bit;
+        } else {
+            self.occupied[slot / 64] &= !bit;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.occupied.iter().all(|word| *word == 0)
+    }
+
+    /// First non-empty slot at or after `from`, wrapping around.
+    fn next_occupied(&self, from: usize, wheel_size: usize) -> Option<usize> {
+        first_set(&self.occupied, from, wheel_size).or_else(|| first_set(&self.occupied, 0, from))
+    }
+}
+
+/// First set bit in `bits` within `[lo, hi)`.
+fn first_set(bits: &[u64], lo: usize, hi: usize) -> Option<usize> {
+    let mut position = lo;
+    while position < hi {
+        let word = position / 64;
+        let masked = bits[word] & (u64::MAX << (position % 64));
+        if masked != 0 {
+            let found = word * 64 + masked.trailing_zeros() as usize;
+            return (found < hi).then_some(found);
+        }
+        position = (word + 1) * 64;
+    }
+    None
+}
+
+/// A hierarchical timing wheel holding payloads of type `T`. Lives on one shard; it is not
+/// `Sync` in spirit (no locks) and never reads a clock: time enters only through
+/// [`advance`](Self::advance).
+#[derive(Debug)]
+pub struct TimingWheel<T> {
+    options: WheelOptions,
+    entries: Vec<Entry<T>>,
+    free_head: u32,
+    len: usize,
+    /// The wheel's clock: `floor(now_ms / tick_ms)` of the latest `advance` (or `start_ms`).
+    current_tick: u64,
+    levels: Vec<Level>,
+    /// Entries whose tick had already come when they were added or cascaded; the next
+    /// `advance` returns them first.
+    due: List,
+    /// A lower bound on the expiry tick of every non-empty bucket (`u64::MAX`: none), so
+    /// an `advance` that reaches no bucket costs no scan. Cancels may leave it low, which
+    /// only costs one scan.
+    next_event_tick: u64,
+}
+
+impl<T> TimingWheel<T> {
+    /// Builds an empty wheel.
+    ///
+    /// # Panics
+    /// When `options` fail [`WheelOptions::validate`]; options are constants or validated
+    /// config, so a bad value is a programming error.
+    pub fn new(options: WheelOptions) -> Self {
+        if let Err(error) = options.validate() {
+            panic!("invalid timing wheel options {options:?}: {error}");
+        }
+        let current_tick = options.start_ms / options.tick_ms;
+        let level = Level::new(1, options.wheel_size, current_tick);
+        TimingWheel {
+            options,
+            entries: Vec::new(),
+            free_head: NIL,
+            len: 0,
+            current_tick,
+            levels: vec![level],
+            due: List::EMPTY,
+            next_event_tick: u64::MAX,
+        }
+    }
+
+    /// The options the wheel was built with.
+    pub fn options(&self) -> &WheelOptions {
+        &self.options
+    }
+
+    /// Live entries (added, neither expired nor cancelled).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The wheel's time: the latest `advance(now_ms)` rounded down to the tick.
+    pub fn now_ms(&self) -> u64 {
+        self.current_tick.saturating_mul(self.options.tick_ms)
+    }
+
+    /// Levels currently allocated (1 + overflow wheels created so far).
+    pub fn levels(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Heap bytes held by the wheel, by capacity: the arena (`size_of` entry times its
+    /// capacity) plus every level's buckets and bitmap. Used by the benchmark to report
+    /// bytes per timer.
+    pub fn heap_bytes(&self) -> usize {
+        let arena = self.entries.capacity() * std::mem::size_of::<Entry<T>>();
+        let levels: usize = self
+            .levels
+            .iter()
+            .map(|level| {
+                level.buckets.capacity() * std::mem::size_of::<List>()
+                    + level.occupied.capacity() * std::mem::size_of::<u64>()
+            })
+            .sum();
+        arena + levels + self.levels.capacity() * std::mem::size_of::<Level>()
+    }
+
+    /// Schedules `payload` for `deadline_ms` (monotonic ms). A deadline at or before the
+    /// wheel's time is not lost: the next `advance` returns it, whatever its `now_ms`.
+    pub fn add(&mut self, deadline_ms: u64, payload: T) -> Result<TimerHandle, TimerError> {
+        if self.len >= self.options.entries_max {
+            return Err(TimerError::Full { entries_max: self.options.entries_max });
+        }
+        let deadline_tick = match self.options.tick_ms {
+            1 => deadline_ms, // Kafka's tick: no division on the hot path.
+            tick_ms => deadline_ms.div_ceil(tick_ms),
+        };
+        let index = if self.free_head != NIL {
+            let index = self.free_head;
+            let entry = &mut self.entries[index as usize];
+            assert_eq!(entry.list, LIST_FREE);
+            self.free_head = entry.next;
+            entry.deadline_tick = deadline_tick;
+            entry.payload = Some(payload);
+            index
+        } else {
+            let index = u32::try_from(self.entries.len())
+                .expect("entries_max <= ENTRIES_MAX_LIMIT keeps indexes below NIL");
+            assert!(index < LIST_DUE);
+            self.entries.push(Entry {
+                deadline_tick,
+                prev: NIL,
+                next: NIL,
+                list: LIST_FREE,
+                generation: 0,
+                payload: Some(payload),
+            });
+            index
+        };
+        self.len += 1;
+        self.place(index);
+        Ok(TimerHandle { index, generation: self.entries[index as usize].generation })
+    }
+
+    /// Removes the entry `handle` names and returns its payload; `None` when the handle is
+    /// stale (the entry already expired or was cancelled). O(1).
+    pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
+        let entry = self.entries.get(handle.index as usize)?;
+        if entry.generation != handle.generation || entry.list == LIST_FREE {
+            return None;
+        }
+        self.unlink(handle.index);
+        Some(self.release(handle.index))
+    }
+
+    /// Whether `handle` still names a live entry.
+    pub fn contains(&self, handle: TimerHandle) -> bool {
+        self.entries
+            .get(handle.index as usize)
+            .is_some_and(|entry| entry.generation == handle.generation && entry.list != LIST_FREE)
+    }
+
+    /// The deadline of a live entry, rounded up to the tick (the time it will expire at).
+    pub fn expiry_ms(&self, handle: TimerHandle) -> Option<u64> {
+        self.contains(handle).then(|| {
+            self.entries[handle.index as usize].deadline_tick.saturating_mul(self.options.tick_ms)
+        })
+    }
+
+    /// Moves the wheel's time to `now_ms` and appends every entry that expires to
+    /// `expired`, returning how many it appended.
+    ///
+    /// **Guarantee.** Let `D = ceil(deadline_ms / tick_ms) * tick_ms`. An entry is returned
+    /// by the first call with `now_ms >= D` (or, if `D` was already at or before the wheel's
+    /// time when it was added, by the very next call), and by no earlier call. So it never
+    /// expires before its deadline, and if `advance` is called at least once per tick it
+    /// expires less than one tick after it. With `tick_ms = 1` the rounding vanishes: the
+    /// entry is returned by the first call with `now_ms >= deadline_ms`.
+    ///
+    /// Entries come out in order of their tick; within a tick the order is unspecified.
+    /// Time never goes back: a `now_ms` older than the wheel's time returns only the due
+    /// entries and leaves the time as it is.
+    ///
+    /// Cost: O(expired + cascaded entries + non-empty buckets passed), independent of how
+    /// far time jumps.
+    pub fn advance(&mut self, now_ms: u64, expired: &mut Vec<(TimerHandle, T)>) -> usize {
+        let before = expired.len();
+        let target_tick = (now_ms / self.options.tick_ms).max(self.current_tick);
+        self.drain_due(expired);
+        // Advancing every tick mostly finds nothing to do: answer that without a scan.
+        if target_tick < self.next_event_tick {
+            self.set_current_tick(target_tick);
+            return expired.len() - before;
+        }
+        loop {
+            let Some((level_index, slot, expiry_tick)) = self.next_bucket() else {
+                self.next_event_tick = u64::MAX;
+                break;
+            };
+            if expiry_tick > target_tick {
+                self.next_event_tick = expiry_tick;
+                break;
+            }
+            assert!(expiry_tick >= self.current_tick);
+            self.set_current_tick(expiry_tick);
+            let level = &mut self.levels[level_index];
+            let list = std::mem::replace(&mut level.buckets[slot], List::EMPTY);
+            let tick_span = level.tick_span;
+            level.set_occupied(slot, false);
+            let mut index = list.head;
+            while index != NIL {
+                let entry = &mut self.entries[index as usize];
+                let next = entry.next;
+                // Every entry of a bucket lies in the bucket's span, which starts now.
+                assert!(entry.deadline_tick >= expiry_tick);
+                assert!(entry.deadline_tick - expiry_tick < tick_span);
+                if level_index == 0 {
+                    let handle = TimerHandle { index, generation: entry.generation };
+                    let payload = self.release(index);
+                    expired.push((handle, payload));
+                } else {
+                    self.place(index);
+                }
+                index = next;
+            }
+            self.drain_due(expired);
+        }
+        self.set_current_tick(target_tick);
+        expired.len() - before
+    }
+
+    /// The earliest time at which the wheel needs an `advance`: no entry expires before it,
+    /// and the earliest entry expires at it (level 0) or after it (an overflow bucket that
+    /// only cascades then). `Some(now_ms())` when entries are already due; `None` when the
+    /// wheel is empty. A driver sleeps until this and never misses an expiry.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        if self.due.head != NIL {
+            return Some(self.now_ms());
+        }
+        self.next_bucket().map(|(_, _, tick)| tick.saturating_mul(self.options.tick_ms))
+    }
+
+    fn set_current_tick(&mut self, current_tick: u64) {
+        if current_tick == self.current_tick {
+            return;
+        }
+        self.current_tick = current_tick;
+        for level in &mut self.levels {
+            level.sync(current_tick, self.options.wheel_size);
+        }
+    }
+
+    /// The non-empty bucket that expires first: (level, slot, expiry tick).
+    fn next_bucket(&self) -> Option<(usize, usize, u64)> {
+        let wheel_size = self.options.wheel_size as usize;
+        let mut best: Option<(usize, usize, u64)> = None;
+        for (level_index, level) in self.levels.iter().enumerate() {
+            if level.is_empty() {
+                continue;
+            }
+            // Non-empty buckets of a level lie in its window, one bucket per slot, so the
+            // first non-empty slot from the window's first one (wrapping) is the earliest.
+            let Some(slot) = level.next_occupied(level.window_slot, wheel_size) else {
+                continue;
+            };
+            let distance = (slot + wheel_size - level.window_slot) % wheel_size;
+            let expiry_tick = level
+                .window_start
+                .saturating_add((distance as u64).saturating_mul(level.tick_span));
+            if best.map_or(true, |(_, _, tick)| expiry_tick < tick) {
+                best = Some((level_index, slot, expiry_tick));
+            }
+        }
+        best
+    }
+
+    /// Links a live, unlinked entry into the list its deadline belongs to, given the
+    /// wheel's current time: the due list, or the lowest level whose span reaches it.
+    fn place(&mut self, index: u32) {
+        let deadline_tick = self.entries[index as usize].deadline_tick;
+        if deadline_tick <= self.current_tick {
+            self.push_due(index);
+            return;
+        }
+        let wheel_size = self.options.wheel_size;
+        let mut level_index = 0;
+        loop {
+            if level_index == self.levels.len() {
+                let below = &self.levels[level_index - 1];
+                let tick_span =
+                    below.level_span.expect("a level without span accepts every deadline");
+                self.levels.push(Level::new(tick_span, wheel_size, self.current_tick));
+            }
+            let level = &self.levels[level_index];
+            if level.window_end.map_or(true, |end| deadline_tick < end) {
+                let (slot, expiry_tick) = level.slot_of(deadline_tick, wheel_size as usize);
+                self.next_event_tick = self.next_event_tick.min(expiry_tick);
+                self.push_bucket(level_index, slot, index);
+                return;
+            }
+            level_index += 1;
+        }
+    }
+
+    fn push_due(&mut self, index: u32) {
+        let mut list = self.due;
+        self.push_back(&mut list, LIST_DUE, index);
+        self.due = list;
+    }
+
+    fn push_bucket(&mut self, level_index: usize, slot: usize, index: u32) {
+        let list_id = (level_index * self.options.wheel_size as usize + slot) as u32;
+        let mut list = self.levels[level_index].buckets[slot];
+        self.push_back(&mut list, list_id, index);
+        let level = &mut self.levels[level_index];
+        level.buckets[slot] = list;
+        level.set_occupied(slot, true);
+    }
+
+    fn push_back(&mut self, list: &mut List, list_id: u32, index: u32) {
+        let tail = list.tail;
+        {
+            let entry = &mut self.entries[index as usize];
+            entry.list = list_id;
+            entry.prev = tail;
+            entry.next = NIL;
+        }
+        if tail == NIL {
+            list.head = index;
+        } else {
+            self.entries[tail as usize].next = index;
+        }
+        list.tail = index;
+    }
+
+    /// Unlinks a live entry from whichever list holds it.
+    fn unlink(&mut self, index: u32) {
+        let (prev, next, list_id) = {
+            let entry = &self.entries[index as usize];
+            (entry.prev, entry.next, entry.list)
+        };
+        assert_ne!(list_id, LIST_FREE);
+        let wheel_size = self.options.wheel_size as usize;
+        let list = if list_id == LIST_DUE {
+            &mut self.due
+        } else {
+            let level = list_id as usize / wheel_size;
+            &mut self.levels[level].buckets[list_id as usize % wheel_size]
+        };
+        if prev == NIL {
+            assert_eq!(list.head, index);
+            list.head = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next == NIL {
+            assert_eq!(list.tail, index);
+            list.tail = prev;
+        } else {
+            self.entries[next as usize].prev = prev;
+        }
+        if list_id != LIST_DUE && list.head == NIL {
+            let level = list_id as usize / wheel_size;
+            self.levels[level].set_occupied(list_id as usize % wheel_size, false);
+        }
+    }
+
+    /// Frees an unlinked entry's slot (bumping its generation) and returns the payload.
+    fn release(&mut self, index: u32) -> T {
+        let entry = &mut self.entries[index as usize];
+        assert_ne!(entry.list, LIST_FREE);
+        entry.list = LIST_FREE;
+        entry.prev = NIL;
+        entry.next = self.free_head;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free_head = index;
+        self.len -= 1;
+        entry.payload.take().expect("a live entry holds its payload")
+    }
+
+    fn drain_due(&mut self, expired: &mut Vec<(TimerHandle, T)>) {
+        let mut index = std::mem::replace(&mut self.due, List::EMPTY).head;
+        while index != NIL {
+            let entry = &self.entries[index as usize];
+            let next = entry.next;
+            let handle = TimerHandle { index, generation: entry.generation };
+            let payload = self.release(index);
+            expired.push((handle, payload));
+            index = next;
+        }
+    }
+}
+
+impl<T> Default for TimingWheel<T> {
+    fn default() -> Self {
+        Self::new(WheelOptions::DEFAULT)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn wheel(tick_ms: u64, wheel_size: u32, start_ms: u64) -> TimingWheel<u64> {
+        TimingWheel::new(WheelOptions { tick_ms, wheel_size, entries_max: 1 << 20, start_ms })
+    }
+
+    fn payloads(expired: &[(TimerHandle, u64)]) -> Vec<u64> {
+        expired.iter().map(|(_, payload)| *payload).collect()
+    }
+
+    #[test]
+    fn expires_at_deadline_not_before() {
+        let mut wheel = wheel(1, 20, 0);
+        wheel.add(5, 5).unwrap();
+        wheel.add(25, 25).unwrap(); // Level 1.
+        wheel.add(1_000, 1_000).unwrap(); // Level 2.
+        let mut out = Vec::new();
+        for now in 0..5 {
+            assert_eq!(wheel.advance(now, &mut out), 0, "now {now}");
+        }
+        assert_eq!(wheel.advance(5, &mut out), 1);
+        assert_eq!(payloads(&out), [5]);
+        out.clear();
+        assert_eq!(wheel.advance(24, &mut out), 0);
+        assert_eq!(wheel.advance(25, &mut out), 1);
+        assert_eq!(payloads(&out), [25]);
+        out.clear();
+        assert_eq!(wheel.advance(999, &mut out), 0);
+        assert_eq!(wheel.advance(1_000, &mut out), 1);
+        assert_eq!(payloads(&out), [1_000]);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline_ms(), None);
+    }
+
+    #[test]
+    fn coarse_tick_rounds_deadline_up() {
+        let mut wheel = wheel(10, 4, 0);
+        wheel.add(11, 11).unwrap(); // Expires at 20.
+        wheel.add(20, 20).unwrap(); // Expires at 20.
+        wheel.add(21, 21).unwrap(); // Expires at 30.
+        let mut out = Vec::new();
+        assert_eq!(wheel.advance(19, &mut out), 0);
+        assert_eq!(wheel.advance(20, &mut out), 2);
+        assert_eq!(payloads(&out), [11, 20]);
+        out.clear();
+        assert_eq!(wheel.advance(29, &mut out), 0);
+        assert_eq!(wheel.advance(35, &mut out), 1);
+        assert_eq!(payloads(&out), [21]);
+        assert_eq!(wheel.now_ms(), 30);
+    }
+
+    #[test]
+    fn already_due_entry_comes_out_on_next_advance() {
+        let mut wheel = wheel(1, 20, 100);
+        wheel.add(50, 50).unwrap();
+        wheel.add(100, 100).unwrap();
+        assert_eq!(wheel.next_deadline_ms(), Some(100));
+        let mut out = Vec::new();
+        // Even an advance to an older time returns due entries.
+        assert_eq!(wheel.advance(0, &mut out), 2);
+        assert_eq!(payloads(&out), [50, 100]);
+        assert_eq!(wheel.now_ms(), 100);
+    }
+
+    #[test]
+    fn cancel_is_exact_and_stale_handles_are_harmless() {
+        let mut wheel = wheel(1, 20, 0);
+        let a = wheel.add(10, 1).unwrap();
+        let b = wheel.add(10, 2).unwrap();
+        let c = wheel.add(10, 3).unwrap();
+        assert_eq!(wheel.cancel(b), Some(2));
+        assert_eq!(wheel.cancel(b), None);
+        // The slot is reused with a new generation; the old handle stays stale.
+        let d = wheel.add(10, 4).unwrap();
+        assert_eq!(wheel.cancel(b), None);
+        assert!(wheel.contains(d));
+        assert_eq!(wheel.len(), 3);
+        let mut out = Vec::new();
+        wheel.advance(10, &mut out);
+        assert_eq!(payloads(&out), [1, 3, 4]);
+        assert_eq!(out.iter().map(|(handle, _)| *handle).collect::<Vec<_>>(), [a, c, d]);
+        assert_eq!(wheel.cancel(a), None);
+        assert_eq!(wheel.cancel(d), None);
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn full_wheel_refuses_and_recovers() {
+        let mut wheel = TimingWheel::new(WheelOptions { entries_max: 2, ..WheelOptions::DEFAULT });
+        let a = wheel.add(1, 1).unwrap();
+        wheel.add(2, 2).unwrap();
+        assert_eq!(wheel.add(3, 3), Err(TimerError::Full { entries_max: 2 }));
+        wheel.cancel(a).unwrap();
+        wheel.add(3, 3).unwrap();
+        assert_eq!(wheel.len(), 2);
+    }
+
+    #[test]
+    fn far_jump_over_sparse_wheel_is_cheap() {
+        let mut wheel = wheel(1, 20, 0);
+        let hour_ms = 3_600_000;
+        wheel.add(hour_ms, 1).unwrap();
+        wheel.add(hour_ms * 24 * 365, 2).unwrap();
+        wheel.add(u64::MAX, 3).unwrap();
+        let levels = wheel.levels();
+        assert!(levels >= 6, "a year of 1 ms ticks needs 20^6 > 3.2e10: got {levels}");
+        let mut out = Vec::new();
+        let clock = crate::clock::SystemClock::new();
+        assert_eq!(wheel.advance(hour_ms + 1, &mut out), 1);
+        assert_eq!(wheel.advance(hour_ms * 24 * 365, &mut out), 1);
+        assert_eq!(wheel.advance(u64::MAX - 1, &mut out), 0);
+        assert_eq!(wheel.advance(u64::MAX, &mut out), 1);
+        assert_eq!(payloads(&out), [1, 2, 3]);
+        // Stepping tick by tick would take hours; bucket jumps take microseconds.
+        assert!(clock.monotonic_ms() < 1_000);
+    }
+
+    #[test]
+    fn next_deadline_is_never_late() {
+        let mut wheel = wheel(1, 8, 0);
+        assert_eq!(wheel.next_deadline_ms(), None);
+        wheel.add(3, 3).unwrap();
+        assert_eq!(wheel.next_deadline_ms(), Some(3));
+        let far = wheel.add(100, 100).unwrap();
+        assert_eq!(wheel.next_deadline_ms(), Some(3));
+        let mut out = Vec::new();
+        wheel.advance(3, &mut out);
+        // The far entry sits in an overflow bucket that cascades at 64 (8 * 8 buckets of 1
+        // ms reach 64): a wake-up point before its deadline, never after.
+        let next = wheel.next_deadline_ms().unwrap();
+        assert!(next <= 100);
+        let mut now = 3;
+        let mut steps = 0;
+        while wheel.contains(far) {
+            now = wheel.next_deadline_ms().unwrap();
+            wheel.advance(now, &mut out);
+            steps += 1;
+        }
+        assert_eq!(now, 100);
+        assert!(steps <= 3, "one wake-up per level at most: {steps}");
+    }
+
+    #[test]
+    fn invalid_options_are_reported() {
+        let base = WheelOptions::DEFAULT;
+        assert!(base.validate().is_ok());
+        assert!(WheelOptions { tick_ms: 0, ..base }.validate().is_err());
+        assert!(WheelOptions { wheel_size: 1, ..base }.validate().is_err());
+        assert!(WheelOptions { wheel_size: WHEEL_SIZE_MAX + 1, ..base }.validate().is_err());
+        assert!(WheelOptions { entries_max: 0, ..base }.validate().is_err());
+    }
+
+    #[test]
+    fn wide_wheel_uses_multi_word_bitmap() {
+        let mut wheel = wheel(1, 200, 0);
+        for deadline in [1, 63, 64, 65, 130, 199, 250, 40_000] {
+            wheel.add(deadline, deadline).unwrap();
+        }
+        let mut out = Vec::new();
+        let mut expired = 0;
+        for now in 0..=40_000 {
+            wheel.advance(now, &mut out);
+            for (_, deadline) in out.drain(..) {
+                assert_eq!(deadline, now, "expired early or late");
+                expired += 1;
+            }
+        }
+        assert_eq!(expired, 8);
+        assert!(wheel.is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Add at `now + delay` (delay may be 0 = already due).
+        Add { delay_ms: u64 },
+        /// Cancel the i-th handle ever issued (modulo), live or stale.
+        Cancel { pick: usize },
+        /// Advance by `step_ms`.
+        Advance { step_ms: u64 },
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop_oneof![
+                0u64..30,
+                0u64..500,
+                0u64..20_000,
+                0u64..5_000_000,
+            ].prop_map(|delay_ms| Op::Add { delay_ms }),
+            2 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            3 => prop_oneof![0u64..3, 0u64..50, 0u64..2_000, 0u64..1_000_000]
+                .prop_map(|step_ms| Op::Advance { step_ms }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The wheel against a sorted reference (`BTreeMap<(expiry, id), ()>`): every
+        /// advance returns exactly the live entries whose rounded-up deadline is at or
+        /// before `now` (none early, none lost, none late by a tick or more), each once, in
+        /// tick order; cancel succeeds exactly for live entries.
+        #[test]
+        fn model_matches_sorted_reference(
+            tick_ms in prop_oneof![Just(1u64), 1u64..20],
+            wheel_size in prop_oneof![Just(20u32), 2u32..70],
+            start_ms in 0u64..1_000_000,
+            ops in proptest::collection::vec(op_strategy(), 1..300),
+        ) {
+            let mut wheel = TimingWheel::<u64>::new(WheelOptions {
+                tick_ms, wheel_size, entries_max: 10_000, start_ms,
+            });
+            let mut now = start_ms;
+            // Reference: id -> rounded expiry for live entries.
+            let mut reference: BTreeMap<(u64, u64), ()> = BTreeMap::new();
+            let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut handles: Vec<(TimerHandle, u64)> = Vec::new();
+            let mut out = Vec::new();
+            for (id, op) in ops.into_iter().enumerate() {
+                let id = id as u64;
+                match op {
+                    Op::Add { delay_ms } => {
+                        let deadline = now + delay_ms;
+                        let handle = wheel.add(deadline, id).unwrap();
+                        // An already-due entry expires at the next advance: model it as
+                        // expiring at the wheel's current time.
+                        let expiry = deadline.div_ceil(tick_ms) * tick_ms;
+                        reference.insert((expiry, id), ());
+                        live.insert(id, expiry);
+                        handles.push((handle, id));
+                        prop_assert_eq!(wheel.expiry_ms(handle), Some(expiry));
+                    }
+                    Op::Cancel { pick } => {
+                        if handles.is_empty() { continue; }
+                        let (handle, target) = handles[pick % handles.len()];
+                        let cancelled = wheel.cancel(handle);
+                        match live.remove(&target) {
+                            Some(expiry) => {
+                                prop_assert_eq!(cancelled, Some(target));
+                                reference.remove(&(expiry, target));
+                            }
+                            None => prop_assert_eq!(cancelled, None),
+                        }
+                    }
+                    Op::Advance { step_ms } => {
+                        now += step_ms;
+                        out.clear();
+                        wheel.advance(now, &mut out);
+                        let mut expected = Vec::new();
+                        while let Some((&(expiry, target), _)) = reference.first_key_value() {
+                            if expiry > now { break; }
+                            reference.pop_first();
+                            live.remove(&target);
+                            expected.push((expiry, target));
+                        }
+                        // Same set, and tick order (ties in any order).
+                        let mut got: Vec<(u64, u64)> = out.iter()
+                            .map(|(_, target)| (expected.iter()
+                                .find(|(_, id)| id == target).map_or(u64::MAX, |(e, _)| *e),
+                                *target))
+                            .collect();
+                        let expiries: Vec<u64> = got.iter().map(|(e, _)| *e).collect();
+                        prop_assert!(expiries.windows(2).all(|w| w[0] <= w[1]),
+                            "not in tick order: {:?}", expiries);
+                        got.sort_unstable();
+                        prop_assert_eq!(got, expected);
+                        prop_assert_eq!(wheel.now_ms(), now / tick_ms * tick_ms);
+                    }
+                }
+                prop_assert_eq!(wheel.len(), live.len());
+                // next_deadline_ms is a safe wake-up point: nothing expires before it.
+                match (wheel.next_deadline_ms(), reference.first_key_value()) {
+                    (None, None) => {}
+                    (Some(next), Some((&(expiry, _), _))) => {
+                        prop_assert!(next <= expiry.max(wheel.now_ms()),
+                            "next {} after earliest expiry {}", next, expiry);
+                    }
+                    (next, first) => prop_assert!(false, "next {:?} vs {:?}", next, first),
+                }
+            }
+            // Drain: everything left expires by the last rounded deadline, once.
+            out.clear();
+            wheel.advance(u64::MAX, &mut out);
+            prop_assert_eq!(out.len(), reference.len());
+            prop_assert!(wheel.is_empty());
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Sluice network layer.
