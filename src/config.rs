@@ -1,0 +1,201 @@
+//! Broker configuration: command-line flags, an optional TOML file, and `--set` overrides
+//! under Kafka's own property names, validated into one [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use sluice_engine::io::IoMode;
+use sluice_engine::log::{self, LogOptions};
+
+/// `sluice serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// Address clients are told to connect to (defaults to --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory holding the partition logs and checkpoint files.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Number of shards (pinned cores); default: every core.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// File I/O mode: `direct` (O_DIRECT) or `buffered` (page cache).
+    #[arg(long)]
+    pub io: Option<IoMode>,
+    /// TOML file of broker properties (Kafka names, e.g. `"log.segment.bytes" = 1073741824`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Sets a broker property by its Kafka name; repeatable: `--set log.retention.ms=60000`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// The validated broker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    /// Defaults for every partition log (topic configs override them later).
+    pub log: LogOptions,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval_ms: u64,
+    /// Every property as given (file, then `--set`), for DescribeConfigs later.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Broker properties understood today, with Kafka's defaults.
+const KNOWN: &[(&str, &str)] = &[
+    ("log.segment.bytes", "1073741824"),
+    ("log.roll.ms", "604800000"),
+    ("log.index.interval.bytes", "4096"),
+    ("log.retention.ms", "604800000"),
+    ("log.retention.bytes", "-1"),
+    ("log.flush.interval.messages", "9223372036854775807"),
+    ("log.flush.interval.ms", "9223372036854775807"),
+    ("log.retention.check.interval.ms", "300000"),
+    ("message.max.bytes", "1048588"),
+    ("num.partitions", "1"),
+    ("default.replication.factor", "1"),
+    ("auto.create.topics.enable", "true"),
+    ("io.mode", "buffered"),
+];
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
+    value.trim().parse().map_err(|_| anyhow::anyhow!("{name}: {value:?} is not a valid number"))
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut properties: BTreeMap<String, String> =
+            KNOWN.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let table: toml::Table =
+                text.parse().with_context(|| format!("parsing {}", path.display()))?;
+            for (name, value) in table {
+                let value = match value {
+                    toml::Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                properties.insert(name, value);
+            }
+        }
+        for item in &args.overrides {
+            let Some((name, value)) = item.split_once('=') else {
+                bail!("--set {item:?}: expected NAME=VALUE");
+            };
+            properties.insert(name.trim().to_string(), value.trim().to_string());
+        }
+        for name in properties.keys() {
+            if !KNOWN.iter().any(|(known, _)| known == name) {
+                bail!(
+                    "unknown broker property {name:?}; known: {}",
+                    KNOWN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let get = |name: &str| properties.get(name).map(String::as_str).unwrap_or("");
+        let io_mode = match args.io {
+            Some(mode) => mode,
+            None => get("io.mode").parse().map_err(anyhow::Error::msg)?,
+        };
+        let as_u64_or_max = |name: &str| -> anyhow::Result<u64> {
+            let value: i64 = parse_number(name, get(name))?;
+            Ok(if value < 0 { u64::MAX } else { value as u64 })
+        };
+        let log = LogOptions {
+            io_mode,
+            segment_bytes: parse_number("log.segment.bytes", get("log.segment.bytes"))?,
+            segment_ms: parse_number("log.roll.ms", get("log.roll.ms"))?,
+            index_interval_bytes: parse_number(
+                "log.index.interval.bytes",
+                get("log.index.interval.bytes"),
+            )?,
+            retention_ms: parse_number("log.retention.ms", get("log.retention.ms"))?,
+            retention_bytes: parse_number("log.retention.bytes", get("log.retention.bytes"))?,
+            flush_messages: as_u64_or_max("log.flush.interval.messages")?,
+            flush_ms: as_u64_or_max("log.flush.interval.ms")?,
+            max_message_bytes: parse_number("message.max.bytes", get("message.max.bytes"))?,
+            faults: None,
+        };
+        if log.segment_bytes > log::SEGMENT_BYTES_MAX || log.segment_bytes < 1024 {
+            bail!("log.segment.bytes must be in [1024, {}]", log::SEGMENT_BYTES_MAX);
+        }
+        let retention_check_interval_ms = parse_number(
+            "log.retention.check.interval.ms",
+            get("log.retention.check.interval.ms"),
+        )?;
+        let cores_available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = args.cores.unwrap_or(cores_available);
+        if cores == 0 {
+            bail!("--cores must be at least 1");
+        }
+        Ok(Config {
+            listen: args.listen,
+            advertise: args.advertise.clone().unwrap_or_else(|| args.listen.to_string()),
+            data_dir: args.data_dir.clone(),
+            cores,
+            log,
+            retention_check_interval_ms,
+            properties,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let cli = Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))?;
+        Config::from_args(&cli.serve)
+    }
+
+    #[test]
+    fn defaults_are_kafkas() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.log.segment_bytes, 1 << 30);
+        assert_eq!(config.log.retention_ms, 604_800_000);
+        assert_eq!(config.log.flush_messages, i64::MAX as u64);
+        assert_eq!(config.log.io_mode, IoMode::Buffered);
+    }
+
+    #[test]
+    fn file_then_set_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "\"log.segment.bytes\" = 4096\n\"log.retention.ms\" = 5\n").unwrap();
+        let path = path.to_str().unwrap();
+        let config =
+            config(&["--config", path, "--set", "log.retention.ms=7", "--io", "direct"]).unwrap();
+        assert_eq!(config.log.segment_bytes, 4096);
+        assert_eq!(config.log.retention_ms, 7);
+        assert_eq!(config.log.io_mode, IoMode::Direct);
+        assert!(super::Config::from_args(
+            &Cli::try_parse_from(["s", "--set", "nope=1"]).unwrap().serve
+        )
+        .is_err());
+        assert!(super::Config::from_args(
+            &Cli::try_parse_from(["s", "--set", "log.segment.bytes=x"]).unwrap().serve
+        )
+        .is_err());
+    }
+}
