@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The physical limits Sluice's benchmarks are judged against, measured now on this
+# machine: sequential write bandwidth (O_DIRECT and page cache, 16 KiB and 1 MiB blocks,
+# fsync at the end) with fio, and loopback TCP bandwidth with iperf3. Prints one JSON line.
+#
+#   perf/baseline.sh [DIR]      DIR: where to write (default ./bench-data), on the disk
+#                               the broker's data dir uses.
+set -euo pipefail
+dir=${1:-./bench-data}
+size_mib=${BASELINE_MIB:-2048}
+mkdir -p "$dir"
+
+if ! command -v fio >/dev/null || ! command -v iperf3 >/dev/null; then
+  echo "installing fio and iperf3" >&2
+  if [ "$(id -u)" = 0 ]; then sudo_cmd=""; else sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq fio iperf3 >/dev/null
+fi
+
+fio_write() { # $1 block size, $2 direct (0|1) -> MB/s
+  fio --name=seqwrite --rw=write --ioengine=io_uring --iodepth=1 --numjobs=1 --end_fsync=1 \
+      --directory="$dir" --bs="$1" --size="${size_mib}m" --direct="$2" --output-format=json \
+    | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"]/1e6,1))'
+  rm -f "$dir/seqwrite.0.0"
+}
+
+direct_16k=$(fio_write 16k 1)
+direct_1m=$(fio_write 1m 1)
+buffered_16k=$(fio_write 16k 0)
+buffered_1m=$(fio_write 1m 0)
+
+port=$((20000 + RANDOM % 20000))
+iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
+server=$!
+sleep 0.5
+loopback=$(iperf3 -c 127.0.0.1 -p "$port" -t 5 -J \
+  | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6,1))')
+wait "$server" 2>/dev/null || true
+
+printf '{"date":"%s","fio_direct_16k_mb_s":%s,"fio_direct_1m_mb_s":%s,"fio_buffered_16k_mb_s":%s,"fio_buffered_1m_mb_s":%s,"loopback_tcp_mb_s":%s}\n' \
+  "$(date -u +%FT%TZ)" "$direct_16k" "$direct_1m" "$buffered_16k" "$buffered_1m" "$loopback"

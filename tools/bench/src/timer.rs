@@ -1,0 +1,593 @@
+//! `sluice-bench timer`: the timing wheel against the usual alternatives, in one process.
+//!
+//! For each size n (10k, 100k, 1M, up to `--timers`): add n timers with deadlines spread
+//! uniformly over `1..=spread_ms`, cancel every other one, then advance time from 0 to
+//! `spread_ms` in `step_ms` steps until all have expired. The same deadlines and the same
+//! cancellations go to:
+//! - `wheel`: sluice's `TimingWheel` (1 ms tick, 20 slots): O(1) add and cancel;
+//! - `heap+set`: a `BinaryHeap<Reverse<(deadline, id)>>` with cancellation by lazy deletion
+//!   through a `HashSet` of cancelled ids (the common way to cancel in a heap);
+//! - `heap+vec`: the same heap with tombstones in a `Vec<bool>` indexed by id (the
+//!   cheapest cancel a heap can have; shown so the comparison is not against a straw man);
+//! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel.
+//!
+//! Reported per phase: ns per operation (min / median / max over `--repeat` runs), add +
+//! cancel throughput in Mops/s, the whole workload's cost per timer (add + cancel +
+//! advance: a heap pays for its lazily deleted timers when it pops them, a wheel does
+//! not), and bytes per timer at the peak (after the cancels), by
+//! capacity accounting: `wheel` asks the wheel (`TimingWheel::heap_bytes`: arena capacity
+//! times entry size, plus buckets and bitmaps); the heaps count `capacity * size_of` of the
+//! heap and the tombstones (a `HashSet` bucket is its element plus one control byte);
+//! `btree` has no capacity to ask, so it is estimated from std's node layout (B = 6: leaves
+//! of 11 entries plus a parent link, internal nodes with 12 more edges) at the ~69% fill
+//! that random inserts leave. Every run checks that all four expire the same timers.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Context as _};
+use sluice_engine::timer::{TimerHandle, TimingWheel, WheelOptions};
+
+/// Arguments of the `timer` benchmark.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimerArgs {
+    /// Largest number of timers; sizes 10k, 100k, 1M run up to it (and it, if different).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub timers: usize,
+    /// Runs per size; min / median / max are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Deadlines are spread uniformly over 1..=spread_ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub spread_ms: u64,
+    /// Time advances in steps of this many ms (1 = every tick, the worst case for a wheel).
+    #[arg(long, default_value_t = 1)]
+    pub step_ms: u64,
+    /// Seed of the deadline generator.
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs the benchmark and prints the table (and writes JSON if asked).
+pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
+    ensure!(args.timers >= 2, "--timers must be at least 2");
+    ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    ensure!(args.spread_ms >= 1, "--spread-ms must be at least 1");
+    ensure!(args.step_ms >= 1, "--step-ms must be at least 1");
+    let mut sizes: Vec<usize> =
+        [10_000, 100_000, 1_000_000].into_iter().filter(|n| *n < args.timers).collect();
+    sizes.push(args.timers);
+
+    let mut results = Vec::new();
+    for &n in &sizes {
+        let workload = Workload::new(n, args.spread_ms, args.seed);
+        let mut runs: [Vec<Run>; 4] = Default::default();
+        // One unrecorded round first: it pays for faulting in fresh memory and warming
+        // the allocator, which would otherwise land on whichever implementation runs first.
+        measure::<Wheel>(&workload, args)?;
+        measure::<HeapSet>(&workload, args)?;
+        measure::<HeapVec>(&workload, args)?;
+        measure::<BTree>(&workload, args)?;
+        for _ in 0..args.repeat {
+            // Interleave implementations so drift (thermal, other load) hits all alike.
+            runs[0].push(measure::<Wheel>(&workload, args)?);
+            runs[1].push(measure::<HeapSet>(&workload, args)?);
+            runs[2].push(measure::<HeapVec>(&workload, args)?);
+            runs[3].push(measure::<BTree>(&workload, args)?);
+            let checksums: Vec<u64> = runs.iter().map(|r| r[r.len() - 1].checksum).collect();
+            ensure!(
+                checksums.windows(2).all(|pair| pair[0] == pair[1]),
+                "implementations disagree on what expired: {checksums:?}"
+            );
+        }
+        let names = [Wheel::NAME, HeapSet::NAME, HeapVec::NAME, BTree::NAME];
+        for (name, runs) in names.into_iter().zip(runs) {
+            results.push(Summary::new(name, n, &runs));
+        }
+    }
+
+    let table = render_table(&results, args);
+    print!("{table}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, render_json(&results, args))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The same deadlines and cancellations for every implementation.
+struct Workload {
+    deadlines_ms: Vec<u64>,
+    /// Indexes (into `deadlines_ms`) of the timers to cancel: every other one, shuffled so
+    /// cancels hit the structure in no particular order.
+    cancels: Vec<usize>,
+    spread_ms: u64,
+}
+
+impl Workload {
+    fn new(n: usize, spread_ms: u64, seed: u64) -> Self {
+        let mut rng = XorShift::new(seed ^ n as u64);
+        let deadlines_ms = (0..n).map(|_| 1 + rng.next() % spread_ms).collect();
+        let mut cancels: Vec<usize> = (0..n).step_by(2).collect();
+        for i in (1..cancels.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            cancels.swap(i, j);
+        }
+        Workload { deadlines_ms, cancels, spread_ms }
+    }
+}
+
+/// xorshift64*: deterministic, fast, and good enough to scatter deadlines.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        XorShift(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// What the benchmark needs of a timer structure.
+trait BenchTimer: Sized {
+    const NAME: &'static str;
+    type Handle: Copy;
+    fn with_timers(n: usize) -> Self;
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> Self::Handle;
+    fn cancel(&mut self, handle: Self::Handle);
+    /// Expires everything due at `now_ms`; returns (count, sum of payloads).
+    fn advance(&mut self, now_ms: u64) -> (u64, u64);
+    fn heap_bytes(&self) -> usize;
+    fn is_empty(&self) -> bool;
+}
+
+struct Wheel {
+    wheel: TimingWheel<u64>,
+    expired: Vec<(TimerHandle, u64)>,
+}
+
+impl BenchTimer for Wheel {
+    const NAME: &'static str = "wheel";
+    type Handle = TimerHandle;
+
+    fn with_timers(n: usize) -> Self {
+        let options = WheelOptions { entries_max: n.max(1), ..WheelOptions::DEFAULT };
+        Wheel { wheel: TimingWheel::new(options), expired: Vec::new() }
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> TimerHandle {
+        self.wheel.add(deadline_ms, payload).expect("entries_max is the workload size")
+    }
+
+    fn cancel(&mut self, handle: TimerHandle) {
+        let cancelled = self.wheel.cancel(handle);
+        debug_assert!(cancelled.is_some());
+        black_box(cancelled);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        self.wheel.advance(now_ms, &mut self.expired);
+        let sum = self.expired.iter().fold(0u64, |sum, (_, p)| sum.wrapping_add(*p));
+        let count = self.expired.len() as u64;
+        self.expired.clear();
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.wheel.heap_bytes()
+            + self.expired.capacity() * std::mem::size_of::<(TimerHandle, u64)>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.wheel.is_empty()
+    }
+}
+
+/// Heap entry: (deadline, id, payload), smallest deadline first.
+type HeapEntry = Reverse<(u64, u64, u64)>;
+
+struct HeapSet {
+    heap: BinaryHeap<HeapEntry>,
+    cancelled: HashSet<u64>,
+    next_id: u64,
+}
+
+impl BenchTimer for HeapSet {
+    const NAME: &'static str = "heap+set";
+    type Handle = u64;
+
+    fn with_timers(_n: usize) -> Self {
+        HeapSet { heap: BinaryHeap::new(), cancelled: HashSet::new(), next_id: 0 }
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.heap.push(Reverse((deadline_ms, id, payload)));
+        id
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.cancelled.insert(id);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        let (mut count, mut sum) = (0, 0u64);
+        while let Some(Reverse((deadline_ms, id, payload))) = self.heap.peek().copied() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.heap.pop();
+            if !self.cancelled.remove(&id) {
+                count += 1;
+                sum = sum.wrapping_add(payload);
+            }
+        }
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.heap.capacity() * std::mem::size_of::<HeapEntry>()
+            + self.cancelled.capacity() * (std::mem::size_of::<u64>() + 1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty() && self.cancelled.is_empty()
+    }
+}
+
+struct HeapVec {
+    heap: BinaryHeap<HeapEntry>,
+    cancelled: Vec<bool>,
+}
+
+impl BenchTimer for HeapVec {
+    const NAME: &'static str = "heap+vec";
+    type Handle = u64;
+
+    fn with_timers(_n: usize) -> Self {
+        HeapVec { heap: BinaryHeap::new(), cancelled: Vec::new() }
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> u64 {
+        let id = self.cancelled.len() as u64;
+        self.cancelled.push(false);
+        self.heap.push(Reverse((deadline_ms, id, payload)));
+        id
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.cancelled[id as usize] = true;
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        let (mut count, mut sum) = (0, 0u64);
+        while let Some(Reverse((deadline_ms, id, payload))) = self.heap.peek().copied() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.heap.pop();
+            if !self.cancelled[id as usize] {
+                count += 1;
+                sum = sum.wrapping_add(payload);
+            }
+        }
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.heap.capacity() * std::mem::size_of::<HeapEntry>() + self.cancelled.capacity()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+struct BTree {
+    map: BTreeMap<(u64, u64), u64>,
+    next_id: u64,
+}
+
+impl BenchTimer for BTree {
+    const NAME: &'static str = "btree";
+    type Handle = (u64, u64);
+
+    fn with_timers(_n: usize) -> Self {
+        BTree { map: BTreeMap::new(), next_id: 0 }
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> (u64, u64) {
+        let key = (deadline_ms, self.next_id);
+        self.next_id += 1;
+        self.map.insert(key, payload);
+        key
+    }
+
+    fn cancel(&mut self, key: (u64, u64)) {
+        black_box(self.map.remove(&key));
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        let (mut count, mut sum) = (0, 0u64);
+        while let Some(entry) = self.map.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            sum = sum.wrapping_add(entry.remove());
+            count += 1;
+        }
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        // std's BTreeMap (B = 6): a leaf holds 11 keys and values, a parent pointer and two
+        // u16s; an internal node adds 12 edges. Random inserts leave nodes ~69% full, and
+        // there is about one internal node per 8 leaves.
+        let entry = std::mem::size_of::<(u64, u64)>() + std::mem::size_of::<u64>();
+        let leaf = 11 * entry + 8 + 4;
+        let internal = leaf + 12 * 8;
+        let leaves = self.map.len() as f64 / (11.0 * 0.69);
+        (leaves * leaf as f64 + leaves / 8.0 * internal as f64) as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// One run of one implementation at one size.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    add_ns: f64,
+    cancel_ns: f64,
+    advance_ns: f64,
+    bytes_peak: usize,
+    checksum: u64,
+}
+
+fn measure<T: BenchTimer>(workload: &Workload, args: &TimerArgs) -> anyhow::Result<Run> {
+    let n = workload.deadlines_ms.len();
+    let mut timers = T::with_timers(n);
+
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for (payload, deadline_ms) in workload.deadlines_ms.iter().enumerate() {
+        handles.push(timers.add(*deadline_ms, payload as u64));
+    }
+    let add_ns = started.elapsed().as_nanos() as f64;
+
+    let started = Instant::now();
+    for &index in &workload.cancels {
+        timers.cancel(handles[index]);
+    }
+    let cancel_ns = started.elapsed().as_nanos() as f64;
+    let bytes_peak = timers.heap_bytes();
+
+    let started = Instant::now();
+    let (mut expired, mut checksum) = (0u64, 0u64);
+    let mut now_ms = 0;
+    while now_ms < workload.spread_ms {
+        now_ms = (now_ms + args.step_ms).min(workload.spread_ms);
+        let (count, sum) = timers.advance(now_ms);
+        expired += count;
+        checksum = checksum.wrapping_add(sum);
+    }
+    let advance_ns = started.elapsed().as_nanos() as f64;
+
+    let survivors = (n - workload.cancels.len()) as u64;
+    ensure!(expired == survivors, "{}: {expired} expired, {survivors} expected", T::NAME);
+    ensure!(timers.is_empty(), "{}: timers left after the last deadline", T::NAME);
+    black_box(&handles);
+    Ok(Run { add_ns, cancel_ns, advance_ns, bytes_peak, checksum })
+}
+
+/// Min / median / max of one metric over the runs.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Spread { min: values[0], median: values[values.len() / 2], max: values[values.len() - 1] }
+    }
+}
+
+/// One implementation at one size, over all runs. Per-op figures divide by the operations
+/// of the phase: n adds, n/2 cancels, n + n/2 for add+cancel, n/2 expiries for advance.
+#[derive(Debug)]
+struct Summary {
+    name: &'static str,
+    timers: usize,
+    add_ns_per_op: Spread,
+    cancel_ns_per_op: Spread,
+    add_cancel_ns_per_op: Spread,
+    advance_ns_per_expiry: Spread,
+    /// Whole life of the workload (add + cancel + advance) per timer added.
+    total_ns_per_timer: Spread,
+    bytes_per_timer: f64,
+}
+
+impl Summary {
+    fn new(name: &'static str, timers: usize, runs: &[Run]) -> Self {
+        let adds = timers as f64;
+        let cancels = timers.div_ceil(2) as f64;
+        let expiries = (timers - timers.div_ceil(2)).max(1) as f64;
+        let per = |f: &dyn Fn(&Run) -> f64, ops: f64| {
+            Spread::of(runs.iter().map(|r| f(r) / ops).collect())
+        };
+        Summary {
+            name,
+            timers,
+            add_ns_per_op: per(&|r| r.add_ns, adds),
+            cancel_ns_per_op: per(&|r| r.cancel_ns, cancels),
+            add_cancel_ns_per_op: per(&|r| r.add_ns + r.cancel_ns, adds + cancels),
+            advance_ns_per_expiry: per(&|r| r.advance_ns, expiries),
+            total_ns_per_timer: per(&|r| r.add_ns + r.cancel_ns + r.advance_ns, adds),
+            bytes_per_timer: runs.iter().map(|r| r.bytes_peak).max().unwrap_or(0) as f64 / adds,
+        }
+    }
+}
+
+fn render_table(results: &[Summary], args: &TimerArgs) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "timer benchmark: deadlines over 1..={} ms, cancel half, advance in {} ms steps, {} runs \
+         (ns/op: median [min..max])",
+        args.spread_ms, args.step_ms, args.repeat
+    );
+    let _ = writeln!(
+        out,
+        "{:>9} {:<9} {:>22} {:>22} {:>22} {:>9} {:>22} {:>22} {:>8}",
+        "timers",
+        "impl",
+        "add ns/op",
+        "cancel ns/op",
+        "add+cancel ns/op",
+        "Mops/s",
+        "advance ns/expiry",
+        "total ns/timer",
+        "B/timer"
+    );
+    let cell = |s: &Spread| format!("{:.1} [{:.1}..{:.1}]", s.median, s.min, s.max);
+    for summary in results {
+        let _ = writeln!(
+            out,
+            "{:>9} {:<9} {:>22} {:>22} {:>22} {:>9.1} {:>22} {:>22} {:>8.1}",
+            summary.timers,
+            summary.name,
+            cell(&summary.add_ns_per_op),
+            cell(&summary.cancel_ns_per_op),
+            cell(&summary.add_cancel_ns_per_op),
+            1_000.0 / summary.add_cancel_ns_per_op.median,
+            cell(&summary.advance_ns_per_expiry),
+            cell(&summary.total_ns_per_timer),
+            summary.bytes_per_timer,
+        );
+    }
+    let _ = writeln!(out, "\nadd+cancel speed-up of the wheel (median ns/op ratio):");
+    let mut wheel_at = Vec::new();
+    for wheel in results.iter().filter(|s| s.name == Wheel::NAME) {
+        let versus = |name: &str| {
+            results
+                .iter()
+                .find(|s| s.name == name && s.timers == wheel.timers)
+                .map_or(f64::NAN, |s| {
+                    s.add_cancel_ns_per_op.median / wheel.add_cancel_ns_per_op.median
+                })
+        };
+        let _ = writeln!(
+            out,
+            "{:>9} timers: {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}",
+            wheel.timers,
+            versus(HeapSet::NAME),
+            HeapSet::NAME,
+            versus(HeapVec::NAME),
+            HeapVec::NAME,
+            versus(BTree::NAME),
+            BTree::NAME
+        );
+        wheel_at.push((wheel.timers, wheel.add_cancel_ns_per_op.median));
+    }
+    if let (Some(first), Some(last)) = (wheel_at.first(), wheel_at.last()) {
+        let _ = writeln!(
+            out,
+            "wheel add+cancel cost from {} to {} timers: {:.1} -> {:.1} ns/op ({:.2}x)",
+            first.0,
+            last.0,
+            first.1,
+            last.1,
+            last.1 / first.1
+        );
+    }
+    out
+}
+
+fn render_json(results: &[Summary], args: &TimerArgs) -> String {
+    let spread = |s: &Spread| {
+        format!("{{\"min\":{:.3},\"median\":{:.3},\"max\":{:.3}}}", s.min, s.median, s.max)
+    };
+    let rows: Vec<String> = results
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"impl\":\"{}\",\"timers\":{},\"add_ns_per_op\":{},\"cancel_ns_per_op\":{},\
+                 \"add_cancel_ns_per_op\":{},\"advance_ns_per_expiry\":{},\"total_ns_per_timer\":{},\
+                 \"bytes_per_timer\":{:.2}}}",
+                s.name,
+                s.timers,
+                spread(&s.add_ns_per_op),
+                spread(&s.cancel_ns_per_op),
+                spread(&s.add_cancel_ns_per_op),
+                spread(&s.advance_ns_per_expiry),
+                spread(&s.total_ns_per_timer),
+                s.bytes_per_timer
+            )
+        })
+        .collect();
+    format!(
+        "{{\"bench\":\"timer\",\"spread_ms\":{},\"step_ms\":{},\"repeat\":{},\"seed\":{},\"results\":[{}]}}\n",
+        args.spread_ms,
+        args.step_ms,
+        args.repeat,
+        args.seed,
+        rows.join(",")
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tiny(json: Option<PathBuf>) -> TimerArgs {
+        TimerArgs { timers: 2_000, repeat: 2, spread_ms: 500, step_ms: 3, seed: 7, json }
+    }
+
+    #[test]
+    fn all_implementations_expire_the_same_timers() {
+        let args = tiny(None);
+        let workload = Workload::new(1_000, args.spread_ms, args.seed);
+        let wheel = measure::<Wheel>(&workload, &args).unwrap();
+        let heap_set = measure::<HeapSet>(&workload, &args).unwrap();
+        let heap_vec = measure::<HeapVec>(&workload, &args).unwrap();
+        let btree = measure::<BTree>(&workload, &args).unwrap();
+        // The sum of the payloads (indexes) of the odd, never-cancelled timers.
+        let expected: u64 = (1..1_000u64).step_by(2).sum();
+        for run in [wheel, heap_set, heap_vec, btree] {
+            assert_eq!(run.checksum, expected);
+            assert!(run.bytes_peak > 0);
+        }
+    }
+
+    #[test]
+    fn smoke_run_writes_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timer.json");
+        run(&tiny(Some(path.clone()))).unwrap();
+        let json = std::fs::read_to_string(path).unwrap();
+        assert!(json.starts_with("{\"bench\":\"timer\""));
+        // 2 000 is the only size below 10k: four implementations.
+        assert_eq!(json.matches("\"impl\":").count(), 4);
+        assert!(json.contains("\"impl\":\"wheel\",\"timers\":2000"));
+    }
+}
