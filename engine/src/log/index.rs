@@ -37,10 +37,31 @@ pub struct TimeEntry {
     pub relative_offset: u32,
 }
 
+/// What memory knows about the batch an entry names, beyond Kafka's file format: its base
+/// offset and where it ends. Filled for entries made by appends and recovery scans;
+/// unknown for entries loaded from a trusted index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchExtent {
+    pub base_relative_offset: u32,
+    pub end_position: u32,
+}
+
+/// Where the batch holding an offset starts, as far as the index can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// The batch starts at `position`, holds relative offsets from `base_relative_offset`,
+    /// and is `size` bytes long: no read needed.
+    Exact { position: u32, base_relative_offset: u32, size: u32 },
+    /// Scan batch headers from `position`.
+    ScanFrom(u32),
+}
+
 /// The offset index of one segment.
 #[derive(Debug, Default, Clone)]
 pub struct OffsetIndex {
     entries: Vec<OffsetEntry>,
+    /// Parallel to `entries`; `None` where unknown.
+    extents: Vec<Option<BatchExtent>>,
     /// Entries `[..flushed]` are in the file.
     flushed: usize,
 }
@@ -69,11 +90,47 @@ impl OffsetIndex {
             entries.push(entry);
         }
         let flushed = entries.len();
-        Ok(OffsetIndex { entries, flushed })
+        let extents = vec![None; entries.len()];
+        Ok(OffsetIndex { entries, extents, flushed })
     }
 
     pub fn entries(&self) -> &[OffsetEntry] {
         &self.entries
+    }
+
+    /// Appends an entry for a batch whose extent is known.
+    pub fn append_batch(&mut self, entry: OffsetEntry, extent: BatchExtent) {
+        assert!(extent.base_relative_offset <= entry.relative_offset);
+        assert!(extent.end_position > entry.position);
+        self.append(entry);
+        *self.extents.last_mut().expect("just appended") = Some(extent);
+    }
+
+    /// Finds where the batch holding `relative_offset` starts. When the floor entry's
+    /// batch is followed directly by the next entry's batch (every batch indexed, as with
+    /// batches larger than `index.interval.bytes`), the answer is exact with no I/O.
+    pub fn locate(&self, relative_offset: u32) -> Located {
+        let after = self.entries.partition_point(|entry| entry.relative_offset < relative_offset);
+        // `after` is the first entry whose batch ends at or past the target.
+        if let Some(entry) = self.entries.get(after) {
+            if let Some(extent) = self.extents[after] {
+                if extent.base_relative_offset <= relative_offset {
+                    return Located::Exact {
+                        position: entry.position,
+                        base_relative_offset: extent.base_relative_offset,
+                        size: extent.end_position - entry.position,
+                    };
+                }
+            }
+        }
+        // Otherwise scan from the end of the last batch wholly before the target.
+        match after.checked_sub(1) {
+            Some(floor) => match self.extents[floor] {
+                Some(extent) => Located::ScanFrom(extent.end_position),
+                None => Located::ScanFrom(self.entries[floor].position),
+            },
+            None => Located::ScanFrom(0),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -90,6 +147,7 @@ impl OffsetIndex {
             assert!(entry.position > last.position);
         }
         self.entries.push(entry);
+        self.extents.push(None);
     }
 
     /// The last entry with `relative_offset <= target`: where to start scanning for it.
@@ -102,6 +160,7 @@ impl OffsetIndex {
     pub fn truncate_to_position(&mut self, position: u64) {
         let keep = self.entries.partition_point(|entry| u64::from(entry.position) < position);
         self.entries.truncate(keep);
+        self.extents.truncate(keep);
         self.flushed = self.flushed.min(keep);
     }
 
@@ -226,6 +285,31 @@ mod tests {
         assert_eq!(index.lookup(19).unwrap().position, 4096);
         assert_eq!(index.lookup(20).unwrap().position, 8192);
         assert_eq!(index.lookup(u32::MAX).unwrap().relative_offset, 1000);
+    }
+
+    #[test]
+    fn locate_is_exact_for_consecutive_indexed_batches() {
+        let mut index = OffsetIndex::default();
+        // Batches [0..=9] at 0..5000 (not indexed), [10..=19] at 5000..9000,
+        // [20..=29] at 9000..13000, then [30..=39] at 13000..17000 (not indexed),
+        // [40..=49] at 17000..21000.
+        let extent = |base, end| BatchExtent { base_relative_offset: base, end_position: end };
+        index.append_batch(OffsetEntry { relative_offset: 19, position: 5000 }, extent(10, 9000));
+        index.append_batch(OffsetEntry { relative_offset: 29, position: 9000 }, extent(20, 13000));
+        index.append_batch(OffsetEntry { relative_offset: 49, position: 17000 }, extent(40, 21000));
+        assert_eq!(index.locate(3), Located::ScanFrom(0));
+        let exact =
+            |position, base, size| Located::Exact { position, base_relative_offset: base, size };
+        assert_eq!(index.locate(10), exact(5000, 10, 4000));
+        assert_eq!(index.locate(19), exact(5000, 10, 4000));
+        assert_eq!(index.locate(25), exact(9000, 20, 4000));
+        assert_eq!(index.locate(35), Located::ScanFrom(13000));
+        assert_eq!(index.locate(45), exact(17000, 40, 4000));
+        assert_eq!(index.locate(60), Located::ScanFrom(21000));
+        // Entries loaded from a file know no extents: scans from the floor entry.
+        let (_, bytes) = index.unflushed();
+        let loaded = OffsetIndex::decode(&bytes, 30_000).unwrap();
+        assert_eq!(loaded.locate(25), Located::ScanFrom(5000));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
 use crate::clock::Clock;
 use crate::io::{FaultPlan, FileBytes, IoMode, SegmentFile};
-use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use index::{BatchExtent, Located, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
 /// Kafka's defaults for the topic-level settings the log obeys.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
@@ -202,8 +202,14 @@ impl Segment {
         }
         if self.bytes_since_last_index_entry > interval {
             let relative = self.relative(batch.last_offset());
+            let end = position + batch.size() as u64;
             let position = u32::try_from(position).expect("segment.bytes <= i32::MAX");
-            self.offset_index.append(OffsetEntry { relative_offset: relative, position });
+            let extent = BatchExtent {
+                base_relative_offset: self.relative(batch.base_offset()),
+                end_position: u32::try_from(end).expect("segment.bytes <= i32::MAX"),
+            };
+            self.offset_index
+                .append_batch(OffsetEntry { relative_offset: relative, position }, extent);
             let entry = TimeEntry {
                 timestamp: self.max_timestamp,
                 relative_offset: self.relative(self.offset_of_max_timestamp),
@@ -213,6 +219,15 @@ impl Segment {
         }
         self.bytes_since_last_index_entry += batch.size() as u64;
         self.next_offset = batch.last_offset() + 1;
+    }
+
+    /// Where the batch holding `offset` starts: exact from memory when the index knows
+    /// the batch, else a batch boundary at or before it to scan from.
+    fn locate(&self, offset: i64) -> Located {
+        if offset < self.base_offset || offset >= self.next_offset {
+            return Located::ScanFrom(0);
+        }
+        self.offset_index.locate(self.relative(offset))
     }
 
     /// Kafka's `onBecomeInactiveSegment`: the time index ends with the segment's max.
@@ -984,7 +999,7 @@ impl Log {
         min_one_batch: bool,
     ) -> Result<ReadSlice, LogError> {
         self.check_online()?;
-        let (file, start_position, segment_end, max_offset_in_segment) = {
+        let (file, segment_base, start, segment_end, limit) = {
             let state = self.state.borrow();
             if offset < state.log_start_offset || offset > state.log_end_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -1009,36 +1024,45 @@ impl Log {
             else {
                 return Ok(ReadSlice::empty(offset));
             };
-            let start = if offset >= segment.base_offset {
-                segment.offset_index.lookup(segment.relative(offset)).map_or(0, |e| e.position)
-            } else {
-                0
-            };
-            let in_segment = (max_offset < segment.next_offset).then_some(max_offset);
-            (segment.log.clone(), u64::from(start), segment.size, in_segment)
+            let start = segment.locate(offset);
+            let limit = (max_offset < segment.next_offset)
+                .then(|| (max_offset, segment.locate(max_offset)));
+            (segment.log.clone(), segment.base_offset, start, segment.size, limit)
         };
-        let Some((position, first)) =
-            find_batch(&file, start_position, segment_end, offset).await?
-        else {
-            return Ok(ReadSlice::empty(offset));
+        // Most lookups end here, from memory; a scan reads batch headers otherwise.
+        let (position, first_base_offset, first_size) = match start {
+            Located::Exact { position, base_relative_offset, size } => (
+                u64::from(position),
+                segment_base + i64::from(base_relative_offset),
+                u64::from(size),
+            ),
+            Located::ScanFrom(from) => {
+                match find_batch(&file, u64::from(from), segment_end, offset).await? {
+                    Some((position, header)) => (position, header.base_offset, header.size),
+                    None => return Ok(ReadSlice::empty(offset)),
+                }
+            }
         };
-        let end = match max_offset_in_segment {
-            Some(limit) => find_batch(&file, position, segment_end, limit)
-                .await?
-                .map_or(segment_end, |(at, _)| at),
+        let end = match limit {
             None => segment_end,
+            Some((_, Located::Exact { position, .. })) => u64::from(position),
+            Some((limit, Located::ScanFrom(from))) => {
+                find_batch(&file, u64::from(from).max(position), segment_end, limit)
+                    .await?
+                    .map_or(segment_end, |(at, _)| at)
+            }
         };
         if end <= position {
             return Ok(ReadSlice::empty(offset));
         }
         let mut bytes = (end - position).min(max_bytes);
-        if min_one_batch && bytes < first.size {
-            bytes = first.size.min(end - position);
+        if min_one_batch && bytes < first_size {
+            bytes = first_size.min(end - position);
         }
         if bytes == 0 {
             return Ok(ReadSlice::empty(offset));
         }
-        Ok(ReadSlice { file: Some(file), position, bytes, first_batch_offset: first.base_offset })
+        Ok(ReadSlice { file: Some(file), position, bytes, first_batch_offset: first_base_offset })
     }
 
     /// The first offset with a record timestamp >= `timestamp` (ListOffsets by time), or
@@ -1138,10 +1162,8 @@ impl Log {
         let (file, index_file, time_file, start, size) = {
             let state = self.state.borrow();
             let segment = state.active();
-            let start = if offset >= segment.base_offset && offset < segment.next_offset {
-                segment.offset_index.lookup(segment.relative(offset)).map_or(0, |e| e.position)
-            } else {
-                0
+            let start = match segment.locate(offset) {
+                Located::Exact { position, .. } | Located::ScanFrom(position) => position,
             };
             (
                 segment.log.clone(),

@@ -713,6 +713,9 @@ fn run_model(mode: IoMode, ops: Vec<Op>) {
                     assert_eq!(new_end, expected_end);
                     model.batches.split_off(&expected_end);
                     model.log_end_offset = expected_end;
+                    // Cutting the batch that holds the log start pulls the start back to
+                    // the new end (the log start never passes the log end).
+                    model.log_start_offset = model.log_start_offset.min(expected_end);
                 }
                 Op::DeleteRecords { at } => {
                     let offset = model.pick(at);
