@@ -405,17 +405,19 @@ impl DirectFile {
         }
         // Remember the new partial block for the next append.
         let end = position + data.len() as u64;
-        let tail_start = self.align_down(end);
+        let from_start = usize::try_from(self.align_down(end) - start).expect("within buffer");
         let mut tail = self.tail.borrow_mut();
-        if tail_start >= start {
-            let from_total = usize::try_from(tail_start - start).expect("within buffer");
-            let mut rebuilt = Vec::with_capacity(total - from_total);
-            let tail_len_old = tail.len();
-            for at in from_total..total {
-                rebuilt.push(if at < tail_len_old { tail[at] } else { data[at - tail_len_old] });
-            }
-            *tail = rebuilt;
+        if from_start == 0 {
+            // Still inside the block the old tail began: it grows.
+            tail.extend_from_slice(data);
+        } else {
+            // A block boundary was crossed, and the old tail is shorter than a block: the
+            // new partial block is the end of `data`.
+            let from_data = from_start - tail.len();
+            *tail = data[from_data..].to_vec();
         }
+        debug_assert!(tail.len() < alignment);
+        debug_assert_eq!(total % alignment, tail.len());
         Ok(())
     }
 
