@@ -13,8 +13,23 @@ pub mod timer;
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    /// Runs a test body on a glommio executor.
+    /// Runs a test body on a glommio executor, under a watchdog: a test stuck for two
+    /// minutes aborts the test process with a message instead of hanging CI.
     pub fn run<F: std::future::Future<Output = ()> + 'static>(future: F) {
-        crate::runtime::run_local(future)
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watched = done.clone();
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if watched.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+            }
+            eprintln!("test {name} still running after 120 s: aborting");
+            std::process::abort();
+        });
+        crate::runtime::run_local(future);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -299,14 +299,6 @@ fn parse_segment_name(name: &str) -> Option<(i64, &str)> {
     Some((stem.parse().ok()?, extension))
 }
 
-async fn blocking<F, T>(work: F) -> T
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    glommio::executor().spawn_blocking(work).await
-}
-
 fn validate_options(options: &LogOptions) -> Result<(), LogError> {
     if options.segment_bytes < HEADER_BYTES as u64 || options.segment_bytes > SEGMENT_BYTES_MAX {
         return Err(LogError::InvalidOptions(format!(
@@ -335,16 +327,18 @@ impl Log {
         clock: Rc<dyn Clock>,
     ) -> Result<Log, LogError> {
         validate_options(&options)?;
-        let dir_owned = dir.to_path_buf();
-        let listing = blocking(move || -> io::Result<Vec<String>> {
-            std::fs::create_dir_all(&dir_owned)?;
+        // Listing the directory is a blocking syscall, done only when a partition is
+        // opened (start-up, topic creation), never on the append or fetch path. glommio's
+        // blocking pool was used here first; a rare hang waiting on its completion in the
+        // tests made the plain call the safer choice.
+        let listing = (|| -> io::Result<Vec<String>> {
+            std::fs::create_dir_all(dir)?;
             let mut names = Vec::new();
-            for entry in std::fs::read_dir(&dir_owned)? {
+            for entry in std::fs::read_dir(dir)? {
                 names.push(entry?.file_name().to_string_lossy().into_owned());
             }
             Ok(names)
-        })
-        .await
+        })()
         .map_err(io_error(dir))?;
 
         let mut bases = Vec::new();
