@@ -226,18 +226,7 @@ impl BenchTimer for HeapSet {
     }
 
     fn advance(&mut self, now_ms: u64) -> (u64, u64) {
-        let (mut count, mut sum) = (0, 0u64);
-        while let Some(Reverse((deadline_ms, id, payload))) = self.heap.peek().copied() {
-            if deadline_ms > now_ms {
-                break;
-            }
-            self.heap.pop();
-            if !self.cancelled.remove(&id) {
-                count += 1;
-                sum = sum.wrapping_add(payload);
-            }
-        }
-        (count, sum)
+        drain_due(&mut self.heap, now_ms, |id| !self.cancelled.remove(&id))
     }
 
     fn heap_bytes(&self) -> usize {
@@ -248,6 +237,27 @@ impl BenchTimer for HeapSet {
     fn is_empty(&self) -> bool {
         self.heap.is_empty() && self.cancelled.is_empty()
     }
+}
+
+/// Pops every entry of a lazy-deletion heap due at `now_ms`; `live(id)` says whether the
+/// entry still counts (was not cancelled). Returns the live count and a payload checksum.
+fn drain_due(
+    heap: &mut BinaryHeap<HeapEntry>,
+    now_ms: u64,
+    mut live: impl FnMut(u64) -> bool,
+) -> (u64, u64) {
+    let (mut count, mut sum) = (0, 0u64);
+    while let Some(Reverse((deadline_ms, id, payload))) = heap.peek().copied() {
+        if deadline_ms > now_ms {
+            break;
+        }
+        heap.pop();
+        if live(id) {
+            count += 1;
+            sum = sum.wrapping_add(payload);
+        }
+    }
+    (count, sum)
 }
 
 struct HeapVec {
@@ -275,18 +285,7 @@ impl BenchTimer for HeapVec {
     }
 
     fn advance(&mut self, now_ms: u64) -> (u64, u64) {
-        let (mut count, mut sum) = (0, 0u64);
-        while let Some(Reverse((deadline_ms, id, payload))) = self.heap.peek().copied() {
-            if deadline_ms > now_ms {
-                break;
-            }
-            self.heap.pop();
-            if !self.cancelled[id as usize] {
-                count += 1;
-                sum = sum.wrapping_add(payload);
-            }
-        }
-        (count, sum)
+        drain_due(&mut self.heap, now_ms, |id| !self.cancelled[id as usize])
     }
 
     fn heap_bytes(&self) -> usize {
