@@ -66,13 +66,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .context("starting the signal thread")?;
     }
 
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut handles = Vec::new();
     for shard in 0..config.cores {
-        let placement = match core_ids.get(shard % core_ids.len().max(1)) {
-            Some(core) => glommio::Placement::Fixed(core.id),
-            None => glommio::Placement::Unbound,
-        };
+        let placement = runtime::pinned_placement(shard);
         let owned: Vec<(TopicPartition, OpenHints)> = partitions
             .iter()
             .filter(|tp| shard_of(&tp.topic, tp.partition, config.cores) == shard)

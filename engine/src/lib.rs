@@ -14,22 +14,20 @@ pub mod timer;
 #[cfg(test)]
 pub(crate) mod test_support {
     /// Runs a test body on a glommio executor, under a watchdog: a test stuck for two
-    /// minutes aborts the test process with a message instead of hanging CI.
+    /// minutes aborts the test process with a message instead of hanging CI. The watchdog
+    /// stops when the body returns or panics (either drops `alive`).
     pub fn run<F: std::future::Future<Output = ()> + 'static>(future: F) {
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watched = done.clone();
+        let (alive, watched) = std::sync::mpsc::channel::<()>();
         let name = std::thread::current().name().unwrap_or("?").to_string();
         std::thread::spawn(move || {
-            for _ in 0..1200 {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                if watched.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                watched.recv_timeout(std::time::Duration::from_secs(120))
+            {
+                eprintln!("test {name} still running after 120 s: aborting");
+                std::process::abort();
             }
-            eprintln!("test {name} still running after 120 s: aborting");
-            std::process::abort();
         });
         crate::runtime::run_local(future);
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(alive);
     }
 }

@@ -38,6 +38,17 @@ pub fn explain_executor_error(error: &dyn std::fmt::Display, shards: u64) -> Str
     )
 }
 
+/// Where shard (or benchmark thread) `index` runs: pinned to the `index`-th CPU this
+/// process may use (wrapping when there are more shards than CPUs), or unpinned when the
+/// CPU list cannot be read.
+pub fn pinned_placement(index: usize) -> glommio::Placement {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    match cores.get(index % cores.len().max(1)) {
+        Some(core) => glommio::Placement::Fixed(core.id),
+        None => glommio::Placement::Unbound,
+    }
+}
+
 /// Runs a future to completion on a fresh single-shard glommio executor. For tests,
 /// benchmarks and tools; the broker starts its own pinned shards.
 pub fn run_local<F, T>(future: F) -> T

@@ -299,6 +299,16 @@ fn parse_segment_name(name: &str) -> Option<(i64, &str)> {
     Some((stem.parse().ok()?, extension))
 }
 
+/// Creates `dir` if missing and returns the names in it.
+fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
 fn validate_options(options: &LogOptions) -> Result<(), LogError> {
     if options.segment_bytes < HEADER_BYTES as u64 || options.segment_bytes > SEGMENT_BYTES_MAX {
         return Err(LogError::InvalidOptions(format!(
@@ -331,15 +341,7 @@ impl Log {
         // opened (start-up, topic creation), never on the append or fetch path. glommio's
         // blocking pool was used here first; a rare hang waiting on its completion in the
         // tests made the plain call the safer choice.
-        let listing = (|| -> io::Result<Vec<String>> {
-            std::fs::create_dir_all(dir)?;
-            let mut names = Vec::new();
-            for entry in std::fs::read_dir(dir)? {
-                names.push(entry?.file_name().to_string_lossy().into_owned());
-            }
-            Ok(names)
-        })()
-        .map_err(io_error(dir))?;
+        let listing = list_dir(dir).map_err(io_error(dir))?;
 
         let mut bases = Vec::new();
         let mut leftovers = Vec::new();

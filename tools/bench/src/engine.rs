@@ -119,21 +119,13 @@ fn fio_mb_per_s(dir: &Path, block_bytes: usize, direct: bool, mib: u64) -> anyho
     Ok(value.parse::<f64>()? / 1e6)
 }
 
-fn pin(cpu: usize) -> glommio::Placement {
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    match cores.get(cpu % cores.len().max(1)) {
-        Some(core) => glommio::Placement::Fixed(core.id),
-        None => glommio::Placement::Unbound,
-    }
-}
-
 fn run_on<F, T>(cpu: usize, work: impl FnOnce() -> F + Send + 'static) -> anyhow::Result<T>
 where
     F: std::future::Future<Output = anyhow::Result<T>> + 'static,
     T: Send + 'static,
 {
     sluice_engine::runtime::raise_memlock_limit();
-    let handle = glommio::LocalExecutorBuilder::new(pin(cpu))
+    let handle = glommio::LocalExecutorBuilder::new(sluice_engine::runtime::pinned_placement(cpu))
         .name("bench")
         .spawn(work)
         .map_err(|e| anyhow::anyhow!(sluice_engine::runtime::explain_executor_error(&e, 1)))?;
