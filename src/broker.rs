@@ -1,48 +1,74 @@
-//! Broker start-up and shutdown: raise the locked-memory limit, check the data directory,
-//! start one pinned glommio shard per core, let each shard recover the partition logs it
-//! owns (`shard_of`), run their housekeeping (flush.ms, retention), and on SIGINT/SIGTERM
-//! close every log and write Kafka's checkpoint files from the main thread (one writer).
-//!
-//! The Kafka protocol listener joins this loop with the broker issue; today `serve` is the
-//! storage side of the daemon.
+//! Broker start-up and shutdown: raise the locked-memory limit, check the data directory
+//! and the listen address, replay the metadata log, start one pinned glommio shard per
+//! core (each owns the partitions `shard_of` gives it and serves Kafka clients on the
+//! shared SO_REUSEPORT address), and on SIGINT/SIGTERM let the shards drain and close
+//! their logs, then write Kafka's checkpoint files from the main thread (one writer).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sluice_engine::checkpoint::{self, TopicPartition};
-use sluice_engine::clock::{Clock, SystemClock};
-use sluice_engine::log::{Log, LogOptions, OpenHints};
+use sluice_engine::log::OpenHints;
+use sluice_engine::metadata::{self, MetadataLog, MetadataRecord};
 use sluice_engine::runtime;
-use sluice_engine::shard::{shard_of, ShardId};
+use sluice_engine::shard::shard_of;
+use sluice_net::config::BrokerConfig;
+use sluice_net::shard::{self, ShardStart};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 
-/// How often a shard checks for shutdown and runs `flush.ms`.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
-
-/// What a shard reports when it stops: per partition, the recovery point and log start.
-type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
+/// `meta.properties` in the data dir: the cluster id and node id, like Kafka's.
+const META_PROPERTIES: &str = "meta.properties";
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let memlock = runtime::raise_memlock_limit();
     check_data_dir(&config.data_dir)?;
+    let listen = check_listen_address(config.listen)?;
+    let (advertised_host, advertised_port) = advertised(&config, listen)?;
+    let cluster_id = cluster_id(&config.data_dir, config.node_id)?;
+
+    let (mut metadata_log, mut image) =
+        MetadataLog::open(&config.data_dir).context("opening the metadata log")?;
+    adopt_partition_dirs(&config.data_dir, &mut metadata_log, &mut image)?;
     let recovery_points = checkpoint::read(&config.data_dir.join(checkpoint::RECOVERY_POINT_FILE))
         .context("reading the recovery-point checkpoint")?;
     let log_starts = checkpoint::read(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE))
         .context("reading the log-start-offset checkpoint")?;
-    let partitions = list_partitions(&config.data_dir)?;
     tracing::debug!(properties = ?config.properties, "broker properties");
     info!(
-        listen = %config.listen, advertise = %config.advertise, data_dir = %config.data_dir.display(), shards = config.cores,
-        io = %config.log.io_mode, partitions = partitions.len(), memlock,
+        listen = %listen, advertise = %format!("{advertised_host}:{advertised_port}"),
+        data_dir = %config.data_dir.display(), shards = config.cores, io = %config.log.io_mode,
+        topics = image.len(), memlock, cluster_id = %cluster_id,
         "starting sluice"
     );
+    let broker = Arc::new(BrokerConfig {
+        node_id: config.node_id,
+        cluster_id,
+        listen,
+        advertised_host,
+        advertised_port,
+        data_dir: config.data_dir.clone(),
+        shards: config.cores,
+        log: config.log.clone(),
+        retention_check_interval_ms: config.retention_check_interval_ms,
+        num_partitions: config.num_partitions,
+        default_replication_factor: config.default_replication_factor,
+        auto_create_topics: config.auto_create_topics,
+        delete_topic_enable: config.delete_topic_enable,
+        cleanup_policy: config.cleanup_policy.clone(),
+        message_timestamp_type: config.message_timestamp_type.clone(),
+        min_insync_replicas: config.min_insync_replicas,
+        socket_request_max_bytes: config.socket_request_max_bytes,
+        queued_max_requests: config.queued_max_requests,
+        max_connections_per_shard: config.max_connections_per_shard,
+        properties: config.properties.clone(),
+    });
 
     // Block the shutdown signals in every thread; one thread waits for them.
     let signals = {
@@ -66,32 +92,37 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .context("starting the signal thread")?;
     }
 
+    let mesh = shard::mesh(config.cores);
+    let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
-    for shard in 0..config.cores {
-        let placement = runtime::pinned_placement(shard);
-        let owned: Vec<(TopicPartition, OpenHints)> = partitions
-            .iter()
-            .filter(|tp| shard_of(&tp.topic, tp.partition, config.cores) == shard)
+    for id in 0..config.cores {
+        let hints: BTreeMap<TopicPartition, OpenHints> = image
+            .topics()
+            .flat_map(|t| (0..t.partitions).map(|p| TopicPartition::new(t.name.clone(), p)))
+            .filter(|tp| shard_of(&tp.topic, tp.partition, config.cores) == id)
             .map(|tp| {
                 let hints = OpenHints {
-                    recovery_point: recovery_points.get(tp).copied().unwrap_or(0),
-                    log_start_offset: log_starts.get(tp).copied().unwrap_or(0),
+                    recovery_point: recovery_points.get(&tp).copied().unwrap_or(0),
+                    log_start_offset: log_starts.get(&tp).copied().unwrap_or(0),
                 };
-                (tp.clone(), hints)
+                (tp, hints)
             })
             .collect();
-        let data_dir = config.data_dir.clone();
-        let options = config.log.clone();
-        let retention_interval = Duration::from_millis(config.retention_check_interval_ms);
-        let shard_stop = stop.clone();
-        let handle = glommio::LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{shard}"))
+        let start = ShardStart {
+            id,
+            config: broker.clone(),
+            image: image.clone(),
+            metadata_log: if id == 0 { metadata_log.take() } else { None },
+            hints,
+            mesh: mesh.clone(),
+            stop: stop.clone(),
+        };
+        let handle = glommio::LocalExecutorBuilder::new(runtime::pinned_placement(id))
+            .name(&format!("shard-{id}"))
             // glommio's default 100 ms preemption would let one busy task delay timer
             // expiries by that much; the purgatory promises one tick (1 ms).
             .preempt_timer(Duration::from_millis(1))
-            .spawn(move || async move {
-                run_shard(shard, data_dir, owned, options, retention_interval, shard_stop).await
-            })
+            .spawn(move || async move { shard::run(start).await })
             .map_err(|error| {
                 anyhow::anyhow!(runtime::explain_executor_error(&error, config.cores as u64))
             });
@@ -109,33 +140,42 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut recovery = BTreeMap::new();
     let mut starts = BTreeMap::new();
-    let mut failed = false;
+    let mut failures = Vec::new();
     for handle in handles {
         match handle.join() {
-            Ok(entries) => {
+            Ok(Ok(entries)) => {
                 for (tp, recovery_point, log_start_offset) in entries {
                     recovery.insert(tp.clone(), recovery_point);
                     starts.insert(tp, log_start_offset);
                 }
             }
+            Ok(Err(reason)) => {
+                error!(%reason, "a shard failed");
+                failures.push(reason);
+                stop.store(true, Ordering::SeqCst);
+            }
             Err(error) => {
                 error!(%error, "a shard failed");
-                failed = true;
+                failures.push(error.to_string());
                 stop.store(true, Ordering::SeqCst);
             }
         }
     }
-    // Partitions that were offline keep their old checkpoint entries.
+    // Partitions that were offline keep their old entries; deleted ones lose them.
     for (tp, offset) in recovery_points {
-        recovery.entry(tp).or_insert(offset);
+        if config.data_dir.join(tp.dir_name()).is_dir() {
+            recovery.entry(tp).or_insert(offset);
+        }
     }
     for (tp, offset) in log_starts {
-        starts.entry(tp).or_insert(offset);
+        if config.data_dir.join(tp.dir_name()).is_dir() {
+            starts.entry(tp).or_insert(offset);
+        }
     }
     checkpoint::write(&config.data_dir.join(checkpoint::RECOVERY_POINT_FILE), &recovery)?;
     checkpoint::write(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE), &starts)?;
-    if failed {
-        bail!("a shard failed; see the log above");
+    if let Some(first) = failures.first() {
+        bail!("{first}");
     }
     info!("stopped cleanly");
     Ok(())
@@ -151,72 +191,120 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Partition directories (`<topic>-<partition>`) in the data dir.
-fn list_partitions(dir: &Path) -> anyhow::Result<Vec<TopicPartition>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+/// Binds the listen address once without SO_REUSEPORT: that fails, with a clear error,
+/// when anything else (another broker included) holds the port, which the shards' own
+/// SO_REUSEPORT binds would not notice. Resolves port 0 to the port to use.
+fn check_listen_address(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let probe = TcpListener::bind(listen).with_context(|| {
+        format!("cannot listen on {listen} (port in use or address not available)")
+    })?;
+    let resolved = probe.local_addr().context("reading the listen address")?;
+    drop(probe);
+    Ok(resolved)
+}
+
+fn advertised(config: &Config, listen: SocketAddr) -> anyhow::Result<(String, i32)> {
+    let Some(text) = &config.advertise else {
+        return Ok((listen.ip().to_string(), i32::from(listen.port())));
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        bail!("--advertise {text:?}: expected HOST:PORT");
+    };
+    let port: u16 = port.parse().with_context(|| format!("--advertise {text:?}: bad port"))?;
+    if host.is_empty() {
+        bail!("--advertise {text:?}: empty host");
+    }
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), i32::from(port)))
+}
+
+/// The cluster id from `meta.properties`, created on first start (22 characters of
+/// URL-safe base64 over 16 random bytes, like Kafka's). A node id that differs from the
+/// stored one is refused: the data dir belongs to another broker.
+fn cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
+    let path = data_dir.join(META_PROPERTIES);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut cluster = None;
+        let mut node = None;
+        for line in text.lines() {
+            if let Some(value) = line.strip_prefix("cluster.id=") {
+                cluster = Some(value.trim().to_string());
+            } else if let Some(value) = line.strip_prefix("node.id=") {
+                node = value.trim().parse::<i32>().ok();
+            }
+        }
+        let Some(cluster) = cluster else { bail!("{} has no cluster.id", path.display()) };
+        if node.is_some_and(|stored| stored != node_id) {
+            bail!("{} belongs to node {node:?}, this is node {node_id}", path.display());
+        }
+        return Ok(cluster);
+    }
+    let cluster = base64_url(&metadata::new_topic_id());
+    let text = format!("version=1\ncluster.id={cluster}\nnode.id={node_id}\n");
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(cluster)
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// Partition directories (`<topic>-<partition>`) whose topic the metadata log does not
+/// know (a data dir from before the metadata log, or copied from elsewhere) become topics
+/// with default configs, so their data is served rather than ignored.
+fn adopt_partition_dirs(
+    data_dir: &Path,
+    log: &mut MetadataLog,
+    image: &mut metadata::MetadataImage,
+) -> anyhow::Result<()> {
+    let mut strays: BTreeMap<String, i32> = BTreeMap::new();
+    for entry in
+        std::fs::read_dir(data_dir).with_context(|| format!("listing {}", data_dir.display()))?
+    {
         let entry = entry?;
         if !entry.file_type()?.is_dir() {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some((topic, partition)) = name.rsplit_once('-') {
-            if let Ok(partition) = partition.parse::<i32>() {
-                if !topic.is_empty() && partition >= 0 {
-                    out.push(TopicPartition::new(topic, partition));
-                }
-            }
+        let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+        let Ok(partition) = partition.parse::<i32>() else { continue };
+        if partition < 0 || metadata::validate_topic_name(topic).is_err() {
+            continue;
+        }
+        if image.topic(topic).is_none() {
+            let count = strays.entry(topic.to_string()).or_insert(0);
+            *count = (*count).max(partition + 1);
         }
     }
-    out.sort();
-    Ok(out)
+    for (name, partitions) in strays {
+        warn!(topic = %name, partitions, "adopting partition directories the metadata log did not know");
+        let record = MetadataRecord::CreateTopic {
+            name,
+            topic_id: metadata::new_topic_id(),
+            partitions,
+            replication_factor: 1,
+            configs: Vec::new(),
+        };
+        log.commit(image, &record).context("recording an adopted topic")?;
+    }
+    Ok(())
 }
 
-async fn run_shard(
-    shard: ShardId,
-    data_dir: PathBuf,
-    owned: Vec<(TopicPartition, OpenHints)>,
-    options: LogOptions,
-    retention_interval: Duration,
-    stop: Arc<AtomicBool>,
-) -> ShardCheckpoints {
-    let clock: Rc<dyn Clock> = Rc::new(SystemClock::new());
-    let mut logs: Vec<(TopicPartition, Log)> = Vec::new();
-    for (tp, hints) in owned {
-        let dir = data_dir.join(tp.dir_name());
-        // A partition that cannot be recovered goes offline; the shard and the process
-        // carry on serving the others.
-        match Log::open(&dir, options.clone(), hints, clock.clone()).await {
-            Ok(log) => logs.push((tp, log)),
-            Err(error) => error!(shard, partition = %tp, %error, "partition offline"),
-        }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_url_matches_the_standard_alphabet() {
+        assert_eq!(super::base64_url(b"Man"), "TWFu");
+        assert_eq!(super::base64_url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(super::base64_url(&[0u8; 16]).len(), 22);
     }
-    info!(shard, partitions = logs.len(), "shard ready");
-    let mut since_retention = Duration::ZERO;
-    while !stop.load(Ordering::SeqCst) {
-        glommio::timer::sleep(HOUSEKEEPING_INTERVAL).await;
-        since_retention += HOUSEKEEPING_INTERVAL;
-        for (tp, log) in &logs {
-            if let Err(error) = log.maybe_flush().await {
-                warn!(shard, partition = %tp, %error, "scheduled flush failed");
-            }
-            if since_retention >= retention_interval {
-                if let Err(error) = log.apply_retention().await {
-                    warn!(shard, partition = %tp, %error, "retention failed");
-                }
-            }
-        }
-        if since_retention >= retention_interval {
-            since_retention = Duration::ZERO;
-        }
-    }
-    let mut checkpoints = Vec::new();
-    for (tp, log) in logs {
-        match log.close().await {
-            Ok(()) => checkpoints.push((tp, log.recovery_point(), log.log_start_offset())),
-            Err(error) => error!(shard, partition = %tp, %error, "closing the log failed"),
-        }
-    }
-    info!(shard, "shard stopped");
-    checkpoints
 }

@@ -39,7 +39,8 @@ pub struct ServeArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub advertise: String,
+    /// `HOST:PORT` given by --advertise; `None`: the listen address (after port 0 resolves).
+    pub advertise: Option<String>,
     pub data_dir: PathBuf,
     pub cores: usize,
     /// Defaults for every partition log (topic configs override them later).
@@ -48,6 +49,25 @@ pub struct Config {
     pub retention_check_interval_ms: u64,
     /// Every property as given (file, then `--set`), for DescribeConfigs later.
     pub properties: BTreeMap<String, String>,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics: bool,
+    pub delete_topic_enable: bool,
+    pub cleanup_policy: String,
+    pub message_timestamp_type: String,
+    pub min_insync_replicas: i32,
+    pub node_id: i32,
+    pub socket_request_max_bytes: usize,
+    pub queued_max_requests: usize,
+    pub max_connections_per_shard: usize,
+}
+
+fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => bail!("{name}: {other:?} is not true or false"),
+    }
 }
 
 /// Broker properties understood today, with Kafka's defaults.
@@ -65,6 +85,14 @@ const KNOWN: &[(&str, &str)] = &[
     ("default.replication.factor", "1"),
     ("auto.create.topics.enable", "true"),
     ("io.mode", "buffered"),
+    ("log.cleanup.policy", "delete"),
+    ("log.message.timestamp.type", "CreateTime"),
+    ("min.insync.replicas", "1"),
+    ("delete.topic.enable", "true"),
+    ("node.id", "0"),
+    ("socket.request.max.bytes", "104857600"),
+    ("queued.max.requests", "500"),
+    ("max.connections.per.shard", "10000"),
 ];
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
@@ -138,9 +166,57 @@ impl Config {
         if cores == 0 {
             bail!("--cores must be at least 1");
         }
+        let num_partitions: i32 = parse_number("num.partitions", get("num.partitions"))?;
+        if num_partitions < 1 {
+            bail!("num.partitions must be at least 1");
+        }
+        let default_replication_factor: i16 =
+            parse_number("default.replication.factor", get("default.replication.factor"))?;
+        if default_replication_factor != 1 {
+            bail!("default.replication.factor must be 1 (Sluice runs as one node for now)");
+        }
+        let message_timestamp_type = get("log.message.timestamp.type").to_string();
+        if message_timestamp_type != "CreateTime" && message_timestamp_type != "LogAppendTime" {
+            bail!("log.message.timestamp.type must be CreateTime or LogAppendTime");
+        }
+        let cleanup_policy = get("log.cleanup.policy").to_string();
+        if cleanup_policy.split(',').any(|p| p.trim() != "delete" && p.trim() != "compact") {
+            bail!("log.cleanup.policy must be delete, compact or both");
+        }
+        let min_insync_replicas: i32 =
+            parse_number("min.insync.replicas", get("min.insync.replicas"))?;
+        if min_insync_replicas < 1 {
+            bail!("min.insync.replicas must be at least 1");
+        }
+        let socket_request_max_bytes: usize =
+            parse_number("socket.request.max.bytes", get("socket.request.max.bytes"))?;
+        let queued_max_requests: usize =
+            parse_number("queued.max.requests", get("queued.max.requests"))?;
+        let max_connections_per_shard: usize =
+            parse_number("max.connections.per.shard", get("max.connections.per.shard"))?;
+        if socket_request_max_bytes < 1024 || socket_request_max_bytes > i32::MAX as usize {
+            bail!("socket.request.max.bytes must be in [1024, {}]", i32::MAX);
+        }
+        if queued_max_requests == 0 || max_connections_per_shard == 0 {
+            bail!("queued.max.requests and max.connections.per.shard must be at least 1");
+        }
         Ok(Config {
+            num_partitions,
+            default_replication_factor,
+            auto_create_topics: parse_bool(
+                "auto.create.topics.enable",
+                get("auto.create.topics.enable"),
+            )?,
+            delete_topic_enable: parse_bool("delete.topic.enable", get("delete.topic.enable"))?,
+            cleanup_policy,
+            message_timestamp_type,
+            min_insync_replicas,
+            node_id: parse_number("node.id", get("node.id"))?,
+            socket_request_max_bytes,
+            queued_max_requests,
+            max_connections_per_shard,
             listen: args.listen,
-            advertise: args.advertise.clone().unwrap_or_else(|| args.listen.to_string()),
+            advertise: args.advertise.clone(),
             data_dir: args.data_dir.clone(),
             cores,
             log,

@@ -304,6 +304,19 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Kafka's LogAppendTime: marks the batch's timestamps as set by the broker (attribute bit
+/// 3) and sets maxTimestamp to `timestamp`; consumers then read that time for every record.
+/// Both fields are under the CRC, so the CRC is recomputed.
+pub fn set_log_append_time(batch: &mut [u8], timestamp: i64) {
+    let attributes = i16::from_be_bytes(
+        batch[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].try_into().expect("2 bytes"),
+    ) | ATTR_TIMESTAMP_TYPE;
+    batch[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..]);
+    batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Reads a zig-zag varint (Kafka's varint and varlong share the encoding); returns the
 /// value and the bytes used, or `None` on truncation or overlong encoding.
 pub fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
@@ -475,6 +488,18 @@ mod tests {
             batch.record_offsets_and_timestamps().unwrap(),
             vec![(0, 1_000), (1, 1_001), (2, 1_002)]
         );
+    }
+
+    #[test]
+    fn log_append_time_stamps_and_keeps_the_batch_valid() {
+        let mut bytes = sample(3);
+        set_log_append_time(&mut bytes, 99_000);
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        batch.validate(1 << 20).unwrap();
+        assert_eq!(batch.timestamp_type(), TimestampType::LogAppendTime);
+        assert_eq!(batch.max_timestamp(), 99_000);
+        assert_eq!(batch.base_timestamp(), 1_000);
+        assert_eq!(batch.record_count(), 3);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod io;
 pub mod log;
+pub mod metadata;
 pub mod runtime;
 pub mod shard;
 pub mod timer;

@@ -1,1 +1,9 @@
-//! Sluice network layer.
+//! Sluice network layer: the Kafka protocol (framing, headers, error codes, one handler
+//! per API) and the shard-per-core server that owns partitions end to end.
+
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod protocol;
+pub mod server;
+pub mod shard;

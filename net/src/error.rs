@@ -1,0 +1,91 @@
+//! Kafka error codes, and the one place where engine and metadata errors become them.
+//!
+//! The numbers are Kafka's (`org.apache.kafka.common.protocol.Errors`); clients switch on
+//! them, so they are part of the wire format.
+
+use sluice_engine::batch::BatchError;
+use sluice_engine::log::LogError;
+use sluice_engine::metadata::MetadataError;
+
+/// A Kafka error code with its message, as a handler answers it for one partition or topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaError {
+    pub code: i16,
+    pub message: String,
+}
+
+impl KafkaError {
+    pub fn new(code: i16, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+pub mod code {
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const NONE: i16 = 0;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const INVALID_TIMESTAMP: i16 = 32;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const NOT_CONTROLLER: i16 = 41;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const POLICY_VIOLATION: i16 = 44;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+    pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
+    pub const TOPIC_DELETION_DISABLED: i16 = 73;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    pub const INVALID_RECORD: i16 = 87;
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
+}
+
+/// Kafka's answer for an engine error on a partition.
+pub fn from_log_error(error: &LogError) -> KafkaError {
+    let code = match error {
+        LogError::Batch(BatchError::TooLarge { .. }) => code::MESSAGE_TOO_LARGE,
+        LogError::Batch(_) => code::CORRUPT_MESSAGE,
+        LogError::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
+        LogError::EmptyAppend => code::CORRUPT_MESSAGE,
+        LogError::InvalidOptions(_) => code::INVALID_CONFIG,
+        LogError::Io { .. } | LogError::Corrupt { .. } | LogError::Offline { .. } => {
+            code::KAFKA_STORAGE_ERROR
+        }
+    };
+    KafkaError::new(code, error.to_string())
+}
+
+/// Kafka's answer for a batch that failed validation before it reached a log.
+pub fn from_batch_error(error: &BatchError) -> KafkaError {
+    let code = match error {
+        BatchError::TooLarge { .. } => code::MESSAGE_TOO_LARGE,
+        _ => code::CORRUPT_MESSAGE,
+    };
+    KafkaError::new(code, error.to_string())
+}
+
+/// Kafka's answer for a metadata change the controller refused or failed to store.
+pub fn from_metadata_error(error: &MetadataError) -> KafkaError {
+    let code = match error {
+        MetadataError::TopicExists { .. } => code::TOPIC_ALREADY_EXISTS,
+        MetadataError::UnknownTopic { .. } => code::UNKNOWN_TOPIC_OR_PARTITION,
+        MetadataError::InvalidPartitions { .. } => code::INVALID_PARTITIONS,
+        MetadataError::InvalidReplicationFactor { .. } => code::INVALID_REPLICATION_FACTOR,
+        MetadataError::InvalidTopicName { .. } => code::INVALID_TOPIC_EXCEPTION,
+        _ => code::UNKNOWN_SERVER_ERROR,
+    };
+    KafkaError::new(code, error.to_string())
+}

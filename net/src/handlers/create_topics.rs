@@ -1,0 +1,177 @@
+//! CreateTopics (key 19): validated (name, partitions, replication factor 1 while we are
+//! one node, configs), stored in the metadata log by the controller shard and applied on
+//! every shard before the answer; `validate_only` stops after validation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+use sluice_engine::metadata::{self, MetadataRecord};
+
+use super::{str_bytes, topic_name, uuid};
+use crate::config::{BrokerConfig, TOPIC_CONFIGS};
+use crate::error::{code, from_metadata_error, KafkaError};
+use crate::shard::Shard;
+
+/// Kafka's config sources, as DescribeConfigs and CreateTopics report them.
+pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let config = &shard.config;
+    let mut response = CreateTopicsResponse::default();
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.name.0.as_str().to_string())
+        .filter(|name| !seen.insert(name.clone()))
+        .collect();
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let mut result = CreatableTopicResult::default();
+        result.name = topic_name(&name);
+        let prepared = if duplicates.contains(&name) {
+            Err(KafkaError::new(code::INVALID_REQUEST, "topic named twice in one request"))
+        } else {
+            prepare(config, &name, topic.num_partitions, topic.replication_factor, &topic)
+        };
+        let outcome = match prepared {
+            Ok(record) => {
+                let created = shard.change_metadata(record.clone(), request.validate_only).await;
+                created.map(|()| record)
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(MetadataRecord::CreateTopic {
+                topic_id,
+                partitions,
+                replication_factor,
+                configs,
+                ..
+            }) => {
+                result.topic_id = uuid(topic_id);
+                result.num_partitions = partitions;
+                result.replication_factor = replication_factor;
+                if version >= 5 {
+                    let overrides: BTreeMap<String, String> = configs.into_iter().collect();
+                    result.configs = Some(describe_topic_configs(config, &overrides));
+                }
+                tracing::info!(topic = %name, partitions, validate_only = request.validate_only, "CreateTopics");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::info!(topic = %name, code = error.code, message = %error.message, "CreateTopics refused");
+                result.error_code = error.code;
+                result.error_message = Some(str_bytes(&error.message));
+                result.num_partitions = -1;
+                result.replication_factor = -1;
+            }
+        }
+        response.topics.push(result);
+    }
+    response
+}
+
+fn prepare(
+    config: &BrokerConfig,
+    name: &str,
+    num_partitions: i32,
+    replication_factor: i16,
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<MetadataRecord, KafkaError> {
+    metadata::validate_topic_name(name).map_err(|e| from_metadata_error(&e))?;
+    let mut partitions = if num_partitions == -1 { config.num_partitions } else { num_partitions };
+    let mut replication_factor = if replication_factor == -1 {
+        config.default_replication_factor
+    } else {
+        replication_factor
+    };
+    if !topic.assignments.is_empty() {
+        if num_partitions != -1 || replication_factor != -1 && topic.replication_factor != -1 {
+            // Kafka: assignments replace both counts, which must then be -1.
+            if num_partitions != -1 {
+                return Err(KafkaError::new(
+                    code::INVALID_REQUEST,
+                    "replica assignment given together with a partition count",
+                ));
+            }
+        }
+        let mut indexes: Vec<i32> = topic.assignments.iter().map(|a| a.partition_index).collect();
+        indexes.sort_unstable();
+        if indexes.iter().enumerate().any(|(i, p)| *p != i as i32) {
+            return Err(KafkaError::new(
+                code::INVALID_REPLICA_ASSIGNMENT,
+                "partitions must be 0..n",
+            ));
+        }
+        for assignment in &topic.assignments {
+            if assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != config.node_id {
+                return Err(KafkaError::new(
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!("this cluster has one broker, node {}", config.node_id),
+                ));
+            }
+        }
+        partitions = indexes.len() as i32;
+        replication_factor = 1;
+    }
+    if partitions < 1 {
+        return Err(KafkaError::new(code::INVALID_PARTITIONS, format!("{partitions} partitions")));
+    }
+    if replication_factor != 1 {
+        return Err(KafkaError::new(
+            code::INVALID_REPLICATION_FACTOR,
+            format!("replication factor {replication_factor}: this cluster has 1 broker"),
+        ));
+    }
+    let mut configs = BTreeMap::new();
+    for entry in &topic.configs {
+        let Some(value) = &entry.value else { continue };
+        configs.insert(entry.name.as_str().to_string(), value.as_str().to_string());
+    }
+    config
+        .topic_settings(&configs)
+        .map_err(|error| KafkaError::new(code::INVALID_CONFIG, error.to_string()))?;
+    Ok(MetadataRecord::CreateTopic {
+        name: name.to_string(),
+        topic_id: metadata::new_topic_id(),
+        partitions,
+        replication_factor,
+        configs: configs.into_iter().collect(),
+    })
+}
+
+/// Every topic config with its value and source, for CreateTopics v5+.
+fn describe_topic_configs(
+    config: &BrokerConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<CreatableTopicConfigs> {
+    TOPIC_CONFIGS
+        .iter()
+        .map(|(name, _)| {
+            let mut entry = CreatableTopicConfigs::default();
+            entry.name = str_bytes(name);
+            match overrides.get(*name) {
+                Some(value) => {
+                    entry.value = Some(str_bytes(value));
+                    entry.config_source = SOURCE_DYNAMIC_TOPIC;
+                }
+                None => {
+                    entry.value = config.topic_default(name).map(|v| str_bytes(&v));
+                    entry.config_source = SOURCE_DEFAULT;
+                }
+            }
+            entry
+        })
+        .collect()
+}

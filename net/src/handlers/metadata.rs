@@ -1,0 +1,119 @@
+//! Metadata (key 3): brokers, controller, and topics with their partitions, leaders and
+//! replicas. Unknown topics asked for by name are created when the client allows it and
+//! `auto.create.topics.enable` is on, like Kafka.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use sluice_engine::metadata::{self, MetadataRecord, TopicMetadata};
+
+use super::{str_bytes, topic_name, uuid};
+use crate::error::code;
+use crate::shard::{Shard, LEADER_EPOCH};
+
+pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let config = &shard.config;
+    let mut response = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(config.node_id);
+    broker.host = str_bytes(&config.advertised_host);
+    broker.port = config.advertised_port;
+    response.brokers = vec![broker];
+    response.cluster_id = Some(str_bytes(&config.cluster_id));
+    response.controller_id = BrokerId(config.node_id);
+
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let requested = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(topics),
+    };
+    let Some(requested) = requested else {
+        let image = shard.metadata();
+        response.topics = image.topics().map(|topic| topic_answer(shard, topic)).collect();
+        return response;
+    };
+
+    let allow_auto_create =
+        config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    for wanted in requested {
+        let name = wanted.name.as_ref().map(|n| n.0.as_str().to_string());
+        let by_id = name.is_none() && !wanted.topic_id.is_nil();
+        if by_id {
+            let found = shard.metadata().topic_by_id(wanted.topic_id.as_bytes()).cloned();
+            response.topics.push(match found {
+                Some(topic) => topic_answer(shard, &topic),
+                None => error_answer(None, wanted.topic_id, code::UNKNOWN_TOPIC_ID),
+            });
+            continue;
+        }
+        let Some(name) = name else {
+            response.topics.push(error_answer(None, uuid::Uuid::nil(), code::INVALID_REQUEST));
+            continue;
+        };
+        if metadata::validate_topic_name(&name).is_err() {
+            response.topics.push(error_answer(
+                Some(&name),
+                uuid::Uuid::nil(),
+                code::INVALID_TOPIC_EXCEPTION,
+            ));
+            continue;
+        }
+        let mut found = shard.metadata().topic(&name).cloned();
+        if found.is_none() && allow_auto_create {
+            let record = MetadataRecord::CreateTopic {
+                name: name.clone(),
+                topic_id: metadata::new_topic_id(),
+                partitions: config.num_partitions,
+                replication_factor: config.default_replication_factor,
+                configs: Vec::new(),
+            };
+            match shard.change_metadata(record, false).await {
+                Ok(()) => tracing::info!(topic = %name, "auto-created topic"),
+                Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
+                Err(error) => tracing::warn!(topic = %name, ?error, "auto-create failed"),
+            }
+            found = shard.metadata().topic(&name).cloned();
+        }
+        response.topics.push(match found {
+            Some(topic) => topic_answer(shard, &topic),
+            None => error_answer(Some(&name), uuid::Uuid::nil(), code::UNKNOWN_TOPIC_OR_PARTITION),
+        });
+    }
+    response
+}
+
+fn topic_answer(shard: &Shard, topic: &TopicMetadata) -> MetadataResponseTopic {
+    let node = BrokerId(shard.config.node_id);
+    let mut answer = MetadataResponseTopic::default();
+    answer.name = Some(topic_name(&topic.name));
+    answer.topic_id = uuid(topic.topic_id);
+    answer.is_internal = topic.name.starts_with("__");
+    answer.partitions = (0..topic.partitions)
+        .map(|index| {
+            let mut partition = MetadataResponsePartition::default();
+            partition.partition_index = index;
+            partition.leader_id = node;
+            partition.leader_epoch = LEADER_EPOCH;
+            partition.replica_nodes = vec![node];
+            partition.isr_nodes = vec![node];
+            partition
+        })
+        .collect();
+    answer
+}
+
+fn error_answer(
+    name: Option<&str>,
+    topic_id: uuid::Uuid,
+    error_code: i16,
+) -> MetadataResponseTopic {
+    let mut answer = MetadataResponseTopic::default();
+    answer.name = name.map(topic_name);
+    answer.topic_id = topic_id;
+    answer.error_code = error_code;
+    answer
+}

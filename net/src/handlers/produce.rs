@@ -1,0 +1,97 @@
+//! Produce (key 0): record batches (v2) appended as received, apart from the base offset
+//! (and with `message.timestamp.type=LogAppendTime`, the timestamp) the broker assigns.
+//! Partitions are appended on the shards that own them; acks=0 gets no response; with one
+//! replica, acks=1 and acks=all are both answered once the append is done (the high
+//! watermark is the log end offset), and acks=all fails with NOT_ENOUGH_REPLICAS when
+//! the topic's `min.insync.replicas` asks for more replicas than exist.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use sluice_engine::checkpoint::TopicPartition;
+
+use super::{str_bytes, topic_name};
+use crate::error::{code, KafkaError};
+use crate::shard::{ProducePart, ProduceResult, Shard, ShardRequest, ShardResponse};
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let mut parts = Vec::new();
+    // Per topic, per partition: its index and where its result is (none for a negative
+    // index, which no shard owns).
+    let mut layout: super::Layout = Vec::new();
+    for topic in request.topic_data {
+        let name = topic.name.0.as_str().to_string();
+        let mut partitions = Vec::new();
+        for data in topic.partition_data {
+            if data.index < 0 {
+                partitions.push((data.index, None));
+                continue;
+            }
+            partitions.push((data.index, Some(parts.len())));
+            parts.push(ProducePart {
+                tp: TopicPartition::new(name.clone(), data.index),
+                records: data.records,
+            });
+        }
+        layout.push((name, partitions));
+    }
+    let results: Vec<ProduceResult> = if !matches!(acks, -1..=1) {
+        let error = KafkaError::new(code::INVALID_REQUIRED_ACKS, format!("acks={acks}"));
+        parts.iter().map(|_| failed(error.clone())).collect()
+    } else {
+        shard
+            .scatter(
+                parts,
+                |part| &part.tp,
+                |parts| ShardRequest::Produce { acks, parts },
+                |response| match response {
+                    ShardResponse::Produce(results) => Some(results),
+                    _ => None,
+                },
+                || failed(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
+            )
+            .await
+    };
+    if acks == 0 {
+        return None;
+    }
+    let mut response = ProduceResponse::default();
+    for (name, partitions) in layout {
+        let mut topic = TopicProduceResponse::default();
+        topic.name = topic_name(&name);
+        for (index, at) in partitions {
+            let unknown = KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
+            let result = match at {
+                Some(at) => results[at].clone(),
+                None => failed(unknown),
+            };
+            let mut answer = PartitionProduceResponse::default();
+            answer.index = index;
+            answer.base_offset = result.base_offset;
+            answer.log_append_time_ms = result.log_append_time_ms;
+            answer.log_start_offset = result.log_start_offset;
+            if let Some(error) = result.error {
+                answer.error_code = error.code;
+                answer.error_message = Some(str_bytes(&error.message));
+            }
+            topic.partition_responses.push(answer);
+        }
+        response.responses.push(topic);
+    }
+    Some(response)
+}
+
+fn failed(error: KafkaError) -> ProduceResult {
+    ProduceResult {
+        error: Some(error),
+        base_offset: -1,
+        log_append_time_ms: -1,
+        log_start_offset: -1,
+    }
+}

@@ -1,0 +1,168 @@
+//! Kafka framing, sans-I/O: a request frame is `[size: i32 BE][header][body]`; the
+//! header's version follows from the API key and version; a response is
+//! `[size][response header][body]`. Message bodies are the `kafka-protocol` crate's
+//! generated types, which know every field of every version.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use thiserror::Error;
+
+/// Bytes of the size prefix of every frame.
+pub const SIZE_PREFIX_BYTES: usize = 4;
+/// api_key + api_version + correlation_id: readable in every header version.
+pub const FIXED_HEADER_BYTES: usize = 8;
+
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    #[error("frame of {size} bytes is over the limit of {limit} (socket.request.max.bytes)")]
+    FrameTooLarge { size: i64, limit: usize },
+    #[error("frame of {size} bytes is shorter than a request header")]
+    FrameTooShort { size: i64 },
+    #[error("unknown API key {api_key}")]
+    UnknownApiKey { api_key: i16 },
+    #[error("{api:?} version {version} is not supported (supported: {min}..={max})")]
+    UnsupportedVersion { api: ApiKey, version: i16, min: i16, max: i16 },
+    #[error("malformed {api:?} v{version} request: {reason}")]
+    Malformed { api: ApiKey, version: i16, reason: String },
+    #[error("cannot encode {api:?} v{version} response: {reason}")]
+    Encode { api: ApiKey, version: i16, reason: String },
+}
+
+/// Checks a frame's size prefix against the limit before any of the frame is read.
+pub fn check_frame_size(size: i32, limit: usize) -> Result<usize, ProtocolError> {
+    if size < FIXED_HEADER_BYTES as i32 {
+        return Err(ProtocolError::FrameTooShort { size: i64::from(size) });
+    }
+    if size as usize > limit {
+        return Err(ProtocolError::FrameTooLarge { size: i64::from(size), limit });
+    }
+    Ok(size as usize)
+}
+
+/// The fields every request header version starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedHeader {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+impl FixedHeader {
+    pub fn peek(frame: &[u8]) -> Option<FixedHeader> {
+        let mut bytes = frame.get(..FIXED_HEADER_BYTES)?;
+        Some(FixedHeader {
+            api_key: bytes.get_i16(),
+            api_version: bytes.get_i16(),
+            correlation_id: bytes.get_i32(),
+        })
+    }
+}
+
+/// A request frame split into its decoded header and the undecoded body.
+#[derive(Debug)]
+pub struct Request {
+    pub api: ApiKey,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// Decodes the header of a request frame (the bytes after the size prefix). The caller
+/// has checked the version against what it serves.
+pub fn decode_header(
+    api: ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<Request, ProtocolError> {
+    let header_version = api.request_header_version(version);
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(|error| {
+        ProtocolError::Malformed { api, version, reason: format!("header: {error}") }
+    })?;
+    Ok(Request { api, header, body: frame })
+}
+
+/// Decodes a request body, insisting that it uses every byte (a longer body means the
+/// client and we disagree about the version's layout).
+pub fn decode_body<T: Decodable>(
+    api: ApiKey,
+    version: i16,
+    body: &Bytes,
+) -> Result<T, ProtocolError> {
+    let mut bytes = body.clone();
+    let value = T::decode(&mut bytes, version).map_err(|error| ProtocolError::Malformed {
+        api,
+        version,
+        reason: error.to_string(),
+    })?;
+    if bytes.has_remaining() {
+        return Err(ProtocolError::Malformed {
+            api,
+            version,
+            reason: format!("{} bytes left after the body", bytes.remaining()),
+        });
+    }
+    Ok(value)
+}
+
+/// Encodes a whole response frame: size prefix, response header, body.
+pub fn encode_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, ProtocolError> {
+    let encode_error = |reason: String| ProtocolError::Encode { api, version, reason };
+    let header_version = api.response_header_version(version);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let size = header
+        .compute_size(header_version)
+        .and_then(|h| body.compute_size(version).map(|b| h + b))
+        .map_err(|error| encode_error(error.to_string()))?;
+    let size_field = i32::try_from(size)
+        .map_err(|_| encode_error(format!("response of {size} bytes is too large")))?;
+    let mut out = BytesMut::with_capacity(SIZE_PREFIX_BYTES + size);
+    out.put_i32(size_field);
+    header
+        .encode(&mut out, header_version)
+        .and_then(|()| body.encode(&mut out, version))
+        .map_err(|error| encode_error(error.to_string()))?;
+    debug_assert_eq!(out.len(), SIZE_PREFIX_BYTES + size);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ApiVersionsResponse;
+
+    #[test]
+    fn frame_limits() {
+        assert!(matches!(check_frame_size(-1, 100), Err(ProtocolError::FrameTooShort { .. })));
+        assert!(matches!(check_frame_size(7, 100), Err(ProtocolError::FrameTooShort { .. })));
+        assert!(matches!(check_frame_size(101, 100), Err(ProtocolError::FrameTooLarge { .. })));
+        assert_eq!(check_frame_size(100, 100).unwrap(), 100);
+    }
+
+    #[test]
+    fn response_frame_has_a_true_size_prefix() {
+        let body = ApiVersionsResponse::default();
+        for version in 0..=3 {
+            let frame = encode_response(ApiKey::ApiVersions, version, 42, &body).unwrap();
+            let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(size, frame.len() - 4);
+            assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 42);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut buf = BytesMut::new();
+        kafka_protocol::messages::ApiVersionsRequest::default().encode(&mut buf, 0).unwrap();
+        buf.put_u8(1);
+        let result: Result<kafka_protocol::messages::ApiVersionsRequest, _> =
+            decode_body(ApiKey::ApiVersions, 0, &buf.freeze());
+        assert!(matches!(result, Err(ProtocolError::Malformed { .. })));
+    }
+}

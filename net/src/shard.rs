@@ -1,0 +1,957 @@
+//! One shard: the state a core owns end to end (its partitions, its copy of the cluster
+//! metadata, its fetch purgatory) and the mesh that carries requests for other shards'
+//! partitions. Everything here lives on one glommio executor and is never shared: other
+//! shards reach it only through [`MeshMsg`]s.
+//!
+//! Shard 0 is also the controller: the one writer of the metadata log. A metadata change
+//! is validated and stored there, then applied by every shard (each opens or closes the
+//! partitions it owns) before the admin request is answered.
+
+use std::cell::{Cell, Ref, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::sync::Semaphore;
+use sluice_engine::batch::{self, BatchIter};
+use sluice_engine::checkpoint::TopicPartition;
+use sluice_engine::clock::{Clock, SystemClock};
+use sluice_engine::log::{Log, LogError, OpenHints};
+use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
+use sluice_engine::shard::{shard_of, ShardId};
+use sluice_engine::timer::{
+    DelayedOperation, DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver, Watched,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{BrokerConfig, TopicSettings};
+use crate::error::{code, from_batch_error, from_log_error, from_metadata_error, KafkaError};
+
+/// Messages between shards waiting in one mesh channel before senders wait.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Delayed fetches one shard parks at once.
+const FETCH_WAITERS_MAX: usize = 100_000;
+/// How long a shard waits for its peers to join the mesh at start-up.
+const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The leader epoch of every partition while the broker is a single node. Replication
+/// will bump it on leader changes; batches are stamped with it on append.
+pub const LEADER_EPOCH: i32 = 0;
+
+/// One partition this shard leads. Lives on the shard `shard_of(topic, partition)`.
+pub struct Partition {
+    pub tp: TopicPartition,
+    pub log: Log,
+    pub settings: RefCell<TopicSettings>,
+}
+
+impl Partition {
+    /// With one replica the high watermark is the log end offset: every appended batch
+    /// is on all (one) in-sync replicas.
+    pub fn high_watermark(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+}
+
+/// A request one shard sends another (or runs on itself through the same path).
+#[derive(Debug)]
+pub enum ShardRequest {
+    Produce {
+        acks: i16,
+        parts: Vec<ProducePart>,
+    },
+    Fetch(Vec<FetchPart>),
+    /// Answers when any of the partitions grows past the given offset, or after `wait_ms`.
+    WatchFetch {
+        positions: Vec<(TopicPartition, i64)>,
+        wait_ms: u64,
+    },
+    ListOffsets(Vec<ListOffsetsPart>),
+    DeleteRecords(Vec<(TopicPartition, i64)>),
+    OffsetForLeaderEpoch(Vec<EpochPart>),
+    /// To the controller: validate (and unless `validate_only`, store and apply) a change.
+    Controller {
+        record: MetadataRecord,
+        validate_only: bool,
+    },
+    /// From the controller: apply a stored change.
+    Apply(MetadataRecord),
+}
+
+#[derive(Debug)]
+pub enum ShardResponse {
+    Produce(Vec<ProduceResult>),
+    Fetch(Vec<FetchResult>),
+    Watched,
+    ListOffsets(Vec<ListOffsetsResult>),
+    DeleteRecords(Vec<Result<i64, KafkaError>>),
+    OffsetForLeaderEpoch(Vec<Result<(i32, i64), KafkaError>>),
+    Controller(Result<(), KafkaError>),
+    Applied,
+    /// The target shard is gone (shutting down).
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub enum MeshMsg {
+    Request { id: u64, body: ShardRequest },
+    Response { id: u64, body: ShardResponse },
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducePart {
+    pub tp: TopicPartition,
+    pub records: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub error: Option<KafkaError>,
+    pub base_offset: i64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+impl ProduceResult {
+    fn failed(error: KafkaError) -> Self {
+        Self { error: Some(error), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchPart {
+    pub tp: TopicPartition,
+    pub offset: i64,
+    pub max_bytes: u64,
+    pub current_leader_epoch: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchResult {
+    pub error: Option<KafkaError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+impl FetchResult {
+    fn failed(error: KafkaError) -> Self {
+        Self { error: Some(error), high_watermark: -1, log_start_offset: -1, records: Bytes::new() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListOffsetsPart {
+    pub tp: TopicPartition,
+    pub timestamp: i64,
+    pub current_leader_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsResult {
+    pub error: Option<KafkaError>,
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EpochPart {
+    pub tp: TopicPartition,
+    pub current_leader_epoch: i32,
+    pub leader_epoch: i32,
+}
+
+/// Kafka's special ListOffsets timestamps.
+pub mod list_offsets {
+    pub const LATEST: i64 = -1;
+    pub const EARLIEST: i64 = -2;
+    pub const MAX_TIMESTAMP: i64 = -3;
+    pub const EARLIEST_LOCAL: i64 = -4;
+    pub const LATEST_TIERED: i64 = -5;
+}
+
+/// A fetch parked until one of its partitions grows past the offset it last saw.
+pub struct FetchWaiter {
+    positions: Vec<(TopicPartition, i64)>,
+    notify: LocalSender<()>,
+}
+
+/// What a parked fetch checks: the shard's partitions.
+pub struct LogEnds<'a>(&'a HashMap<TopicPartition, Rc<Partition>>);
+
+impl<'a> DelayedOperation<LogEnds<'a>> for FetchWaiter {
+    fn try_complete(&mut self, ends: &mut LogEnds<'a>) -> bool {
+        self.positions.iter().any(|(tp, seen)| match ends.0.get(tp) {
+            Some(partition) => partition.high_watermark() > *seen,
+            // Deleted or moved: the fetch answers now with the error.
+            None => true,
+        })
+    }
+}
+
+type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
+
+/// The controller's state, on shard 0 only.
+struct Controller {
+    log: RefCell<MetadataLog>,
+    /// One metadata change at a time, from validation to every shard having applied it.
+    lock: Semaphore,
+}
+
+/// What a shard needs to start.
+pub struct ShardStart {
+    pub id: ShardId,
+    pub config: Arc<BrokerConfig>,
+    pub image: MetadataImage,
+    /// Shard 0 only.
+    pub metadata_log: Option<MetadataLog>,
+    /// Recovery hints from the checkpoint files, for the partitions this shard owns.
+    pub hints: BTreeMap<TopicPartition, OpenHints>,
+    pub mesh: MeshBuilder<MeshMsg, Full>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The mesh every shard joins at start-up (one per broker, cloned into each shard).
+pub fn mesh(shards: usize) -> MeshBuilder<MeshMsg, Full> {
+    MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY)
+}
+
+/// What a shard reports when it stops: per partition, the recovery point and log start.
+pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
+
+pub struct Shard {
+    pub id: ShardId,
+    pub config: Arc<BrokerConfig>,
+    pub clock: SystemClock,
+    log_clock: Rc<dyn Clock>,
+    metadata: RefCell<MetadataImage>,
+    partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    /// Partitions this shard owns but could not open, with the reason.
+    offline: RefCell<HashMap<TopicPartition, String>>,
+    mesh: Senders<MeshMsg>,
+    pending: RefCell<HashMap<u64, LocalSender<ShardResponse>>>,
+    next_call_id: Cell<u64>,
+    fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
+    controller: Option<Controller>,
+    pub stop: Arc<AtomicBool>,
+    /// Open client connections on this shard.
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    pub fn shards(&self) -> usize {
+        self.config.shards
+    }
+
+    pub fn owner_of(&self, tp: &TopicPartition) -> ShardId {
+        shard_of(&tp.topic, tp.partition, self.config.shards)
+    }
+
+    /// This shard's copy of the cluster metadata. Do not hold across an `await`.
+    pub fn metadata(&self) -> Ref<'_, MetadataImage> {
+        self.metadata.borrow()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, KafkaError> {
+        if let Some(partition) = self.partitions.borrow().get(tp) {
+            return Ok(partition.clone());
+        }
+        if let Some(reason) = self.offline.borrow().get(tp) {
+            return Err(KafkaError::new(code::KAFKA_STORAGE_ERROR, reason.clone()));
+        }
+        let known = self.metadata().topic(&tp.topic).is_some_and(|t| tp.partition < t.partitions);
+        if known && self.owner_of(tp) != self.id {
+            return Err(KafkaError::new(
+                code::NOT_LEADER_OR_FOLLOWER,
+                "partition on another shard",
+            ));
+        }
+        Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown partition {tp}")))
+    }
+
+    /// Runs `request` on shard `target`: directly when it is this shard, else over the
+    /// mesh.
+    pub async fn call(self: &Rc<Self>, target: ShardId, request: ShardRequest) -> ShardResponse {
+        if target == self.id {
+            self.handle(request).await
+        } else {
+            self.remote(target, request).await
+        }
+    }
+
+    async fn remote(&self, target: ShardId, request: ShardRequest) -> ShardResponse {
+        let id = self.next_call_id.get();
+        self.next_call_id.set(id + 1);
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(id, sender);
+        if self.mesh.send_to(target, MeshMsg::Request { id, body: request }).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return ShardResponse::Unavailable;
+        }
+        receiver.recv().await.unwrap_or(ShardResponse::Unavailable)
+    }
+
+    /// Splits `parts` by owning shard, runs each group where it lives (concurrently), and
+    /// returns the results in the order of `parts`.
+    pub async fn scatter<P, R>(
+        self: &Rc<Self>,
+        parts: Vec<P>,
+        tp_of: impl Fn(&P) -> &TopicPartition,
+        wrap: impl Fn(Vec<P>) -> ShardRequest,
+        unwrap: impl Fn(ShardResponse) -> Option<Vec<R>>,
+        unavailable: impl Fn() -> R,
+    ) -> Vec<R> {
+        let count = parts.len();
+        let mut groups: Vec<(Vec<usize>, Vec<P>)> =
+            (0..self.shards()).map(|_| (Vec::new(), Vec::new())).collect();
+        for (index, part) in parts.into_iter().enumerate() {
+            let owner = self.owner_of(tp_of(&part));
+            groups[owner].0.push(index);
+            groups[owner].1.push(part);
+        }
+        let mut results: Vec<Option<R>> = (0..count).map(|_| None).collect();
+        let mut remote_calls = Vec::new();
+        let mut local = None;
+        for (owner, (indexes, parts)) in groups.into_iter().enumerate() {
+            if indexes.is_empty() {
+                continue;
+            }
+            let request = wrap(parts);
+            if owner == self.id {
+                local = Some((indexes, request));
+            } else {
+                let shard = self.clone();
+                let task = glommio::spawn_local(async move { shard.remote(owner, request).await });
+                remote_calls.push((indexes, task));
+            }
+        }
+        let mut place = |indexes: Vec<usize>, response: ShardResponse| {
+            let answers = unwrap(response).filter(|answers| answers.len() == indexes.len());
+            match answers {
+                Some(answers) => {
+                    for (index, answer) in indexes.into_iter().zip(answers) {
+                        results[index] = Some(answer);
+                    }
+                }
+                None => {
+                    for index in indexes {
+                        results[index] = Some(unavailable());
+                    }
+                }
+            }
+        };
+        if let Some((indexes, request)) = local {
+            let response = self.handle(request).await;
+            place(indexes, response);
+        }
+        for (indexes, task) in remote_calls {
+            let response = task.await;
+            place(indexes, response);
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(&unavailable)).collect()
+    }
+
+    /// Serves a request on this shard.
+    async fn handle(self: &Rc<Self>, request: ShardRequest) -> ShardResponse {
+        match request {
+            ShardRequest::Produce { acks, parts } => {
+                let mut results = Vec::with_capacity(parts.len());
+                for part in parts {
+                    results.push(self.produce_part(acks, part).await);
+                }
+                ShardResponse::Produce(results)
+            }
+            ShardRequest::Fetch(parts) => {
+                let mut results = Vec::with_capacity(parts.len());
+                for part in parts {
+                    results.push(self.fetch_part(part).await);
+                }
+                ShardResponse::Fetch(results)
+            }
+            ShardRequest::WatchFetch { positions, wait_ms } => {
+                self.watch_fetch(positions, wait_ms).await;
+                ShardResponse::Watched
+            }
+            ShardRequest::ListOffsets(parts) => {
+                let mut results = Vec::with_capacity(parts.len());
+                for part in parts {
+                    results.push(self.list_offsets_part(part).await);
+                }
+                ShardResponse::ListOffsets(results)
+            }
+            ShardRequest::DeleteRecords(parts) => {
+                let mut results = Vec::with_capacity(parts.len());
+                for (tp, offset) in parts {
+                    results.push(self.delete_records_part(&tp, offset).await);
+                }
+                ShardResponse::DeleteRecords(results)
+            }
+            ShardRequest::OffsetForLeaderEpoch(parts) => ShardResponse::OffsetForLeaderEpoch(
+                parts.iter().map(|part| self.offset_for_leader_epoch_part(part)).collect(),
+            ),
+            ShardRequest::Controller { record, validate_only } => {
+                ShardResponse::Controller(self.controller_change(record, validate_only).await)
+            }
+            ShardRequest::Apply(record) => {
+                self.apply_metadata(&record).await;
+                ShardResponse::Applied
+            }
+        }
+    }
+
+    // ---- partition operations (on the owning shard) ----
+
+    async fn produce_part(&self, acks: i16, part: ProducePart) -> ProduceResult {
+        let partition = match self.partition(&part.tp) {
+            Ok(partition) => partition,
+            Err(error) => return ProduceResult::failed(error),
+        };
+        let (log_append_time, min_insync_replicas, max_message_bytes) = {
+            let settings = partition.settings.borrow();
+            (settings.log_append_time, settings.min_insync_replicas, settings.log.max_message_bytes)
+        };
+        // One replica is in sync; acks=all needs min.insync.replicas of them.
+        if acks == -1 && min_insync_replicas > 1 {
+            return ProduceResult::failed(KafkaError::new(
+                code::NOT_ENOUGH_REPLICAS,
+                format!("1 in-sync replica, min.insync.replicas is {min_insync_replicas}"),
+            ));
+        }
+        let Some(records) = part.records.filter(|r| !r.is_empty()) else {
+            return ProduceResult::failed(KafkaError::new(code::CORRUPT_MESSAGE, "no records"));
+        };
+        // The one copy of the record bytes on the way in: the log rewrites offsets in place
+        // (and with LogAppendTime, timestamps and the CRC), so it needs them mutable.
+        let mut bytes = records.to_vec();
+        let mut extents = Vec::new();
+        let mut at = 0usize;
+        for batch in BatchIter::new(&bytes) {
+            let batch = match batch.and_then(|b| b.validate(max_message_bytes).map(|()| b)) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    warn!(partition = %part.tp, %error, "rejected produce batch");
+                    return ProduceResult::failed(from_batch_error(&error));
+                }
+            };
+            extents.push((at, batch.size()));
+            at += batch.size();
+        }
+        if at != bytes.len() {
+            return ProduceResult::failed(KafkaError::new(code::CORRUPT_MESSAGE, "trailing bytes"));
+        }
+        let now_ms = self.clock.wall_ms();
+        for (start, size) in extents {
+            let batch = &mut bytes[start..start + size];
+            batch::set_partition_leader_epoch(batch, LEADER_EPOCH);
+            if log_append_time {
+                batch::set_log_append_time(batch, now_ms);
+            }
+        }
+        match partition.log.append(&mut bytes).await {
+            Ok(info) => {
+                self.on_append(&part.tp);
+                ProduceResult {
+                    error: None,
+                    base_offset: info.base_offset,
+                    log_append_time_ms: if log_append_time { now_ms } else { -1 },
+                    log_start_offset: partition.log.log_start_offset(),
+                }
+            }
+            Err(error) => {
+                if !matches!(error, LogError::Batch(_)) {
+                    error!(partition = %part.tp, %error, "append failed");
+                }
+                ProduceResult::failed(from_log_error(&error))
+            }
+        }
+    }
+
+    /// Wakes the fetches waiting on `tp`.
+    fn on_append(&self, tp: &TopicPartition) {
+        let partitions = self.partitions.borrow();
+        let completed =
+            self.fetch_waiters.with(|waiters| waiters.check_key(tp, &mut LogEnds(&partitions)));
+        for done in completed {
+            let _ = done.op.notify.try_send(());
+        }
+    }
+
+    fn check_leader_epoch(current_leader_epoch: i32) -> Result<(), KafkaError> {
+        // -1: the client does not know the epoch and asks us not to check.
+        if current_leader_epoch < 0 || current_leader_epoch == LEADER_EPOCH {
+            Ok(())
+        } else if current_leader_epoch > LEADER_EPOCH {
+            Err(KafkaError::new(code::UNKNOWN_LEADER_EPOCH, "leader epoch from the future"))
+        } else {
+            Err(KafkaError::new(code::FENCED_LEADER_EPOCH, "leader epoch is stale"))
+        }
+    }
+
+    async fn fetch_part(&self, part: FetchPart) -> FetchResult {
+        let partition = match self.partition(&part.tp) {
+            Ok(partition) => partition,
+            Err(error) => return FetchResult::failed(error),
+        };
+        if let Err(error) = Self::check_leader_epoch(part.current_leader_epoch) {
+            return FetchResult::failed(error);
+        }
+        let high_watermark = partition.high_watermark();
+        let log_start_offset = partition.log.log_start_offset();
+        let answer = |error: Option<KafkaError>, records: Bytes| FetchResult {
+            error,
+            high_watermark,
+            log_start_offset,
+            records,
+        };
+        if part.offset < log_start_offset || part.offset > high_watermark {
+            let message =
+                format!("offset {} is outside [{log_start_offset}, {high_watermark}]", part.offset);
+            return answer(Some(KafkaError::new(code::OFFSET_OUT_OF_RANGE, message)), Bytes::new());
+        }
+        if part.offset == high_watermark || part.max_bytes == 0 {
+            return answer(None, Bytes::new());
+        }
+        let slice =
+            match partition.log.read(part.offset, part.max_bytes, high_watermark, true).await {
+                Ok(slice) => slice,
+                Err(error) => return answer(Some(from_log_error(&error)), Bytes::new()),
+            };
+        match slice.read().await {
+            Ok(bytes) => answer(None, Bytes::copy_from_slice(&bytes)),
+            Err(error) => {
+                error!(partition = %part.tp, %error, "fetch read failed");
+                answer(Some(from_log_error(&error)), Bytes::new())
+            }
+        }
+    }
+
+    async fn watch_fetch(&self, positions: Vec<(TopicPartition, i64)>, wait_ms: u64) {
+        let (sender, receiver) = local_channel::new_bounded(1);
+        let keys: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
+        let deadline_ms = self.clock.monotonic_ms().saturating_add(wait_ms);
+        let waiter = FetchWaiter { positions, notify: sender };
+        let parked = {
+            let partitions = self.partitions.borrow();
+            self.fetch_waiters.with(|waiters| {
+                waiters.try_complete_else_watch(
+                    waiter,
+                    keys,
+                    deadline_ms,
+                    &mut LogEnds(&partitions),
+                )
+            })
+        };
+        match parked {
+            Ok(Watched::Completed(_)) => {}
+            Ok(Watched::Parked(_)) => {
+                let _ = receiver.recv().await;
+            }
+            Err(rejected) => {
+                // Purgatory full: wait out the time without being woken early.
+                debug!(error = ?rejected.error, "fetch purgatory full");
+                glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+            }
+        }
+    }
+
+    async fn list_offsets_part(&self, part: ListOffsetsPart) -> ListOffsetsResult {
+        let failed = |error| ListOffsetsResult { error: Some(error), timestamp: -1, offset: -1 };
+        let partition = match self.partition(&part.tp) {
+            Ok(partition) => partition,
+            Err(error) => return failed(error),
+        };
+        if let Err(error) = Self::check_leader_epoch(part.current_leader_epoch) {
+            return failed(error);
+        }
+        let found = |timestamp, offset| ListOffsetsResult { error: None, timestamp, offset };
+        let log = &partition.log;
+        match part.timestamp {
+            list_offsets::LATEST => found(-1, partition.high_watermark()),
+            list_offsets::EARLIEST | list_offsets::EARLIEST_LOCAL => {
+                found(-1, log.log_start_offset())
+            }
+            // No tiered storage: nothing is tiered.
+            list_offsets::LATEST_TIERED => found(-1, -1),
+            list_offsets::MAX_TIMESTAMP => match log.max_timestamp_and_offset() {
+                Some(max) => found(max.timestamp, max.offset),
+                None => found(-1, -1),
+            },
+            timestamp if timestamp >= 0 => match log.offset_for_timestamp(timestamp).await {
+                Ok(Some(hit)) => found(hit.timestamp, hit.offset),
+                Ok(None) => found(-1, -1),
+                Err(error) => failed(from_log_error(&error)),
+            },
+            other => failed(KafkaError::new(code::INVALID_REQUEST, format!("timestamp {other}"))),
+        }
+    }
+
+    async fn delete_records_part(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Result<i64, KafkaError> {
+        let partition = self.partition(tp)?;
+        let high_watermark = partition.high_watermark();
+        // -1 means "up to the high watermark".
+        let offset = if offset == -1 { high_watermark } else { offset };
+        if offset < 0 || offset > high_watermark {
+            return Err(KafkaError::new(
+                code::OFFSET_OUT_OF_RANGE,
+                format!("offset {offset} is past the high watermark {high_watermark}"),
+            ));
+        }
+        let start =
+            partition.log.advance_log_start_offset(offset).map_err(|e| from_log_error(&e))?;
+        // Whole segments below the new start go now rather than at the next retention pass.
+        if let Err(error) = partition.log.apply_retention().await {
+            warn!(partition = %tp, %error, "deleting segments after DeleteRecords failed");
+        }
+        Ok(start)
+    }
+
+    fn offset_for_leader_epoch_part(&self, part: &EpochPart) -> Result<(i32, i64), KafkaError> {
+        let partition = self.partition(&part.tp)?;
+        Self::check_leader_epoch(part.current_leader_epoch)?;
+        // One epoch so far: it ends at the log end offset; later epochs are unknown.
+        // Earlier epochs never existed and later ones are unknown: both undefined (-1).
+        if part.leader_epoch == LEADER_EPOCH {
+            Ok((LEADER_EPOCH, partition.log.log_end_offset()))
+        } else {
+            Ok((-1, -1))
+        }
+    }
+
+    // ---- metadata ----
+
+    async fn controller_change(
+        self: &Rc<Self>,
+        record: MetadataRecord,
+        validate_only: bool,
+    ) -> Result<(), KafkaError> {
+        let Some(controller) = &self.controller else {
+            return Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard"));
+        };
+        let _permit = controller.lock.acquire_permit(1).await.map_err(|_| {
+            KafkaError::new(code::UNKNOWN_SERVER_ERROR, "controller is shutting down")
+        })?;
+        self.metadata().check(&record).map_err(|e| from_metadata_error(&e))?;
+        if validate_only {
+            return Ok(());
+        }
+        // Metadata changes are rare admin operations; the log is a plain file with an
+        // fdatasync per record (see MetadataLog::append).
+        controller.log.borrow_mut().append(&record).map_err(|error| {
+            error!(%error, "writing the metadata log failed");
+            from_metadata_error(&error)
+        })?;
+        info!(?record, "metadata change stored");
+        for target in 0..self.shards() {
+            if target == self.id {
+                self.apply_metadata(&record).await;
+            } else if let ShardResponse::Unavailable =
+                self.remote(target, ShardRequest::Apply(record.clone())).await
+            {
+                warn!(shard = target, "shard did not apply a metadata change (stopping?)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a stored metadata change to this shard's image and partitions.
+    pub async fn apply_metadata(&self, record: &MetadataRecord) {
+        if let Err(error) = self.metadata.borrow_mut().apply(record) {
+            error!(%error, ?record, "metadata change does not apply; image unchanged");
+            return;
+        }
+        match record {
+            MetadataRecord::CreateTopic { name, partitions, .. } => {
+                for partition in 0..*partitions {
+                    self.open_partition(TopicPartition::new(name.clone(), partition), None).await;
+                }
+            }
+            MetadataRecord::CreatePartitions { name, partitions } => {
+                for partition in 0..*partitions {
+                    let tp = TopicPartition::new(name.clone(), partition);
+                    if !self.partitions.borrow().contains_key(&tp) {
+                        self.open_partition(tp, None).await;
+                    }
+                }
+            }
+            MetadataRecord::DeleteTopic { name } => {
+                let doomed: Vec<Rc<Partition>> = {
+                    let mut partitions = self.partitions.borrow_mut();
+                    let tps: Vec<TopicPartition> =
+                        partitions.keys().filter(|tp| &tp.topic == name).cloned().collect();
+                    tps.iter().filter_map(|tp| partitions.remove(tp)).collect()
+                };
+                self.offline.borrow_mut().retain(|tp, _| &tp.topic != name);
+                for partition in doomed {
+                    if let Err(error) = partition.log.close().await {
+                        warn!(partition = %partition.tp, %error, "closing a deleted partition");
+                    }
+                    let dir = partition.log.dir().to_path_buf();
+                    // Deleting a directory is a blocking syscall, on the rare topic
+                    // deletion only, never on the produce or fetch path.
+                    if let Err(error) = std::fs::remove_dir_all(&dir) {
+                        warn!(dir = %dir.display(), %error, "removing a deleted partition");
+                    }
+                    self.on_append(&partition.tp);
+                }
+            }
+            MetadataRecord::SetTopicConfigs { name, .. } => {
+                let settings = self.topic_settings(name);
+                for partition in self.partitions.borrow().values() {
+                    if &partition.tp.topic != name {
+                        continue;
+                    }
+                    if let Err(error) = partition.log.set_options(settings.log.clone()) {
+                        error!(partition = %partition.tp, %error, "new topic config rejected");
+                        continue;
+                    }
+                    *partition.settings.borrow_mut() = settings.clone();
+                }
+            }
+        }
+    }
+
+    /// The settings of `topic` from its stored overrides. Overrides were validated before
+    /// they were stored; one that no longer validates (a broker default changed) falls
+    /// back to the broker defaults with an error line.
+    fn topic_settings(&self, topic: &str) -> TopicSettings {
+        let overrides = self.metadata().topic(topic).map(|t| t.configs.clone()).unwrap_or_default();
+        match self.config.topic_settings(&overrides) {
+            Ok(settings) => settings,
+            Err(error) => {
+                error!(topic, %error, "stored topic config is invalid; using broker defaults");
+                self.config.topic_settings(&BTreeMap::new()).unwrap_or_else(|_| TopicSettings {
+                    log: self.config.log.clone(),
+                    log_append_time: false,
+                    min_insync_replicas: 1,
+                    cleanup_policy: "delete".into(),
+                })
+            }
+        }
+    }
+
+    /// Opens (creating if needed) a partition this shard owns. Failure takes the
+    /// partition offline with a log line; the shard serves the others.
+    async fn open_partition(&self, tp: TopicPartition, hints: Option<OpenHints>) {
+        if self.owner_of(&tp) != self.id {
+            return;
+        }
+        let settings = self.topic_settings(&tp.topic);
+        let dir: PathBuf = self.config.data_dir.join(tp.dir_name());
+        let opened = match std::fs::create_dir_all(&dir) {
+            Ok(()) => Log::open(
+                &dir,
+                settings.log.clone(),
+                hints.unwrap_or_default(),
+                self.log_clock.clone(),
+            )
+            .await
+            .map_err(|error| error.to_string()),
+            Err(error) => Err(format!("creating {}: {error}", dir.display())),
+        };
+        match opened {
+            Ok(log) => {
+                debug!(partition = %tp, log_end_offset = log.log_end_offset(), "partition open");
+                let partition =
+                    Rc::new(Partition { tp: tp.clone(), log, settings: RefCell::new(settings) });
+                self.offline.borrow_mut().remove(&tp);
+                self.partitions.borrow_mut().insert(tp, partition);
+            }
+            Err(reason) => {
+                error!(partition = %tp, %reason, "partition offline");
+                self.offline.borrow_mut().insert(tp, reason);
+            }
+        }
+    }
+
+    /// Routes a metadata change to the controller shard and waits for it to be applied
+    /// everywhere.
+    pub async fn change_metadata(
+        self: &Rc<Self>,
+        record: MetadataRecord,
+        validate_only: bool,
+    ) -> Result<(), KafkaError> {
+        match self.call(0, ShardRequest::Controller { record, validate_only }).await {
+            ShardResponse::Controller(result) => result,
+            _ => Err(KafkaError::new(code::NOT_CONTROLLER, "controller unavailable")),
+        }
+    }
+
+    /// Size and log start offset of every partition on this shard (for housekeeping).
+    fn partition_list(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    async fn housekeeping(self: Rc<Self>) {
+        let tick = Duration::from_millis(100);
+        let retention_every = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
+        let mut since_retention = Duration::ZERO;
+        while !self.stopping() {
+            glommio::timer::sleep(tick).await;
+            since_retention += tick;
+            let retention_due = since_retention >= retention_every;
+            if retention_due {
+                since_retention = Duration::ZERO;
+            }
+            for partition in self.partition_list() {
+                if let Err(error) = partition.log.maybe_flush().await {
+                    warn!(partition = %partition.tp, %error, "scheduled flush failed");
+                }
+                if retention_due {
+                    match partition.log.apply_retention().await {
+                        Ok(deleted) if !deleted.is_empty() => {
+                            info!(partition = %partition.tp, segments = deleted.len(), "retention deleted segments")
+                        }
+                        Ok(_) => {}
+                        Err(error) => warn!(partition = %partition.tp, %error, "retention failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_mesh(self: Rc<Self>, mut receivers: Receivers<MeshMsg>) {
+        let mut tasks = Vec::new();
+        for (peer, receiver) in receivers.streams() {
+            let shard = self.clone();
+            tasks.push(glommio::spawn_local(async move {
+                while let Some(message) = receiver.recv().await {
+                    match message {
+                        MeshMsg::Request { id, body } => {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let response = shard.handle(body).await;
+                                let _ = shard
+                                    .mesh
+                                    .send_to(peer, MeshMsg::Response { id, body: response })
+                                    .await;
+                            })
+                            .detach();
+                        }
+                        MeshMsg::Response { id, body } => {
+                            if let Some(sender) = shard.pending.borrow_mut().remove(&id) {
+                                let _ = sender.try_send(body);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+    }
+}
+
+/// Starts a shard on the current executor: joins the mesh, opens the partitions it owns,
+/// serves connections until `stop`, then drains, flushes and closes. Returns the
+/// checkpoint entries of its partitions.
+pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
+    let id = start.id;
+    let joined = futures_lite::future::or(
+        async {
+            start
+                .mesh
+                .join()
+                .await
+                .map_err(|error| format!("joining the shard mesh failed: {error}"))
+        },
+        async {
+            glommio::timer::sleep(MESH_JOIN_TIMEOUT).await;
+            Err("timed out waiting for the other shards to start".to_string())
+        },
+    )
+    .await;
+    let (senders, receivers) = joined?;
+    let clock = SystemClock::new();
+    let fetch_waiters = TimerDriver::new(
+        Purgatory::new(PurgatoryOptions {
+            ops_max: FETCH_WAITERS_MAX,
+            ..PurgatoryOptions::starting_at(clock.monotonic_ms())
+        }),
+        clock.clone(),
+        DriverOptions::DEFAULT,
+    );
+    let controller = start
+        .metadata_log
+        .map(|log| Controller { log: RefCell::new(log), lock: Semaphore::new(1) });
+    let shard = Rc::new(Shard {
+        id,
+        config: start.config.clone(),
+        clock: clock.clone(),
+        log_clock: Rc::new(clock),
+        metadata: RefCell::new(start.image),
+        partitions: RefCell::new(HashMap::new()),
+        offline: RefCell::new(HashMap::new()),
+        mesh: senders,
+        pending: RefCell::new(HashMap::new()),
+        next_call_id: Cell::new(0),
+        fetch_waiters,
+        controller,
+        stop: start.stop,
+        connections: Cell::new(0),
+    });
+
+    let owned: Vec<TopicPartition> = {
+        let image = shard.metadata();
+        image
+            .topics()
+            .flat_map(|topic| {
+                (0..topic.partitions).map(|p| TopicPartition::new(topic.name.clone(), p))
+            })
+            .filter(|tp| shard.owner_of(tp) == id)
+            .collect()
+    };
+    for tp in owned {
+        let hints = start.hints.get(&tp).copied().unwrap_or_default();
+        shard.open_partition(tp, Some(hints)).await;
+    }
+    info!(
+        shard = id,
+        partitions = shard.partitions.borrow().len(),
+        offline = shard.offline.borrow().len(),
+        "shard ready"
+    );
+
+    let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
+    let timer_task = shard
+        .fetch_waiters
+        .spawn(|expired: Expired<FetchWaiter>| {
+            let _ = expired.op.notify.try_send(());
+        })
+        .map_err(|error| format!("starting the fetch timer: {error}"))?;
+    let housekeeping = glommio::spawn_local(shard.clone().housekeeping());
+    let served = crate::server::serve(shard.clone()).await;
+    housekeeping.await;
+    shard.fetch_waiters.stop();
+    timer_task.await;
+    drop(mesh_task);
+
+    let mut checkpoints = Vec::new();
+    for partition in shard.partition_list() {
+        match partition.log.close().await {
+            Ok(()) => checkpoints.push((
+                partition.tp.clone(),
+                partition.log.recovery_point(),
+                partition.log.log_start_offset(),
+            )),
+            Err(error) => {
+                error!(shard = id, partition = %partition.tp, %error, "closing the log failed")
+            }
+        }
+    }
+    info!(shard = id, "shard stopped");
+    served.map(|()| checkpoints)
+}
