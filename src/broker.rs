@@ -25,6 +25,8 @@ use crate::config::Config;
 
 /// `meta.properties` in the data dir: the cluster id and node id, like Kafka's.
 const META_PROPERTIES: &str = "meta.properties";
+/// How long start-up waits for a busy listen port (see `check_listen_address`).
+const PORT_WAIT: Duration = Duration::from_secs(10);
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let memlock = runtime::raise_memlock_limit();
@@ -92,7 +94,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .context("starting the signal thread")?;
     }
 
-    let mesh = shard::mesh(config.cores);
+    let mut mesh_ends = shard::mesh(config.cores).into_iter();
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
     for id in 0..config.cores {
@@ -114,7 +116,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             image: image.clone(),
             metadata_log: if id == 0 { metadata_log.take() } else { None },
             hints,
-            mesh: mesh.clone(),
+            mesh: mesh_ends.next().expect("one mesh end per shard"),
             stop: stop.clone(),
         };
         let handle = glommio::LocalExecutorBuilder::new(runtime::pinned_placement(id))
@@ -194,10 +196,33 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// Binds the listen address once without SO_REUSEPORT: that fails, with a clear error,
 /// when anything else (another broker included) holds the port, which the shards' own
 /// SO_REUSEPORT binds would not notice. Resolves port 0 to the port to use.
+///
+/// A port still held is retried for a few seconds: after a SIGKILL the kernel closes the
+/// dead broker's io_uring rings, and the listening sockets their pending accepts hold,
+/// asynchronously, so an immediate restart can find the port busy for a moment.
 fn check_listen_address(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let probe = TcpListener::bind(listen).with_context(|| {
-        format!("cannot listen on {listen} (port in use or address not available)")
-    })?;
+    let deadline = std::time::Instant::now() + PORT_WAIT;
+    let mut warned = false;
+    let probe = loop {
+        match TcpListener::bind(listen) {
+            Ok(probe) => break probe,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    warn!(%listen, "port in use; waiting up to {PORT_WAIT:?} for it to be released");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("cannot listen on {listen} (port in use or address not available)")
+                })
+            }
+        }
+    };
     let resolved = probe.local_addr().context("reading the listen address")?;
     drop(probe);
     Ok(resolved)

@@ -1,8 +1,15 @@
-//! Integration tests: the real `sluice` binary, started on a temp data dir.
-//!
-//! Today the daemon is the storage side (recovery, housekeeping, checkpoints); the Kafka
-//! client tests join this binary with the broker issue.
+//! Integration tests: the real `sluice` binary, started on a free loopback port in a temp
+//! data dir, driven by real clients (librdkafka through the `rdkafka` crate, kafka-python)
+//! and by a raw protocol client for exact wire-level cases. One test binary: the modules
+//! under `tests/support/` are parts of it.
 #![allow(clippy::unwrap_used)]
+
+#[path = "support/admin.rs"]
+mod admin;
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/kafka.rs"]
+mod kafka;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

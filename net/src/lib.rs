@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod mesh;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::sync::Semaphore;
 use sluice_engine::batch::{self, BatchIter};
@@ -32,6 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::error::{code, from_batch_error, from_log_error, from_metadata_error, KafkaError};
+use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
 
 /// Messages between shards waiting in one mesh channel before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -212,13 +212,13 @@ pub struct ShardStart {
     pub metadata_log: Option<MetadataLog>,
     /// Recovery hints from the checkpoint files, for the partitions this shard owns.
     pub hints: BTreeMap<TopicPartition, OpenHints>,
-    pub mesh: MeshBuilder<MeshMsg, Full>,
+    pub mesh: MeshEnds<MeshMsg>,
     pub stop: Arc<AtomicBool>,
 }
 
-/// The mesh every shard joins at start-up (one per broker, cloned into each shard).
-pub fn mesh(shards: usize) -> MeshBuilder<MeshMsg, Full> {
-    MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY)
+/// The mesh ends of every shard (`[i]` for shard i), built once per broker.
+pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
+    crate::mesh::build(shards, MESH_CHANNEL_CAPACITY)
 }
 
 /// What a shard reports when it stops: per partition, the recovery point and log start.
@@ -233,7 +233,7 @@ pub struct Shard {
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
     /// Partitions this shard owns but could not open, with the reason.
     offline: RefCell<HashMap<TopicPartition, String>>,
-    mesh: Senders<MeshMsg>,
+    mesh: Mesh<MeshMsg>,
     pending: RefCell<HashMap<u64, LocalSender<ShardResponse>>>,
     next_call_id: Cell<u64>,
     fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
@@ -293,7 +293,7 @@ impl Shard {
         self.next_call_id.set(id + 1);
         let (sender, receiver) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(id, sender);
-        if self.mesh.send_to(target, MeshMsg::Request { id, body: request }).await.is_err() {
+        if !self.mesh.send_to(target, MeshMsg::Request { id, body: request }).await {
             self.pending.borrow_mut().remove(&id);
             return ShardResponse::Unavailable;
         }
@@ -822,9 +822,9 @@ impl Shard {
         }
     }
 
-    async fn serve_mesh(self: Rc<Self>, mut receivers: Receivers<MeshMsg>) {
+    async fn serve_mesh(self: Rc<Self>, receivers: MeshReceivers<MeshMsg>) {
         let mut tasks = Vec::new();
-        for (peer, receiver) in receivers.streams() {
+        for (peer, receiver) in receivers {
             let shard = self.clone();
             tasks.push(glommio::spawn_local(async move {
                 while let Some(message) = receiver.recv().await {
@@ -860,21 +860,7 @@ impl Shard {
 /// checkpoint entries of its partitions.
 pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     let id = start.id;
-    let joined = futures_lite::future::or(
-        async {
-            start
-                .mesh
-                .join()
-                .await
-                .map_err(|error| format!("joining the shard mesh failed: {error}"))
-        },
-        async {
-            glommio::timer::sleep(MESH_JOIN_TIMEOUT).await;
-            Err("timed out waiting for the other shards to start".to_string())
-        },
-    )
-    .await;
-    let (senders, receivers) = joined?;
+    let (senders, receivers) = crate::mesh::connect(start.mesh, MESH_JOIN_TIMEOUT).await?;
     let clock = SystemClock::new();
     let fetch_waiters = TimerDriver::new(
         Purgatory::new(PurgatoryOptions {

@@ -11,15 +11,10 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use sluice_engine::metadata::{self, MetadataRecord};
 
-use super::{str_bytes, topic_name, uuid};
-use crate::config::{BrokerConfig, TOPIC_CONFIGS};
+use super::{configs, str_bytes, topic_name, uuid};
+use crate::config::BrokerConfig;
 use crate::error::{code, from_metadata_error, KafkaError};
 use crate::shard::Shard;
-
-/// Kafka's config sources, as DescribeConfigs and CreateTopics report them.
-pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
-pub const SOURCE_STATIC_BROKER: i8 = 4;
-pub const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -156,21 +151,15 @@ fn describe_topic_configs(
     config: &BrokerConfig,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<CreatableTopicConfigs> {
-    TOPIC_CONFIGS
-        .iter()
-        .map(|(name, _)| {
+    configs::topic_entries(config, overrides)
+        .into_iter()
+        .map(|described| {
             let mut entry = CreatableTopicConfigs::default();
-            entry.name = str_bytes(name);
-            match overrides.get(*name) {
-                Some(value) => {
-                    entry.value = Some(str_bytes(value));
-                    entry.config_source = SOURCE_DYNAMIC_TOPIC;
-                }
-                None => {
-                    entry.value = config.topic_default(name).map(|v| str_bytes(&v));
-                    entry.config_source = SOURCE_DEFAULT;
-                }
-            }
+            entry.name = str_bytes(&described.name);
+            entry.value = described.value.as_deref().map(str_bytes);
+            entry.config_source = described.source;
+            entry.read_only = false;
+            entry.is_sensitive = false;
             entry
         })
         .collect()

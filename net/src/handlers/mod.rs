@@ -1,12 +1,20 @@
 //! One file per Kafka API, and the table they are served from. ApiVersions answers from
 //! the same table, so what we advertise is exactly what a handler exists for.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod configs;
+pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::rc::Rc;
@@ -36,6 +44,13 @@ pub const SERVED: &[Served] = &[
     Served { api: ApiKey::ApiVersions, min: 0, max: 4 },
     Served { api: ApiKey::CreateTopics, min: 2, max: 7 },
     Served { api: ApiKey::DeleteTopics, min: 1, max: 6 },
+    Served { api: ApiKey::DeleteRecords, min: 0, max: 2 },
+    Served { api: ApiKey::OffsetForLeaderEpoch, min: 2, max: 4 },
+    Served { api: ApiKey::DescribeConfigs, min: 1, max: 4 },
+    Served { api: ApiKey::AlterConfigs, min: 0, max: 2 },
+    Served { api: ApiKey::CreatePartitions, min: 0, max: 3 },
+    Served { api: ApiKey::IncrementalAlterConfigs, min: 0, max: 1 },
+    Served { api: ApiKey::DescribeCluster, min: 0, max: 2 },
 ];
 
 pub fn served(api: ApiKey) -> Option<Served> {
@@ -63,6 +78,13 @@ pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<Bytes>
         ApiKey::ListOffsets => serve!(list_offsets),
         ApiKey::CreateTopics => serve!(create_topics),
         ApiKey::DeleteTopics => serve!(delete_topics),
+        ApiKey::DeleteRecords => serve!(delete_records),
+        ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
+        ApiKey::DescribeConfigs => serve!(describe_configs),
+        ApiKey::AlterConfigs => serve!(alter_configs),
+        ApiKey::CreatePartitions => serve!(create_partitions),
+        ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
+        ApiKey::DescribeCluster => serve!(describe_cluster),
         ApiKey::Produce => {
             let decoded = decode_body(api, version, body)?;
             match produce::handle(shard, decoded, version).await {

@@ -1,0 +1,101 @@
+//! CreatePartitions (key 37): grows a topic to a new total partition count. Kafka never
+//! shrinks a topic (keys would move between partitions); the controller stores the new
+//! count and every shard opens the new partitions it owns before the answer.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
+use sluice_engine::metadata::MetadataRecord;
+
+use super::{str_bytes, topic_name};
+use crate::error::{code, KafkaError};
+use crate::shard::Shard;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.name.0.as_str().to_string())
+        .filter(|name| !seen.insert(name.clone()))
+        .collect();
+    let mut response = CreatePartitionsResponse::default();
+    for topic in &request.topics {
+        let name = topic.name.0.as_str().to_string();
+        let outcome = if duplicates.contains(&name) {
+            Err(KafkaError::new(code::INVALID_REQUEST, "topic named twice in one request"))
+        } else {
+            create(shard, &name, topic, request.validate_only).await
+        };
+        let mut result = CreatePartitionsTopicResult::default();
+        result.name = topic_name(&name);
+        match outcome {
+            Ok(()) => {
+                tracing::info!(topic = %name, partitions = topic.count, validate_only = request.validate_only, "CreatePartitions");
+            }
+            Err(error) => {
+                tracing::info!(topic = %name, code = error.code, message = %error.message, "CreatePartitions refused");
+                result.error_code = error.code;
+                result.error_message = Some(str_bytes(&error.message));
+            }
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+async fn create(
+    shard: &Rc<Shard>,
+    name: &str,
+    topic: &CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), KafkaError> {
+    let Some(current) = shard.metadata().topic(name).map(|t| t.partitions) else {
+        return Err(KafkaError::new(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("unknown topic {name}"),
+        ));
+    };
+    if topic.count <= current {
+        return Err(KafkaError::new(
+            code::INVALID_PARTITIONS,
+            format!(
+                "topic {name} has {current} partitions; the new count {} must be larger",
+                topic.count
+            ),
+        ));
+    }
+    if let Some(assignments) = &topic.assignments {
+        let added = i64::from(topic.count) - i64::from(current);
+        if assignments.len() as i64 != added {
+            return Err(KafkaError::new(
+                code::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "increasing the number of partitions by {added} but {} assignments provided",
+                    assignments.len()
+                ),
+            ));
+        }
+        let node_id = shard.config.node_id;
+        for assignment in assignments {
+            if assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != node_id {
+                return Err(KafkaError::new(
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!(
+                        "this cluster has one broker, node {node_id}, and replication factor 1"
+                    ),
+                ));
+            }
+        }
+    }
+    let record =
+        MetadataRecord::CreatePartitions { name: name.to_string(), partitions: topic.count };
+    shard.change_metadata(record, validate_only).await
+}

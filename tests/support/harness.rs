@@ -1,0 +1,199 @@
+//! Test harness: the real `sluice` binary on a free loopback port in a temp dir, and a raw
+//! Kafka-protocol client (the `kafka-protocol` crate's messages over a blocking socket)
+//! for tests that need exact control of what goes on the wire.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+
+/// A running broker. Killed (SIGKILL) when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    log_path: PathBuf,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Broker {
+    /// Starts a broker on `data_dir` (2 shards unless `args` say otherwise) and waits until
+    /// it accepts connections.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.with_extension("broker.log"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        broker.spawn();
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log_start = self.log().len();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.arg("serve").arg("--data-dir").arg(&self.data_dir);
+        command.arg("--listen").arg(self.address());
+        let shards = match self.args.iter().position(|a| a == "--cores") {
+            Some(at) => self.args[at + 1].parse::<usize>().unwrap(),
+            None => {
+                command.arg("--cores").arg("2");
+                2
+            }
+        };
+        command.args(&self.args);
+        let child = command
+            .env("SLUICE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Ready when every shard of this run logged that it listens (a connect alone could
+        // reach the listening socket of a killed predecessor the kernel has not closed).
+        loop {
+            let listening =
+                self.log()[log_start..].matches("sluice_net::server: listening").count();
+            if listening >= shards && TcpStream::connect(self.address()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("broker exited at start-up ({status}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "broker did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the broker logged so far (all runs on this data dir).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("broker running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not stop on SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no flush, no checkpoints.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A blocking Kafka-protocol connection speaking the `kafka-protocol` crate's messages.
+pub struct Raw {
+    pub stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl Raw {
+    pub fn connect(address: &str) -> Raw {
+        let stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream, correlation_id: 0 }
+    }
+
+    /// The bytes of a request frame (size prefix included).
+    pub fn frame<R: Request>(&mut self, request: &R, version: i16) -> Vec<u8> {
+        self.correlation_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("raw-test"));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, R::header_version(version)).unwrap();
+        request.encode(&mut body, version).unwrap();
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Sends a request and reads its response.
+    pub fn send<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
+        let frame = self.frame(request, version);
+        self.stream.write_all(&frame).unwrap();
+        self.receive::<R>(version)
+    }
+
+    /// Reads the response to the oldest request sent.
+    pub fn receive<R: Request>(&mut self, version: i16) -> R::Response {
+        let mut frame = Bytes::from(self.read_frame().expect("response frame"));
+        let header =
+            ResponseHeader::decode(&mut frame, R::Response::header_version(version)).unwrap();
+        assert!(header.correlation_id > 0);
+        let response = R::Response::decode(&mut frame, version).unwrap();
+        assert_eq!(frame.remaining(), 0, "bytes left after the response");
+        response
+    }
+
+    pub fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size)?;
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut frame)?;
+        Ok(frame)
+    }
+
+    /// True when the broker has closed the connection (EOF within the read timeout).
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
