@@ -15,11 +15,10 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use glommio::channels::local_channel;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
-use kafka_protocol::messages::ApiKey;
 use tracing::{debug, info, warn};
 
-use crate::handlers;
-use crate::protocol::{self, FixedHeader, ProtocolError, SIZE_PREFIX_BYTES};
+use crate::handlers::{self, Parsed};
+use crate::protocol::{self, ProtocolError, SIZE_PREFIX_BYTES};
 use crate::shard::Shard;
 
 /// How often blocked accept and read calls look at the stop flag.
@@ -199,26 +198,15 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
 /// unsupported versions close the connection (the client cannot parse any answer we
 /// could give), except ApiVersions, which answers in v0 with the versions we serve.
 fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Result<Pending, ProtocolError> {
-    let fixed = FixedHeader::peek(&frame)
-        .ok_or(ProtocolError::FrameTooShort { size: frame.len() as i64 })?;
-    let api = ApiKey::try_from(fixed.api_key)
-        .map_err(|()| ProtocolError::UnknownApiKey { api_key: fixed.api_key })?;
-    let Some(served) = handlers::served(api) else {
-        return Err(ProtocolError::UnknownApiKey { api_key: fixed.api_key });
-    };
-    if fixed.api_version < served.min || fixed.api_version > served.max {
-        if api == ApiKey::ApiVersions {
-            let response = handlers::api_versions::unsupported_version(fixed.correlation_id);
-            return Ok(glommio::spawn_local(async move { response.map(Some) }).detach());
+    match handlers::parse(frame)? {
+        Parsed::ApiVersionsFallback { correlation_id } => {
+            let response = handlers::api_versions::unsupported_version(correlation_id);
+            Ok(glommio::spawn_local(async move { response.map(Some) }).detach())
         }
-        return Err(ProtocolError::UnsupportedVersion {
-            api,
-            version: fixed.api_version,
-            min: served.min,
-            max: served.max,
-        });
+        Parsed::Request(request) => {
+            let shard = shard.clone();
+            Ok(glommio::spawn_local(async move { handlers::handle(&shard, request).await })
+                .detach())
+        }
     }
-    let request = protocol::decode_header(api, fixed.api_version, frame)?;
-    let shard = shard.clone();
-    Ok(glommio::spawn_local(async move { handlers::handle(&shard, request).await }).detach())
 }

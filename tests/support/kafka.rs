@@ -526,3 +526,48 @@ fn kafka_python_round_trips() {
     );
     assert!(stdout.contains("kafka-python round trip ok"), "{stdout}");
 }
+
+/// Pipelined requests on one connection are answered in the order they were sent, even
+/// when the first one is a fetch that waits and the later ones could answer at once.
+#[test]
+fn pipelined_responses_leave_in_request_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    create_topic(&mut raw, "ordered", 2, &[]);
+    let mut frames = Vec::new();
+    frames.extend(raw.frame(&fetch_request("ordered", &[(0, 0), (1, 0)], 300), 12));
+    frames.extend(raw.frame(&ApiVersionsRequest::default(), 3));
+    frames.extend(raw.frame(&all_topics(), 12));
+    let started = Instant::now();
+    std::io::Write::write_all(&mut raw.stream, &frames).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let frame = raw.read_frame().unwrap();
+        ids.push(i32::from_be_bytes(frame[..4].try_into().unwrap()));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "correlation ids in order: {ids:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "the fetch waited first");
+}
+
+/// `max.connections.per.shard` closes connections over the limit at accept; the ones
+/// within it keep working.
+#[test]
+fn connections_over_the_shard_limit_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--cores", "1", "--set", "max.connections.per.shard=2"],
+    );
+    // The harness's readiness probe was a connection too; let the broker see it close.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut first = Raw::connect(&broker.address());
+    let mut second = Raw::connect(&broker.address());
+    first.send(&ApiVersionsRequest::default(), 3);
+    second.send(&ApiVersionsRequest::default(), 3);
+    let mut third = Raw::connect(&broker.address());
+    assert!(third.is_closed_by_peer(), "the third connection is over the limit");
+    let response = first.send(&ApiVersionsRequest::default(), 3);
+    assert_eq!(response.error_code, 0);
+    assert!(broker.log().contains("max.connections.per.shard reached"));
+}
