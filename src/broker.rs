@@ -5,7 +5,7 @@
 //! their logs, then write Kafka's checkpoint files from the main thread (one writer).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -193,19 +193,31 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the listen address once without SO_REUSEPORT: that fails, with a clear error,
-/// when anything else (another broker included) holds the port, which the shards' own
-/// SO_REUSEPORT binds would not notice. Resolves port 0 to the port to use.
+/// Checks that the listen address is free and resolves port 0 to the port to use.
 ///
-/// A port still held is retried for a few seconds: after a SIGKILL the kernel closes the
-/// dead broker's io_uring rings, and the listening sockets their pending accepts hold,
+/// Two checks, because the shards bind with SO_REUSEPORT: a connect (something already
+/// serving there, such as another broker, which SO_REUSEPORT binds would otherwise
+/// share the port with), then a bind with SO_REUSEPORT like the shards' own (a program
+/// holding the port without SO_REUSEPORT). The probe must use SO_REUSEPORT: the
+/// connections of a previous run of this broker linger in FIN-WAIT for up to a minute
+/// after it exits, and only a SO_REUSEPORT bind may share the port with them.
+///
+/// A busy port is retried for a few seconds: after a SIGKILL the kernel closes the dead
+/// broker's io_uring rings, and the listening sockets their pending accepts hold,
 /// asynchronously, so an immediate restart can find the port busy for a moment.
 fn check_listen_address(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
     let deadline = std::time::Instant::now() + PORT_WAIT;
     let mut warned = false;
-    let probe = loop {
-        match TcpListener::bind(listen) {
-            Ok(probe) => break probe,
+    loop {
+        let served = listen.port() != 0
+            && std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(300)).is_ok();
+        let outcome = if served {
+            Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "something is serving there"))
+        } else {
+            probe_bind(listen)
+        };
+        match outcome {
+            Ok(resolved) => return Ok(resolved),
             Err(error)
                 if error.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>
@@ -222,10 +234,25 @@ fn check_listen_address(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
                 })
             }
         }
-    };
-    let resolved = probe.local_addr().context("reading the listen address")?;
-    drop(probe);
-    Ok(resolved)
+    }
+}
+
+/// Binds (without listening) a SO_REUSEPORT socket to `listen`; returns the bound address.
+fn probe_bind(listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if listen.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(listen))?;
+    let bound: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = bound.as_sockaddr_in() {
+        return Ok(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    if let Some(v6) = bound.as_sockaddr_in6() {
+        return Ok(SocketAddr::from((v6.ip(), v6.port())));
+    }
+    Err(std::io::Error::other("unexpected socket address family"))
 }
 
 fn advertised(config: &Config, listen: SocketAddr) -> anyhow::Result<(String, i32)> {

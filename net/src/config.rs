@@ -114,14 +114,8 @@ impl BrokerConfig {
         for (name, value) in overrides {
             apply_topic_config(&mut settings, name, value)?;
         }
-        if settings.log.max_message_bytes as u64 > settings.log.segment_bytes {
-            // Kafka allows it, but then a batch may not fit a segment; we refuse.
-            return Err(ConfigError {
-                name: "max.message.bytes".into(),
-                value: settings.log.max_message_bytes.to_string(),
-                reason: format!("larger than segment.bytes {}", settings.log.segment_bytes),
-            });
-        }
+        // Like Kafka, a batch larger than segment.bytes is allowed: it gets a segment
+        // of its own (the log rolls before it and never splits a batch).
         Ok(settings)
     }
 }

@@ -571,3 +571,191 @@ fn connections_over_the_shard_limit_are_closed() {
     assert_eq!(response.error_code, 0);
     assert!(broker.log().contains("max.connections.per.shard reached"));
 }
+
+fn list_offset_at(raw: &mut Raw, topic: &str, timestamp: i64, version: i16) -> (i16, i64, i64) {
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = 0;
+    p.timestamp = timestamp;
+    p.current_leader_epoch = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions = vec![p];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![t];
+    let response = raw.send(&request, version);
+    let answer = &response.topics[0].partitions[0];
+    (answer.error_code, answer.timestamp, answer.offset)
+}
+
+/// ListOffsets by timestamp answers the first offset whose timestamp is at or after the
+/// target, in every served version; -1 past the newest; -2/-1/-3 earliest, latest, max.
+#[test]
+fn list_offsets_by_timestamp_finds_the_first_offset_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    create_topic(&mut raw, "times", 1, &[("segment.bytes", "1024")]);
+    // 30 batches of 2 records, timestamps 10_000 + 100 * i (and + 50 for the second).
+    for i in 0..30i64 {
+        let records = vec![
+            Record { key: None, value: Some(vec![b'a'; 40]), timestamp: 10_000 + 100 * i },
+            Record { key: None, value: Some(vec![b'b'; 40]), timestamp: 10_050 + 100 * i },
+        ];
+        let response =
+            produce_raw(&mut raw, "times", 0, encode_batch(&records, EncodeOptions::default()));
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+    for version in 1..=10 {
+        assert_eq!(list_offset_at(&mut raw, "times", 0, version).2, 0, "v{version}");
+        // 10_050 is the second record of batch 0: offset 1.
+        let (code, timestamp, offset) = list_offset_at(&mut raw, "times", 10_050, version);
+        assert_eq!((code, timestamp, offset), (0, 10_050, 1), "v{version}");
+        // Between records: the next one.
+        assert_eq!(list_offset_at(&mut raw, "times", 11_020, version).2, 21, "v{version}");
+        assert_eq!(list_offset_at(&mut raw, "times", 12_950, version).2, 59, "v{version}");
+        assert_eq!(list_offset_at(&mut raw, "times", 99_999, version).2, -1, "v{version}");
+        assert_eq!(list_offset_at(&mut raw, "times", -2, version).2, 0, "v{version}");
+        assert_eq!(list_offset_at(&mut raw, "times", -1, version).2, 60, "v{version}");
+        if version >= 7 {
+            let (_, timestamp, offset) = list_offset_at(&mut raw, "times", -3, version);
+            assert_eq!((timestamp, offset), (12_950, 59), "v{version}");
+        }
+    }
+}
+
+/// DeleteTopics removes the topic everywhere (metadata, partition directories, and its
+/// checkpoint entries: a topic created again under the same name starts empty at offset
+/// 0, also after a restart).
+#[test]
+fn deleted_topics_are_gone_and_can_be_created_again() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::DeleteTopicsRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, &[]);
+    let mut raw = Raw::connect(&broker.address());
+    create_topic(&mut raw, "doomed", 2, &[]);
+    for partition in 0..2 {
+        produce_raw(&mut raw, "doomed", partition, batch(&["one", "two", "three"]));
+    }
+    assert_eq!(latest_offset(&mut raw, "doomed", 1), 3);
+    assert!(broker.stop().success());
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+
+    for (version, name) in [(1i16, "doomed"), (6, "doomed")] {
+        let mut request = DeleteTopicsRequest::default();
+        request.timeout_ms = 30_000;
+        if version >= 6 {
+            let mut state = DeleteTopicState::default();
+            state.name = Some(TopicName(StrBytes::from_string(name.to_string())));
+            request.topics = vec![state];
+        } else {
+            request.topic_names = vec![TopicName(StrBytes::from_string(name.to_string()))];
+        }
+        let response = raw.send(&request, version);
+        let expected = if version == 1 { 0 } else { 3 }; // The second time: unknown.
+        assert_eq!(response.responses[0].error_code, expected, "v{version}");
+    }
+    let response = raw.send(&all_topics(), 12);
+    assert!(response.topics.is_empty(), "no topics left");
+    assert!(!data.join("doomed-0").exists() && !data.join("doomed-1").exists());
+
+    create_topic(&mut raw, "doomed", 2, &[]);
+    assert_eq!(latest_offset(&mut raw, "doomed", 1), 0, "a new topic starts empty");
+    produce_raw(&mut raw, "doomed", 1, batch(&["new"]));
+    assert!(broker.stop().success());
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+    assert_eq!(latest_offset(&mut raw, "doomed", 1), 1);
+    let response = raw.send(&fetch_request("doomed", &[(1, 0)], 0), 12);
+    let records = response.responses[0].partitions[0].records.clone().unwrap();
+    assert!(String::from_utf8_lossy(&records).contains("new"));
+    assert!(!String::from_utf8_lossy(&records).contains("three"));
+}
+
+/// Every advertised version of the data-path and topic APIs encodes and answers:
+/// ApiVersions 0-4, CreateTopics 2-7, Metadata 0-12, Produce 3-12, Fetch 4-12,
+/// DeleteTopics 1-6 (ListOffsets 1-10 and the admin APIs have their own tests).
+#[test]
+fn every_advertised_version_of_the_data_apis_answers() {
+    use kafka_protocol::messages::DeleteTopicsRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    for version in 0..=4 {
+        let response = raw.send(&ApiVersionsRequest::default(), version);
+        assert_eq!(response.error_code, 0, "ApiVersions v{version}");
+        assert!(response.api_keys.iter().any(|k| k.api_key == 0 && k.max_version == 12));
+    }
+    for version in 2..=7i16 {
+        let mut topic = CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_string(format!("versions-{version}")));
+        topic.num_partitions = 2;
+        topic.replication_factor = 1;
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 30_000;
+        let response = raw.send(&request, version);
+        assert_eq!(response.topics[0].error_code, 0, "CreateTopics v{version}");
+        if version >= 5 {
+            assert_eq!(response.topics[0].num_partitions, 2);
+        }
+    }
+    for version in 0..=12i16 {
+        let mut request = MetadataRequest::default();
+        request.topics = if version == 0 { Some(Vec::new()) } else { None };
+        let response = raw.send(&request, version);
+        assert_eq!(response.topics.len(), 6, "Metadata v{version}");
+        assert!(response.topics.iter().all(|t| t.partitions.len() == 2 && t.error_code == 0));
+        assert_eq!(response.brokers[0].port, broker.port as i32);
+    }
+    for version in 3..=12i16 {
+        let value = format!("produced with v{version}");
+        let mut data = PartitionProduceData::default();
+        data.index = 1;
+        data.records = Some(Bytes::from(batch(&[&value])));
+        let mut topic_data = TopicProduceData::default();
+        topic_data.name = TopicName(StrBytes::from_static_str("versions-2"));
+        topic_data.partition_data = vec![data];
+        let mut request = ProduceRequest::default();
+        request.acks = 1;
+        request.timeout_ms = 30_000;
+        request.topic_data = vec![topic_data];
+        let response = raw.send(&request, version);
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 0, "Produce v{version}");
+        assert_eq!(answer.base_offset, i64::from(version - 3), "Produce v{version}");
+    }
+    for version in 4..=12i16 {
+        let response = raw.send(&fetch_request("versions-2", &[(1, 0)], 0), version);
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0, "Fetch v{version}");
+        assert_eq!(partition.high_watermark, 10);
+        let records = partition.records.clone().unwrap();
+        for produced in 3..=12 {
+            let value = format!("produced with v{produced}");
+            assert!(
+                records.windows(value.len()).any(|w| w == value.as_bytes()),
+                "Fetch v{version} returns {value}"
+            );
+        }
+    }
+    for version in 1..=6i16 {
+        let name = TopicName(StrBytes::from_string(format!("versions-{}", version + 1)));
+        let mut request = DeleteTopicsRequest::default();
+        request.timeout_ms = 30_000;
+        if version >= 6 {
+            let mut state =
+                kafka_protocol::messages::delete_topics_request::DeleteTopicState::default();
+            state.name = Some(name);
+            request.topics = vec![state];
+        } else {
+            request.topic_names = vec![name];
+        }
+        let response = raw.send(&request, version);
+        assert_eq!(response.responses[0].error_code, 0, "DeleteTopics v{version}");
+    }
+    assert!(raw.send(&all_topics(), 12).topics.is_empty());
+}

@@ -54,10 +54,13 @@ pub async fn handle(
                 configs,
                 ..
             }) => {
-                result.topic_id = uuid(topic_id);
-                result.num_partitions = partitions;
-                result.replication_factor = replication_factor;
+                // Fields a version does not have must keep their defaults to encode.
+                if version >= 7 {
+                    result.topic_id = uuid(topic_id);
+                }
                 if version >= 5 {
+                    result.num_partitions = partitions;
+                    result.replication_factor = replication_factor;
                     let overrides: BTreeMap<String, String> = configs.into_iter().collect();
                     result.configs = Some(describe_topic_configs(config, &overrides));
                 }
@@ -92,14 +95,12 @@ fn prepare(
         replication_factor
     };
     if !topic.assignments.is_empty() {
-        if num_partitions != -1 || replication_factor != -1 && topic.replication_factor != -1 {
-            // Kafka: assignments replace both counts, which must then be -1.
-            if num_partitions != -1 {
-                return Err(KafkaError::new(
-                    code::INVALID_REQUEST,
-                    "replica assignment given together with a partition count",
-                ));
-            }
+        // Kafka: an assignment replaces both counts, which must then be -1.
+        if num_partitions != -1 || topic.replication_factor != -1 {
+            return Err(KafkaError::new(
+                code::INVALID_REQUEST,
+                "replica assignment given together with a partition count or replication factor",
+            ));
         }
         let mut indexes: Vec<i32> = topic.assignments.iter().map(|a| a.partition_index).collect();
         indexes.sort_unstable();

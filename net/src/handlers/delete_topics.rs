@@ -50,7 +50,9 @@ pub async fn handle(
             None => Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "unknown topic")),
             Some((found_name, found_id)) => {
                 result.name = Some(topic_name(&found_name));
-                result.topic_id = uuid(found_id);
+                if version >= 6 {
+                    result.topic_id = uuid(found_id);
+                }
                 let record = MetadataRecord::DeleteTopic { name: found_name.clone() };
                 let deleted = shard.change_metadata(record, false).await;
                 if deleted.is_ok() {
@@ -61,7 +63,9 @@ pub async fn handle(
         };
         if let Err(error) = outcome {
             result.error_code = error.code;
-            result.error_message = Some(str_bytes(&error.message));
+            if version >= 5 {
+                result.error_message = Some(str_bytes(&error.message));
+            }
         }
         response.responses.push(result);
     }

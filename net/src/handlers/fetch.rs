@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use glommio::channels::local_channel;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::Clock;
 
@@ -98,8 +98,9 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
             data.error_code = result.error.as_ref().map_or(code::NONE, |e| e.code);
             data.high_watermark = result.high_watermark;
             data.last_stable_offset = result.high_watermark;
-            data.log_start_offset = result.log_start_offset;
-            data.preferred_read_replica = BrokerId(-1);
+            if version >= 5 {
+                data.log_start_offset = result.log_start_offset;
+            }
             data.records = Some(result.records);
             topic.partitions.push(data);
         }

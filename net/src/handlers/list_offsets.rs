@@ -79,8 +79,9 @@ pub async fn handle(
             answer.error_code = result.error.as_ref().map_or(code::NONE, |e| e.code);
             answer.timestamp = result.timestamp;
             answer.offset = result.offset;
-            answer.leader_epoch =
-                if result.error.is_none() && result.offset >= 0 { LEADER_EPOCH } else { -1 };
+            if version >= 4 && result.error.is_none() && result.offset >= 0 {
+                answer.leader_epoch = LEADER_EPOCH;
+            }
             topic.partitions.push(answer);
         }
         response.topics.push(topic);

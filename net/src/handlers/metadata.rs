@@ -22,8 +22,13 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
     broker.host = str_bytes(&config.advertised_host);
     broker.port = config.advertised_port;
     response.brokers = vec![broker];
-    response.cluster_id = Some(str_bytes(&config.cluster_id));
-    response.controller_id = BrokerId(config.node_id);
+    // Fields a version does not have must keep their defaults to encode.
+    if version >= 2 {
+        response.cluster_id = Some(str_bytes(&config.cluster_id));
+    }
+    if version >= 1 {
+        response.controller_id = BrokerId(config.node_id);
+    }
 
     // v0: an empty list means every topic; v1+: null means every topic.
     let requested = match request.topics {
@@ -33,7 +38,7 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
     };
     let Some(requested) = requested else {
         let image = shard.metadata();
-        response.topics = image.topics().map(|topic| topic_answer(shard, topic)).collect();
+        response.topics = image.topics().map(|topic| topic_answer(shard, topic, version)).collect();
         return response;
     };
 
@@ -45,7 +50,7 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
         if by_id {
             let found = shard.metadata().topic_by_id(wanted.topic_id.as_bytes()).cloned();
             response.topics.push(match found {
-                Some(topic) => topic_answer(shard, &topic),
+                Some(topic) => topic_answer(shard, &topic, version),
                 None => error_answer(None, wanted.topic_id, code::UNKNOWN_TOPIC_ID),
             });
             continue;
@@ -79,25 +84,31 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
             found = shard.metadata().topic(&name).cloned();
         }
         response.topics.push(match found {
-            Some(topic) => topic_answer(shard, &topic),
+            Some(topic) => topic_answer(shard, &topic, version),
             None => error_answer(Some(&name), uuid::Uuid::nil(), code::UNKNOWN_TOPIC_OR_PARTITION),
         });
     }
     response
 }
 
-fn topic_answer(shard: &Shard, topic: &TopicMetadata) -> MetadataResponseTopic {
+fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataResponseTopic {
     let node = BrokerId(shard.config.node_id);
     let mut answer = MetadataResponseTopic::default();
     answer.name = Some(topic_name(&topic.name));
-    answer.topic_id = uuid(topic.topic_id);
-    answer.is_internal = topic.name.starts_with("__");
+    if version >= 10 {
+        answer.topic_id = uuid(topic.topic_id);
+    }
+    if version >= 1 {
+        answer.is_internal = topic.name.starts_with("__");
+    }
     answer.partitions = (0..topic.partitions)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();
             partition.partition_index = index;
             partition.leader_id = node;
-            partition.leader_epoch = LEADER_EPOCH;
+            if version >= 7 {
+                partition.leader_epoch = LEADER_EPOCH;
+            }
             partition.replica_nodes = vec![node];
             partition.isr_nodes = vec![node];
             partition

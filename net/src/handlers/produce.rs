@@ -18,7 +18,7 @@ use crate::shard::{ProducePart, ProduceResult, Shard, ShardRequest, ShardRespons
 pub async fn handle(
     shard: &Rc<Shard>,
     request: ProduceRequest,
-    _version: i16,
+    version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let mut parts = Vec::new();
@@ -74,11 +74,18 @@ pub async fn handle(
             let mut answer = PartitionProduceResponse::default();
             answer.index = index;
             answer.base_offset = result.base_offset;
-            answer.log_append_time_ms = result.log_append_time_ms;
-            answer.log_start_offset = result.log_start_offset;
+            // Fields a version does not have must keep their defaults to encode.
+            if version >= 2 {
+                answer.log_append_time_ms = result.log_append_time_ms;
+            }
+            if version >= 5 {
+                answer.log_start_offset = result.log_start_offset;
+            }
             if let Some(error) = result.error {
                 answer.error_code = error.code;
-                answer.error_message = Some(str_bytes(&error.message));
+                if version >= 8 {
+                    answer.error_message = Some(str_bytes(&error.message));
+                }
             }
             topic.partition_responses.push(answer);
         }
