@@ -21,19 +21,12 @@ use crate::handlers::{self, Parsed};
 use crate::protocol::{self, ProtocolError, SIZE_PREFIX_BYTES};
 use crate::shard::Shard;
 
-/// How often blocked accept and read calls look at the stop flag.
+/// How often a stopping shard looks whether its connections have closed.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long a stopping shard waits for its connections to finish in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
-
-/// Waits until the shard is told to stop.
-async fn stopped(shard: &Shard) {
-    while !shard.stopping() {
-        glommio::timer::sleep(STOP_POLL).await;
-    }
-}
 
 /// Accepts and serves connections until the shard stops, then waits (bounded) for open
 /// connections to finish the requests they have in flight.
@@ -44,7 +37,7 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
     info!(shard = shard.id, %address, "listening");
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stopped(&shard).await;
+            shard.stopped().await;
             None
         })
         .await;
@@ -137,7 +130,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
         let frame = futures_lite::future::or(
             async { Some(read_frame(&mut reader, shard.config.socket_request_max_bytes).await) },
             async {
-                stopped(&shard).await;
+                shard.stopped().await;
                 None
             },
         )

@@ -203,6 +203,33 @@ struct Controller {
     lock: Semaphore,
 }
 
+/// The future of [`Shard::stopped`].
+pub struct StopListener<'a> {
+    shard: &'a Shard,
+    id: u64,
+}
+
+impl std::future::Future for StopListener<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.shard.stop_fired.get() {
+            return std::task::Poll::Ready(());
+        }
+        self.shard.stop_wakers.borrow_mut().insert(self.id, context.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for StopListener<'_> {
+    fn drop(&mut self) {
+        self.shard.stop_wakers.borrow_mut().remove(&self.id);
+    }
+}
+
 /// What a shard needs to start.
 pub struct ShardStart {
     pub id: ShardId,
@@ -241,6 +268,8 @@ pub struct Shard {
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
+    stop_fired: Cell<bool>,
+    stop_wakers: RefCell<HashMap<u64, std::task::Waker>>,
 }
 
 impl Shard {
@@ -259,6 +288,23 @@ impl Shard {
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the shard is stopping. Every connection waits on this, so it is a
+    /// waker registry fired once by the housekeeping loop (which polls the process-wide
+    /// flag), not a timer per connection; a dropped future leaves the registry.
+    pub fn stopped(&self) -> StopListener<'_> {
+        let id = self.next_call_id.get();
+        self.next_call_id.set(id + 1);
+        StopListener { shard: self, id }
+    }
+
+    fn fire_stop(&self) {
+        self.stop_fired.set(true);
+        let wakers = std::mem::take(&mut *self.stop_wakers.borrow_mut());
+        for (_, waker) in wakers {
+            waker.wake();
+        }
     }
 
     fn partition(&self, tp: &TopicPartition) -> Result<Rc<Partition>, KafkaError> {
@@ -820,6 +866,7 @@ impl Shard {
                 }
             }
         }
+        self.fire_stop();
     }
 
     async fn serve_mesh(self: Rc<Self>, receivers: MeshReceivers<MeshMsg>) {
@@ -888,6 +935,8 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         controller,
         stop: start.stop,
         connections: Cell::new(0),
+        stop_fired: Cell::new(false),
+        stop_wakers: RefCell::new(HashMap::new()),
     });
 
     let owned: Vec<TopicPartition> = {
