@@ -3,12 +3,10 @@
 //! DeleteRecords, DescribeCluster and OffsetForLeaderEpoch, each in every version we
 //! advertise, asserting on what the answers say and on what the broker then does.
 
-use bytes::Bytes;
 use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
@@ -24,13 +22,12 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, ApiKey, ApiVersionsRequest, BrokerId,
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, DeleteRecordsRequest,
-    DeleteRecordsResponse, DescribeClusterRequest, DescribeConfigsRequest, FetchRequest,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListOffsetsRequest,
-    MetadataRequest, OffsetForLeaderEpochRequest, ProduceRequest, ProduceResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, ListOffsetsRequest, MetadataRequest,
+    OffsetForLeaderEpochRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
@@ -91,28 +88,6 @@ fn text(value: &str) -> StrBytes {
 
 fn name_of(topic: &str) -> TopicName {
     TopicName(text(topic))
-}
-
-fn create_topic(raw: &mut Raw, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut creatable = CreatableTopic::default();
-    creatable.name = name_of(topic);
-    creatable.num_partitions = partitions;
-    creatable.replication_factor = 1;
-    creatable.configs = configs
-        .iter()
-        .map(|(name, value)| {
-            let mut config = CreatableTopicConfig::default();
-            config.name = text(name);
-            config.value = Some(text(value));
-            config
-        })
-        .collect();
-    let mut request = CreateTopicsRequest::default();
-    request.topics = vec![creatable];
-    request.timeout_ms = 30_000;
-    let response = raw.send(&request, 7);
-    assert_eq!(response.topics[0].error_code, NONE, "{:?}", response.topics[0].error_message);
-    assert_eq!(response.topics[0].num_partitions, partitions);
 }
 
 fn describe_request(
@@ -260,20 +235,6 @@ fn batch(count: usize) -> Vec<u8> {
     encode_batch(&records, EncodeOptions::default())
 }
 
-fn produce(raw: &mut Raw, topic: &str, partition: i32, records: Vec<u8>) -> ProduceResponse {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = Some(Bytes::from(records));
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = name_of(topic);
-    topic_data.partition_data = vec![data];
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = 30_000;
-    request.topic_data = vec![topic_data];
-    raw.send(&request, 9)
-}
-
 /// Produces `batches` batches of `per_batch` records; returns the base offsets.
 fn produce_ok(
     raw: &mut Raw,
@@ -284,7 +245,7 @@ fn produce_ok(
 ) -> Vec<i64> {
     (0..batches)
         .map(|_| {
-            let response = produce(raw, topic, partition, batch(per_batch));
+            let response = raw.produce(topic, partition, batch(per_batch));
             let answer = &response.responses[0].partition_responses[0];
             assert_eq!(answer.error_code, NONE, "{:?}", answer.error_message);
             answer.base_offset
@@ -437,12 +398,7 @@ fn describe_configs_shows_overrides_and_defaults_in_every_version() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(
-        &mut raw,
-        "described",
-        1,
-        &[("retention.ms", "1234"), ("cleanup.policy", "compact")],
-    );
+    raw.create_topic("described", 1, &[("retention.ms", "1234"), ("cleanup.policy", "compact")]);
 
     for version in 1..=4 {
         let response =
@@ -547,7 +503,7 @@ fn describe_configs_lists_broker_properties() {
         }
     }
     // The broker default reaches topics without an override.
-    create_topic(&mut raw, "inherits", 1, &[]);
+    raw.create_topic("inherits", 1, &[]);
     assert_eq!(
         topic_config(&mut raw, "inherits", "retention.ms"),
         ("86400000".into(), SOURCE_DEFAULT)
@@ -566,7 +522,7 @@ fn alter_configs_replaces_overrides_and_validate_only_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "altered", 2, &[("cleanup.policy", "compact")]);
+    raw.create_topic("altered", 2, &[("cleanup.policy", "compact")]);
 
     for version in 0..=2 {
         let retention = format!("{}", 60_000 * (i64::from(version) + 1));
@@ -630,7 +586,7 @@ fn incremental_alter_configs_apply_to_partitions_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "incremental", 2, &[]);
+    raw.create_topic("incremental", 2, &[]);
 
     for version in 0..=1 {
         let retention = format!("{}", 1_000 + i64::from(version));
@@ -723,7 +679,7 @@ fn incremental_alter_configs_apply_to_partitions_and_survive_restart() {
 
     // The partitions (on both shards) take the new settings at once.
     for partition in 0..2 {
-        let stamped = produce(&mut raw, "incremental", partition, batch(1));
+        let stamped = raw.produce("incremental", partition, batch(1));
         assert_eq!(stamped.responses[0].partition_responses[0].log_append_time_ms, -1);
     }
     let ops = [
@@ -732,9 +688,9 @@ fn incremental_alter_configs_apply_to_partitions_and_survive_restart() {
     ];
     assert_eq!(incremental_alter(&mut raw, "incremental", &ops, 1).responses[0].error_code, NONE);
     for partition in 0..2 {
-        let large = produce(&mut raw, "incremental", partition, batch(20));
+        let large = raw.produce("incremental", partition, batch(20));
         assert_eq!(large.responses[0].partition_responses[0].error_code, MESSAGE_TOO_LARGE);
-        let small = produce(&mut raw, "incremental", partition, batch(1));
+        let small = raw.produce("incremental", partition, batch(1));
         let answer = &small.responses[0].partition_responses[0];
         assert_eq!(answer.error_code, NONE, "{:?}", answer.error_message);
         assert!(answer.log_append_time_ms > 0, "LogAppendTime: {}", answer.log_append_time_ms);
@@ -755,7 +711,7 @@ fn incremental_alter_configs_apply_to_partitions_and_survive_restart() {
     );
     assert_eq!(topic_config(&mut raw, "incremental", "retention.ms").1, SOURCE_DEFAULT);
     for partition in 0..2 {
-        let large = produce(&mut raw, "incremental", partition, batch(20));
+        let large = raw.produce("incremental", partition, batch(20));
         assert_eq!(large.responses[0].partition_responses[0].error_code, MESSAGE_TOO_LARGE);
     }
 }
@@ -769,7 +725,7 @@ fn create_partitions_grows_a_topic_and_refuses_to_shrink() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "growing", 1, &[]);
+    raw.create_topic("growing", 1, &[]);
 
     for version in 0..=3 {
         let count = i32::from(version) + 2;
@@ -856,7 +812,7 @@ fn delete_records_moves_the_low_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "trimmed", 3, &[]);
+    raw.create_topic("trimmed", 3, &[]);
 
     for version in 0..=2 {
         let partition = i32::from(version);
@@ -962,7 +918,7 @@ fn offset_for_leader_epoch_ends_epoch_zero_at_the_log_end() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "epochs", 2, &[]);
+    raw.create_topic("epochs", 2, &[]);
     produce_ok(&mut raw, "epochs", 0, 3, 1);
     produce_ok(&mut raw, "epochs", 1, 2, 4);
 

@@ -9,7 +9,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 /// A running broker. Killed (SIGKILL) when dropped.
@@ -190,10 +194,53 @@ impl Raw {
         Ok(frame)
     }
 
+    /// CreateTopics v7 for one topic; asserts that it was created with that many partitions.
+    pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let mut topic = CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_string(name.to_string()));
+        topic.num_partitions = partitions;
+        topic.replication_factor = 1;
+        topic.configs = configs
+            .iter()
+            .map(|(k, v)| {
+                let mut config = CreatableTopicConfig::default();
+                config.name = StrBytes::from_string(k.to_string());
+                config.value = Some(StrBytes::from_string(v.to_string()));
+                config
+            })
+            .collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 30_000;
+        let response = self.send(&request, 7);
+        assert_eq!(response.topics[0].error_code, 0, "{:?}", response.topics[0].error_message);
+        assert_eq!(response.topics[0].num_partitions, partitions);
+    }
+
+    /// Produce v9 (acks=all) of `records` to one partition.
+    pub fn produce(&mut self, topic: &str, partition: i32, records: Vec<u8>) -> ProduceResponse {
+        self.send(&produce_request(topic, partition, records), 9)
+    }
+
     /// True when the broker has closed the connection (EOF within the read timeout).
     pub fn is_closed_by_peer(&mut self) -> bool {
         self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
+}
+
+/// A Produce request (acks=all) of `records` to one partition.
+pub fn produce_request(topic: &str, partition: i32, records: Vec<u8>) -> ProduceRequest {
+    let mut data = PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(Bytes::from(records));
+    let mut topic_data = TopicProduceData::default();
+    topic_data.name = TopicName(StrBytes::from_string(topic.to_string()));
+    topic_data.partition_data = vec![data];
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 30_000;
+    request.topic_data = vec![topic_data];
+    request
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -23,7 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
 
-use crate::harness::{Broker, Raw};
+use crate::harness::{produce_request, Broker, Raw};
 
 // ---- helpers ----
 
@@ -205,41 +205,6 @@ fn check_consumed(
     }
 }
 
-fn create_topic(raw: &mut Raw, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut topic = CreatableTopic::default();
-    topic.name = TopicName(StrBytes::from_string(name.to_string()));
-    topic.num_partitions = partitions;
-    topic.replication_factor = 1;
-    topic.configs = configs
-        .iter()
-        .map(|(k, v)| {
-            let mut config = CreatableTopicConfig::default();
-            config.name = StrBytes::from_string(k.to_string());
-            config.value = Some(StrBytes::from_string(v.to_string()));
-            config
-        })
-        .collect();
-    let mut request = CreateTopicsRequest::default();
-    request.topics = vec![topic];
-    request.timeout_ms = 30_000;
-    let response = raw.send(&request, 7);
-    assert_eq!(response.topics[0].error_code, 0, "{:?}", response.topics[0].error_message);
-}
-
-fn produce_raw(raw: &mut Raw, topic: &str, partition: i32, records: Vec<u8>) -> ProduceResponse {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = Some(Bytes::from(records));
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = TopicName(StrBytes::from_string(topic.to_string()));
-    topic_data.partition_data = vec![data];
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = 30_000;
-    request.topic_data = vec![topic_data];
-    raw.send(&request, 9)
-}
-
 fn batch(values: &[&str]) -> Vec<u8> {
     let records: Vec<Record> = values
         .iter()
@@ -344,7 +309,7 @@ fn acknowledged_messages_and_topics_survive_restart_and_sigkill() {
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let address = broker.address();
     let mut raw = Raw::connect(&address);
-    create_topic(&mut raw, "durable", 4, &[("retention.ms", "86400000")]);
+    raw.create_topic("durable", 4, &[("retention.ms", "86400000")]);
     drop(raw);
     let count = 20_000;
     let reports = produce_keyed(&address, "durable", "all", count, "durable");
@@ -378,7 +343,7 @@ fn acknowledged_messages_and_topics_survive_restart_and_sigkill() {
 
     // Appends continue after what was there.
     let before = latest_offset(&mut raw, "durable", 0);
-    let response = produce_raw(&mut raw, "durable", 0, batch(&["after-restart"]));
+    let response = raw.produce("durable", 0, batch(&["after-restart"]));
     assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
     assert_eq!(response.responses[0].partition_responses[0].base_offset, before);
     assert_eq!(latest_offset(&mut raw, "durable", 0), before + 1);
@@ -393,7 +358,7 @@ fn long_poll_fetch_wakes_on_produce_and_idle_fetch_waits_max_wait() {
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let address = broker.address();
     let mut producer = Raw::connect(&address);
-    create_topic(&mut producer, "poll", 2, &[]);
+    producer.create_topic("poll", 2, &[]);
 
     for partition in [0, 1] {
         let end0 = latest_offset(&mut producer, "poll", 0);
@@ -404,7 +369,7 @@ fn long_poll_fetch_wakes_on_produce_and_idle_fetch_waits_max_wait() {
         let started = Instant::now();
         std::io::Write::write_all(&mut fetcher.stream, &frame).unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let response = produce_raw(&mut producer, "poll", partition, batch(&["wake up"]));
+        let response = producer.produce("poll", partition, batch(&["wake up"]));
         assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
         let produced_at = started.elapsed();
         let fetched = fetcher.receive::<FetchRequest>(12);
@@ -438,8 +403,8 @@ fn bad_input_gets_errors_or_closed_connections_and_loses_nothing() {
         Broker::start(&dir.path().join("data"), &["--set", "socket.request.max.bytes=1048576"]);
     let address = broker.address();
     let mut raw = Raw::connect(&address);
-    create_topic(&mut raw, "guarded", 1, &[("max.message.bytes", "1000")]);
-    let response = produce_raw(&mut raw, "guarded", 0, batch(&["kept-1", "kept-2"]));
+    raw.create_topic("guarded", 1, &[("max.message.bytes", "1000")]);
+    let response = raw.produce("guarded", 0, batch(&["kept-1", "kept-2"]));
     assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
 
     let closes = |bytes: &[u8], what: &str| {
@@ -483,17 +448,17 @@ fn bad_input_gets_errors_or_closed_connections_and_loses_nothing() {
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
     let mut raw = Raw::connect(&address);
-    let response = produce_raw(&mut raw, "guarded", 0, corrupt);
+    let response = raw.produce("guarded", 0, corrupt);
     assert_eq!(response.responses[0].partition_responses[0].error_code, 2, "CORRUPT_MESSAGE");
     // Over the topic's max.message.bytes: MESSAGE_TOO_LARGE.
     let big = "y".repeat(2000);
-    let response = produce_raw(&mut raw, "guarded", 0, batch(&[&big]));
+    let response = raw.produce("guarded", 0, batch(&[&big]));
     assert_eq!(response.responses[0].partition_responses[0].error_code, 10, "MESSAGE_TOO_LARGE");
     // Unknown topic (no auto-create on produce).
-    let response = produce_raw(&mut raw, "no-such-topic", 0, batch(&["x"]));
+    let response = raw.produce("no-such-topic", 0, batch(&["x"]));
     assert_eq!(response.responses[0].partition_responses[0].error_code, 3);
     // Partition past the topic's count.
-    let response = produce_raw(&mut raw, "guarded", 5, batch(&["x"]));
+    let response = raw.produce("guarded", 5, batch(&["x"]));
     assert_eq!(response.responses[0].partition_responses[0].error_code, 3);
 
     assert!(broker.is_running(), "the broker survived:\n{}", broker.log());
@@ -534,7 +499,7 @@ fn pipelined_responses_leave_in_request_order() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "ordered", 2, &[]);
+    raw.create_topic("ordered", 2, &[]);
     let mut frames = Vec::new();
     frames.extend(raw.frame(&fetch_request("ordered", &[(0, 0), (1, 0)], 300), 12));
     frames.extend(raw.frame(&ApiVersionsRequest::default(), 3));
@@ -595,15 +560,14 @@ fn list_offsets_by_timestamp_finds_the_first_offset_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "times", 1, &[("segment.bytes", "1024")]);
+    raw.create_topic("times", 1, &[("segment.bytes", "1024")]);
     // 30 batches of 2 records, timestamps 10_000 + 100 * i (and + 50 for the second).
     for i in 0..30i64 {
         let records = vec![
             Record { key: None, value: Some(vec![b'a'; 40]), timestamp: 10_000 + 100 * i },
             Record { key: None, value: Some(vec![b'b'; 40]), timestamp: 10_050 + 100 * i },
         ];
-        let response =
-            produce_raw(&mut raw, "times", 0, encode_batch(&records, EncodeOptions::default()));
+        let response = raw.produce("times", 0, encode_batch(&records, EncodeOptions::default()));
         assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
     }
     for version in 1..=10 {
@@ -635,9 +599,9 @@ fn deleted_topics_are_gone_and_can_be_created_again() {
     let data = dir.path().join("data");
     let mut broker = Broker::start(&data, &[]);
     let mut raw = Raw::connect(&broker.address());
-    create_topic(&mut raw, "doomed", 2, &[]);
+    raw.create_topic("doomed", 2, &[]);
     for partition in 0..2 {
-        produce_raw(&mut raw, "doomed", partition, batch(&["one", "two", "three"]));
+        raw.produce("doomed", partition, batch(&["one", "two", "three"]));
     }
     assert_eq!(latest_offset(&mut raw, "doomed", 1), 3);
     assert!(broker.stop().success());
@@ -662,9 +626,9 @@ fn deleted_topics_are_gone_and_can_be_created_again() {
     assert!(response.topics.is_empty(), "no topics left");
     assert!(!data.join("doomed-0").exists() && !data.join("doomed-1").exists());
 
-    create_topic(&mut raw, "doomed", 2, &[]);
+    raw.create_topic("doomed", 2, &[]);
     assert_eq!(latest_offset(&mut raw, "doomed", 1), 0, "a new topic starts empty");
-    produce_raw(&mut raw, "doomed", 1, batch(&["new"]));
+    raw.produce("doomed", 1, batch(&["new"]));
     assert!(broker.stop().success());
     broker.restart();
     let mut raw = Raw::connect(&broker.address());
@@ -775,7 +739,7 @@ fn sigkill_mid_stream(io: &str) {
     let mut broker = Broker::start(&dir.path().join("data"), &["--io", io]);
     let address = broker.address();
     let mut raw = Raw::connect(&address);
-    create_topic(&mut raw, "crash", 1, &[("segment.bytes", "65536")]);
+    raw.create_topic("crash", 1, &[("segment.bytes", "65536")]);
     let acked = std::sync::Arc::new(Mutex::new(Vec::<(i64, String)>::new()));
     let writer = {
         let acked = acked.clone();
@@ -836,18 +800,4 @@ fn sigkill_mid_stream(io: &str) {
         assert_eq!(at, offset);
         assert!(text.contains(value.as_str()), "{io}: acknowledged batch at {offset} is intact");
     }
-}
-
-fn produce_request(topic: &str, partition: i32, records: Vec<u8>) -> ProduceRequest {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = Some(Bytes::from(records));
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = TopicName(StrBytes::from_string(topic.to_string()));
-    topic_data.partition_data = vec![data];
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = 30_000;
-    request.topic_data = vec![topic_data];
-    request
 }
