@@ -118,7 +118,7 @@ pub struct ProduceResult {
 }
 
 impl ProduceResult {
-    fn failed(error: KafkaError) -> Self {
+    pub fn failed(error: KafkaError) -> Self {
         Self { error: Some(error), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
     }
 }
@@ -140,7 +140,7 @@ pub struct FetchResult {
 }
 
 impl FetchResult {
-    fn failed(error: KafkaError) -> Self {
+    pub fn failed(error: KafkaError) -> Self {
         Self { error: Some(error), high_watermark: -1, log_start_offset: -1, records: Bytes::new() }
     }
 }
@@ -157,6 +157,12 @@ pub struct ListOffsetsResult {
     pub error: Option<KafkaError>,
     pub timestamp: i64,
     pub offset: i64,
+}
+
+impl ListOffsetsResult {
+    pub fn failed(error: KafkaError) -> Self {
+        Self { error: Some(error), timestamp: -1, offset: -1 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -610,7 +616,7 @@ impl Shard {
     }
 
     async fn list_offsets_part(&self, part: ListOffsetsPart) -> ListOffsetsResult {
-        let failed = |error| ListOffsetsResult { error: Some(error), timestamp: -1, offset: -1 };
+        let failed = ListOffsetsResult::failed;
         let partition = match self.partition(&part.tp) {
             Ok(partition) => partition,
             Err(error) => return failed(error),

@@ -8,9 +8,8 @@ use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
-use sluice_engine::checkpoint::TopicPartition;
 
-use super::topic_name;
+use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{Shard, ShardRequest, ShardResponse};
 
@@ -19,28 +18,17 @@ pub async fn handle(
     request: DeleteRecordsRequest,
     _version: i16,
 ) -> DeleteRecordsResponse {
-    let mut parts = Vec::new();
-    let mut layout: super::Layout = Vec::new();
+    let mut layout = Layout::new();
     for topic in &request.topics {
-        let name = topic.name.0.as_str().to_string();
-        let mut partitions = Vec::new();
+        layout.topic(topic.name.0.as_str());
         for partition in &topic.partitions {
-            if partition.partition_index < 0 {
-                partitions.push((partition.partition_index, None));
-                continue;
-            }
-            partitions.push((partition.partition_index, Some(parts.len())));
-            parts.push((
-                TopicPartition::new(name.clone(), partition.partition_index),
-                partition.offset,
-            ));
+            layout.partition(partition.partition_index, |tp| (tp, partition.offset));
         }
-        layout.push((name, partitions));
     }
     let unavailable = || Err(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable"));
     let results = shard
         .scatter(
-            parts,
+            layout.take_parts(),
             |(tp, _)| tp,
             ShardRequest::DeleteRecords,
             |response| match response {
@@ -51,14 +39,10 @@ pub async fn handle(
         )
         .await;
     let mut response = DeleteRecordsResponse::default();
-    for (name, partitions) in layout {
+    for (name, partitions) in layout.answers(results, || Err(negative_partition())) {
         let mut topic = DeleteRecordsTopicResult::default();
         topic.name = topic_name(&name);
-        for (index, at) in partitions {
-            let result = match at {
-                Some(at) => results[at].clone(),
-                None => Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative")),
-            };
+        for (index, result) in partitions {
             let mut answer = DeleteRecordsPartitionResult::default();
             answer.partition_index = index;
             match result {

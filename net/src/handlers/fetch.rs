@@ -20,7 +20,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::Clock;
 
-use super::topic_name;
+use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{FetchPart, FetchResult, Shard, ShardRequest, ShardResponse};
 
@@ -39,19 +39,12 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     let wait_ms = (request.max_wait_ms.max(0) as u64).min(MAX_WAIT_MS_LIMIT);
     let deadline_ms = shard.clock.monotonic_ms() + wait_ms;
 
-    let mut parts = Vec::new();
-    let mut layout: super::Layout = Vec::new();
+    let mut layout = Layout::new();
     for topic in &request.topics {
-        let name = topic.topic.0.as_str().to_string();
-        let mut partitions = Vec::new();
+        layout.topic(topic.topic.0.as_str());
         for partition in &topic.partitions {
-            if partition.partition < 0 {
-                partitions.push((partition.partition, None));
-                continue;
-            }
-            partitions.push((partition.partition, Some(parts.len())));
-            parts.push(FetchPart {
-                tp: TopicPartition::new(name.clone(), partition.partition),
+            layout.partition(partition.partition, |tp| FetchPart {
+                tp,
                 offset: partition.fetch_offset,
                 max_bytes: partition.partition_max_bytes.max(0) as u64,
                 current_leader_epoch: if version >= 9 {
@@ -61,8 +54,8 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
                 },
             });
         }
-        layout.push((name, partitions));
     }
+    let parts = layout.take_parts();
 
     let results = loop {
         let mut results = read(shard, parts.clone()).await;
@@ -80,19 +73,11 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
         wait_for_append(shard, positions, deadline_ms - now_ms).await;
     };
 
-    for (name, partitions) in layout {
+    for (name, partitions) in layout.answers(results, || FetchResult::failed(negative_partition()))
+    {
         let mut topic = FetchableTopicResponse::default();
         topic.topic = topic_name(&name);
-        for (index, at) in partitions {
-            let result = match at {
-                Some(at) => results[at].clone(),
-                None => FetchResult {
-                    error: Some(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative")),
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    records: Bytes::new(),
-                },
-            };
+        for (index, result) in partitions {
             let mut data = PartitionData::default();
             data.partition_index = index;
             data.error_code = result.error.as_ref().map_or(code::NONE, |e| e.code);
@@ -119,11 +104,9 @@ async fn read(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchResult> {
                 ShardResponse::Fetch(results) => Some(results),
                 _ => None,
             },
-            || FetchResult {
-                error: Some(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
-                high_watermark: -1,
-                log_start_offset: -1,
-                records: Bytes::new(),
+            || {
+                let error = KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable");
+                FetchResult::failed(error)
             },
         )
         .await

@@ -8,9 +8,8 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use sluice_engine::checkpoint::TopicPartition;
 
-use super::topic_name;
+use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{
     ListOffsetsPart, ListOffsetsResult, Shard, ShardRequest, ShardResponse, LEADER_EPOCH,
@@ -21,19 +20,12 @@ pub async fn handle(
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    let mut parts = Vec::new();
-    let mut layout: super::Layout = Vec::new();
+    let mut layout = Layout::new();
     for topic in &request.topics {
-        let name = topic.name.0.as_str().to_string();
-        let mut partitions = Vec::new();
+        layout.topic(topic.name.0.as_str());
         for partition in &topic.partitions {
-            if partition.partition_index < 0 {
-                partitions.push((partition.partition_index, None));
-                continue;
-            }
-            partitions.push((partition.partition_index, Some(parts.len())));
-            parts.push(ListOffsetsPart {
-                tp: TopicPartition::new(name.clone(), partition.partition_index),
+            layout.partition(partition.partition_index, |tp| ListOffsetsPart {
+                tp,
                 timestamp: partition.timestamp,
                 current_leader_epoch: if version >= 4 {
                     partition.current_leader_epoch
@@ -42,16 +34,14 @@ pub async fn handle(
                 },
             });
         }
-        layout.push((name, partitions));
     }
-    let unavailable = || ListOffsetsResult {
-        error: Some(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
-        timestamp: -1,
-        offset: -1,
+    let unavailable = || {
+        let error = KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable");
+        ListOffsetsResult::failed(error)
     };
     let results = shard
         .scatter(
-            parts,
+            layout.take_parts(),
             |part| &part.tp,
             ShardRequest::ListOffsets,
             |response| match response {
@@ -62,18 +52,11 @@ pub async fn handle(
         )
         .await;
     let mut response = ListOffsetsResponse::default();
-    for (name, partitions) in layout {
+    let negative = || ListOffsetsResult::failed(negative_partition());
+    for (name, partitions) in layout.answers(results, negative) {
         let mut topic = ListOffsetsTopicResponse::default();
         topic.name = topic_name(&name);
-        for (index, at) in partitions {
-            let result = match at {
-                Some(at) => results[at].clone(),
-                None => ListOffsetsResult {
-                    error: Some(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative")),
-                    timestamp: -1,
-                    offset: -1,
-                },
-            };
+        for (index, result) in partitions {
             let mut answer = ListOffsetsPartitionResponse::default();
             answer.partition_index = index;
             answer.error_code = result.error.as_ref().map_or(code::NONE, |e| e.code);

@@ -23,6 +23,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use sluice_engine::checkpoint::TopicPartition;
+
+use crate::error::KafkaError;
 use crate::protocol::{self, decode_body, encode_response, FixedHeader, ProtocolError, Request};
 use crate::shard::Shard;
 
@@ -98,10 +101,71 @@ pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<Bytes>
     }
 }
 
-/// A request's topics in order, each with its partitions in order and, per partition, the
-/// index of its result in the scattered results (`None` for a partition no shard can own,
-/// such as a negative index). Responses are rebuilt from it in request order.
-pub(crate) type Layout = Vec<(String, Vec<(i32, Option<usize>)>)>;
+/// A partitioned request flattened for `Shard::scatter`: the parts to run, and the
+/// request's topics and partitions in order, so the response is rebuilt in request order.
+/// A negative partition index, which no shard can own, gets no part.
+pub(crate) struct Layout<P> {
+    parts: Vec<P>,
+    topics: Vec<(String, Vec<PartitionSlot>)>,
+}
+
+/// A partition of a request: its index and the position of its part, if it has one.
+type PartitionSlot = (i32, Option<usize>);
+
+impl<P> Layout<P> {
+    pub(crate) fn new() -> Self {
+        Self { parts: Vec::new(), topics: Vec::new() }
+    }
+
+    /// Starts the next topic of the request.
+    pub(crate) fn topic(&mut self, name: &str) {
+        self.topics.push((name.to_string(), Vec::new()));
+    }
+
+    /// Adds a partition of the current topic; `make` builds its part.
+    pub(crate) fn partition(&mut self, index: i32, make: impl FnOnce(TopicPartition) -> P) {
+        let (name, partitions) = self.topics.last_mut().expect("topic() before partition()");
+        if index < 0 {
+            partitions.push((index, None));
+            return;
+        }
+        partitions.push((index, Some(self.parts.len())));
+        self.parts.push(make(TopicPartition::new(name.clone(), index)));
+    }
+
+    /// The parts, in request order, for `Shard::scatter`.
+    pub(crate) fn take_parts(&mut self) -> Vec<P> {
+        std::mem::take(&mut self.parts)
+    }
+
+    /// Pairs the scattered results (one per part, in order) back with the request's
+    /// topics and partitions; a partition without a part gets `negative()`.
+    pub(crate) fn answers<R>(
+        self,
+        results: Vec<R>,
+        negative: impl Fn() -> R,
+    ) -> Vec<(String, Vec<(i32, R)>)> {
+        let mut results: Vec<Option<R>> = results.into_iter().map(Some).collect();
+        self.topics
+            .into_iter()
+            .map(|(name, partitions)| {
+                let answers = partitions
+                    .into_iter()
+                    .map(|(index, at)| {
+                        let result = at.and_then(|at| results.get_mut(at).and_then(Option::take));
+                        (index, result.unwrap_or_else(&negative))
+                    })
+                    .collect();
+                (name, answers)
+            })
+            .collect()
+    }
+}
+
+/// The error for a partition index no shard owns.
+pub(crate) fn negative_partition() -> KafkaError {
+    KafkaError::new(crate::error::code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition index")
+}
 
 /// A request frame checked against what we serve.
 #[derive(Debug)]
@@ -210,6 +274,26 @@ mod tests {
         let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 9, 0xff, 0xff];
         frame.extend_from_slice(&body);
         assert_eq!(decode_request(Bytes::from(frame)).unwrap(), ApiKey::ApiVersions);
+    }
+
+    #[test]
+    fn layout_puts_results_back_in_request_order() {
+        let mut layout = Layout::new();
+        layout.topic("a");
+        layout.partition(1, |tp| tp);
+        layout.partition(-1, |tp| tp);
+        layout.topic("b");
+        layout.partition(0, |tp| tp);
+        let parts = layout.take_parts();
+        assert_eq!(parts, vec![TopicPartition::new("a", 1), TopicPartition::new("b", 0)]);
+        let answers = layout.answers(vec!["a1", "b0"], || "negative");
+        assert_eq!(
+            answers,
+            vec![
+                ("a".to_string(), vec![(1, "a1"), (-1, "negative")]),
+                ("b".to_string(), vec![(0, "b0")]),
+            ]
+        );
     }
 
     proptest! {

@@ -8,9 +8,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
-use sluice_engine::checkpoint::TopicPartition;
 
-use super::topic_name;
+use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{EpochPart, Shard, ShardRequest, ShardResponse};
 
@@ -19,29 +18,21 @@ pub async fn handle(
     request: OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> OffsetForLeaderEpochResponse {
-    let mut parts = Vec::new();
-    let mut layout: super::Layout = Vec::new();
+    let mut layout = Layout::new();
     for topic in &request.topics {
-        let name = topic.topic.0.as_str().to_string();
-        let mut partitions = Vec::new();
+        layout.topic(topic.topic.0.as_str());
         for partition in &topic.partitions {
-            if partition.partition < 0 {
-                partitions.push((partition.partition, None));
-                continue;
-            }
-            partitions.push((partition.partition, Some(parts.len())));
-            parts.push(EpochPart {
-                tp: TopicPartition::new(name.clone(), partition.partition),
+            layout.partition(partition.partition, |tp| EpochPart {
+                tp,
                 current_leader_epoch: partition.current_leader_epoch,
                 leader_epoch: partition.leader_epoch,
             });
         }
-        layout.push((name, partitions));
     }
     let unavailable = || Err(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable"));
     let results = shard
         .scatter(
-            parts,
+            layout.take_parts(),
             |part| &part.tp,
             ShardRequest::OffsetForLeaderEpoch,
             |response| match response {
@@ -52,14 +43,10 @@ pub async fn handle(
         )
         .await;
     let mut response = OffsetForLeaderEpochResponse::default();
-    for (name, partitions) in layout {
+    for (name, partitions) in layout.answers(results, || Err(negative_partition())) {
         let mut topic = OffsetForLeaderTopicResult::default();
         topic.topic = topic_name(&name);
-        for (index, at) in partitions {
-            let result = match at {
-                Some(at) => results[at].clone(),
-                None => Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative")),
-            };
+        for (index, result) in partitions {
             let mut answer = EpochEndOffset::default();
             answer.partition = index;
             match result {

@@ -9,9 +9,8 @@ use std::rc::Rc;
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use sluice_engine::checkpoint::TopicPartition;
 
-use super::{str_bytes, topic_name};
+use super::{negative_partition, str_bytes, topic_name, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{ProducePart, ProduceResult, Shard, ShardRequest, ShardResponse};
 
@@ -21,29 +20,17 @@ pub async fn handle(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
-    let mut parts = Vec::new();
-    // Per topic, per partition: its index and where its result is (none for a negative
-    // index, which no shard owns).
-    let mut layout: super::Layout = Vec::new();
+    let mut layout = Layout::new();
     for topic in request.topic_data {
-        let name = topic.name.0.as_str().to_string();
-        let mut partitions = Vec::new();
+        layout.topic(topic.name.0.as_str());
         for data in topic.partition_data {
-            if data.index < 0 {
-                partitions.push((data.index, None));
-                continue;
-            }
-            partitions.push((data.index, Some(parts.len())));
-            parts.push(ProducePart {
-                tp: TopicPartition::new(name.clone(), data.index),
-                records: data.records,
-            });
+            layout.partition(data.index, |tp| ProducePart { tp, records: data.records });
         }
-        layout.push((name, partitions));
     }
+    let parts = layout.take_parts();
     let results: Vec<ProduceResult> = if !matches!(acks, -1..=1) {
         let error = KafkaError::new(code::INVALID_REQUIRED_ACKS, format!("acks={acks}"));
-        parts.iter().map(|_| failed(error.clone())).collect()
+        parts.iter().map(|_| ProduceResult::failed(error.clone())).collect()
     } else {
         shard
             .scatter(
@@ -54,7 +41,10 @@ pub async fn handle(
                     ShardResponse::Produce(results) => Some(results),
                     _ => None,
                 },
-                || failed(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
+                || {
+                    let error = KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable");
+                    ProduceResult::failed(error)
+                },
             )
             .await
     };
@@ -62,15 +52,12 @@ pub async fn handle(
         return None;
     }
     let mut response = ProduceResponse::default();
-    for (name, partitions) in layout {
+    for (name, partitions) in
+        layout.answers(results, || ProduceResult::failed(negative_partition()))
+    {
         let mut topic = TopicProduceResponse::default();
         topic.name = topic_name(&name);
-        for (index, at) in partitions {
-            let unknown = KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition");
-            let result = match at {
-                Some(at) => results[at].clone(),
-                None => failed(unknown),
-            };
+        for (index, result) in partitions {
             let mut answer = PartitionProduceResponse::default();
             answer.index = index;
             answer.base_offset = result.base_offset;
@@ -92,13 +79,4 @@ pub async fn handle(
         response.responses.push(topic);
     }
     Some(response)
-}
-
-fn failed(error: KafkaError) -> ProduceResult {
-    ProduceResult {
-        error: Some(error),
-        base_offset: -1,
-        log_append_time_ms: -1,
-        log_start_offset: -1,
-    }
 }
