@@ -2,7 +2,6 @@
 //! shrinks a topic (keys would move between partitions); the controller stores the new
 //! count and every shard opens the new partitions it owns before the answer.
 
-use std::collections::HashSet;
 use std::rc::Rc;
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -19,13 +18,8 @@ pub async fn handle(
     request: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
-    let mut seen = HashSet::new();
-    let duplicates: HashSet<String> = request
-        .topics
-        .iter()
-        .map(|t| t.name.0.as_str().to_string())
-        .filter(|name| !seen.insert(name.clone()))
-        .collect();
+    let duplicates =
+        super::named_twice(request.topics.iter().map(|t| t.name.0.as_str().to_string()));
     let mut response = CreatePartitionsResponse::default();
     for topic in &request.topics {
         let name = topic.name.0.as_str().to_string();

@@ -2,7 +2,7 @@
 //! one node, configs), stored in the metadata log by the controller shard and applied on
 //! every shard before the answer; `validate_only` stops after validation.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use kafka_protocol::messages::create_topics_response::{
@@ -23,13 +23,8 @@ pub async fn handle(
 ) -> CreateTopicsResponse {
     let config = &shard.config;
     let mut response = CreateTopicsResponse::default();
-    let mut seen = HashSet::new();
-    let duplicates: HashSet<String> = request
-        .topics
-        .iter()
-        .map(|t| t.name.0.as_str().to_string())
-        .filter(|name| !seen.insert(name.clone()))
-        .collect();
+    let duplicates =
+        super::named_twice(request.topics.iter().map(|t| t.name.0.as_str().to_string()));
     for topic in request.topics {
         let name = topic.name.0.as_str().to_string();
         let mut result = CreatableTopicResult::default();

@@ -26,13 +26,9 @@ pub async fn handle(
     request: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
-    let mut seen = HashSet::new();
-    let duplicates: HashSet<(i8, String)> = request
-        .resources
-        .iter()
-        .map(|r| (r.resource_type, r.resource_name.as_str().to_string()))
-        .filter(|key| !seen.insert(key.clone()))
-        .collect();
+    let duplicates = super::named_twice(
+        request.resources.iter().map(|r| (r.resource_type, r.resource_name.as_str().to_string())),
+    );
     let mut response = IncrementalAlterConfigsResponse::default();
     for resource in &request.resources {
         let name = resource.resource_name.as_str().to_string();

@@ -162,6 +162,15 @@ impl<P> Layout<P> {
     }
 }
 
+/// The keys that appear more than once (Kafka refuses every entry of a resource or topic
+/// named twice in one request).
+pub(crate) fn named_twice<K: Eq + std::hash::Hash + Clone>(
+    keys: impl IntoIterator<Item = K>,
+) -> std::collections::HashSet<K> {
+    let mut seen = std::collections::HashSet::new();
+    keys.into_iter().filter(|key| !seen.insert(key.clone())).collect()
+}
+
 /// The error for a partition index no shard owns.
 pub(crate) fn negative_partition() -> KafkaError {
     KafkaError::new(crate::error::code::UNKNOWN_TOPIC_OR_PARTITION, "negative partition index")
