@@ -25,6 +25,31 @@ use crate::config::Config;
 
 /// `meta.properties` in the data dir: the cluster id and node id, like Kafka's.
 const META_PROPERTIES: &str = "meta.properties";
+/// How long the other shards get to stop after one failed.
+const SHARD_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// A shard's result, sent to the main thread when the shard ends, also by panic (drop).
+struct ShardReport {
+    id: usize,
+    done: std::sync::mpsc::Sender<(usize, Result<shard::ShardCheckpoints, String>)>,
+    sent: bool,
+}
+
+impl ShardReport {
+    fn send(mut self, result: Result<shard::ShardCheckpoints, String>) {
+        self.sent = true;
+        let _ = self.done.send((self.id, result));
+    }
+}
+
+impl Drop for ShardReport {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.done.send((self.id, Err(format!("shard {} panicked", self.id))));
+        }
+    }
+}
+
 /// How long start-up waits for a busy listen port (see `check_listen_address`).
 const PORT_WAIT: Duration = Duration::from_secs(10);
 
@@ -97,6 +122,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut mesh_ends = shard::mesh(config.cores).into_iter();
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
+    let (done_sender, finished) = std::sync::mpsc::channel();
     for id in 0..config.cores {
         let hints: BTreeMap<TopicPartition, OpenHints> = image
             .topics()
@@ -110,6 +136,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 (tp, hints)
             })
             .collect();
+        let done = done_sender.clone();
         let start = ShardStart {
             id,
             config: broker.clone(),
@@ -124,7 +151,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // glommio's default 100 ms preemption would let one busy task delay timer
             // expiries by that much; the purgatory promises one tick (1 ms).
             .preempt_timer(Duration::from_millis(1))
-            .spawn(move || async move { shard::run(start).await })
+            .spawn(move || async move {
+                let report = ShardReport { id, done, sent: false };
+                report.send(shard::run(start).await);
+            })
             .map_err(|error| {
                 anyhow::anyhow!(runtime::explain_executor_error(&error, config.cores as u64))
             });
@@ -140,29 +170,42 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    drop(done_sender);
+    // Shards report as they end. After the first failure the others get SHARD_STOP_WAIT
+    // to stop; one that does not (stuck in a system call) is left behind and the process
+    // exits with the error rather than hanging.
     let mut recovery = BTreeMap::new();
     let mut starts = BTreeMap::new();
     let mut failures = Vec::new();
-    for handle in handles {
-        match handle.join() {
-            Ok(Ok(entries)) => {
+    let mut deadline: Option<std::time::Instant> = None;
+    for _ in 0..handles.len() {
+        let report = match deadline {
+            None => finished.recv().ok(),
+            Some(deadline) => finished
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .ok(),
+        };
+        match report {
+            Some((_, Ok(entries))) => {
                 for (tp, recovery_point, log_start_offset) in entries {
                     recovery.insert(tp.clone(), recovery_point);
                     starts.insert(tp, log_start_offset);
                 }
             }
-            Ok(Err(reason)) => {
-                error!(%reason, "a shard failed");
+            Some((id, Err(reason))) => {
+                error!(shard = id, %reason, "a shard failed");
                 failures.push(reason);
                 stop.store(true, Ordering::SeqCst);
+                deadline.get_or_insert_with(|| std::time::Instant::now() + SHARD_STOP_WAIT);
             }
-            Err(error) => {
-                error!(%error, "a shard failed");
-                failures.push(error.to_string());
-                stop.store(true, Ordering::SeqCst);
+            None => {
+                error!("a shard did not stop within {SHARD_STOP_WAIT:?} of a failure; exiting");
+                failures.push("a shard did not stop".to_string());
+                break;
             }
         }
     }
+    drop(handles);
     // Partitions that were offline keep their old entries; deleted ones lose them.
     for (tp, offset) in recovery_points {
         if config.data_dir.join(tp.dir_name()).is_dir() {

@@ -19,6 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::ops::Deref;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -159,6 +160,25 @@ impl std::fmt::Debug for SegmentFile {
     }
 }
 
+/// glommio 0.9 runs ftruncate, unlink, rename and mkdir on its blocking thread pool, whose
+/// completion was seen, rarely and only under load, never to arrive: a partition log
+/// stayed in `Log::open` for good. These metadata operations are plain syscalls here
+/// (short on a local file system, and never on the produce or fetch path except when a
+/// segment rolls or retention deletes one).
+#[allow(unsafe_code)]
+fn set_len(fd: std::os::fd::RawFd, len: u64) -> io::Result<()> {
+    let len = i64::try_from(len).map_err(|_| io::Error::other("file length over i64"))?;
+    // SAFETY: `fd` is the descriptor of a file this `SegmentFile` owns and keeps open for
+    // the whole call; the borrow does not outlive it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::unistd::ftruncate(fd, len).map_err(io::Error::from)
+}
+
+/// Removes a file with a plain syscall (see [`set_len`] for why not glommio's).
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)
+}
+
 fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(error)
 }
@@ -282,9 +302,9 @@ impl SegmentFile {
     /// Cuts the file to `len` bytes (recovery, replication truncation, failed appends).
     pub async fn truncate(&self, len: u64) -> io::Result<()> {
         match &self.backend {
-            Backend::Buffered(file) => file.truncate(len).await.map_err(to_io)?,
+            Backend::Buffered(file) => set_len(file.as_raw_fd(), len)?,
             Backend::Direct(direct) => {
-                direct.file.truncate(len).await.map_err(to_io)?;
+                set_len(direct.file.as_raw_fd(), len)?;
                 direct.load_tail(len).await?;
             }
         }
@@ -296,7 +316,7 @@ impl SegmentFile {
     /// syncs it. Called when a segment stops being active and on clean close.
     pub async fn seal(&self) -> io::Result<()> {
         if let Backend::Direct(direct) = &self.backend {
-            direct.file.truncate(self.len.get()).await.map_err(to_io)?;
+            set_len(direct.file.as_raw_fd(), self.len.get())?;
         }
         self.sync().await
     }
@@ -304,7 +324,7 @@ impl SegmentFile {
     /// Deletes the file from its directory. Reads in flight on other `Rc`s keep working
     /// until they drop the file (the inode lives while it is open).
     pub async fn remove(&self) -> io::Result<()> {
-        glommio::io::remove(&self.path).await.map_err(to_io)
+        remove_file(&self.path)
     }
 }
 
@@ -335,9 +355,9 @@ async fn probe_iopoll_once(path: &Path) -> io::Result<()> {
     write_all_buffered(&probe, &[0u8; 4096], 0).await?;
     probe.close().await.map_err(to_io)?;
     let opened = OpenOptions::new().read(true).dma_open(&probe_path).await;
-    let removed = glommio::io::remove(&probe_path).await;
+    let removed = remove_file(&probe_path);
     opened.map_err(to_io)?.close().await.map_err(to_io)?;
-    removed.map_err(to_io)?;
+    removed?;
     PROBED_DIRS.with(|dirs| dirs.borrow_mut().insert(dir));
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod log;
 pub mod metadata;
 pub mod runtime;
 pub mod shard;
+pub mod sync;
 pub mod timer;
 
 #[cfg(test)]

@@ -8,3 +8,4 @@ pub mod mesh;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod ticker;

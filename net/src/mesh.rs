@@ -5,11 +5,9 @@
 //! in six with two shards): a shared channel's `connect` waits for the peer's connect
 //! through a waker the reactor only re-polls when something else wakes the executor, and
 //! the builder keeps its peer list in an `Rc` shared across threads. Here every connect
-//! runs concurrently, a ticker keeps the reactor polling while they do, and the whole
+//! runs concurrently, a `Ticker` keeps the reactor polling while they do, and the whole
 //! connection has a deadline, so a start-up problem is an error, not a hang.
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{
@@ -71,15 +69,7 @@ pub async fn connect<T: Send + 'static>(
     ends: MeshEnds<T>,
     timeout: Duration,
 ) -> Result<(Mesh<T>, MeshReceivers<T>), String> {
-    let done = Rc::new(Cell::new(false));
-    let ticker = {
-        let done = done.clone();
-        glommio::spawn_local(async move {
-            while !done.get() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let ticker = crate::ticker::Ticker::start();
     let sender_tasks: Vec<_> = ends
         .senders
         .into_iter()
@@ -115,8 +105,7 @@ pub async fn connect<T: Send + 'static>(
         },
     )
     .await;
-    done.set(true);
-    ticker.await;
+    ticker.stop().await;
     connected.ok_or_else(|| {
         format!("shard {}: the other shards did not connect within {timeout:?}", ends.id)
     })

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::sync::Semaphore;
 use sluice_engine::batch::{self, BatchIter};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::{Clock, SystemClock};
 use sluice_engine::log::{Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
 use sluice_engine::shard::{shard_of, ShardId};
+use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{
     DelayedOperation, DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver, Watched,
 };
@@ -206,7 +206,7 @@ type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
 struct Controller {
     log: RefCell<MetadataLog>,
     /// One metadata change at a time, from validation to every shard having applied it.
-    lock: Semaphore,
+    lock: FifoLock,
 }
 
 /// The future of [`Shard::stopped`].
@@ -692,9 +692,7 @@ impl Shard {
         let Some(controller) = &self.controller else {
             return Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard"));
         };
-        let _permit = controller.lock.acquire_permit(1).await.map_err(|_| {
-            KafkaError::new(code::UNKNOWN_SERVER_ERROR, "controller is shutting down")
-        })?;
+        let _permit = controller.lock.lock().await;
         self.metadata().check(&record).map_err(|e| from_metadata_error(&e))?;
         if validate_only {
             return Ok(());
@@ -923,9 +921,8 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         clock.clone(),
         DriverOptions::DEFAULT,
     );
-    let controller = start
-        .metadata_log
-        .map(|log| Controller { log: RefCell::new(log), lock: Semaphore::new(1) });
+    let controller =
+        start.metadata_log.map(|log| Controller { log: RefCell::new(log), lock: FifoLock::new() });
     let shard = Rc::new(Shard {
         id,
         config: start.config.clone(),

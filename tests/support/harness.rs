@@ -25,9 +25,19 @@ pub struct Broker {
     args: Vec<String>,
 }
 
+/// A free port, never the same twice in this test process: tests run in parallel, and
+/// two brokers handed the same port would both bind it (SO_REUSEPORT) and split clients.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Broker {

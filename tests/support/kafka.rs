@@ -296,7 +296,16 @@ fn rdkafka_produces_and_consumes_100k_keyed_messages_with_each_acks() {
         let consumed = consume_all(&address, &topic, 6, COUNT);
         // With acks=0 the delivery reports carry no offsets.
         let reported = if acks == "0" { None } else { Some(delivered.as_slice()) };
-        check_consumed(&consumed, &topic, COUNT, 6, reported);
+        let checked = std::panic::catch_unwind(|| {
+            check_consumed(&consumed, &topic, COUNT, 6, reported);
+        });
+        if let Err(panic) = checked {
+            let log = broker.log();
+            let notable: Vec<&str> =
+                log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+            eprintln!("acks={acks}: broker warnings and errors:\n{}", notable.join("\n"));
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

@@ -18,13 +18,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::sync::Semaphore;
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
 use crate::clock::Clock;
 use crate::io::{FaultPlan, FileBytes, IoMode, SegmentFile};
+use crate::sync::{FifoGuard, FifoLock};
 use index::{BatchExtent, Located, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
 /// Kafka's defaults for the topic-level settings the log obeys.
@@ -272,7 +272,7 @@ pub struct Log {
     dir: PathBuf,
     options: RefCell<LogOptions>,
     state: RefCell<State>,
-    append_lock: Semaphore,
+    append_lock: FifoLock,
     clock: Rc<dyn Clock>,
 }
 
@@ -363,7 +363,7 @@ impl Log {
         }
         for path in leftovers {
             warn!(path = %path.display(), "removing leftover file from an interrupted operation");
-            glommio::io::remove(&path).await.map_err(|e| io_error(&path)(e.into()))?;
+            crate::io::remove_file(&path).map_err(io_error(&path))?;
         }
         bases.sort_unstable();
 
@@ -379,7 +379,7 @@ impl Log {
                 unflushed_since_ms: None,
                 offline: None,
             }),
-            append_lock: Semaphore::new(1),
+            append_lock: FifoLock::new(),
             clock,
         };
         log.recover(&bases, hints).await?;
@@ -663,10 +663,9 @@ impl Log {
     async fn delete_segment_files(&self, base_offset: i64) -> Result<(), LogError> {
         for extension in ["log", "index", "timeindex", "txnindex"] {
             let path = self.dir.join(segment_file_name(base_offset, extension));
-            match glommio::io::remove(&path).await {
+            match crate::io::remove_file(&path) {
                 Ok(()) => {}
                 Err(error) => {
-                    let error = io::Error::from(error);
                     if error.kind() != io::ErrorKind::NotFound {
                         return Err(io_error(&path)(error));
                     }
@@ -735,8 +734,10 @@ impl Log {
         self.state.borrow_mut().offline = Some(reason);
     }
 
-    async fn lock(&self) -> glommio::sync::Permit<'_> {
-        self.append_lock.acquire_permit(1).await.expect("the append lock is never closed")
+    /// Appends and other writers take the log in call order (a FIFO lock: pipelined
+    /// produce requests must land in the order they arrived).
+    async fn lock(&self) -> FifoGuard<'_> {
+        self.append_lock.lock().await
     }
 
     /// Appends one or more batches laid out back to back in `batches`: validates every

@@ -37,7 +37,8 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     let max_bytes = if version >= 3 { request.max_bytes.max(0) as u64 } else { u64::MAX };
     let min_bytes = request.min_bytes.max(0) as u64;
     let wait_ms = (request.max_wait_ms.max(0) as u64).min(MAX_WAIT_MS_LIMIT);
-    let deadline_ms = shard.clock.monotonic_ms() + wait_ms;
+    // +1: the clock reads whole milliseconds, and the wait must not end early.
+    let deadline_ms = shard.clock.monotonic_ms() + wait_ms + 1;
 
     let mut layout = Layout::new();
     for topic in &request.topics {
