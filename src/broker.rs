@@ -94,6 +94,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         socket_request_max_bytes: config.socket_request_max_bytes,
         queued_max_requests: config.queued_max_requests,
         max_connections_per_shard: config.max_connections_per_shard,
+        groups: config.groups.clone(),
         properties: config.properties.clone(),
     });
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use sluice_engine::io::IoMode;
 use sluice_engine::log::{self, LogOptions};
+use sluice_net::config::GroupConfig;
 
 /// `sluice serve` flags.
 #[derive(Debug, clap::Args)]
@@ -60,6 +61,7 @@ pub struct Config {
     pub socket_request_max_bytes: usize,
     pub queued_max_requests: usize,
     pub max_connections_per_shard: usize,
+    pub groups: GroupConfig,
 }
 
 fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
@@ -93,6 +95,15 @@ const KNOWN: &[(&str, &str)] = &[
     ("socket.request.max.bytes", "104857600"),
     ("queued.max.requests", "500"),
     ("max.connections.per.shard", "10000"),
+    ("offsets.topic.num.partitions", "50"),
+    ("offsets.topic.segment.bytes", "104857600"),
+    ("group.initial.rebalance.delay.ms", "3000"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("group.max.size", "2147483647"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.retention.check.interval.ms", "600000"),
+    ("offset.metadata.max.bytes", "4096"),
 ];
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
@@ -200,7 +211,60 @@ impl Config {
         if queued_max_requests == 0 || max_connections_per_shard == 0 {
             bail!("queued.max.requests and max.connections.per.shard must be at least 1");
         }
+        let number = |name: &str| -> anyhow::Result<i64> { parse_number(name, get(name)) };
+        let groups = GroupConfig {
+            offsets_topic_num_partitions: parse_number(
+                "offsets.topic.num.partitions",
+                get("offsets.topic.num.partitions"),
+            )?,
+            offsets_topic_segment_bytes: parse_number(
+                "offsets.topic.segment.bytes",
+                get("offsets.topic.segment.bytes"),
+            )?,
+            initial_rebalance_delay_ms: parse_number(
+                "group.initial.rebalance.delay.ms",
+                get("group.initial.rebalance.delay.ms"),
+            )?,
+            min_session_timeout_ms: parse_number(
+                "group.min.session.timeout.ms",
+                get("group.min.session.timeout.ms"),
+            )?,
+            max_session_timeout_ms: parse_number(
+                "group.max.session.timeout.ms",
+                get("group.max.session.timeout.ms"),
+            )?,
+            max_size: parse_number("group.max.size", get("group.max.size"))?,
+            offsets_retention_ms: u64::try_from(number("offsets.retention.minutes")?)
+                .ok()
+                .and_then(|minutes| minutes.checked_mul(60_000))
+                .context("offsets.retention.minutes must be positive")?,
+            offsets_retention_check_interval_ms: parse_number(
+                "offsets.retention.check.interval.ms",
+                get("offsets.retention.check.interval.ms"),
+            )?,
+            offset_metadata_max_bytes: parse_number(
+                "offset.metadata.max.bytes",
+                get("offset.metadata.max.bytes"),
+            )?,
+        };
+        if groups.offsets_topic_num_partitions < 1 {
+            bail!("offsets.topic.num.partitions must be at least 1");
+        }
+        if groups.min_session_timeout_ms < 1
+            || groups.min_session_timeout_ms > groups.max_session_timeout_ms
+        {
+            bail!("need 0 < group.min.session.timeout.ms <= group.max.session.timeout.ms");
+        }
+        if groups.max_size == 0 || groups.offsets_retention_check_interval_ms == 0 {
+            bail!("group.max.size and offsets.retention.check.interval.ms must be positive");
+        }
+        if groups.offsets_topic_segment_bytes > log::SEGMENT_BYTES_MAX
+            || groups.offsets_topic_segment_bytes < 1024
+        {
+            bail!("offsets.topic.segment.bytes must be in [1024, {}]", log::SEGMENT_BYTES_MAX);
+        }
         Ok(Config {
+            groups,
             num_partitions,
             default_replication_factor,
             auto_create_topics: parse_bool(

@@ -6,6 +6,8 @@
 
 #[path = "support/admin.rs"]
 mod admin;
+#[path = "support/groups.rs"]
+mod groups;
 #[path = "support/harness.rs"]
 mod harness;
 #[path = "support/kafka.rs"]

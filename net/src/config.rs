@@ -48,8 +48,52 @@ pub struct BrokerConfig {
     /// `max.connections.per.shard`: connections one shard serves at once; more are closed
     /// at accept with a log line.
     pub max_connections_per_shard: usize,
+    /// The group coordinator's settings.
+    pub groups: GroupConfig,
     /// Every broker property with its value (defaults included), for DescribeConfigs.
     pub properties: BTreeMap<String, String>,
+}
+
+/// The group coordinator's settings, under Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets`, fixed when the
+    /// topic is created.
+    pub offsets_topic_num_partitions: i32,
+    /// `offsets.topic.segment.bytes`.
+    pub offsets_topic_segment_bytes: u64,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group
+    /// waits for more members (extended by each new member, up to the rebalance timeout).
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    /// `group.max.size`: members per group.
+    pub max_size: usize,
+    /// `offsets.retention.minutes`, in ms: how long the offsets of an empty group (or a
+    /// standalone commit) are kept.
+    pub offsets_retention_ms: u64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`: the longest metadata string a commit may carry.
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for GroupConfig {
+    /// Kafka's defaults.
+    fn default() -> Self {
+        GroupConfig {
+            offsets_topic_num_partitions: 50,
+            offsets_topic_segment_bytes: 104_857_600,
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: i32::MAX as usize,
+            offsets_retention_ms: 10_080 * 60_000,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4_096,
+        }
+    }
 }
 
 /// Topic-level config names we accept, and the broker property each one defaults to.
@@ -229,6 +273,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         socket_request_max_bytes: 100 << 20,
         queued_max_requests: 500,
         max_connections_per_shard: 1000,
+        groups: GroupConfig::default(),
         properties: BTreeMap::new(),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod handlers;
 pub mod mesh;
 pub mod protocol;

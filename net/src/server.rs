@@ -99,6 +99,7 @@ type Pending = JoinHandle<Result<Option<Bytes>, ProtocolError>>;
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
+    let peer_addr = stream.peer_addr().ok();
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, responses) =
@@ -148,7 +149,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
                 break;
             }
         };
-        let pending = match dispatch(&shard, frame) {
+        let pending = match dispatch(&shard, frame, peer_addr) {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(shard = shard.id, %peer, %error, "closing connection");
@@ -190,7 +191,11 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
 /// Checks the API and version of a frame and starts its handler. Unknown APIs and
 /// unsupported versions close the connection (the client cannot parse any answer we
 /// could give), except ApiVersions, which answers in v0 with the versions we serve.
-fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Result<Pending, ProtocolError> {
+fn dispatch(
+    shard: &Rc<Shard>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Pending, ProtocolError> {
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
             let response = handlers::api_versions::unsupported_version(correlation_id);
@@ -198,7 +203,7 @@ fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Result<Pending, ProtocolError> {
         }
         Parsed::Request(request) => {
             let shard = shard.clone();
-            Ok(glommio::spawn_local(async move { handlers::handle(&shard, request).await })
+            Ok(glommio::spawn_local(async move { handlers::handle(&shard, request, peer).await })
                 .detach())
         }
     }

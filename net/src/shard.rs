@@ -31,6 +31,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::error::{code, from_batch_error, from_log_error, from_metadata_error, KafkaError};
+use crate::group::coordinator::{Coordinator, Write};
+use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
 
 /// Messages between shards waiting in one mesh channel before senders wait.
@@ -81,6 +83,8 @@ pub enum ShardRequest {
     },
     /// From the controller: apply a stored change.
     Apply(MetadataRecord),
+    /// To a group's coordinator shard.
+    Group(GroupCall),
 }
 
 #[derive(Debug)]
@@ -93,6 +97,7 @@ pub enum ShardResponse {
     OffsetForLeaderEpoch(Vec<Result<(i32, i64), KafkaError>>),
     Controller(Result<(), KafkaError>),
     Applied,
+    Group(GroupAnswer),
     /// The target shard is gone (shutting down).
     Unavailable,
 }
@@ -271,6 +276,8 @@ pub struct Shard {
     next_call_id: Cell<u64>,
     fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
     controller: Option<Controller>,
+    /// The groups whose `__consumer_offsets` partitions this shard owns.
+    pub groups: Coordinator,
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
@@ -457,6 +464,7 @@ impl Shard {
                 self.apply_metadata(&record).await;
                 ShardResponse::Applied
             }
+            ShardRequest::Group(call) => ShardResponse::Group(self.groups.call(self, call).await),
         }
     }
 
@@ -476,6 +484,13 @@ impl Shard {
             return ProduceResult::failed(KafkaError::new(
                 code::NOT_ENOUGH_REPLICAS,
                 format!("1 in-sync replica, min.insync.replicas is {min_insync_replicas}"),
+            ));
+        }
+        if part.tp.topic == OFFSETS_TOPIC {
+            // Kafka's answer: only the group coordinator writes its internal topic.
+            return ProduceResult::failed(KafkaError::new(
+                code::INVALID_TOPIC_EXCEPTION,
+                format!("cannot append to internal topic {OFFSETS_TOPIC}"),
             ));
         }
         let Some(records) = part.records.filter(|r| !r.is_empty()) else {
@@ -725,7 +740,12 @@ impl Shard {
         match record {
             MetadataRecord::CreateTopic { name, partitions, .. } => {
                 for partition in 0..*partitions {
-                    self.open_partition(TopicPartition::new(name.clone(), partition), None).await;
+                    let tp = TopicPartition::new(name.clone(), partition);
+                    self.open_partition(tp.clone(), None).await;
+                    // A new offsets topic is empty: nothing to load.
+                    if name == OFFSETS_TOPIC && self.partitions.borrow().contains_key(&tp) {
+                        self.groups.mark_loaded(partition);
+                    }
                 }
             }
             MetadataRecord::CreatePartitions { name, partitions } => {
@@ -744,6 +764,11 @@ impl Shard {
                     tps.iter().filter_map(|tp| partitions.remove(tp)).collect()
                 };
                 self.offline.borrow_mut().retain(|tp, _| &tp.topic != name);
+                if name == OFFSETS_TOPIC {
+                    for partition in &doomed {
+                        self.groups.forget_partition(partition.tp.partition, i32::MAX);
+                    }
+                }
                 for partition in doomed {
                     if let Err(error) = partition.log.close().await {
                         warn!(partition = %partition.tp, %error, "closing a deleted partition");
@@ -839,6 +864,186 @@ impl Shard {
         }
     }
 
+    // ---- consumer groups ----
+
+    /// Sends `call` to the coordinator of `group` (the shard owning the group's partition
+    /// of `__consumer_offsets`), creating that topic on first use like Kafka does.
+    pub async fn coordinate(
+        self: &Rc<Self>,
+        group: &str,
+        call: GroupCall,
+    ) -> Result<GroupAnswer, i16> {
+        let partitions = self.offsets_topic().await?;
+        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
+        match self.call(self.owner_of(&tp), ShardRequest::Group(call)).await {
+            ShardResponse::Group(answer) => Ok(answer),
+            _ => Err(code::COORDINATOR_NOT_AVAILABLE),
+        }
+    }
+
+    /// Runs `call` on every shard's coordinator (for ListGroups).
+    pub async fn coordinate_all(self: &Rc<Self>, call: GroupCall) -> Vec<Result<GroupAnswer, i16>> {
+        if let Err(error) = self.offsets_topic().await {
+            return vec![Err(error)];
+        }
+        let mut answers = Vec::with_capacity(self.shards());
+        for target in 0..self.shards() {
+            answers.push(match self.call(target, ShardRequest::Group(call.clone())).await {
+                ShardResponse::Group(answer) => Ok(answer),
+                _ => Err(code::COORDINATOR_NOT_AVAILABLE),
+            });
+        }
+        answers
+    }
+
+    /// The partition count of `__consumer_offsets`, creating the topic if it is missing.
+    pub async fn offsets_topic(self: &Rc<Self>) -> Result<i32, i16> {
+        if let Some(topic) = self.metadata().topic(OFFSETS_TOPIC) {
+            return Ok(topic.partitions);
+        }
+        let groups = &self.config.groups;
+        let record = MetadataRecord::CreateTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            topic_id: sluice_engine::metadata::new_topic_id(),
+            partitions: groups.offsets_topic_num_partitions,
+            replication_factor: 1,
+            configs: vec![
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), groups.offsets_topic_segment_bytes.to_string()),
+            ],
+        };
+        match self.change_metadata(record, false).await {
+            Ok(()) => {
+                info!(partitions = groups.offsets_topic_num_partitions, "created {OFFSETS_TOPIC}")
+            }
+            // Another shard created it first.
+            Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
+            Err(error) => {
+                warn!(message = %error.message, "creating {OFFSETS_TOPIC} failed");
+                return Err(code::COORDINATOR_NOT_AVAILABLE);
+            }
+        }
+        self.metadata()
+            .topic(OFFSETS_TOPIC)
+            .map(|t| t.partitions)
+            .ok_or(code::COORDINATOR_NOT_AVAILABLE)
+    }
+
+    /// Appends group records (offset commits, group metadata, tombstones) to the group's
+    /// partition of `__consumer_offsets`, on this shard, as one batch.
+    pub async fn append_group_records(
+        &self,
+        group: &str,
+        writes: Vec<Write>,
+    ) -> Result<(), KafkaError> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let partitions = self.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
+        let partitions = partitions
+            .ok_or_else(|| KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "no offsets topic"))?;
+        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
+        let partition = self.partition(&tp)?;
+        let now_ms = self.clock.wall_ms();
+        let records: Vec<Record> = writes
+            .into_iter()
+            .enumerate()
+            .map(|(index, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: LEADER_EPOCH,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                // The encoder takes offset deltas from these; the log assigns the base.
+                offset: index as i64,
+                sequence: -1,
+                timestamp: now_ms,
+                key: Some(Bytes::from(key)),
+                value: value.map(Bytes::from),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buffer = bytes::BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+        RecordBatchEncoder::encode(&mut buffer, &records, &options).map_err(|error| {
+            KafkaError::new(code::UNKNOWN_SERVER_ERROR, format!("encoding group records: {error}"))
+        })?;
+        let mut bytes = buffer.to_vec();
+        partition.log.append(&mut bytes).await.map_err(|error| {
+            error!(partition = %tp, %error, "group record append failed");
+            from_log_error(&error)
+        })?;
+        self.on_append(&tp);
+        Ok(())
+    }
+
+    /// Every record (key, value) of a partition, oldest first: the coordinator's replay
+    /// of `__consumer_offsets` at start-up.
+    async fn read_all_records(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Vec<(Bytes, Option<Bytes>)>, String> {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let partition = self.partition(tp).map_err(|e| e.message)?;
+        let end = partition.high_watermark();
+        let mut offset = partition.log.log_start_offset();
+        let mut records = Vec::new();
+        while offset < end {
+            let slice =
+                partition.log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
+            let chunk = slice.read().await.map_err(|e| e.to_string())?;
+            let mut buffer = Bytes::copy_from_slice(&chunk);
+            if buffer.is_empty() {
+                break;
+            }
+            let mut next = offset;
+            for batch in BatchIter::new(&buffer.clone()) {
+                let batch = batch.map_err(|e| e.to_string())?;
+                next = batch.last_offset() + 1;
+            }
+            let sets = RecordBatchDecoder::decode_all(&mut buffer).map_err(|e| e.to_string())?;
+            for set in sets {
+                for record in set.records {
+                    if record.control || record.offset < offset {
+                        continue;
+                    }
+                    if let Some(key) = record.key {
+                        records.push((key, record.value));
+                    }
+                }
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        Ok(records)
+    }
+
+    /// Loads every `__consumer_offsets` partition this shard owns into its coordinator.
+    async fn load_groups(&self) {
+        let owned: Vec<TopicPartition> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|tp| tp.topic == OFFSETS_TOPIC)
+            .cloned()
+            .collect();
+        for tp in owned {
+            match self.read_all_records(&tp).await {
+                Ok(records) => self.groups.load(self, tp.partition, records),
+                Err(reason) => {
+                    error!(partition = %tp, %reason, "loading consumer offsets failed; its groups are unavailable")
+                }
+            }
+        }
+    }
+
     /// Size and log start offset of every partition on this shard (for housekeeping).
     fn partition_list(&self) -> Vec<Rc<Partition>> {
         self.partitions.borrow().values().cloned().collect()
@@ -848,9 +1053,17 @@ impl Shard {
         let tick = Duration::from_millis(100);
         let retention_every = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
         let mut since_retention = Duration::ZERO;
+        let expiry_every =
+            Duration::from_millis(self.config.groups.offsets_retention_check_interval_ms.max(1));
+        let mut since_expiry = Duration::ZERO;
         while !self.stopping() {
             glommio::timer::sleep(tick).await;
             since_retention += tick;
+            since_expiry += tick;
+            if since_expiry >= expiry_every {
+                since_expiry = Duration::ZERO;
+                self.groups.expire_offsets(&self).await;
+            }
             let retention_due = since_retention >= retention_every;
             if retention_due {
                 since_retention = Duration::ZERO;
@@ -923,6 +1136,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     );
     let controller =
         start.metadata_log.map(|log| Controller { log: RefCell::new(log), lock: FifoLock::new() });
+    let groups = Coordinator::new(clock.clone());
     let shard = Rc::new(Shard {
         id,
         config: start.config.clone(),
@@ -936,6 +1150,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         next_call_id: Cell::new(0),
         fetch_waiters,
         controller,
+        groups,
         stop: start.stop,
         connections: Cell::new(0),
         stop_fired: Cell::new(false),
@@ -963,7 +1178,25 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         "shard ready"
     );
 
+    shard.load_groups().await;
+
     let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
+    let (expired_sender, expired_receiver) = local_channel::new_unbounded();
+    let group_timer_task = shard
+        .groups
+        .timers
+        .spawn(move |(_, timer)| {
+            let _ = expired_sender.try_send(timer);
+        })
+        .map_err(|error| format!("starting the group timer: {error}"))?;
+    let group_expiry_task = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(timer) = expired_receiver.recv().await {
+                shard.groups.on_timer(&shard, timer).await;
+            }
+        })
+    };
     let timer_task = shard
         .fetch_waiters
         .spawn(|expired: Expired<FetchWaiter>| {
@@ -975,6 +1208,9 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     housekeeping.await;
     shard.fetch_waiters.stop();
     timer_task.await;
+    shard.groups.timers.stop();
+    group_timer_task.await;
+    drop(group_expiry_task);
     drop(mesh_task);
 
     let mut checkpoints = Vec::new();

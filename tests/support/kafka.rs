@@ -205,7 +205,7 @@ fn check_consumed(
     }
 }
 
-fn batch(values: &[&str]) -> Vec<u8> {
+pub(crate) fn batch(values: &[&str]) -> Vec<u8> {
     let records: Vec<Record> = values
         .iter()
         .map(|v| Record { key: None, value: Some(v.as_bytes().to_vec()), timestamp: 1_000 })
@@ -238,7 +238,7 @@ fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> Fe
     request
 }
 
-fn latest_offset(raw: &mut Raw, topic: &str, partition: i32) -> i64 {
+pub(crate) fn latest_offset(raw: &mut Raw, topic: &str, partition: i32) -> i64 {
     let mut p = ListOffsetsPartition::default();
     p.partition_index = partition;
     p.timestamp = -1;

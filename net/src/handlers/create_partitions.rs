@@ -57,6 +57,14 @@ async fn create(
             format!("unknown topic {name}"),
         ));
     };
+    if name == crate::group::OFFSETS_TOPIC {
+        // Groups are placed by hash modulo the partition count: more partitions would
+        // move every group away from its committed offsets.
+        return Err(KafkaError::new(
+            code::INVALID_PARTITIONS,
+            format!("the partition count of {name} is fixed"),
+        ));
+    }
     if topic.count <= current {
         return Err(KafkaError::new(
             code::INVALID_PARTITIONS,

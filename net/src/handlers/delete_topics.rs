@@ -44,6 +44,9 @@ pub async fn handle(
             _ if !shard.config.delete_topic_enable => {
                 Err(KafkaError::new(code::TOPIC_DELETION_DISABLED, "delete.topic.enable is false"))
             }
+            Some((found_name, _)) if found_name == crate::group::OFFSETS_TOPIC => Err(
+                KafkaError::new(code::INVALID_TOPIC_EXCEPTION, "cannot delete an internal topic"),
+            ),
             None if name.is_none() => {
                 Err(KafkaError::new(code::UNKNOWN_TOPIC_ID, "unknown topic id"))
             }

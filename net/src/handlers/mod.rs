@@ -6,16 +6,27 @@ pub mod api_versions;
 pub mod configs;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod sync_group;
 
 use std::rc::Rc;
 
@@ -54,6 +65,17 @@ pub const SERVED: &[Served] = &[
     Served { api: ApiKey::CreatePartitions, min: 0, max: 3 },
     Served { api: ApiKey::IncrementalAlterConfigs, min: 0, max: 1 },
     Served { api: ApiKey::DescribeCluster, min: 0, max: 2 },
+    Served { api: ApiKey::FindCoordinator, min: 0, max: 5 },
+    Served { api: ApiKey::JoinGroup, min: 0, max: 9 },
+    Served { api: ApiKey::SyncGroup, min: 0, max: 5 },
+    Served { api: ApiKey::Heartbeat, min: 0, max: 4 },
+    Served { api: ApiKey::LeaveGroup, min: 0, max: 5 },
+    Served { api: ApiKey::OffsetCommit, min: 2, max: 9 },
+    Served { api: ApiKey::OffsetFetch, min: 1, max: 9 },
+    Served { api: ApiKey::OffsetDelete, min: 0, max: 0 },
+    Served { api: ApiKey::ListGroups, min: 0, max: 5 },
+    Served { api: ApiKey::DescribeGroups, min: 0, max: 6 },
+    Served { api: ApiKey::DeleteGroups, min: 0, max: 2 },
 ];
 
 pub fn served(api: ApiKey) -> Option<Served> {
@@ -62,7 +84,11 @@ pub fn served(api: ApiKey) -> Option<Served> {
 
 /// Decodes the request body, runs its handler, encodes the response frame. `Ok(None)`
 /// when the request gets no response (Produce with acks=0).
-pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<Bytes>, ProtocolError> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Option<Bytes>, ProtocolError> {
     let api = request.api;
     let version = request.header.request_api_version;
     let correlation_id = request.header.correlation_id;
@@ -88,6 +114,26 @@ pub async fn handle(shard: &Rc<Shard>, request: Request) -> Result<Option<Bytes>
         ApiKey::CreatePartitions => serve!(create_partitions),
         ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
         ApiKey::DescribeCluster => serve!(describe_cluster),
+        ApiKey::FindCoordinator => serve!(find_coordinator),
+        ApiKey::SyncGroup => serve!(sync_group),
+        ApiKey::Heartbeat => serve!(heartbeat),
+        ApiKey::LeaveGroup => serve!(leave_group),
+        ApiKey::OffsetCommit => serve!(offset_commit),
+        ApiKey::OffsetFetch => serve!(offset_fetch),
+        ApiKey::OffsetDelete => serve!(offset_delete),
+        ApiKey::ListGroups => serve!(list_groups),
+        ApiKey::DescribeGroups => serve!(describe_groups),
+        ApiKey::DeleteGroups => serve!(delete_groups),
+        ApiKey::JoinGroup => {
+            let decoded = decode_body(api, version, body)?;
+            let client = crate::group::Client {
+                id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                // Kafka prints the peer's InetAddress: "/127.0.0.1".
+                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
+            };
+            let response = join_group::handle(shard, decoded, version, client).await;
+            encode_response(api, version, correlation_id, &response).map(Some)
+        }
         ApiKey::Produce => {
             let decoded = decode_body(api, version, body)?;
             match produce::handle(shard, decoded, version).await {
@@ -239,6 +285,17 @@ pub fn decode_request(frame: Bytes) -> Result<ApiKey, ProtocolError> {
         ApiKey::CreatePartitions => decode!(m::CreatePartitionsRequest),
         ApiKey::IncrementalAlterConfigs => decode!(m::IncrementalAlterConfigsRequest),
         ApiKey::DescribeCluster => decode!(m::DescribeClusterRequest),
+        ApiKey::FindCoordinator => decode!(m::FindCoordinatorRequest),
+        ApiKey::JoinGroup => decode!(m::JoinGroupRequest),
+        ApiKey::SyncGroup => decode!(m::SyncGroupRequest),
+        ApiKey::Heartbeat => decode!(m::HeartbeatRequest),
+        ApiKey::LeaveGroup => decode!(m::LeaveGroupRequest),
+        ApiKey::OffsetCommit => decode!(m::OffsetCommitRequest),
+        ApiKey::OffsetFetch => decode!(m::OffsetFetchRequest),
+        ApiKey::OffsetDelete => decode!(m::OffsetDeleteRequest),
+        ApiKey::ListGroups => decode!(m::ListGroupsRequest),
+        ApiKey::DescribeGroups => decode!(m::DescribeGroupsRequest),
+        ApiKey::DeleteGroups => decode!(m::DeleteGroupsRequest),
         _ => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
     }
 }

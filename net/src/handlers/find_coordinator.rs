@@ -1,0 +1,79 @@
+//! FindCoordinator (key 10): the broker that coordinates a group (key type 0) or a
+//! transactional id (key type 1). With one broker that is always this one; what a
+//! group's coordinator shard is stays inside the broker. Like Kafka, the first lookup
+//! creates `__consumer_offsets`.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+
+use super::str_bytes;
+use crate::error::code;
+use crate::shard::Shard;
+
+/// Kafka's `CoordinatorType`.
+pub const KEY_TYPE_GROUP: i8 = 0;
+pub const KEY_TYPE_TRANSACTION: i8 = 1;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let keys: Vec<String> = if version >= 4 {
+        request.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![request.key.to_string()]
+    };
+    let mut answers = Vec::with_capacity(keys.len());
+    for key in keys {
+        let mut answer = Coordinator::default();
+        answer.key = str_bytes(&key);
+        let error = match request.key_type {
+            KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION if key.is_empty() => {
+                Some((code::INVALID_REQUEST, "empty coordinator key".to_string()))
+            }
+            KEY_TYPE_GROUP => shard
+                .offsets_topic()
+                .await
+                .err()
+                .map(|error| (error, "the consumer offsets topic is not available".to_string())),
+            // Transactions come with the transaction coordinator; until then clients are
+            // told it is not available rather than sent somewhere that cannot serve them.
+            KEY_TYPE_TRANSACTION => Some((
+                code::COORDINATOR_NOT_AVAILABLE,
+                "transactions are not supported yet".to_string(),
+            )),
+            other => Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
+        };
+        match error {
+            None => {
+                answer.node_id = BrokerId(shard.config.node_id);
+                answer.host = str_bytes(&shard.config.advertised_host);
+                answer.port = shard.config.advertised_port;
+            }
+            Some((error, message)) => {
+                answer.node_id = BrokerId(-1);
+                answer.host = str_bytes("");
+                answer.port = -1;
+                answer.error_code = error;
+                answer.error_message = Some(str_bytes(&message));
+            }
+        }
+        answers.push(answer);
+    }
+    let mut response = FindCoordinatorResponse::default();
+    if version >= 4 {
+        response.coordinators = answers;
+    } else if let Some(answer) = answers.pop() {
+        response.error_code = answer.error_code;
+        response.node_id = answer.node_id;
+        response.host = answer.host;
+        response.port = answer.port;
+        if version >= 1 {
+            response.error_message = answer.error_message;
+        }
+    }
+    response
+}
