@@ -1,7 +1,9 @@
 //! `sluice`: the broker daemon. Parses flags, loads the configuration, starts the shards.
 
 mod broker;
+mod client;
 mod config;
+mod group_cli;
 
 use clap::{Parser, Subcommand};
 
@@ -17,18 +19,32 @@ struct Cli {
 enum Command {
     /// Run the broker: one pinned io_uring shard per core over the data directory.
     Serve(config::ServeArgs),
+    /// Consumer group administration: list, describe (with lag), delete.
+    ///
+    /// Like Kafka's kafka-consumer-groups.sh, over the Kafka protocol: works against any
+    /// broker serving the group APIs (FindCoordinator, ListGroups, DescribeGroups,
+    /// OffsetFetch, DeleteGroups; Metadata and ListOffsets for the lag).
+    Group(group_cli::GroupArgs),
 }
 
-fn main() -> std::process::ExitCode {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => config::Config::from_args(&args).and_then(broker::serve),
+        Command::Serve(args) => {
+            init_logging();
+            config::Config::from_args(&args).and_then(broker::serve)
+        }
+        // No log lines in an admin command's output: errors go to stderr below.
+        Command::Group(args) => group_cli::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

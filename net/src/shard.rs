@@ -1083,6 +1083,7 @@ impl Shard {
                 }
             }
         }
+        self.groups.shutdown();
         self.fire_stop();
     }
 

@@ -441,6 +441,24 @@ fn two_groups_each_see_every_message() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(a.messages().len(), 1500);
     assert_eq!(b.messages().len(), 1500);
+    // The admin CLI shows the live member on every partition, with its host and client.
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["group", "describe", "broadcast-a", "--bootstrap-server", &address])
+        .output()
+        .unwrap();
+    let described = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Vec<&str>> = described
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.first() == Some(&"broadcast-a"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{described}");
+    for row in rows {
+        assert_eq!(row.len(), 9, "{described}");
+        assert_ne!(row[6], "-", "a consumer id: {described}");
+        assert_eq!(&row[7..], ["/127.0.0.1", "sluice-group-member"], "{described}");
+    }
     a.stop();
     b.stop();
     let mut raw = Raw::connect(&address);
@@ -482,6 +500,51 @@ fn kafka_python_joins_a_group_and_commits() {
     let python = python.expect("python-group listed");
     assert_eq!(python.group_state.as_str(), "Empty");
     assert_eq!(python.protocol_type.as_str(), "consumer");
+
+    // The admin CLI shows the same: the group, and per partition the committed offset,
+    // log end offset and a lag of 0; then deletes it.
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("group")
+            .args(args)
+            .args(["--bootstrap-server", &address])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.success(), stdout, stderr)
+    };
+    let (ok, listed, stderr) = cli(&["list"]);
+    assert!(ok, "{stderr}");
+    eprintln!("{listed}");
+    assert!(
+        listed.lines().any(|l| l.split_whitespace().eq(["python-group", "Empty", "consumer"])),
+        "{listed}"
+    );
+    let (ok, described, stderr) = cli(&["describe", "python-group"]);
+    assert!(ok, "{stderr}");
+    eprintln!("{described}");
+    let ends = end_offsets(&mut raw, topic, 3);
+    for (partition, end) in ends.iter().enumerate() {
+        let row = [
+            "python-group".to_string(),
+            topic.to_string(),
+            partition.to_string(),
+            end.to_string(),
+            end.to_string(),
+            "0".to_string(),
+        ];
+        assert!(
+            described
+                .lines()
+                .any(|l| l.split_whitespace().take(6).eq(row.iter().map(String::as_str))),
+            "no row {row:?} in:\n{described}"
+        );
+    }
+    let (ok, _, stderr) = cli(&["delete", "python-group"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli(&["describe", "python-group"]);
+    assert!(!ok && stderr.contains("python-group"), "{stderr}");
 }
 
 // ---- the raw protocol: exact errors ----
@@ -777,4 +840,255 @@ fn group_protocol_errors_are_kafkas() {
         9,
     );
     assert_ne!(produced.responses[0].partition_responses[0].error_code, NONE);
+}
+
+/// Joins `group` as a new dynamic member at JoinGroup `version` (answering
+/// MEMBER_ID_REQUIRED on v4+) and syncs at v3; returns (member id, generation).
+fn join_and_sync(raw: &mut Raw, group: &str, version: i16) -> (String, i32) {
+    let mut request = join_request(group, "", None);
+    if version == 0 {
+        request.rebalance_timeout_ms = -1;
+    }
+    let mut joined: JoinGroupResponse = raw.send(&request, version);
+    if version >= 4 {
+        assert_eq!(joined.error_code, MEMBER_ID_REQUIRED, "JoinGroup v{version}");
+        request.member_id = joined.member_id.clone();
+        joined = raw.send(&request, version);
+    }
+    assert_eq!(joined.error_code, NONE, "JoinGroup v{version}");
+    assert!(joined.generation_id >= 1, "JoinGroup v{version}");
+    assert_eq!(joined.protocol_name.as_ref().map(|p| p.as_str()), Some("range"), "v{version}");
+    let member = joined.member_id.to_string();
+    let synced =
+        raw.send(&sync_request(group, joined.generation_id, &member, &[(&member, b"a")]), 3);
+    assert_eq!(synced.error_code, NONE, "SyncGroup after JoinGroup v{version}");
+    (member, joined.generation_id)
+}
+
+/// Every version of every group API ApiVersions advertises answers correctly.
+#[test]
+fn every_advertised_version_of_the_group_apis_answers() {
+    use kafka_protocol::messages::ApiKey;
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        Broker::start(&dir.path().join("data"), &["--set", "group.initial.rebalance.delay.ms=0"]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("raw-topic", 1, &[]);
+    let versions = |api: ApiKey| {
+        let advertised: kafka_protocol::messages::ApiVersionsResponse =
+            raw_versions(&broker.address());
+        let entry = advertised.api_keys.iter().find(|k| k.api_key == api as i16).unwrap();
+        entry.min_version..=entry.max_version
+    };
+
+    for version in versions(ApiKey::FindCoordinator) {
+        let mut request = FindCoordinatorRequest::default();
+        if version >= 4 {
+            request.coordinator_keys = vec![sb("g-find")];
+        } else {
+            request.key = sb("g-find");
+        }
+        let found: kafka_protocol::messages::FindCoordinatorResponse = raw.send(&request, version);
+        let (error, port) = if version >= 4 {
+            (found.coordinators[0].error_code, found.coordinators[0].port)
+        } else {
+            (found.error_code, found.port)
+        };
+        assert_eq!((error, port), (NONE, broker.port as i32), "FindCoordinator v{version}");
+    }
+    for version in versions(ApiKey::JoinGroup) {
+        join_and_sync(&mut raw, &format!("g-join-{version}"), version);
+    }
+    for version in versions(ApiKey::SyncGroup) {
+        let group = format!("g-sync-{version}");
+        let mut request = join_request(&group, "", None);
+        let first: JoinGroupResponse = raw.send(&request, 5);
+        request.member_id = first.member_id.clone();
+        let joined: JoinGroupResponse = raw.send(&request, 5);
+        let member = joined.member_id.to_string();
+        let mut sync = sync_request(&group, joined.generation_id, &member, &[(&member, b"mine")]);
+        if version >= 5 {
+            sync.protocol_type = Some(sb("consumer"));
+            sync.protocol_name = Some(sb("range"));
+        }
+        let synced: kafka_protocol::messages::SyncGroupResponse = raw.send(&sync, version);
+        assert_eq!(
+            (synced.error_code, synced.assignment.as_ref()),
+            (NONE, &b"mine"[..]),
+            "SyncGroup v{version}"
+        );
+        if version >= 5 {
+            assert_eq!(synced.protocol_name.as_ref().map(|p| p.as_str()), Some("range"));
+        }
+    }
+    let (member, generation) = join_and_sync(&mut raw, "g-main", 5);
+    for version in versions(ApiKey::Heartbeat) {
+        let mut request = HeartbeatRequest::default();
+        request.group_id = GroupId(sb("g-main"));
+        request.generation_id = generation;
+        request.member_id = sb(&member);
+        let answer: kafka_protocol::messages::HeartbeatResponse = raw.send(&request, version);
+        assert_eq!(answer.error_code, NONE, "Heartbeat v{version}");
+    }
+    for version in versions(ApiKey::OffsetCommit) {
+        let offset = 100 + i64::from(version);
+        let committed =
+            raw.send(&commit_request("g-main", generation, &member, "raw-topic", offset), version);
+        assert_eq!(committed.topics[0].partitions[0].error_code, NONE, "OffsetCommit v{version}");
+        assert_eq!(crate::groups::committed(&mut raw, "g-main", "raw-topic", 1), vec![offset]);
+    }
+    let last = 100 + i64::from(*versions(ApiKey::OffsetCommit).end());
+    for version in versions(ApiKey::OffsetFetch) {
+        let mut request = OffsetFetchRequest::default();
+        let offset = if version >= 8 {
+            let mut group = OffsetFetchRequestGroup::default();
+            group.group_id = GroupId(sb("g-main"));
+            group.topics = None;
+            request.groups = vec![group];
+            let answer: OffsetFetchResponse = raw.send(&request, version);
+            assert_eq!(answer.groups[0].error_code, NONE);
+            answer.groups[0].topics[0].partitions[0].committed_offset
+        } else {
+            request.group_id = GroupId(sb("g-main"));
+            let mut topic = OffsetFetchRequestTopic::default();
+            topic.name = TopicName(sb("raw-topic"));
+            topic.partition_indexes = vec![0];
+            request.topics = Some(vec![topic]);
+            let answer: OffsetFetchResponse = raw.send(&request, version);
+            answer.topics[0].partitions[0].committed_offset
+        };
+        assert_eq!(offset, last, "OffsetFetch v{version}");
+    }
+    for version in versions(ApiKey::ListGroups) {
+        let answer: kafka_protocol::messages::ListGroupsResponse =
+            raw.send(&ListGroupsRequest::default(), version);
+        assert_eq!(answer.error_code, NONE, "ListGroups v{version}");
+        let main = answer.groups.iter().find(|g| g.group_id.0.as_str() == "g-main");
+        assert_eq!(
+            main.map(|g| g.protocol_type.as_str()),
+            Some("consumer"),
+            "ListGroups v{version}"
+        );
+    }
+    for version in versions(ApiKey::DescribeGroups) {
+        let mut request = DescribeGroupsRequest::default();
+        request.groups = vec![GroupId(sb("g-main"))];
+        let answer: kafka_protocol::messages::DescribeGroupsResponse = raw.send(&request, version);
+        let group = &answer.groups[0];
+        assert_eq!((group.error_code, group.group_state.as_str()), (NONE, "Stable"), "v{version}");
+        assert_eq!(group.members[0].member_id.as_str(), member, "DescribeGroups v{version}");
+    }
+    for version in versions(ApiKey::OffsetDelete) {
+        // Stable and subscribed: refused per partition.
+        let mut request = OffsetDeleteRequest::default();
+        request.group_id = GroupId(sb("g-main"));
+        let mut topic =
+            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default();
+        topic.name = TopicName(sb("raw-topic"));
+        let mut partition =
+            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestPartition::default(
+            );
+        partition.partition_index = 0;
+        topic.partitions = vec![partition];
+        request.topics = vec![topic];
+        let answer = raw.send(&request, version);
+        assert_eq!(answer.topics[0].partitions[0].error_code, GROUP_SUBSCRIBED_TO_TOPIC);
+    }
+    for version in versions(ApiKey::LeaveGroup) {
+        let group = format!("g-leave-{version}");
+        let (leaver, _) = join_and_sync(&mut raw, &group, 5);
+        let mut request = LeaveGroupRequest::default();
+        request.group_id = GroupId(sb(&group));
+        if version >= 3 {
+            let mut identity = MemberIdentity::default();
+            identity.member_id = sb(&leaver);
+            request.members = vec![identity];
+        } else {
+            request.member_id = sb(&leaver);
+        }
+        let answer: kafka_protocol::messages::LeaveGroupResponse = raw.send(&request, version);
+        assert_eq!(answer.error_code, NONE, "LeaveGroup v{version}");
+        if version >= 3 {
+            assert_eq!(answer.members[0].error_code, NONE);
+        }
+    }
+    for version in versions(ApiKey::DeleteGroups) {
+        // The groups left above are empty (or emptying): delete one per version.
+        let group = format!("g-leave-{}", version + 3);
+        let mut request = DeleteGroupsRequest::default();
+        request.groups_names = vec![GroupId(sb(&group))];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer: kafka_protocol::messages::DeleteGroupsResponse =
+                raw.send(&request, version);
+            match answer.results[0].error_code {
+                NONE => break,
+                NON_EMPTY_GROUP if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => panic!("DeleteGroups v{version}: {other}"),
+            }
+        }
+    }
+}
+
+fn raw_versions(address: &str) -> kafka_protocol::messages::ApiVersionsResponse {
+    Raw::connect(address).send(&kafka_protocol::messages::ApiVersionsRequest::default(), 0)
+}
+
+/// A JoinGroup parked in a rebalance does not hold up shutdown: it is answered
+/// NOT_COORDINATOR and the broker stops at once.
+#[test]
+fn shutdown_answers_parked_joins() {
+    const NOT_COORDINATOR: i16 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker =
+        Broker::start(&dir.path().join("data"), &["--set", "group.initial.rebalance.delay.ms=0"]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("raw-topic", 1, &[]);
+    join_and_sync(&mut raw, "g-parked", 5);
+    // A second member's join waits for the first to rejoin, which it never does.
+    let mut other = Raw::connect(&broker.address());
+    let parked = std::thread::spawn(move || {
+        let joined: JoinGroupResponse = other.send(&join_request("g-parked", "", None), 3);
+        joined.error_code
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert!(broker.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(5), "stop took {:?}", started.elapsed());
+    assert_eq!(parked.join().unwrap(), NOT_COORDINATOR);
+}
+
+/// Offsets committed outside a group expire after `offsets.retention.minutes`, and the
+/// group goes with them.
+#[test]
+fn committed_offsets_expire_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &[
+            "--set",
+            "offsets.retention.minutes=1",
+            "--set",
+            "offsets.retention.check.interval.ms=200",
+        ],
+    );
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("raw-topic", 1, &[]);
+    let answer = raw.send(&commit_request("g-expiring", -1, "", "raw-topic", 7), 8);
+    assert_eq!(answer.topics[0].partitions[0].error_code, NONE);
+    assert_eq!(committed(&mut raw, "g-expiring", "raw-topic", 1), vec![7]);
+    let committed_at = Instant::now();
+    let deadline = committed_at + Duration::from_secs(90);
+    while committed(&mut raw, "g-expiring", "raw-topic", 1) == vec![7] {
+        assert!(Instant::now() < deadline, "offsets never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(committed_at.elapsed() >= Duration::from_secs(59), "expired early");
+    assert_eq!(committed(&mut raw, "g-expiring", "raw-topic", 1), vec![-1]);
+    let listed: kafka_protocol::messages::ListGroupsResponse =
+        raw.send(&ListGroupsRequest::default(), 4);
+    assert!(listed.groups.iter().all(|g| g.group_id.0.as_str() != "g-expiring"));
+    assert!(broker.log().contains("expired committed offsets"));
 }

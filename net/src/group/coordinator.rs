@@ -324,6 +324,23 @@ impl Coordinator {
         self.groups.borrow_mut().retain(|id, _| offsets_partition(id, partitions) != partition);
     }
 
+    /// The broker is stopping: parked JoinGroup and SyncGroup requests are answered
+    /// NOT_COORDINATOR now (clients look the coordinator up again and retry), so that
+    /// connections drain at once instead of waiting out a rebalance.
+    pub fn shutdown(&self) {
+        let mut groups = self.groups.borrow_mut();
+        for group in groups.values_mut() {
+            for member in group.members.values_mut() {
+                if let Some(join) = member.join.take() {
+                    let _ = join.try_send(JoinOutcome::failed(code::NOT_COORDINATOR, &member.id));
+                }
+                if let Some(sync) = member.sync.take() {
+                    let _ = sync.try_send(SyncOutcome::failed(code::NOT_COORDINATOR));
+                }
+            }
+        }
+    }
+
     fn schedule(&self, deadline_ms: u64, group: &str, kind: TimerKind) {
         let timer = GroupTimer { group: group.to_string(), kind };
         if let Err(error) = self.timers.with(|wheel| wheel.add(deadline_ms, timer)) {
@@ -390,6 +407,9 @@ impl Coordinator {
         let failed = |error| JoinOutcome::failed(error, &args.member_id);
         if args.group.is_empty() {
             return failed(code::INVALID_GROUP_ID);
+        }
+        if shard.stopping() {
+            return failed(code::NOT_COORDINATOR);
         }
         if let Err(error) = self.check_serving(shard, &args.group) {
             return failed(error);
@@ -757,6 +777,9 @@ impl Coordinator {
     async fn sync(&self, shard: &Rc<Shard>, args: SyncArgs) -> SyncOutcome {
         if args.group.is_empty() {
             return SyncOutcome::failed(code::INVALID_GROUP_ID);
+        }
+        if shard.stopping() {
+            return SyncOutcome::failed(code::NOT_COORDINATOR);
         }
         if let Err(error) = self.check_serving(shard, &args.group) {
             return SyncOutcome::failed(error);
