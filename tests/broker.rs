@@ -10,6 +10,8 @@ mod admin;
 mod groups;
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/idempotence.rs"]
+mod idempotence;
 #[path = "support/kafka.rs"]
 mod kafka;
 

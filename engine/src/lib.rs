@@ -8,6 +8,7 @@ pub mod clock;
 pub mod io;
 pub mod log;
 pub mod metadata;
+pub mod producer;
 pub mod runtime;
 pub mod shard;
 pub mod sync;

@@ -70,6 +70,12 @@ pub enum MetadataRecord {
         name: String,
         configs: Vec<(String, String)>,
     },
+    /// Producer ids below `end` may have been handed out (InitProducerId allocates them
+    /// in blocks, so ids are never reused after a restart). New variants go last: the
+    /// log stores the variant index.
+    ProducerIds {
+        end: i64,
+    },
 }
 
 /// One topic as the records so far describe it.
@@ -90,12 +96,16 @@ pub struct MetadataImage {
     topics: BTreeMap<String, TopicMetadata>,
     /// Topic id to topic name; holds exactly one entry per topic.
     topic_names_by_id: BTreeMap<[u8; 16], String>,
+    /// The first producer id never handed out.
+    producer_ids_end: i64,
 }
 
 #[derive(Debug, Error)]
 pub enum MetadataError {
     #[error("metadata i/o on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("producer id block end {end} is not past the current end {current}")]
+    ProducerIdsBackwards { end: i64, current: i64 },
     #[error("corrupt metadata log {path} at byte {position}: {reason}")]
     Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("metadata log {path} failed an earlier append; reopen it to recover")]
@@ -203,6 +213,15 @@ impl MetadataImage {
                 Ok(())
             }
             MetadataRecord::SetTopicConfigs { name, configs: _ } => self.existing(name).map(|_| ()),
+            MetadataRecord::ProducerIds { end } => {
+                if *end <= self.producer_ids_end {
+                    return Err(MetadataError::ProducerIdsBackwards {
+                        end: *end,
+                        current: self.producer_ids_end,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -243,9 +262,15 @@ impl MetadataImage {
                 let topic = self.topics.get_mut(name).expect("checked: the topic exists");
                 topic.configs = configs.iter().cloned().collect();
             }
+            MetadataRecord::ProducerIds { end } => self.producer_ids_end = *end,
         }
         assert_eq!(self.topics.len(), self.topic_names_by_id.len());
         Ok(())
+    }
+
+    /// The first producer id never handed out.
+    pub fn producer_ids_end(&self) -> i64 {
+        self.producer_ids_end
     }
 
     fn existing(&self, name: &str) -> Result<&TopicMetadata, MetadataError> {
@@ -902,6 +927,7 @@ mod tests {
                     MetadataRecord::SetTopicConfigs { name, configs } => {
                         reference.get_mut(&name).unwrap().2 = configs.into_iter().collect();
                     }
+                    MetadataRecord::ProducerIds { .. } => {}
                 }
             }
             let flattened: Reference = image

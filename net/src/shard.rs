@@ -22,6 +22,7 @@ use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::{Clock, SystemClock};
 use sluice_engine::log::{Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
+use sluice_engine::producer::{BatchIdentity, ProducerStates, SequenceError, Verdict};
 use sluice_engine::shard::{shard_of, ShardId};
 use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{
@@ -50,6 +51,10 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub log: Log,
     pub settings: RefCell<TopicSettings>,
+    /// Idempotent producers' sequences (in memory: rebuilt from nothing on restart, so
+    /// a producer's first batch after a restart gets UNKNOWN_PRODUCER_ID unless it
+    /// starts a sequence; see docs/ARCHITECTURE.md).
+    pub producers: RefCell<ProducerStates>,
 }
 
 impl Partition {
@@ -85,6 +90,8 @@ pub enum ShardRequest {
     Apply(MetadataRecord),
     /// To a group's coordinator shard.
     Group(GroupCall),
+    /// To the controller: a new producer id.
+    AllocateProducerId,
 }
 
 #[derive(Debug)]
@@ -98,6 +105,7 @@ pub enum ShardResponse {
     Controller(Result<(), KafkaError>),
     Applied,
     Group(GroupAnswer),
+    ProducerId(Result<i64, KafkaError>),
     /// The target shard is gone (shutting down).
     Unavailable,
 }
@@ -177,6 +185,29 @@ pub struct EpochPart {
     pub leader_epoch: i32,
 }
 
+fn sequence_error(error: SequenceError, batch: &BatchIdentity) -> KafkaError {
+    let (code, what) = match error {
+        SequenceError::InvalidProducerEpoch => (code::INVALID_PRODUCER_EPOCH, "an old epoch"),
+        SequenceError::OutOfOrderSequence => {
+            (code::OUT_OF_ORDER_SEQUENCE_NUMBER, "a sequence out of order")
+        }
+        SequenceError::UnknownProducerId => {
+            (code::UNKNOWN_PRODUCER_ID, "an unknown producer not at sequence 0")
+        }
+        // The earlier attempt is still being written: the client retries.
+        SequenceError::DuplicateInFlight => {
+            (code::REQUEST_TIMED_OUT, "a retry of a batch in flight")
+        }
+    };
+    KafkaError::new(
+        code,
+        format!(
+            "batch of producer {} epoch {} sequence {}: {what}",
+            batch.producer_id, batch.epoch, batch.first_sequence
+        ),
+    )
+}
+
 /// Kafka's special ListOffsets timestamps.
 pub mod list_offsets {
     pub const LATEST: i64 = -1;
@@ -212,7 +243,15 @@ struct Controller {
     log: RefCell<MetadataLog>,
     /// One metadata change at a time, from validation to every shard having applied it.
     lock: FifoLock,
+    /// The next producer id to hand out; ids up to the image's `producer_ids_end` are
+    /// allocated (stored), so none is reused after a restart.
+    next_producer_id: Cell<i64>,
+    /// One producer id allocation at a time.
+    producer_ids: FifoLock,
 }
+
+/// Producer ids stored per metadata record.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// The future of [`Shard::stopped`].
 pub struct StopListener<'a> {
@@ -465,6 +504,9 @@ impl Shard {
                 ShardResponse::Applied
             }
             ShardRequest::Group(call) => ShardResponse::Group(self.groups.call(self, call).await),
+            ShardRequest::AllocateProducerId => {
+                ShardResponse::ProducerId(self.allocate_producer_id().await)
+            }
         }
     }
 
@@ -509,14 +551,40 @@ impl Shard {
                     return ProduceResult::failed(from_batch_error(&error));
                 }
             };
-            extents.push((at, batch.size()));
+            let identity = (batch.producer_id() >= 0).then(|| {
+                BatchIdentity::new(
+                    batch.producer_id(),
+                    batch.producer_epoch(),
+                    batch.base_sequence(),
+                    batch.last_offset_delta(),
+                )
+            });
+            extents.push((at, batch.size(), identity, i64::from(batch.last_offset_delta()) + 1));
             at += batch.size();
         }
         if at != bytes.len() {
             return ProduceResult::failed(KafkaError::new(code::CORRUPT_MESSAGE, "trailing bytes"));
         }
+        // Idempotent producers: check sequences and stage the batches before appending,
+        // in arrival order, so pipelined requests are checked against each other.
+        let staged = match Self::check_sequences(&partition, &extents) {
+            Ok(staged) => staged,
+            Err(Ok(duplicate_base_offset)) => {
+                debug!(partition = %part.tp, duplicate_base_offset, "duplicate batch not written again");
+                return ProduceResult {
+                    error: None,
+                    base_offset: duplicate_base_offset,
+                    log_append_time_ms: -1,
+                    log_start_offset: partition.log.log_start_offset(),
+                };
+            }
+            Err(Err(error)) => {
+                debug!(partition = %part.tp, message = %error.message, "produce refused");
+                return ProduceResult::failed(error);
+            }
+        };
         let now_ms = self.clock.wall_ms();
-        for (start, size) in extents {
+        for &(start, size, _, _) in &extents {
             let batch = &mut bytes[start..start + size];
             batch::set_partition_leader_epoch(batch, LEADER_EPOCH);
             if log_append_time {
@@ -525,6 +593,16 @@ impl Shard {
         }
         match partition.log.append(&mut bytes).await {
             Ok(info) => {
+                if !staged.is_empty() {
+                    let mut producers = partition.producers.borrow_mut();
+                    let mut offset = info.base_offset;
+                    for &(_, _, identity, count) in &extents {
+                        if let Some(identity) = identity {
+                            producers.appended(identity, offset, offset + count - 1);
+                        }
+                        offset += count;
+                    }
+                }
                 self.on_append(&part.tp);
                 ProduceResult {
                     error: None,
@@ -537,9 +615,47 @@ impl Shard {
                 if !matches!(error, LogError::Batch(_)) {
                     error!(partition = %part.tp, %error, "append failed");
                 }
+                let mut producers = partition.producers.borrow_mut();
+                for identity in staged {
+                    producers.append_failed(identity.producer_id);
+                }
                 ProduceResult::failed(from_log_error(&error))
             }
         }
+    }
+
+    /// Checks the idempotent batches of a produce against the partition's producer
+    /// state. `Ok`: the staged batches (maybe none); `Err(Ok(offset))`: the request is a
+    /// duplicate of the batch written at `offset`; `Err(Err(_))`: refused.
+    #[allow(clippy::type_complexity)]
+    fn check_sequences(
+        partition: &Partition,
+        extents: &[(usize, usize, Option<BatchIdentity>, i64)],
+    ) -> Result<Vec<BatchIdentity>, Result<i64, KafkaError>> {
+        let mut producers = partition.producers.borrow_mut();
+        let mut staged = Vec::new();
+        let single = extents.len() == 1;
+        for identity in extents.iter().filter_map(|(_, _, identity, _)| *identity) {
+            let refused = match producers.check(identity) {
+                Ok(Verdict::Append) => {
+                    staged.push(identity);
+                    continue;
+                }
+                Ok(Verdict::Duplicate { base_offset, .. }) if single => {
+                    return Err(Ok(base_offset))
+                }
+                Ok(Verdict::Duplicate { .. }) => KafkaError::new(
+                    code::DUPLICATE_SEQUENCE_NUMBER,
+                    "a duplicate batch among others in one request",
+                ),
+                Err(error) => sequence_error(error, &identity),
+            };
+            for identity in staged {
+                producers.append_failed(identity.producer_id);
+            }
+            return Err(Err(refused));
+        }
+        Ok(staged)
     }
 
     /// Wakes the fetches waiting on `tp`.
@@ -782,6 +898,8 @@ impl Shard {
                     self.on_append(&partition.tp);
                 }
             }
+            // Only the controller hands out producer ids.
+            MetadataRecord::ProducerIds { .. } => {}
             MetadataRecord::SetTopicConfigs { name, .. } => {
                 let settings = self.topic_settings(name);
                 for partition in self.partitions.borrow().values() {
@@ -839,8 +957,12 @@ impl Shard {
         match opened {
             Ok(log) => {
                 debug!(partition = %tp, log_end_offset = log.log_end_offset(), "partition open");
-                let partition =
-                    Rc::new(Partition { tp: tp.clone(), log, settings: RefCell::new(settings) });
+                let partition = Rc::new(Partition {
+                    tp: tp.clone(),
+                    log,
+                    settings: RefCell::new(settings),
+                    producers: RefCell::new(ProducerStates::default()),
+                });
                 self.offline.borrow_mut().remove(&tp);
                 self.partitions.borrow_mut().insert(tp, partition);
             }
@@ -848,6 +970,30 @@ impl Shard {
                 error!(partition = %tp, %reason, "partition offline");
                 self.offline.borrow_mut().insert(tp, reason);
             }
+        }
+    }
+
+    /// On the controller: the next producer id, storing a new block of them first when
+    /// the stored ones are used up.
+    async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, KafkaError> {
+        let Some(controller) = &self.controller else {
+            return Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard"));
+        };
+        let _permit = controller.producer_ids.lock().await;
+        let next = controller.next_producer_id.get();
+        if next >= self.metadata().producer_ids_end() {
+            let end = next + PRODUCER_ID_BLOCK;
+            self.controller_change(MetadataRecord::ProducerIds { end }, false).await?;
+        }
+        controller.next_producer_id.set(next + 1);
+        Ok(next)
+    }
+
+    /// A new producer id from the controller.
+    pub async fn new_producer_id(self: &Rc<Self>) -> Result<i64, KafkaError> {
+        match self.call(0, ShardRequest::AllocateProducerId).await {
+            ShardResponse::ProducerId(result) => result,
+            _ => Err(KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "controller unavailable")),
         }
     }
 
@@ -1135,8 +1281,13 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         clock.clone(),
         DriverOptions::DEFAULT,
     );
-    let controller =
-        start.metadata_log.map(|log| Controller { log: RefCell::new(log), lock: FifoLock::new() });
+    let producer_ids_end = start.image.producer_ids_end();
+    let controller = start.metadata_log.map(|log| Controller {
+        log: RefCell::new(log),
+        lock: FifoLock::new(),
+        next_producer_id: Cell::new(producer_ids_end),
+        producer_ids: FifoLock::new(),
+    });
     let groups = Coordinator::new(clock.clone());
     let shard = Rc::new(Shard {
         id,

@@ -17,9 +17,9 @@ admin = KafkaAdminClient(bootstrap_servers=address, client_id="sluice-test")
 admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
 assert topic in admin.list_topics(), admin.list_topics()
 
-# Idempotence needs InitProducerId, which arrives with the transactions issue.
+# An idempotent producer (InitProducerId, sequence numbers), as kafka-python defaults to.
 producer = KafkaProducer(bootstrap_servers=address, acks="all", linger_ms=5,
-                         enable_idempotence=False)
+                         enable_idempotence=True)
 futures = [producer.send(topic, key=b"k%d" % (i % 10), value=b"value-%06d" % i)
            for i in range(count)]
 producer.flush()

@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -76,6 +77,7 @@ pub const SERVED: &[Served] = &[
     Served { api: ApiKey::ListGroups, min: 0, max: 5 },
     Served { api: ApiKey::DescribeGroups, min: 0, max: 6 },
     Served { api: ApiKey::DeleteGroups, min: 0, max: 2 },
+    Served { api: ApiKey::InitProducerId, min: 0, max: 5 },
 ];
 
 pub fn served(api: ApiKey) -> Option<Served> {
@@ -124,6 +126,7 @@ pub async fn handle(
         ApiKey::ListGroups => serve!(list_groups),
         ApiKey::DescribeGroups => serve!(describe_groups),
         ApiKey::DeleteGroups => serve!(delete_groups),
+        ApiKey::InitProducerId => serve!(init_producer_id),
         ApiKey::JoinGroup => {
             let decoded = decode_body(api, version, body)?;
             let client = crate::group::Client {
@@ -296,6 +299,7 @@ pub fn decode_request(frame: Bytes) -> Result<ApiKey, ProtocolError> {
         ApiKey::ListGroups => decode!(m::ListGroupsRequest),
         ApiKey::DescribeGroups => decode!(m::DescribeGroupsRequest),
         ApiKey::DeleteGroups => decode!(m::DeleteGroupsRequest),
+        ApiKey::InitProducerId => decode!(m::InitProducerIdRequest),
         _ => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
     }
 }
