@@ -170,3 +170,49 @@ fn rdkafka_idempotent_producer_writes_each_message_once_in_order() {
     }
     assert!(seen.iter().all(|s| *s));
 }
+
+/// An idempotent librdkafka producer keeps going across a broker restart (its producer
+/// state is gone after the restart; the client resets its sequence and carries on).
+#[test]
+fn rdkafka_idempotent_producer_survives_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let address = broker.address();
+    Raw::connect(&address).create_topic("idem-restart", 1, &[]);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "60000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "200")
+        .create()
+        .unwrap();
+    let send = |producer: &BaseProducer, from: usize, to: usize| {
+        for i in from..to {
+            let value = format!("{i:08}");
+            let mut record = BaseRecord::<(), String>::to("idem-restart").payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, returned)) => {
+                        record = returned;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+    };
+    send(&producer, 0, 1000);
+    producer.flush(Duration::from_secs(30)).unwrap();
+    broker.stop();
+    broker.restart();
+    send(&producer, 1000, 2000);
+    producer.flush(Duration::from_secs(60)).unwrap();
+    if let Some(error) = producer.client().fatal_error() {
+        panic!("fatal producer error after restart: {error:?}\n{}", broker.log());
+    }
+    let mut raw = Raw::connect(&address);
+    let end = crate::kafka::latest_offset(&mut raw, "idem-restart", 0);
+    assert_eq!(end, 2000, "every message once\n{}", broker.log());
+}
