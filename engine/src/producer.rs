@@ -160,23 +160,6 @@ impl ProducerStates {
     pub fn append_failed(&mut self, producer_id: i64) {
         self.producers.remove(&producer_id);
     }
-
-    /// Restores a batch found in the log (recovery): accepted as written, no checks.
-    pub fn restore(&mut self, batch: BatchIdentity, base_offset: i64, last_offset: i64) {
-        let producer = self.producers.entry(batch.producer_id).or_default();
-        if batch.epoch != producer.epoch {
-            producer.epoch = batch.epoch;
-            producer.batches.clear();
-        }
-        producer.batches.push_back(CachedBatch {
-            first_sequence: batch.first_sequence,
-            last_sequence: batch.last_sequence,
-            offsets: Some((base_offset, last_offset)),
-        });
-        while producer.batches.len() > CACHED_BATCHES {
-            producer.batches.pop_front();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -263,7 +246,13 @@ mod tests {
     #[test]
     fn sequences_wrap_past_i32_max() {
         let mut states = ProducerStates::default();
-        states.restore(batch(1, 0, i32::MAX - 1, 2), 0, 1);
+        // Sequence 0 first, then a batch ending exactly at i32::MAX.
+        let start = batch(1, 0, 0, i32::MAX - 1);
+        states.check(start).unwrap();
+        states.appended(start, 0, i64::from(i32::MAX) - 2);
+        let last = batch(1, 0, i32::MAX - 1, 2);
+        assert_eq!(last.last_sequence, i32::MAX);
+        assert_eq!(states.check(last), Ok(Verdict::Append));
         assert_eq!(batch(1, 0, i32::MAX, 3).last_sequence, 1);
         assert_eq!(states.check(batch(1, 0, 0, 1)), Ok(Verdict::Append));
     }
