@@ -64,16 +64,7 @@ fn produce(address: &str, topic: &str, tag: &str, count: usize) {
     for i in 0..count {
         let key = format!("k{i}");
         let value = format!("{tag}-{i}");
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        crate::kafka::send_waiting(&producer, BaseRecord::to(topic).key(&key).payload(&value));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }
@@ -425,6 +416,19 @@ fn every_assignor_converges() {
     }
 }
 
+/// Runs `sluice group ARGS --bootstrap-server ADDRESS`: (success, stdout, stderr).
+fn group_cli(address: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("group")
+        .args(args)
+        .args(["--bootstrap-server", address])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    (output.status.success(), stdout, stderr)
+}
+
 /// Two groups on one topic each see every message (the seeds' broadcast case).
 #[test]
 fn two_groups_each_see_every_message() {
@@ -442,12 +446,8 @@ fn two_groups_each_see_every_message() {
     assert_eq!(a.messages().len(), 1500);
     assert_eq!(b.messages().len(), 1500);
     // The admin CLI shows the live member on every partition, with its host and client.
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["group", "describe", "broadcast-a", "--bootstrap-server", &address])
-        .output()
-        .unwrap();
-    let described = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (ok, described, stderr) = group_cli(&address, &["describe", "broadcast-a"]);
+    assert!(ok, "{stderr}");
     let rows: Vec<Vec<&str>> = described
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -503,17 +503,7 @@ fn kafka_python_joins_a_group_and_commits() {
 
     // The admin CLI shows the same: the group, and per partition the committed offset,
     // log end offset and a lag of 0; then deletes it.
-    let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("group")
-            .args(args)
-            .args(["--bootstrap-server", &address])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        (output.status.success(), stdout, stderr)
-    };
+    let cli = |args: &[&str]| group_cli(&address, args);
     let (ok, listed, stderr) = cli(&["list"]);
     assert!(ok, "{stderr}");
     eprintln!("{listed}");

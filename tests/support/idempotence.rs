@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
 
 use crate::harness::{produce_request, Broker, Raw};
+use crate::kafka::send_waiting;
 
 const NONE: i16 = 0;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -122,16 +123,7 @@ fn rdkafka_idempotent_producer_writes_each_message_once_in_order() {
     for i in 0..count {
         let key = format!("k{}", i % 30);
         let value = format!("{i:08}");
-        let mut record = BaseRecord::to("idem-rdkafka").key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&producer, BaseRecord::to("idem-rdkafka").key(&key).payload(&value));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     drop(producer);
@@ -191,16 +183,7 @@ fn rdkafka_idempotent_producer_survives_a_broker_restart() {
     let send = |producer: &BaseProducer, from: usize, to: usize| {
         for i in from..to {
             let value = format!("{i:08}");
-            let mut record = BaseRecord::<(), String>::to("idem-restart").payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, returned)) => {
-                        record = returned;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_waiting(producer, BaseRecord::<(), String>::to("idem-restart").payload(&value));
         }
     };
     send(&producer, 0, 1000);

@@ -97,22 +97,36 @@ fn value_of(tag: &str, id: usize) -> String {
     format!("{tag}-{id:08}-{}", "x".repeat(64))
 }
 
+/// Sends `record`, polling (serving delivery reports) while librdkafka's queue is full.
+pub(crate) fn send_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 /// Produces `count` keyed messages and waits for every delivery report.
 fn produce_keyed(address: &str, topic: &str, acks: &str, count: usize, tag: &str) -> Reports {
     let producer = producer(address, acks);
     for id in 0..count {
         let key = format!("key-{}", id % 1000);
         let value = value_of(tag, id);
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(id)).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_waiting(
+            &producer,
+            BaseRecord::with_opaque_to(topic, Box::new(id)).key(&key).payload(&value),
+        );
         if id % 1000 == 0 {
             producer.poll(Duration::ZERO);
         }

@@ -713,7 +713,7 @@ impl Coordinator {
             group.leader = None;
             group.set_state(State::Empty, wall);
             info!(group = %group.id, generation = group.generation, "group is empty");
-            writes.push(group_write(group));
+            writes.push(group_write(&group.id, Some(&group.value())));
             group.stored = true;
             return;
         }
@@ -840,12 +840,8 @@ impl Coordinator {
             }
         };
         if let Some((generation, assignments, value)) = store {
-            let key = records::encode_key(&OffsetsKey::Group { group: args.group.clone() });
             let written = shard
-                .append_group_records(
-                    &args.group,
-                    vec![(key, Some(records::encode_group_value(&value)))],
-                )
+                .append_group_records(&args.group, vec![group_write(&args.group, Some(&value))])
                 .await;
             let now = shard.clock.monotonic_ms();
             let wall = shard.clock.wall_ms();
@@ -1349,10 +1345,7 @@ impl Coordinator {
                 let mut writes: Vec<Write> =
                     expired.iter().map(|tp| offset_write(&group.id, tp, None)).collect();
                 if dead && group.stored {
-                    writes.push((
-                        records::encode_key(&OffsetsKey::Group { group: group.id.clone() }),
-                        None,
-                    ));
+                    writes.push(group_write(&group.id, None));
                 }
                 work.push((group.id.clone(), expired, dead, writes));
             }
@@ -1437,9 +1430,9 @@ impl Coordinator {
             }
         }
         // Groups whose tombstones left nothing.
+        let partitions = shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions);
         groups.retain(|id, g| {
-            offsets_partition(id, shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions))
-                != partition
+            offsets_partition(id, partitions) != partition
                 || g.stored
                 || !g.offsets.is_empty()
                 || !g.members.is_empty()
@@ -1576,15 +1569,16 @@ fn offset_write(group: &str, tp: &TopicPartition, committed: Option<&Committed>)
     (key, value)
 }
 
-fn group_write(group: &Group) -> Write {
-    let key = records::encode_key(&OffsetsKey::Group { group: group.id.clone() });
-    (key, Some(records::encode_group_value(&group.value())))
+/// The group record (None: its tombstone).
+fn group_write(group: &str, value: Option<&GroupValue>) -> Write {
+    let key = records::encode_key(&OffsetsKey::Group { group: group.to_string() });
+    (key, value.map(records::encode_group_value))
 }
 
 /// Tombstones for everything stored of a group.
 fn tombstones(group: &Group) -> Vec<Write> {
     let mut writes: Vec<Write> =
         group.offsets.keys().map(|tp| offset_write(&group.id, tp, None)).collect();
-    writes.push((records::encode_key(&OffsetsKey::Group { group: group.id.clone() }), None));
+    writes.push(group_write(&group.id, None));
     writes
 }
