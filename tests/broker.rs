@@ -14,6 +14,8 @@ mod harness;
 mod idempotence;
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/zerocopy.rs"]
+mod zerocopy;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

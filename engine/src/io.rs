@@ -16,10 +16,10 @@
 //! after N bytes, fail the next read. Faults hit real files, so what recovery then finds
 //! on disk is exactly what a crash would leave.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::io;
 use std::ops::Deref;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,6 +148,9 @@ pub struct SegmentFile {
     /// Logical length: the bytes appended so far. Direct-mode padding is not counted.
     len: Cell<u64>,
     faults: Option<Arc<FaultPlan>>,
+    /// A duplicate of the descriptor for zero-copy senders on any shard (buffered mode),
+    /// made on first use.
+    shared_fd: OnceCell<Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for SegmentFile {
@@ -172,6 +175,13 @@ fn set_len(fd: std::os::fd::RawFd, len: u64) -> io::Result<()> {
     // the whole call; the borrow does not outlive it.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     nix::unistd::ftruncate(fd, len).map_err(io::Error::from)
+}
+
+#[allow(unsafe_code)]
+fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by fcntl(F_DUPFD_CLOEXEC): open, and owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Removes a file with a plain syscall (see [`set_len`] for why not glommio's).
@@ -209,7 +219,26 @@ impl SegmentFile {
                 (Backend::Direct(direct), len)
             }
         };
-        Ok(SegmentFile { backend, path: path.to_path_buf(), len: Cell::new(len), faults })
+        Ok(SegmentFile {
+            backend,
+            path: path.to_path_buf(),
+            len: Cell::new(len),
+            faults,
+            shared_fd: OnceCell::new(),
+        })
+    }
+
+    /// In buffered mode, a descriptor of this file that may be sent to other threads and
+    /// outlives the segment (for `sendfile` from the page cache); `None` in direct mode,
+    /// whose reads bypass the page cache and must go through [`SegmentFile::read_at`].
+    pub fn shared_fd(&self) -> io::Result<Option<Arc<OwnedFd>>> {
+        let Backend::Buffered(file) = &self.backend else { return Ok(None) };
+        if let Some(fd) = self.shared_fd.get() {
+            return Ok(Some(fd.clone()));
+        }
+        use nix::fcntl::{fcntl, FcntlArg};
+        let fd = Arc::new(fcntl(file.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(0)).map(owned)?);
+        Ok(Some(self.shared_fd.get_or_init(|| fd).clone()))
     }
 
     pub fn path(&self) -> &Path {

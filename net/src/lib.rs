@@ -7,6 +7,8 @@ pub mod group;
 pub mod handlers;
 pub mod mesh;
 pub mod protocol;
+pub mod recent;
 pub mod server;
 pub mod shard;
 pub mod ticker;
+pub mod zerocopy;

@@ -7,6 +7,7 @@
 //! responses behind it. At most `queued.max.requests` are in flight per connection; the
 //! reader stops reading until the writer catches up.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::handlers::{self, Parsed};
 use crate::protocol::{self, ProtocolError, SIZE_PREFIX_BYTES};
 use crate::shard::Shard;
+use crate::zerocopy::{self, Frame};
 
 /// How often a stopping shard looks whether its connections have closed.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -95,11 +97,18 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
 }
 
 /// A response still being computed, in the connection's response queue.
-type Pending = JoinHandle<Result<Option<Bytes>, ProtocolError>>;
+type Pending = JoinHandle<Result<Option<Frame>, ProtocolError>>;
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
     let peer_addr = stream.peer_addr().ok();
+    // Responses are written with our own non-blocking syscalls (sendmsg, and sendfile for
+    // records in page-cache files); glommio's half is used to read and to close.
+    let socket = stream.as_raw_fd();
+    if let Err(error) = zerocopy::set_nonblocking(socket) {
+        warn!(shard = shard.id, %peer, %error, "cannot make the socket non-blocking");
+        return;
+    }
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, responses) =
@@ -111,7 +120,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
         while let Some(pending) = responses.recv().await {
             match pending.await {
                 Some(Ok(Some(frame))) => {
-                    if let Err(error) = writer.write_all(&frame).await {
+                    let sent =
+                        zerocopy::send_frame(socket, &frame, &writer_shard.fetch_sends).await;
+                    if let Err(error) = sent {
                         debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
                         break;
                     }
@@ -199,7 +210,7 @@ fn dispatch(
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
             let response = handlers::api_versions::unsupported_version(correlation_id);
-            Ok(glommio::spawn_local(async move { response.map(Some) }).detach())
+            Ok(glommio::spawn_local(async move { response.map(|b| Some(b.into())) }).detach())
         }
         Parsed::Request(request) => {
             let shard = shard.clone();

@@ -8,9 +8,9 @@
 //! partitions it owns) before the admin request is answered.
 
 use std::cell::{Cell, Ref, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use sluice_engine::batch::{self, BatchIter};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::{Clock, SystemClock};
+use sluice_engine::io::IoMode;
 use sluice_engine::log::{Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
 use sluice_engine::producer::{BatchIdentity, ProducerStates, SequenceError, Verdict};
@@ -35,11 +36,15 @@ use crate::error::{code, from_batch_error, from_log_error, from_metadata_error, 
 use crate::group::coordinator::{Coordinator, Write};
 use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
+use crate::recent::RecentBatches;
+use crate::zerocopy::{FileRange, RecordBytes, SendStats};
 
 /// Messages between shards waiting in one mesh channel before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// Delayed fetches one shard parks at once.
 const FETCH_WAITERS_MAX: usize = 100_000;
+/// Direct mode: the bytes of recently appended batches a shard keeps for tail fetches.
+const RECENT_BATCHES_BYTES: u64 = 64 << 20;
 /// How long a shard waits for its peers to join the mesh at start-up.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The leader epoch of every partition while the broker is a single node. Replication
@@ -55,6 +60,8 @@ pub struct Partition {
     /// a producer's first batch after a restart gets UNKNOWN_PRODUCER_ID unless it
     /// starts a sequence; see docs/ARCHITECTURE.md).
     pub producers: RefCell<ProducerStates>,
+    /// Direct mode: the most recently appended batches, for tail fetches.
+    pub recent: RecentBatches,
 }
 
 impl Partition {
@@ -149,12 +156,17 @@ pub struct FetchResult {
     pub error: Option<KafkaError>,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    pub records: RecordBytes,
 }
 
 impl FetchResult {
     pub fn failed(error: KafkaError) -> Self {
-        Self { error: Some(error), high_watermark: -1, log_start_offset: -1, records: Bytes::new() }
+        Self {
+            error: Some(error),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: RecordBytes::default(),
+        }
     }
 }
 
@@ -320,6 +332,12 @@ pub struct Shard {
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
+    /// Fetched record bytes this shard's connections sent, zero-copy and copied.
+    pub fetch_sends: SendStats,
+    /// Direct mode's cache of recent batches over all partitions, oldest first:
+    /// (partition, chunk base offset, chunk bytes), and the bytes it holds.
+    recent_order: RefCell<VecDeque<(Weak<Partition>, i64, u64)>>,
+    recent_bytes: Cell<u64>,
     stop_fired: Cell<bool>,
     stop_wakers: RefCell<HashMap<u64, std::task::Waker>>,
 }
@@ -543,8 +561,17 @@ impl Shard {
         let mut bytes = records.to_vec();
         let mut extents = Vec::new();
         let mut at = 0usize;
+        // The CRC is checked once, by `Log::append`, before anything is written; except
+        // with LogAppendTime, where the CRC is recomputed below and must be checked first.
+        let check = |b: &batch::Batch<'_>| {
+            if log_append_time {
+                b.validate(max_message_bytes)
+            } else {
+                b.validate_structure(max_message_bytes)
+            }
+        };
         for batch in BatchIter::new(&bytes) {
-            let batch = match batch.and_then(|b| b.validate(max_message_bytes).map(|()| b)) {
+            let batch = match batch.and_then(|b| check(&b).map(|()| b)) {
                 Ok(batch) => batch,
                 Err(error) => {
                     warn!(partition = %part.tp, %error, "rejected produce batch");
@@ -593,6 +620,9 @@ impl Shard {
         }
         match partition.log.append(&mut bytes).await {
             Ok(info) => {
+                if partition.log.options().io_mode == IoMode::Direct {
+                    self.remember(&partition, info.base_offset, info.last_offset + 1, bytes);
+                }
                 if !staged.is_empty() {
                     let mut producers = partition.producers.borrow_mut();
                     let mut offset = info.base_offset;
@@ -612,7 +642,9 @@ impl Shard {
                 }
             }
             Err(error) => {
-                if !matches!(error, LogError::Batch(_)) {
+                if matches!(error, LogError::Batch(_)) {
+                    warn!(partition = %part.tp, %error, "rejected produce batch");
+                } else {
                     error!(partition = %part.tp, %error, "append failed");
                 }
                 let mut producers = partition.producers.borrow_mut();
@@ -689,30 +721,50 @@ impl Shard {
         }
         let high_watermark = partition.high_watermark();
         let log_start_offset = partition.log.log_start_offset();
-        let answer = |error: Option<KafkaError>, records: Bytes| FetchResult {
+        let answer = |error: Option<KafkaError>, records: RecordBytes| FetchResult {
             error,
             high_watermark,
             log_start_offset,
             records,
         };
+        let none = RecordBytes::default;
         if part.offset < log_start_offset || part.offset > high_watermark {
             let message =
                 format!("offset {} is outside [{log_start_offset}, {high_watermark}]", part.offset);
-            return answer(Some(KafkaError::new(code::OFFSET_OUT_OF_RANGE, message)), Bytes::new());
+            return answer(Some(KafkaError::new(code::OFFSET_OUT_OF_RANGE, message)), none());
         }
         if part.offset == high_watermark || part.max_bytes == 0 {
-            return answer(None, Bytes::new());
+            return answer(None, none());
+        }
+        // Direct mode: a tail fetch is served from the batches just appended.
+        if let Some(batches) = partition.recent.read(part.offset, part.max_bytes, high_watermark) {
+            return answer(None, RecordBytes::Cached(batches));
         }
         let slice =
             match partition.log.read(part.offset, part.max_bytes, high_watermark, true).await {
                 Ok(slice) => slice,
-                Err(error) => return answer(Some(from_log_error(&error)), Bytes::new()),
+                Err(error) => return answer(Some(from_log_error(&error)), none()),
             };
+        let Some(file) = slice.file.as_ref() else { return answer(None, none()) };
+        // Page-cache mode: hand out the file range; the connection's writer sends it with
+        // sendfile. Direct mode: the DMA read is the one copy.
+        match file.shared_fd() {
+            Ok(Some(fd)) => {
+                let range = FileRange { fd, position: slice.position, len: slice.bytes };
+                return answer(None, RecordBytes::File(range));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                error!(partition = %part.tp, %error, "fetch: cannot share the segment file");
+                let error = KafkaError::new(code::KAFKA_STORAGE_ERROR, error.to_string());
+                return answer(Some(error), none());
+            }
+        }
         match slice.read().await {
-            Ok(bytes) => answer(None, Bytes::copy_from_slice(&bytes)),
+            Ok(bytes) => answer(None, RecordBytes::Memory(Bytes::copy_from_slice(&bytes))),
             Err(error) => {
                 error!(partition = %part.tp, %error, "fetch read failed");
-                answer(Some(from_log_error(&error)), Bytes::new())
+                answer(Some(from_log_error(&error)), none())
             }
         }
     }
@@ -962,6 +1014,7 @@ impl Shard {
                     log,
                     settings: RefCell::new(settings),
                     producers: RefCell::new(ProducerStates::default()),
+                    recent: RecentBatches::default(),
                 });
                 self.offline.borrow_mut().remove(&tp);
                 self.partitions.borrow_mut().insert(tp, partition);
@@ -1233,6 +1286,45 @@ impl Shard {
         self.fire_stop();
     }
 
+    /// Keeps a direct-mode append's batches in the partition's cache of recent batches,
+    /// evicting the shard's oldest chunks beyond `RECENT_BATCHES_BYTES`.
+    fn remember(&self, partition: &Rc<Partition>, base: i64, end: i64, bytes: Vec<u8>) {
+        let len = bytes.len() as u64;
+        if len > RECENT_BATCHES_BYTES {
+            return;
+        }
+        partition.recent.insert(base, end, Bytes::from(bytes));
+        let mut order = self.recent_order.borrow_mut();
+        order.push_back((Rc::downgrade(partition), base, len));
+        let mut used = self.recent_bytes.get() + len;
+        while used > RECENT_BATCHES_BYTES {
+            let Some((oldest, at, size)) = order.pop_front() else { break };
+            // A partition that closed freed its chunks when it dropped.
+            if let Some(oldest) = oldest.upgrade() {
+                oldest.recent.evict(at);
+            }
+            used -= size;
+        }
+        self.recent_bytes.set(used);
+    }
+
+    /// Logs the fetched record bytes sent so far, by how they were sent.
+    pub fn log_fetch_sends(&self) {
+        let zero_copy = self.fetch_sends.zero_copy_bytes.get();
+        let copied = self.fetch_sends.copied_bytes.get();
+        let total = zero_copy + copied;
+        let share = if total == 0 { 0.0 } else { zero_copy as f64 * 100.0 / total as f64 };
+        info!(
+            shard = self.id,
+            zero_copy_bytes = zero_copy,
+            copied_bytes = copied,
+            cached_bytes = self.fetch_sends.cached_bytes.get(),
+            warmed_bytes = self.fetch_sends.warmed_bytes.get(),
+            zero_copy_percent = format!("{share:.4}"),
+            "fetch bytes sent"
+        );
+    }
+
     async fn serve_mesh(self: Rc<Self>, receivers: MeshReceivers<MeshMsg>) {
         let mut tasks = Vec::new();
         for (peer, receiver) in receivers {
@@ -1305,6 +1397,9 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         groups,
         stop: start.stop,
         connections: Cell::new(0),
+        fetch_sends: SendStats::default(),
+        recent_order: RefCell::new(VecDeque::new()),
+        recent_bytes: Cell::new(0),
         stop_fired: Cell::new(false),
         stop_wakers: RefCell::new(HashMap::new()),
     });
@@ -1357,6 +1452,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         .map_err(|error| format!("starting the fetch timer: {error}"))?;
     let housekeeping = glommio::spawn_local(shard.clone().housekeeping());
     let served = crate::server::serve(shard.clone()).await;
+    shard.log_fetch_sends();
     housekeeping.await;
     shard.fetch_waiters.stop();
     timer_task.await;

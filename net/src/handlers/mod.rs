@@ -40,6 +40,7 @@ use sluice_engine::checkpoint::TopicPartition;
 use crate::error::KafkaError;
 use crate::protocol::{self, decode_body, encode_response, FixedHeader, ProtocolError, Request};
 use crate::shard::Shard;
+use crate::zerocopy::Frame;
 
 /// An API we serve and the versions of it we serve.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +91,7 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: Request,
     peer: Option<std::net::SocketAddr>,
-) -> Result<Option<Bytes>, ProtocolError> {
+) -> Result<Option<Frame>, ProtocolError> {
     let api = request.api;
     let version = request.header.request_api_version;
     let correlation_id = request.header.correlation_id;
@@ -99,13 +100,17 @@ pub async fn handle(
         ($module:ident) => {{
             let decoded = decode_body(api, version, body)?;
             let response = $module::handle(shard, decoded, version).await;
-            encode_response(api, version, correlation_id, &response).map(Some)
+            encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
         }};
     }
     match api {
         ApiKey::ApiVersions => serve!(api_versions),
         ApiKey::Metadata => serve!(metadata),
-        ApiKey::Fetch => serve!(fetch),
+        ApiKey::Fetch => {
+            let decoded = decode_body(api, version, body)?;
+            let answer = fetch::handle(shard, decoded, version).await;
+            Ok(Some(fetch::encode(version, correlation_id, answer)))
+        }
         ApiKey::ListOffsets => serve!(list_offsets),
         ApiKey::CreateTopics => serve!(create_topics),
         ApiKey::DeleteTopics => serve!(delete_topics),
@@ -135,13 +140,13 @@ pub async fn handle(
                 host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
             };
             let response = join_group::handle(shard, decoded, version, client).await;
-            encode_response(api, version, correlation_id, &response).map(Some)
+            encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
         }
         ApiKey::Produce => {
             let decoded = decode_body(api, version, body)?;
             match produce::handle(shard, decoded, version).await {
                 Some(response) => {
-                    encode_response(api, version, correlation_id, &response).map(Some)
+                    encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
                 }
                 None => Ok(None),
             }
