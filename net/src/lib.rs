@@ -1,6 +1,7 @@
 //! Sluice network layer: the Kafka protocol (framing, headers, error codes, one handler
 //! per API) and the shard-per-core server that owns partitions end to end.
 
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod group;
