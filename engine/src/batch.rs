@@ -143,24 +143,34 @@ impl<'a> Batch<'a> {
     /// Full validation: magic, CRC-32C, record count against the offset delta, and the
     /// size limit (`max.message.bytes`).
     pub fn validate(&self, size_max: usize) -> Result<(), BatchError> {
-        self.validate_structure(size_max)?;
+        self.check_magic_and_size(size_max)?;
+        // The CRC before the counts: damage in the counted fields is a corrupt batch.
         let computed = self.crc_computed();
         if computed != self.crc_stored() {
             return Err(BatchError::CorruptCrc { stored: self.crc_stored(), computed });
         }
-        Ok(())
+        self.check_counts()
     }
 
     /// Everything [`Batch::validate`] checks except the CRC: for a caller that hands the
     /// batch to `Log::append`, which checks the CRC before writing (one pass over the
     /// bytes instead of two).
     pub fn validate_structure(&self, size_max: usize) -> Result<(), BatchError> {
+        self.check_magic_and_size(size_max)?;
+        self.check_counts()
+    }
+
+    fn check_magic_and_size(&self, size_max: usize) -> Result<(), BatchError> {
         if self.magic() != MAGIC_V2 {
             return Err(BatchError::BadMagic { magic: self.magic() });
         }
         if self.size() > size_max {
             return Err(BatchError::TooLarge { size: self.size(), limit: size_max });
         }
+        Ok(())
+    }
+
+    fn check_counts(&self) -> Result<(), BatchError> {
         let count = self.record_count();
         let last_offset_delta = self.last_offset_delta();
         // A batch holds at least one record except after compaction (count 0 is legal for

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The broker benchmarks behind perf/RESULTS.md, in one run on this machine:
+#
+#   perf/broker-bench.sh [REPEATS]      (default 3)
+#
+# 1. perf/baseline.sh: fio and iperf3 limits, measured now.
+# 2. For each I/O mode (buffered, direct), each repeat on a fresh broker (one shard,
+#    pinned to CPU 0) and a fresh data dir; sluice-bench pinned to CPU 1:
+#    - produce: acks=1, 1000-byte messages, 1 partition, 1 MiB batches, unlimited, 10 s;
+#    - consume: 3 GB produced first, then read from the page cache, 3 times;
+#    - produce at half the median maximum rate of that mode, 10 s: the latency figures;
+#    - e2e: produce and consume together, 10 s.
+# Each run writes perf/out/bench/MODE-WORKLOAD-N.json (+ .svg); the script prints one
+# summary line per run and the min / median / max per workload and mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=${1:-3}
+out=perf/out/bench
+mkdir -p "$out"
+ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
+cargo build --release -p sluice -p sluice-bench >&2
+
+BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
+
+broker=""
+data=""
+start_broker() { # $1 io mode
+  data=$(mktemp -d "${BENCH_DIR:-/tmp}/sluice-bench-XXXX")
+  port=$((20000 + RANDOM % 20000))
+  taskset -c 0 target/release/sluice serve --listen "127.0.0.1:$port" --data-dir "$data" \
+    --cores 1 --io "$1" >"$data.log" 2>&1 &
+  broker=$!
+  for _ in $(seq 100); do
+    grep -q "listening" "$data.log" && return 0
+    sleep 0.1
+  done
+  echo "broker did not start" >&2
+  cat "$data.log" >&2
+  exit 1
+}
+stop_broker() {
+  kill "$broker" 2>/dev/null || true
+  wait "$broker" 2>/dev/null || true
+  rm -rf "$data" "$data.log"
+}
+trap stop_broker EXIT
+bench() { # $1 json name, rest: bench args
+  local name=$1
+  shift
+  target/release/sluice-bench "$@" --brokers "127.0.0.1:$port" --cpu 1 --json "$out/$name.json" \
+    2>/dev/null | tail -n 12 >"$out/$name.txt" || true
+  python3 - "$out/$name.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["runs"][0]
+name = sys.argv[1].rsplit("/", 1)[-1][:-5]
+parts = [f"{name:24}"]
+if r.get("produce"):
+    p, l = r["produce"], r["produce_latency_us"]
+    parts.append(f"produce {p['payload_mb_per_s']:8.1f} MB/s {p['msgs_per_s']:10.0f} msg/s "
+                 f"p50 {l['p50']}us p99 {l['p99']}us p99.9 {l['p99_9']}us p99.99 {l['p99_99']}us max {l['max']}us")
+if r.get("consume"):
+    c = r["consume"]
+    parts.append(f"consume {c['payload_mb_per_s']:8.1f} MB/s {c['msgs']} msgs")
+if r.get("e2e_latency_us"):
+    l = r["e2e_latency_us"]
+    parts.append(f"e2e p50 {l['p50']}us p99 {l['p99']}us p99.9 {l['p99_9']}us max {l['max']}us")
+print("  ".join(parts))
+EOF
+}
+
+common=(--topic bench --partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
+for io in buffered direct; do
+  for i in $(seq "$repeats"); do
+    start_broker "$io"
+    bench "$io-produce-$i" produce "${common[@]}" --duration 10
+    stop_broker
+  done
+  rate=$(python3 - "$out" "$io" "$repeats" <<'EOF'
+import json, statistics, sys
+out, io, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rates = [json.load(open(f"{out}/{io}-produce-{i}.json"))["runs"][0]["produce"]["msgs_per_s"] for i in range(1, n + 1)]
+print(int(statistics.median(rates) / 2))
+EOF
+)
+  start_broker "$io"
+  target/release/sluice-bench produce --brokers "127.0.0.1:$port" --cpu 1 "${common[@]}" \
+    --topic fill --messages 3000000 >/dev/null 2>&1
+  for i in $(seq "$repeats"); do
+    bench "$io-consume-$i" consume --topic fill --from earliest
+  done
+  stop_broker
+  for i in $(seq "$repeats"); do
+    start_broker "$io"
+    bench "$io-halfload-$i" produce "${common[@]}" --duration 10 --rate "$rate"
+    stop_broker
+  done
+  for i in $(seq "$repeats"); do
+    start_broker "$io"
+    bench "$io-e2e-$i" e2e "${common[@]}" --duration 10
+    stop_broker
+  done
+done
