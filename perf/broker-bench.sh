@@ -11,7 +11,10 @@
 #    - produce at half the median maximum rate of that mode, 10 s: the latency figures;
 #    - e2e: produce and consume together, 10 s.
 # Each run writes perf/out/bench/MODE-WORKLOAD-N.json (+ .svg); the script prints one
-# summary line per run and the min / median / max per workload and mode.
+# summary line per run.
+# Environment: MODES (default "buffered direct"), BENCH_DIR (where data goes; default
+# /tmp), SKIP_BASELINE=1 (keep perf/out/bench/baseline.json), SKIP_MAX=1 (reuse existing
+# max-throughput produce runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
@@ -20,7 +23,9 @@ mkdir -p "$out"
 ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
 cargo build --release -p sluice -p sluice-bench >&2
 
-BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
+if [ -z "${SKIP_BASELINE:-}" ]; then
+  BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
+fi
 
 broker=""
 data=""
@@ -69,11 +74,12 @@ print("  ".join(parts))
 EOF
 }
 
-common=(--topic bench --partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
-for io in buffered direct; do
+common=(--partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
+for io in ${MODES:-buffered direct}; do
   for i in $(seq "$repeats"); do
+    [ -n "${SKIP_MAX:-}" ] && [ -f "$out/$io-produce-$i.json" ] && continue
     start_broker "$io"
-    bench "$io-produce-$i" produce "${common[@]}" --duration 10
+    bench "$io-produce-$i" produce "${common[@]}" --topic bench --duration 10
     stop_broker
   done
   rate=$(python3 - "$out" "$io" "$repeats" <<'EOF'
@@ -92,12 +98,12 @@ EOF
   stop_broker
   for i in $(seq "$repeats"); do
     start_broker "$io"
-    bench "$io-halfload-$i" produce "${common[@]}" --duration 10 --rate "$rate"
+    bench "$io-halfload-$i" produce "${common[@]}" --topic bench --duration 10 --rate "$rate"
     stop_broker
   done
   for i in $(seq "$repeats"); do
     start_broker "$io"
-    bench "$io-e2e-$i" e2e "${common[@]}" --duration 10
+    bench "$io-e2e-$i" e2e "${common[@]}" --topic bench --duration 10
     stop_broker
   done
 done

@@ -83,12 +83,12 @@ echo "flamegraph: $out_dir/flamegraph-$workload.svg"
 # Broker CPU by category: a sample counts once, in the first category that matches.
 python3 - "$collapsed" <<'EOF'
 import re, sys
-copy = re.compile(r"memcpy|memmove|copy_user|copy_to_user|copy_from_user|copy_page|rep_movs")
+copy = re.compile(r"memcpy|memmove|memset|copy_user|_copy_to_iter|_copy_from_iter|copy_folio|copy_page|rep_movs")
 categories = [
     ("protocol decode/encode", re.compile(r"kafka_protocol|::decode|::encode|decode_body|decode_header")),
-    ("memory copy, user space", copy),
-    ("memory copy, kernel", copy),
-    ("crc32c", re.compile(r"crc32c|crc_u64")),
+    ("memory copy/fill, user space", copy),
+    ("memory copy, kernel (socket, page cache)", copy),
+    ("crc32c", re.compile(r"crc32")),
 ]
 totals = {name: 0 for name, _ in categories}
 totals["kernel (syscalls, tcp, fs)"] = 0
