@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiVersionsRequest, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+pub(crate) use sluice_net::client::{api_name, error_name};
 
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,35 +71,6 @@ impl fmt::Display for KafkaError {
 }
 
 impl std::error::Error for KafkaError {}
-
-/// The Kafka name of an error code, e.g. `GROUP_ID_NOT_FOUND` for 69 (`UNKNOWN` when the
-/// code is not in the `kafka-protocol` crate's table, `NONE` for 0).
-pub(crate) fn error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        None => "NONE".to_string(),
-        Some(ResponseError::Unknown(_)) => "UNKNOWN".to_string(),
-        // The crate names errors in CamelCase (`GroupIdNotFound`); Kafka in SCREAMING_SNAKE.
-        Some(error) => {
-            let camel = error.to_string();
-            let mut name = String::with_capacity(camel.len() + 8);
-            for (i, c) in camel.chars().enumerate() {
-                if c.is_ascii_uppercase() && i > 0 {
-                    name.push('_');
-                }
-                name.push(c.to_ascii_uppercase());
-            }
-            name
-        }
-    }
-}
-
-/// The name of an API key, e.g. `DescribeGroups`.
-pub(crate) fn api_name(key: i16) -> String {
-    match ApiKey::try_from(key) {
-        Ok(api) => format!("{api:?}"),
-        Err(()) => format!("API {key}"),
-    }
-}
 
 /// One blocking connection to one broker.
 pub(crate) struct Client {

@@ -24,19 +24,20 @@ pub const HEADER_BYTES: usize = 61;
 /// The only record-batch format Sluice stores.
 pub const MAGIC_V2: i8 = 2;
 
-const OFFSET_BASE: usize = 0;
-const OFFSET_LENGTH: usize = 8;
-const OFFSET_LEADER_EPOCH: usize = 12;
-const OFFSET_MAGIC: usize = 16;
-const OFFSET_CRC: usize = 17;
-const OFFSET_ATTRIBUTES: usize = 21;
-const OFFSET_LAST_OFFSET_DELTA: usize = 23;
-const OFFSET_BASE_TIMESTAMP: usize = 27;
-const OFFSET_MAX_TIMESTAMP: usize = 35;
-const OFFSET_PRODUCER_ID: usize = 43;
-const OFFSET_PRODUCER_EPOCH: usize = 51;
-const OFFSET_BASE_SEQUENCE: usize = 53;
-const OFFSET_RECORD_COUNT: usize = 57;
+/// Byte offsets of the RecordBatch v2 header fields.
+pub const OFFSET_BASE: usize = 0;
+pub const OFFSET_LENGTH: usize = 8;
+pub const OFFSET_LEADER_EPOCH: usize = 12;
+pub const OFFSET_MAGIC: usize = 16;
+pub const OFFSET_CRC: usize = 17;
+pub const OFFSET_ATTRIBUTES: usize = 21;
+pub const OFFSET_LAST_OFFSET_DELTA: usize = 23;
+pub const OFFSET_BASE_TIMESTAMP: usize = 27;
+pub const OFFSET_MAX_TIMESTAMP: usize = 35;
+pub const OFFSET_PRODUCER_ID: usize = 43;
+pub const OFFSET_PRODUCER_EPOCH: usize = 51;
+pub const OFFSET_BASE_SEQUENCE: usize = 53;
+pub const OFFSET_RECORD_COUNT: usize = 57;
 
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;

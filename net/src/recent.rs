@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use sluice_engine::batch::BatchIter;
 
 /// One produce's batches: offsets `[base, end)`.
 #[derive(Debug)]
@@ -64,19 +65,14 @@ impl RecentBatches {
         // Later chunks are used while contiguous: a gap ends the walk (`base > next`).
         for chunk in chunks.range(first_base..).map(|(_, chunk)| chunk) {
             let mut at = 0usize;
-            let bytes = &chunk.bytes;
-            while at + 12 <= bytes.len() {
-                let base = i64::from_be_bytes(bytes[at..at + 8].try_into().ok()?);
-                let size =
-                    12 + i32::from_be_bytes(bytes[at + 8..at + 12].try_into().ok()?) as usize;
-                let last_delta = bytes.get(at + 23..at + 27)?;
-                let last = base + i64::from(i32::from_be_bytes(last_delta.try_into().ok()?));
-                if at + size > bytes.len() {
-                    return None; // Not whole batches: do not trust the chunk.
-                }
+            for batch in BatchIter::new(&chunk.bytes) {
+                // Not whole batches: do not trust the chunk.
+                let batch = batch.ok()?;
+                let (base, last, size) = (batch.base_offset(), batch.last_offset(), batch.size());
+                let start = at;
+                at += size;
                 if last < next {
-                    at += size; // Before the fetch offset.
-                    continue;
+                    continue; // Before the fetch offset.
                 }
                 if base > next || last >= max_offset {
                     return finish(out); // A gap, or past the high watermark.
@@ -84,10 +80,9 @@ impl RecentBatches {
                 if !out.is_empty() && total + size as u64 > max_bytes {
                     return finish(out);
                 }
-                out.push(bytes.slice(at..at + size));
+                out.push(chunk.bytes.slice(start..at));
                 total += size as u64;
                 next = last + 1;
-                at += size;
             }
         }
         finish(out)

@@ -11,27 +11,18 @@
 //! keyLength varint, key, valueLength varint, value, headerCount varint, headers
 //! ```
 
-use sluice_engine::batch::{Batch, BatchError, Compression, HEADER_BYTES, LOG_OVERHEAD, MAGIC_V2};
+use sluice_engine::batch::{
+    write_varint as put_varint, Batch, BatchError, Compression, HEADER_BYTES, LOG_OVERHEAD,
+    MAGIC_V2, OFFSET_ATTRIBUTES, OFFSET_BASE_SEQUENCE, OFFSET_BASE_TIMESTAMP, OFFSET_CRC,
+    OFFSET_LAST_OFFSET_DELTA, OFFSET_LEADER_EPOCH, OFFSET_LENGTH, OFFSET_MAGIC,
+    OFFSET_MAX_TIMESTAMP, OFFSET_PRODUCER_EPOCH, OFFSET_PRODUCER_ID, OFFSET_RECORD_COUNT,
+};
 use thiserror::Error;
 
 /// Most bytes a record adds beyond its key and value: the length varint (5), attributes
 /// (1), timestamp delta varlong (10), offset delta varint (5), key and value length
 /// varints (5 each) and the header count (1).
 pub const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 5 + 5 + 1;
-
-const OFFSET_LENGTH: usize = 8;
-const OFFSET_LEADER_EPOCH: usize = 12;
-const OFFSET_MAGIC: usize = 16;
-const OFFSET_CRC: usize = 17;
-const OFFSET_ATTRIBUTES: usize = 21;
-const OFFSET_LAST_OFFSET_DELTA: usize = 23;
-const OFFSET_BASE_TIMESTAMP: usize = 27;
-const OFFSET_MAX_TIMESTAMP: usize = 35;
-const OFFSET_PRODUCER_ID: usize = 43;
-const OFFSET_PRODUCER_EPOCH: usize = 51;
-const OFFSET_BASE_SEQUENCE: usize = 53;
-const OFFSET_RECORD_COUNT: usize = 57;
-const _: () = assert!(OFFSET_RECORD_COUNT + 4 == HEADER_BYTES);
 
 /// Kafka's codec id in attribute bits 0..2.
 pub fn codec_id(compression: Compression) -> i16 {
@@ -268,16 +259,6 @@ pub fn varint_len(value: i64) -> usize {
     // 1 byte per 7 bits, at least one byte.
     let bits = 64 - (raw | 1).leading_zeros() as usize;
     bits.div_ceil(7)
-}
-
-/// Appends the zig-zag varint encoding of `value`.
-pub fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.push((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
 }
 
 /// Reads a zig-zag varint: the value and the bytes used.
