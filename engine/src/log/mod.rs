@@ -8,7 +8,9 @@
 //! can be shared (`Rc`) by the tasks of its shard: state sits in a `RefCell` that is never
 //! borrowed across an `.await`; appends, flushes, truncation and retention take the
 //! append lock so they run one at a time, while reads run alongside them and see only
-//! bytes whose append has completed.
+//! bytes an append has written into its segment (in direct mode possibly still on their
+//! way to the device, read from the write's buffer). An append releases the lock before
+//! it waits for its direct-mode write to land, and is acknowledged only after.
 
 pub mod index;
 
@@ -752,7 +754,7 @@ impl Log {
         for batch in batch::BatchIter::new(batches) {
             batch?.validate(max_message_bytes)?;
         }
-        let _permit = self.lock().await;
+        let permit = self.lock().await;
         self.check_online()?;
 
         // Assign offsets: base offsets are outside the CRC, so this is a pure rewrite.
@@ -781,7 +783,8 @@ impl Log {
             Ok(position) => position,
             Err(error) => {
                 // Put the file back as it was; if even that fails the log cannot be trusted
-                // until recovery runs, so it goes offline.
+                // until recovery runs, so it goes offline. (It fails when an earlier
+                // direct-mode write failed: bytes of appends already acknowledged are lost.)
                 if let Err(undo) = file.truncate(position_expected).await {
                     self.take_offline(format!("append failed ({error}) and undo failed ({undo})"));
                 }
@@ -819,6 +822,15 @@ impl Log {
         let flush_messages = self.options.borrow().flush_messages;
         if self.state.borrow().unflushed_records >= flush_messages {
             self.flush_locked(false).await?;
+        }
+        // Direct mode: the write may still be in flight. Acknowledge only once it is on
+        // the device (a process killed after the acknowledgement must not lose the
+        // batch), but let the next append in meanwhile: its copy overlaps this write.
+        drop(permit);
+        if let Err(error) = file.wait_landed(position + bytes_len).await {
+            // The log already counts these bytes: it cannot go on until recovery runs.
+            self.take_offline(format!("a write to {} failed: {error}", file.path().display()));
+            return Err(io_error(file.path())(error));
         }
         Ok(AppendInfo {
             base_offset,
@@ -862,12 +874,19 @@ impl Log {
 
     /// Starts a new active segment at `base_offset` (the log end offset).
     async fn roll(&self, base_offset: i64) -> Result<(), LogError> {
+        // The old segment's last direct-mode write may still be in flight: wait for it
+        // here, where a failure can still take the log offline (the detached seal below
+        // could only log it).
+        let old_file = self.state.borrow().active().log.clone();
+        if let Err(error) = old_file.writes_landed().await {
+            self.take_offline(format!("a write to {} failed: {error}", old_file.path().display()));
+            return Err(io_error(old_file.path())(error));
+        }
         let segment = self.new_segment(base_offset).await?;
         let mut state = self.state.borrow_mut();
         assert_eq!(state.log_end_offset, base_offset);
         let old = state.active_mut();
         old.close_time_index();
-        let old_file = old.log.clone();
         state.segments.insert(base_offset, segment);
         drop(state);
         // Seal the old segment off the append path (Kafka flushes it asynchronously too;
@@ -966,6 +985,11 @@ impl Log {
             // A failed fsync leaves the page cache in an unknown state (fsyncgate): the
             // recovery point stays where it was and the error goes to the caller.
             warn!(dir = %self.dir.display(), %error, "flush failed");
+            // A failed direct-mode write lost bytes of acknowledged appends: the log
+            // cannot go on from here until recovery has cut it.
+            if let Some(one) = pending.iter().find(|one| one.log.write_failed()) {
+                self.take_offline(format!("a write to {} failed", one.log.path().display()));
+            }
             return Err(error);
         }
         let mut state = self.state.borrow_mut();

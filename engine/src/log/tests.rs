@@ -361,6 +361,8 @@ fn clean_reopen_and_crash_reopen_keep_every_batch() {
             }
             let before = read_all(&log).await;
             drop(log);
+            // A crash: writes the kernel accepted still land.
+            crate::io::writes_landed().await;
             let log = open(dir.path(), opts, hints, &clock).await;
             assert_eq!(read_all(&log).await, before);
             assert_eq!(log.recovery_point(), log.log_end_offset());
@@ -412,29 +414,95 @@ fn log_second_base(dir: &Path) -> i64 {
 
 #[test]
 fn failed_fsync_keeps_the_recovery_point_and_torn_append_is_undone() {
+    for mode in [IoMode::Buffered, IoMode::Direct] {
+        run(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = ManualClock::new(T0);
+            let faults = std::sync::Arc::new(crate::io::FaultPlan::default());
+            let mut opts = options(mode);
+            opts.faults = Some(faults.clone());
+            let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
+            append_fresh(&log, &batch_bytes(1, 10, T0, 1)).await;
+            log.flush().await.unwrap();
+            assert_eq!(log.recovery_point(), 1);
+            append_fresh(&log, &batch_bytes(1, 10, T0, 2)).await;
+            faults.fail_next_sync();
+            assert!(log.flush().await.is_err());
+            assert_eq!(log.recovery_point(), 1, "a failed fsync does not move the recovery point");
+            log.flush().await.unwrap();
+            assert_eq!(log.recovery_point(), 2);
+            faults.tear_next_append_after(20);
+            let mut torn = batch_bytes(3, 50, T0, 3);
+            assert!(log.append(&mut torn).await.is_err());
+            assert_eq!(log.log_end_offset(), 2);
+            let info = append_fresh(&log, &batch_bytes(1, 10, T0, 4)).await;
+            assert_eq!(info.base_offset, 2);
+            assert_dense(&read_all(&log).await, 0, 3);
+        });
+    }
+}
+
+/// A direct-mode write that fails after the append queued it: the append is not
+/// acknowledged, the log goes offline (it already counted the bytes), and recovery cuts
+/// the log where the lost bytes begin.
+#[test]
+fn failed_direct_write_takes_the_log_offline() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let faults = std::sync::Arc::new(crate::io::FaultPlan::default());
-        let mut opts = options(IoMode::Buffered);
+        let mut opts = options(IoMode::Direct);
         opts.faults = Some(faults.clone());
-        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
+        let log = open(dir.path(), opts.clone(), OpenHints::default(), &clock).await;
         append_fresh(&log, &batch_bytes(1, 10, T0, 1)).await;
         log.flush().await.unwrap();
-        assert_eq!(log.recovery_point(), 1);
-        append_fresh(&log, &batch_bytes(1, 10, T0, 2)).await;
-        faults.fail_next_sync();
+        faults.fail_next_write();
+        let mut lost = batch_bytes(2, 10, T0, 2);
+        assert!(log.append(&mut lost).await.is_err());
+        assert!(log.offline_reason().is_some());
+        let mut next = batch_bytes(1, 10, T0, 3);
+        assert!(log.append(&mut next).await.is_err());
         assert!(log.flush().await.is_err());
-        assert_eq!(log.recovery_point(), 1, "a failed fsync does not move the recovery point");
-        log.flush().await.unwrap();
-        assert_eq!(log.recovery_point(), 2);
-        faults.tear_next_append_after(20);
-        let mut torn = batch_bytes(3, 50, T0, 3);
-        assert!(log.append(&mut torn).await.is_err());
-        assert_eq!(log.log_end_offset(), 2);
-        let info = append_fresh(&log, &batch_bytes(1, 10, T0, 4)).await;
-        assert_eq!(info.base_offset, 2);
-        assert_dense(&read_all(&log).await, 0, 3);
+        assert_eq!(log.recovery_point(), 1);
+        drop(log);
+        crate::io::writes_landed().await;
+        opts.faults = None;
+        let hints = OpenHints { recovery_point: 1, log_start_offset: 0 };
+        let log = open(dir.path(), opts, hints, &clock).await;
+        assert_eq!(log.log_end_offset(), 1);
+        assert_dense(&read_all(&log).await, 0, 1);
+    });
+}
+
+/// Appends from several tasks: each is acknowledged only once its write landed, and the
+/// next one is copied while the previous one is in flight.
+#[test]
+fn concurrent_direct_appends_are_acknowledged_once_on_disk() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let log = std::rc::Rc::new(
+            open(dir.path(), options(IoMode::Direct), OpenHints::default(), &clock).await,
+        );
+        let mut tasks = Vec::new();
+        for task in 0..4u8 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for i in 0..20u8 {
+                    let mut bytes = batch_bytes(3, 3000, T0, task * 20 + i);
+                    log.append(&mut bytes).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        assert_eq!(log.log_end_offset(), 240);
+        assert_dense(&read_all(&log).await, 0, 240);
+        let size = log.size_bytes();
+        // Acknowledged means on disk: a crash now loses nothing.
+        let on_disk = std::fs::metadata(dir.path().join(segment_file_name(0, "log"))).unwrap();
+        assert!(on_disk.len() >= size);
     });
 }
 
@@ -484,6 +552,7 @@ fn crash_case(mode: IoMode, damage_at: f64, flip: Option<u8>) {
         let before = read_all(&log).await;
         let segments: Vec<i64> = log.segment_base_offsets();
         drop(log); // a crash: no flush, no close
+        crate::io::writes_landed().await; // writes the kernel accepted still land
 
         // Lay the segments end to end and find the damaged file and position.
         let mut files = Vec::new();
@@ -748,6 +817,8 @@ fn run_model(mode: IoMode, ops: Vec<Op>) {
                         log_start_offset: log.log_start_offset(),
                     };
                     drop(log);
+                    // A crash: writes the kernel accepted still land.
+                    crate::io::writes_landed().await;
                     log = open(dir.path(), opts.clone(), hints, &clock).await;
                 }
             }
