@@ -149,6 +149,9 @@ pub struct CommitArgs {
     pub member_id: String,
     pub instance_id: Option<String>,
     pub partitions: Vec<CommitPart>,
+    /// TxnOffsetCommit: the transaction's producer (id, epoch). The offsets are written
+    /// as part of the transaction and take effect when its commit marker is written.
+    pub txn: Option<(i64, i16)>,
 }
 
 #[derive(Debug, Clone)]
