@@ -231,9 +231,6 @@ fn raw_transaction_lifecycle() {
     assert_eq!(ends(&mut raw, "txraw", 0), (7, 7));
     assert_eq!(fetch_committed(&mut raw, "txraw", 5).2, Some(vec![]));
     // Unknown partitions are named; the others are not attempted.
-    let mut t = AddPartitionsToTxnTopic::default();
-    t.name = TopicName(text("missing"));
-    t.partitions = vec![0];
     assert_eq!(add_partitions(&mut raw, "raw-tx", pid, epoch, "missing", &[0]), vec![3]);
 }
 
@@ -537,4 +534,105 @@ fn transactions_survive_restarts_and_time_out() {
     assert_eq!(seen.get(&0), Some(&expected), "{}", broker.log());
     let values: BTreeSet<&String> = seen.values().flatten().collect();
     assert!(!values.iter().any(|v| v.starts_with("lost")));
+}
+
+/// kafka-python, an independent client: its transactional producer commits and aborts
+/// alternately; its read_committed consumer sees exactly the committed records.
+#[test]
+fn kafka_python_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_python_txn.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(broker.address())
+        .output()
+        .expect("python3 runs (tools/test.sh installs kafka-python)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "kafka-python transaction script failed:\n{stdout}\n{stderr}\nbroker log:\n{}",
+        broker.log()
+    );
+    assert!(stdout.contains("kafka-python transactions ok"), "{stdout}");
+}
+
+/// Every advertised version of the transaction APIs answers: InitProducerId 0-5,
+/// AddPartitionsToTxn 0-3, EndTxn 0-4, AddOffsetsToTxn 0-4, TxnOffsetCommit 0-4.
+#[test]
+fn every_transaction_api_version_answers() {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{AddOffsetsToTxnRequest, GroupId, TxnOffsetCommitRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("txv", 1, &[]);
+    for version in 0..=5i16 {
+        let mut request = InitProducerIdRequest::default();
+        request.transactional_id = Some(TransactionalId(text("versions")));
+        request.transaction_timeout_ms = 60_000;
+        request.producer_id = ProducerId(-1);
+        request.producer_epoch = -1;
+        let response = raw.send(&request, version);
+        assert_eq!(response.error_code, NONE, "InitProducerId v{version}");
+    }
+    let (pid, epoch) = init(&mut raw, "versions", 60_000);
+    for round in 0..5i16 {
+        let add_version = round.min(3);
+        let mut t = AddPartitionsToTxnTopic::default();
+        t.name = TopicName(text("txv"));
+        t.partitions = vec![0];
+        let mut add = AddPartitionsToTxnRequest::default();
+        add.v3_and_below_transactional_id = TransactionalId(text("versions"));
+        add.v3_and_below_producer_id = ProducerId(pid);
+        add.v3_and_below_producer_epoch = epoch;
+        add.v3_and_below_topics = vec![t];
+        let added = raw.send(&add, add_version);
+        assert_eq!(
+            added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+            NONE
+        );
+        let mut offsets = AddOffsetsToTxnRequest::default();
+        offsets.transactional_id = TransactionalId(text("versions"));
+        offsets.producer_id = ProducerId(pid);
+        offsets.producer_epoch = epoch;
+        offsets.group_id = GroupId(text("versions-group"));
+        assert_eq!(raw.send(&offsets, round).error_code, NONE, "AddOffsetsToTxn v{round}");
+        let mut partition = TxnOffsetCommitRequestPartition::default();
+        partition.partition_index = 0;
+        partition.committed_offset = i64::from(round);
+        partition.committed_leader_epoch = -1;
+        let mut topic = TxnOffsetCommitRequestTopic::default();
+        topic.name = TopicName(text("txv"));
+        topic.partitions = vec![partition];
+        let mut commit = TxnOffsetCommitRequest::default();
+        commit.transactional_id = TransactionalId(text("versions"));
+        commit.group_id = GroupId(text("versions-group"));
+        commit.producer_id = ProducerId(pid);
+        commit.producer_epoch = epoch;
+        commit.generation_id = -1;
+        commit.topics = vec![topic];
+        let committed = raw.send(&commit, round);
+        assert_eq!(committed.topics[0].partitions[0].error_code, NONE, "TxnOffsetCommit v{round}");
+        assert_eq!(end(&mut raw, "versions", pid, epoch, true), NONE);
+        let mut end_request = EndTxnRequest::default();
+        end_request.transactional_id = TransactionalId(text("versions"));
+        end_request.producer_id = ProducerId(pid);
+        end_request.producer_epoch = epoch;
+        end_request.committed = true;
+        assert_eq!(raw.send(&end_request, round).error_code, NONE, "EndTxn v{round} (a retry)");
+    }
+    // The transactional offset commits took effect with the commit markers.
+    let mut fetch = kafka_protocol::messages::OffsetFetchRequest::default();
+    fetch.group_id = GroupId(text("versions-group"));
+    let mut topic =
+        kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default();
+    topic.name = TopicName(text("txv"));
+    topic.partition_indexes = vec![0];
+    fetch.topics = Some(vec![topic]);
+    let fetched = raw.send(&fetch, 5);
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 4);
 }
