@@ -62,9 +62,8 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub log: Log,
     pub settings: RefCell<TopicSettings>,
-    /// Idempotent producers' sequences (in memory: rebuilt from nothing on restart, so
-    /// a producer's first batch after a restart gets UNKNOWN_PRODUCER_ID unless it
-    /// starts a sequence; see docs/ARCHITECTURE.md).
+    /// Producers' sequences and open transactions (rebuilt at open from the shutdown
+    /// snapshot and the log after it; see docs/ARCHITECTURE.md).
     pub producers: RefCell<ProducerStates>,
     /// Direct mode: the most recently appended batches, for tail fetches.
     pub recent: RecentBatches,
