@@ -1778,10 +1778,10 @@ fn newest_snapshot(dir: &std::path::Path, end: i64) -> Option<(i64, ProducerStat
     None
 }
 
-/// Writes the partition's producer state as `<log end>.snapshot` (temp file, fsync,
-/// rename) and removes older snapshots. At shutdown only, after every request finished,
-/// so the state is exactly that of the log end; a crash leaves the last clean snapshot,
-/// and the next start replays the log from it.
+/// Writes the partition's producer state as `<log end>.snapshot` (temp file, rename) and
+/// removes older snapshots. At shutdown only, after every request finished, so the state
+/// is exactly that of the log end. Not fsynced: a snapshot lost or torn by a crash fails
+/// its CRC or is missing, and the next start replays the log instead (slower, not wrong).
 fn write_snapshot(partition: &Partition) {
     let dir = partition.log.dir();
     let end = partition.log.log_end_offset();
@@ -1792,7 +1792,6 @@ fn write_snapshot(partition: &Partition) {
         use std::io::Write;
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&bytes)?;
-        file.sync_all()?;
         std::fs::rename(&temp, &path)
     })();
     if let Err(error) = written {
