@@ -1466,7 +1466,7 @@ impl Shard {
             Self::index_aborted(&partition, entry);
         }
         if tp.topic == OFFSETS_TOPIC {
-            self.groups.complete_txn(tp.partition, producer_id, commit);
+            self.groups.complete_txn(self, tp.partition, producer_id, commit);
         }
         self.on_append(tp);
         Ok(())

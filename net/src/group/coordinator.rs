@@ -1180,9 +1180,13 @@ impl Coordinator {
     /// A transaction marker was written to `__consumer_offsets` partition `partition`:
     /// the offsets the producer committed in the transaction take effect (commit) or are
     /// dropped (abort).
-    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+    pub fn complete_txn(&self, shard: &Shard, partition: i32, producer_id: i64, commit: bool) {
+        let partitions = shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions);
         let mut groups = self.groups.borrow_mut();
         for group in groups.values_mut() {
+            if offsets_partition(&group.id, partitions) != partition {
+                continue;
+            }
             let Some(offsets) = group.pending_txn.remove(&producer_id) else { continue };
             debug!(group = %group.id, partition, producer_id, commit, offsets = offsets.len(), "transactional offsets completed");
             if commit {
@@ -1427,7 +1431,12 @@ impl Coordinator {
             let (key, value, producer_id) = match record {
                 Replayed::Record { key, value, producer_id } => (key, value, producer_id),
                 Replayed::Marker { producer_id, commit } => {
+                    let partitions =
+                        shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions);
                     for group in groups.values_mut() {
+                        if offsets_partition(&group.id, partitions) != partition {
+                            continue;
+                        }
                         if let Some(pending) = group.pending_txn.remove(&producer_id) {
                             if commit {
                                 group.offsets.extend(pending);
