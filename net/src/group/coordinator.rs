@@ -384,21 +384,8 @@ impl Coordinator {
                 GroupAnswer::Leave(self.leave(shard, &group, &members))
             }
             GroupCall::Commit(args) => GroupAnswer::Commit(self.commit(shard, args).await),
-            GroupCall::FetchOffsets { group, partitions, require_stable } => {
-                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions).map(
-                    |found| {
-                        found
-                            .into_iter()
-                            .map(|(tp, committed)| {
-                                if require_stable && self.has_pending(&group, &tp) {
-                                    (tp, Err(code::UNSTABLE_OFFSET_COMMIT))
-                                } else {
-                                    (tp, Ok(committed))
-                                }
-                            })
-                            .collect()
-                    },
-                ))
+            GroupCall::FetchOffsets { group, partitions } => {
+                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions))
             }
             GroupCall::DeleteOffsets { group, partitions } => {
                 GroupAnswer::DeleteOffsets(self.delete_offsets(shard, &group, &partitions).await)
