@@ -1572,9 +1572,21 @@ impl Shard {
         let dir = log.dir();
         let end = log.log_end_offset();
         let bases = log.segment_base_offsets();
-        let mut aborted = txnindex::load(dir, &bases)?;
+        // A corrupt aborted-transaction index is rebuilt, like the other indexes: the files
+        // go, and the whole log is replayed (which writes the entries again).
+        let (mut aborted, snapshot) = match txnindex::load(dir, &bases) {
+            Ok(aborted) => (aborted, newest_snapshot(dir, end)),
+            Err(reason) => {
+                warn!(dir = %dir.display(), %reason, "aborted-transaction index unreadable; rebuilding it from the log");
+                for &base in &bases {
+                    let path = dir.join(sluice_engine::log::segment_file_name(base, "txnindex"));
+                    let _ = std::fs::remove_file(path);
+                }
+                (TxnIndex::default(), None)
+            }
+        };
         aborted.truncate(end);
-        let (mut states, from) = match newest_snapshot(dir, end) {
+        let (mut states, from) = match snapshot {
             Some((offset, states)) => (states, offset),
             None => (ProducerStates::default(), log.log_start_offset()),
         };

@@ -157,7 +157,7 @@ fn fetch_committed(
 #[test]
 fn raw_transaction_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
     raw.create_topic("txraw", 1, &[]);
 
@@ -232,6 +232,19 @@ fn raw_transaction_lifecycle() {
     assert_eq!(fetch_committed(&mut raw, "txraw", 5).2, Some(vec![]));
     // Unknown partitions are named; the others are not attempted.
     assert_eq!(add_partitions(&mut raw, "raw-tx", pid, epoch, "missing", &[0]), vec![3]);
+
+    // A corrupt .txnindex is rebuilt from the log at the next start.
+    drop(raw);
+    broker.stop();
+    let index = broker.data_dir.join("txraw-0").join("00000000000000000000.txnindex");
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert_eq!(bytes.len(), 34, "one aborted transaction, Kafka's entry size");
+    bytes[0] = 0x7f;
+    std::fs::write(&index, &bytes).unwrap();
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+    assert_eq!(fetch_committed(&mut raw, "txraw", 0).2, Some(vec![(pid, 1)]), "{}", broker.log());
+    assert_eq!(std::fs::read(&index).unwrap().len(), 34, "rewritten once");
 }
 
 fn transactional_producer(address: &str, id: &str, timeout_ms: u32) -> BaseProducer {
