@@ -4,11 +4,14 @@
 //! `i16` version. Value v0: producer id i64, producer epoch i16, transaction timeout ms
 //! i32, status i8, the partitions (nullable array of topic string and partition ids),
 //! last update time ms i64, start time ms i64. Later (flexible) versions are read for the
-//! same fields, tagged fields skipped. A null value is a tombstone.
+//! same fields, tagged fields skipped. A null value is a tombstone. The encoding helpers
+//! are the `__consumer_offsets` records' ([`crate::group::records`]).
 
 use std::collections::BTreeSet;
 
 use sluice_engine::checkpoint::TopicPartition;
+
+use crate::group::records::{Reader, RecordError, Writer};
 
 /// A transaction's status, with Kafka's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,30 +69,31 @@ pub struct TxnValue {
 }
 
 const VERSION: i16 = 0;
+/// Value versions Kafka has defined; 1 is flexible.
+const VALUE_VERSIONS: std::ops::RangeInclusive<i16> = 0..=1;
+const FLEXIBLE_VERSION: i16 = 1;
 
 pub fn encode_key(transactional_id: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + transactional_id.len());
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    put_string(&mut out, transactional_id);
-    out
+    let mut w = Writer::new(VERSION, false);
+    w.string(transactional_id);
+    w.finish()
 }
 
-pub fn decode_key(bytes: &[u8]) -> Result<String, String> {
-    let mut reader = Reader { bytes, at: 0 };
-    let version = reader.i16()?;
-    if version != 0 {
-        return Err(format!("unknown key version {version}"));
+pub fn decode_key(bytes: &[u8]) -> Result<String, RecordError> {
+    let mut r = Reader::new(bytes);
+    let version = r.i16()?;
+    if version != VERSION {
+        return Err(RecordError::UnknownKeyVersion(version));
     }
-    reader.string()
+    r.string()
 }
 
 pub fn encode_value(value: &TxnValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&value.producer_id.to_be_bytes());
-    out.extend_from_slice(&value.producer_epoch.to_be_bytes());
-    out.extend_from_slice(&value.timeout_ms.to_be_bytes());
-    out.push(value.status as i8 as u8);
+    let mut w = Writer::new(VERSION, false);
+    w.i64(value.producer_id);
+    w.i16(value.producer_epoch);
+    w.i32(value.timeout_ms);
+    w.i8(value.status as i8);
     // Partitions grouped by topic, in order.
     let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
     for tp in &value.partitions {
@@ -98,42 +102,33 @@ pub fn encode_value(value: &TxnValue) -> Vec<u8> {
             _ => topics.push((&tp.topic, vec![tp.partition])),
         }
     }
-    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    w.array_len(topics.len());
     for (topic, partitions) in topics {
-        put_string(&mut out, topic);
-        out.extend_from_slice(&(partitions.len() as i32).to_be_bytes());
+        w.string(topic);
+        w.array_len(partitions.len());
         for partition in partitions {
-            out.extend_from_slice(&partition.to_be_bytes());
+            w.i32(partition);
         }
     }
-    out.extend_from_slice(&value.last_update_ms.to_be_bytes());
-    out.extend_from_slice(&value.start_ms.to_be_bytes());
-    out
+    w.i64(value.last_update_ms);
+    w.i64(value.start_ms);
+    w.finish()
 }
 
-pub fn decode_value(bytes: &[u8]) -> Result<TxnValue, String> {
-    let mut r = Reader { bytes, at: 0 };
-    let version = r.i16()?;
-    if !(0..=1).contains(&version) {
-        return Err(format!("unknown value version {version}"));
-    }
-    let flexible = version >= 1;
+pub fn decode_value(bytes: &[u8]) -> Result<TxnValue, RecordError> {
+    let (mut r, _version) = Reader::versioned(bytes, VALUE_VERSIONS, FLEXIBLE_VERSION)?;
     let producer_id = r.i64()?;
     let producer_epoch = r.i16()?;
     let timeout_ms = r.i32()?;
     let status = r.i8()?;
-    let status = TxnStatus::from_i8(status).ok_or(format!("unknown status {status}"))?;
+    let status = TxnStatus::from_i8(status).ok_or(RecordError::BadValue(i64::from(status)))?;
     let mut partitions = BTreeSet::new();
-    let topics = r.array_len(flexible)?;
-    for _ in 0..topics.unwrap_or(0) {
-        let topic = if flexible { r.compact_string()? } else { r.string()? };
-        let count = r.array_len(flexible)?.unwrap_or(0);
-        for _ in 0..count {
+    for _ in 0..r.nullable_array_len()?.unwrap_or(0) {
+        let topic = r.string()?;
+        for _ in 0..r.array_len()? {
             partitions.insert(TopicPartition::new(topic.clone(), r.i32()?));
         }
-        if flexible {
-            r.skip_tags()?;
-        }
+        r.tagged_fields()?;
     }
     let last_update_ms = r.i64()?;
     let start_ms = r.i64()?;
@@ -146,77 +141,6 @@ pub fn decode_value(bytes: &[u8]) -> Result<TxnValue, String> {
         last_update_ms,
         start_ms,
     })
-}
-
-fn put_string(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("truncated at byte {}", self.at))?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-    fn i8(&mut self) -> Result<i8, String> {
-        Ok(self.take(1)?[0] as i8)
-    }
-    fn i16(&mut self) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn i32(&mut self) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn uvarint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err("varint too long".into())
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let len = self.i16()?;
-        let len = usize::try_from(len).map_err(|_| format!("string length {len}"))?;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())
-    }
-    fn compact_string(&mut self) -> Result<String, String> {
-        let len = self.uvarint()?.checked_sub(1).ok_or("null string")? as usize;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())
-    }
-    /// `None` for a null array.
-    fn array_len(&mut self, flexible: bool) -> Result<Option<usize>, String> {
-        if flexible {
-            let len = self.uvarint()?;
-            Ok(len.checked_sub(1).map(|n| n as usize))
-        } else {
-            let len = self.i32()?;
-            Ok(usize::try_from(len).ok())
-        }
-    }
-    fn skip_tags(&mut self) -> Result<(), String> {
-        let count = self.uvarint()?;
-        for _ in 0..count {
-            self.uvarint()?;
-            let len = self.uvarint()? as usize;
-            self.take(len)?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
