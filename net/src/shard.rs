@@ -1476,15 +1476,7 @@ impl Shard {
     /// the segment holding its marker.
     fn index_aborted(partition: &Partition, entry: AbortedTxn) {
         let bases = partition.log.segment_base_offsets();
-        let at = bases.partition_point(|&base| base <= entry.last_offset);
-        let base = bases.get(at.saturating_sub(1)).copied().unwrap_or(0);
-        if !partition.aborted.borrow_mut().add(base, entry) {
-            return;
-        }
-        // One small write per aborted transaction and partition (see engine::txnindex).
-        if let Err(error) = txnindex::append_entry(partition.log.dir(), base, &entry) {
-            error!(partition = %partition.tp, %error, "writing the aborted-transaction index failed");
-        }
+        record_abort(partition.log.dir(), &bases, &mut partition.aborted.borrow_mut(), entry);
     }
 
     /// Every record of a partition, oldest first, with the transaction markers: the
@@ -1492,22 +1484,10 @@ impl Shard {
     async fn read_all_records(&self, tp: &TopicPartition) -> Result<Vec<Replayed>, String> {
         use kafka_protocol::records::RecordBatchDecoder;
         let partition = self.partition(tp).map_err(|e| e.message)?;
-        let end = partition.high_watermark();
-        let mut offset = partition.log.log_start_offset();
+        let (start, end) = (partition.log.log_start_offset(), partition.high_watermark());
         let mut records = Vec::new();
-        while offset < end {
-            let slice =
-                partition.log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
-            let chunk = slice.read().await.map_err(|e| e.to_string())?;
-            let mut buffer = Bytes::copy_from_slice(&chunk);
-            if buffer.is_empty() {
-                break;
-            }
-            let mut next = offset;
-            for batch in BatchIter::new(&buffer.clone()) {
-                let batch = batch.map_err(|e| e.to_string())?;
-                next = batch.last_offset() + 1;
-            }
+        for_each_chunk(&partition.log, start, end, |offset, chunk| {
+            let mut buffer = Bytes::copy_from_slice(chunk);
             let sets = RecordBatchDecoder::decode_all(&mut buffer).map_err(|e| e.to_string())?;
             for set in sets {
                 for record in set.records {
@@ -1531,11 +1511,9 @@ impl Shard {
                     }
                 }
             }
-            if next <= offset {
-                break;
-            }
-            offset = next;
-        }
+            Ok(())
+        })
+        .await?;
         Ok(records)
     }
 
@@ -1590,19 +1568,12 @@ impl Shard {
             Some((offset, states)) => (states, offset),
             None => (ProducerStates::default(), log.log_start_offset()),
         };
-        let mut offset = from.max(log.log_start_offset());
         let mut batches = 0usize;
         let mut fresh_aborts = Vec::new();
-        while offset < end {
-            let slice = log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
-            let chunk = slice.read().await.map_err(|e| e.to_string())?;
-            if chunk.is_empty() {
-                break;
-            }
-            let mut next = offset;
-            for batch in BatchIter::new(&chunk) {
+        for_each_chunk(log, from.max(log.log_start_offset()), end, |_, chunk| {
+            for batch in BatchIter::new(chunk) {
                 let batch = batch.map_err(|e| e.to_string())?;
-                next = batch.last_offset() + 1;
+                let next = batch.last_offset() + 1;
                 let Some(logged) = LoggedBatch::of(&batch) else { continue };
                 batches += 1;
                 if let Some(done) = states.replay(&logged) {
@@ -1617,19 +1588,11 @@ impl Shard {
                     }
                 }
             }
-            if next <= offset {
-                break;
-            }
-            offset = next;
-        }
+            Ok(())
+        })
+        .await?;
         for entry in fresh_aborts {
-            let at = bases.partition_point(|&base| base <= entry.last_offset);
-            let base = bases.get(at.saturating_sub(1)).copied().unwrap_or(0);
-            if aborted.add(base, entry) {
-                if let Err(error) = txnindex::append_entry(dir, base, &entry) {
-                    warn!(dir = %dir.display(), %error, "rewriting an aborted-transaction entry failed");
-                }
-            }
+            record_abort(dir, &bases, &mut aborted, entry);
         }
         Ok((states, aborted, batches))
     }
@@ -1748,6 +1711,48 @@ impl Shard {
         for task in tasks {
             task.await;
         }
+    }
+}
+
+/// Reads `log` from `from` up to `end` in chunks of whole batches (about 1 MiB), handing
+/// each chunk and the offset it was read from to `visit`: the replays at start-up.
+async fn for_each_chunk(
+    log: &Log,
+    from: i64,
+    end: i64,
+    mut visit: impl FnMut(i64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut offset = from;
+    while offset < end {
+        let slice = log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
+        let chunk = slice.read().await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut next = offset;
+        for batch in BatchIter::new(&chunk) {
+            next = batch.map_err(|e| e.to_string())?.last_offset() + 1;
+        }
+        visit(offset, &chunk)?;
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(())
+}
+
+/// Adds an aborted transaction to `index` under the segment (of `bases`) that holds its
+/// marker, and appends it to that segment's `.txnindex` file unless the index had it.
+/// One small write per aborted transaction and partition (see `engine::txnindex`).
+fn record_abort(dir: &std::path::Path, bases: &[i64], index: &mut TxnIndex, entry: AbortedTxn) {
+    let at = bases.partition_point(|&base| base <= entry.last_offset);
+    let base = bases.get(at.saturating_sub(1)).copied().unwrap_or(0);
+    if !index.add(base, entry) {
+        return;
+    }
+    if let Err(error) = txnindex::append_entry(dir, base, &entry) {
+        error!(dir = %dir.display(), %error, "writing the aborted-transaction index failed");
     }
 }
 
