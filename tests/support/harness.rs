@@ -16,6 +16,26 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
+/// Runs `tests/support/<script>` with python3 (kafka-python, installed by tools/test.sh)
+/// against `broker` with `args` after the address, and asserts that it exits 0 and prints
+/// `ok_line`; the failure shows the script's output and the broker's log.
+pub fn run_python(broker: &Broker, script: &str, args: &[&str], ok_line: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script);
+    let output = Command::new("python3")
+        .arg(path)
+        .arg(broker.address())
+        .args(args)
+        .output()
+        .expect("python3 runs (tools/test.sh installs kafka-python)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(ok_line),
+        "{script} failed (install kafka-python with `pip install -r tests/requirements.txt`):\n{stdout}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        broker.log()
+    );
+}
+
 /// A running broker. Killed (SIGKILL) when dropped.
 pub struct Broker {
     child: Option<Child>,

@@ -555,20 +555,7 @@ fn transactions_survive_restarts_and_time_out() {
 fn kafka_python_transactions() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_python_txn.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(broker.address())
-        .output()
-        .expect("python3 runs (tools/test.sh installs kafka-python)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "kafka-python transaction script failed:\n{stdout}\n{stderr}\nbroker log:\n{}",
-        broker.log()
-    );
-    assert!(stdout.contains("kafka-python transactions ok"), "{stdout}");
+    crate::harness::run_python(&broker, "kafka_python_txn.py", &[], "kafka-python transactions ok");
 }
 
 /// Every advertised version of the transaction APIs answers: InitProducerId 0-5,
