@@ -36,6 +36,32 @@ pub fn run_python(broker: &Broker, script: &str, args: &[&str], ok_line: &str) {
     );
 }
 
+/// Where every thread of process `pid` is: gdb's backtraces when gdb is installed, else
+/// each thread's name and kernel wait channel. For diagnosing a broker that hangs.
+fn stacks(pid: u32) -> String {
+    let gdb = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .output();
+    if let Ok(out) = gdb {
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+    }
+    let mut text = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return text };
+    for task in tasks.flatten() {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        text += &format!(
+            "{} {} wchan={} syscall={}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("syscall")
+        );
+    }
+    text
+}
+
 /// A running broker. Killed (SIGKILL) when dropped.
 pub struct Broker {
     child: Option<Child>,
@@ -114,7 +140,10 @@ impl Broker {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("broker exited at start-up ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "broker did not listen:\n{}", self.log());
+            if Instant::now() >= deadline {
+                let stacks = stacks(self.child.as_ref().unwrap().id());
+                panic!("broker did not listen:\n{}\nthreads:\n{stacks}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
