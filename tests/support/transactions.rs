@@ -434,7 +434,12 @@ fn rdkafka_consume_transform_produce_is_exactly_once_across_a_crash() {
         let mut batches = 0;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            assert!(Instant::now() < deadline, "processor stuck\n{}", broker.log());
+            assert!(
+                Instant::now() < deadline,
+                "processor stuck after {batches} batches, position {:?}\n{}",
+                consumer.position(),
+                broker.log()
+            );
             let mut records = Vec::new();
             let mut next = None;
             let until = Instant::now() + Duration::from_millis(300);
@@ -558,14 +563,107 @@ fn kafka_python_transactions() {
     crate::harness::run_python(&broker, "kafka_python_txn.py", &[], "kafka-python transactions ok");
 }
 
+/// OffsetFetch v7 of `group` on `topic` 0: (error, offset).
+fn offset_fetch(raw: &mut Raw, group: &str, topic: &str, require_stable: bool) -> (i16, i64) {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let mut fetch = kafka_protocol::messages::OffsetFetchRequest::default();
+    fetch.group_id = kafka_protocol::messages::GroupId(text(group));
+    let mut asked = OffsetFetchRequestTopic::default();
+    asked.name = TopicName(text(topic));
+    asked.partition_indexes = vec![0];
+    fetch.topics = Some(vec![asked]);
+    fetch.require_stable = require_stable;
+    let fetched = raw.send(&fetch, 7);
+    let partition = &fetched.topics[0].partitions[0];
+    (partition.error_code, partition.committed_offset)
+}
+
+/// AddOffsetsToTxn at `version`: the error code.
+fn add_offsets(
+    raw: &mut Raw,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    group: &str,
+    version: i16,
+) -> i16 {
+    use kafka_protocol::messages::{AddOffsetsToTxnRequest, GroupId};
+    let mut request = AddOffsetsToTxnRequest::default();
+    request.transactional_id = TransactionalId(text(id));
+    request.producer_id = ProducerId(pid);
+    request.producer_epoch = epoch;
+    request.group_id = GroupId(text(group));
+    raw.send(&request, version).error_code
+}
+
+/// TxnOffsetCommit at `version` of `offset` for `topic` 0: the partition's error code.
+fn txn_commit_offset(
+    raw: &mut Raw,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    (group, topic, offset): (&str, &str, i64),
+    version: i16,
+) -> i16 {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, TxnOffsetCommitRequest};
+    let mut partition = TxnOffsetCommitRequestPartition::default();
+    partition.partition_index = 0;
+    partition.committed_offset = offset;
+    partition.committed_leader_epoch = -1;
+    let mut asked = TxnOffsetCommitRequestTopic::default();
+    asked.name = TopicName(text(topic));
+    asked.partitions = vec![partition];
+    let mut commit = TxnOffsetCommitRequest::default();
+    commit.transactional_id = TransactionalId(text(id));
+    commit.group_id = GroupId(text(group));
+    commit.producer_id = ProducerId(pid);
+    commit.producer_epoch = epoch;
+    commit.generation_id = -1;
+    commit.topics = vec![asked];
+    raw.send(&commit, version).topics[0].partitions[0].error_code
+}
+
+/// Offsets committed in a transaction are pending until its marker: OffsetFetch with
+/// `require_stable` answers UNSTABLE_OFFSET_COMMIT meanwhile. A producer fenced by a new
+/// one with the same transactional id (its transaction aborted with a bumped epoch) can
+/// no longer commit offsets: its late TxnOffsetCommit is refused and never applied by the
+/// new epoch's commit.
+#[test]
+fn fenced_producer_cannot_commit_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("zin", 1, &[]);
+    let old = init(&mut raw, "zombie", 60_000);
+    assert_eq!(add_offsets(&mut raw, "zombie", old, "zgroup", 3), NONE);
+    assert_eq!(txn_commit_offset(&mut raw, "zombie", old, ("zgroup", "zin", 5), 3), NONE);
+    assert_eq!(offset_fetch(&mut raw, "zgroup", "zin", true).0, 88, "UNSTABLE_OFFSET_COMMIT");
+    assert_eq!(offset_fetch(&mut raw, "zgroup", "zin", false), (NONE, -1));
+
+    let new = init(&mut raw, "zombie", 60_000);
+    assert_eq!(new.0, old.0, "same producer id");
+    assert!(new.1 > old.1, "a newer epoch");
+    // The open transaction was aborted: its offsets are gone, nothing is pending.
+    assert_eq!(offset_fetch(&mut raw, "zgroup", "zin", true), (NONE, -1));
+    let late = txn_commit_offset(&mut raw, "zombie", old, ("zgroup", "zin", 6), 3);
+    assert_eq!(late, 47, "INVALID_PRODUCER_EPOCH for the fenced producer");
+    assert_eq!(offset_fetch(&mut raw, "zgroup", "zin", true), (NONE, -1));
+
+    assert_eq!(add_offsets(&mut raw, "zombie", new, "zgroup", 3), NONE);
+    assert_eq!(txn_commit_offset(&mut raw, "zombie", new, ("zgroup", "zin", 7), 3), NONE);
+    assert_eq!(end(&mut raw, "zombie", new.0, new.1, true), NONE);
+    assert_eq!(
+        offset_fetch(&mut raw, "zgroup", "zin", true),
+        (NONE, 7),
+        "only the new epoch's offset"
+    );
+}
+
 /// Every advertised version of the transaction APIs answers: InitProducerId 0-5,
 /// AddPartitionsToTxn 0-3, EndTxn 0-4, AddOffsetsToTxn 0-4, TxnOffsetCommit 0-4.
 #[test]
 fn every_transaction_api_version_answers() {
-    use kafka_protocol::messages::txn_offset_commit_request::{
-        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
-    };
-    use kafka_protocol::messages::{AddOffsetsToTxnRequest, GroupId, TxnOffsetCommitRequest};
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut raw = Raw::connect(&broker.address());
@@ -595,28 +693,18 @@ fn every_transaction_api_version_answers() {
             added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
             NONE
         );
-        let mut offsets = AddOffsetsToTxnRequest::default();
-        offsets.transactional_id = TransactionalId(text("versions"));
-        offsets.producer_id = ProducerId(pid);
-        offsets.producer_epoch = epoch;
-        offsets.group_id = GroupId(text("versions-group"));
-        assert_eq!(raw.send(&offsets, round).error_code, NONE, "AddOffsetsToTxn v{round}");
-        let mut partition = TxnOffsetCommitRequestPartition::default();
-        partition.partition_index = 0;
-        partition.committed_offset = i64::from(round);
-        partition.committed_leader_epoch = -1;
-        let mut topic = TxnOffsetCommitRequestTopic::default();
-        topic.name = TopicName(text("txv"));
-        topic.partitions = vec![partition];
-        let mut commit = TxnOffsetCommitRequest::default();
-        commit.transactional_id = TransactionalId(text("versions"));
-        commit.group_id = GroupId(text("versions-group"));
-        commit.producer_id = ProducerId(pid);
-        commit.producer_epoch = epoch;
-        commit.generation_id = -1;
-        commit.topics = vec![topic];
-        let committed = raw.send(&commit, round);
-        assert_eq!(committed.topics[0].partitions[0].error_code, NONE, "TxnOffsetCommit v{round}");
+        let ids = (pid, epoch);
+        let add = add_offsets(&mut raw, "versions", ids, "versions-group", round);
+        assert_eq!(add, NONE, "AddOffsetsToTxn v{round}");
+        let offset = ("versions-group", "txv", i64::from(round));
+        let committed = txn_commit_offset(&mut raw, "versions", ids, offset, round);
+        assert_eq!(committed, NONE, "TxnOffsetCommit v{round}");
+        // Pending in the open transaction: unstable for require_stable, else the last
+        // committed offset.
+        let stable = offset_fetch(&mut raw, "versions-group", "txv", false);
+        let unstable = offset_fetch(&mut raw, "versions-group", "txv", true);
+        assert_eq!(stable, (NONE, i64::from(round) - 1));
+        assert_eq!(unstable.0, 88, "UNSTABLE_OFFSET_COMMIT");
         assert_eq!(end(&mut raw, "versions", pid, epoch, true), NONE);
         let mut end_request = EndTxnRequest::default();
         end_request.transactional_id = TransactionalId(text("versions"));
@@ -626,13 +714,5 @@ fn every_transaction_api_version_answers() {
         assert_eq!(raw.send(&end_request, round).error_code, NONE, "EndTxn v{round} (a retry)");
     }
     // The transactional offset commits took effect with the commit markers.
-    let mut fetch = kafka_protocol::messages::OffsetFetchRequest::default();
-    fetch.group_id = GroupId(text("versions-group"));
-    let mut topic =
-        kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic::default();
-    topic.name = TopicName(text("txv"));
-    topic.partition_indexes = vec![0];
-    fetch.topics = Some(vec![topic]);
-    let fetched = raw.send(&fetch, 5);
-    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 4);
+    assert_eq!(offset_fetch(&mut raw, "versions-group", "txv", true), (NONE, 4));
 }

@@ -363,7 +363,9 @@ impl Coordinator {
     /// The error for a group this shard cannot serve now, if any.
     fn check_serving(&self, shard: &Shard, group: &str) -> Result<(), i16> {
         let partitions = shard.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
-        let Some(partitions) = partitions else { return Err(code::COORDINATOR_NOT_AVAILABLE) };
+        // The caller created the topic (or saw it) before routing here: a shard that does
+        // not know it yet is a moment behind the controller.
+        let Some(partitions) = partitions else { return Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
         let partition = offsets_partition(group, partitions);
         if shard.owner_of(&TopicPartition::new(OFFSETS_TOPIC, partition)) != shard.id {
             return Err(code::NOT_COORDINATOR);
@@ -384,8 +386,21 @@ impl Coordinator {
                 GroupAnswer::Leave(self.leave(shard, &group, &members))
             }
             GroupCall::Commit(args) => GroupAnswer::Commit(self.commit(shard, args).await),
-            GroupCall::FetchOffsets { group, partitions } => {
-                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions))
+            GroupCall::FetchOffsets { group, partitions, require_stable } => {
+                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions).map(
+                    |found| {
+                        found
+                            .into_iter()
+                            .map(|(tp, committed)| {
+                                if require_stable && self.has_pending(&group, &tp) {
+                                    (tp, Err(code::UNSTABLE_OFFSET_COMMIT))
+                                } else {
+                                    (tp, Ok(committed))
+                                }
+                            })
+                            .collect()
+                    },
+                ))
             }
             GroupCall::DeleteOffsets { group, partitions } => {
                 GroupAnswer::DeleteOffsets(self.delete_offsets(shard, &group, &partitions).await)
@@ -1142,9 +1157,14 @@ impl Coordinator {
         }
         if let Err(error) = shard.append_group_records_txn(&args.group, writes, args.txn).await {
             warn!(group = %args.group, message = %error.message, "storing offsets failed");
+            let failed = if error.code == code::INVALID_PRODUCER_EPOCH {
+                error.code
+            } else {
+                code::COORDINATOR_NOT_AVAILABLE
+            };
             for result in &mut results {
                 if *result == code::NONE {
-                    *result = code::COORDINATOR_NOT_AVAILABLE;
+                    *result = failed;
                 }
             }
             return results;
