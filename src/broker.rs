@@ -95,6 +95,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         queued_max_requests: config.queued_max_requests,
         max_connections_per_shard: config.max_connections_per_shard,
         groups: config.groups.clone(),
+        txns: config.txns.clone(),
         properties: config.properties.clone(),
     });
 

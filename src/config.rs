@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use sluice_engine::io::IoMode;
 use sluice_engine::log::{self, LogOptions};
-use sluice_net::config::GroupConfig;
+use sluice_net::config::{GroupConfig, TxnConfig};
 
 /// `sluice serve` flags.
 #[derive(Debug, clap::Args)]
@@ -62,6 +62,7 @@ pub struct Config {
     pub queued_max_requests: usize,
     pub max_connections_per_shard: usize,
     pub groups: GroupConfig,
+    pub txns: TxnConfig,
 }
 
 fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
@@ -104,6 +105,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("offsets.retention.minutes", "10080"),
     ("offsets.retention.check.interval.ms", "600000"),
     ("offset.metadata.max.bytes", "4096"),
+    ("transaction.state.log.num.partitions", "50"),
+    ("transaction.state.log.segment.bytes", "104857600"),
+    ("transaction.max.timeout.ms", "900000"),
 ];
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
@@ -263,8 +267,29 @@ impl Config {
         {
             bail!("offsets.topic.segment.bytes must be in [1024, {}]", log::SEGMENT_BYTES_MAX);
         }
+        let txns = TxnConfig {
+            state_log_num_partitions: number("transaction.state.log.num.partitions")?
+                .try_into()
+                .ok()
+                .filter(|&n: &i32| n >= 1)
+                .context("transaction.state.log.num.partitions must be in [1, 2^31)")?,
+            state_log_segment_bytes: u64::try_from(number("transaction.state.log.segment.bytes")?)
+                .ok()
+                .filter(|&n| (1024..=log::SEGMENT_BYTES_MAX).contains(&n))
+                .with_context(|| {
+                    format!(
+                        "transaction.state.log.segment.bytes must be in [1024, {}]",
+                        log::SEGMENT_BYTES_MAX
+                    )
+                })?,
+            max_timeout_ms: number("transaction.max.timeout.ms")?,
+        };
+        if txns.max_timeout_ms < 1 || txns.max_timeout_ms > i64::from(i32::MAX) {
+            bail!("transaction.max.timeout.ms must be in [1, {}]", i32::MAX);
+        }
         Ok(Config {
             groups,
+            txns,
             num_partitions,
             default_replication_factor,
             auto_create_topics: parse_bool(

@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod shard;
 pub mod sync;
 pub mod timer;
+pub mod txnindex;
 
 #[cfg(test)]
 pub(crate) mod test_support {

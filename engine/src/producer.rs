@@ -11,10 +11,17 @@
 //! refused and the client resets its sequence rather than having a lost batch counted as
 //! written.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::batch::{self, Batch};
 
 /// Batches remembered per producer: the most a client keeps in flight per partition.
 pub const CACHED_BATCHES: usize = 5;
+
+const SNAPSHOT_VERSION: i16 = 1;
+/// pid 8 + epoch 2 + last sequence 4 + last offset 8 + delta 4 + timestamp 8 + coordinator
+/// epoch 4 + transaction first offset 8.
+const SNAPSHOT_ENTRY_BYTES: usize = 46;
 
 /// Why a batch is refused. The names are Kafka's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +74,163 @@ struct CachedBatch {
 struct Producer {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+    /// The first offset of the producer's open transaction on this partition.
+    txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last transaction marker.
+    coordinator_epoch: i32,
+    /// The max timestamp of the producer's last batch.
+    last_timestamp: i64,
 }
 
-/// Every idempotent producer's state on one partition.
+/// Every idempotent producer's state on one partition, and the open transactions.
 #[derive(Debug, Clone, Default)]
 pub struct ProducerStates {
     producers: HashMap<i64, Producer>,
+    /// Open transactions as (first offset, producer id): the smallest first offset is
+    /// where the stable part of the log ends (the last stable offset).
+    ongoing: BTreeSet<(i64, i64)>,
+}
+
+/// A transaction that a marker ended on this partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    /// The offset of the transaction's first batch here (`None`: the transaction wrote
+    /// nothing to this partition, only the marker).
+    pub first_offset: Option<i64>,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub committed: bool,
+}
+
+/// A producer as DescribeProducers shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerView {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    pub coordinator_epoch: i32,
+    /// -1 when no transaction is open.
+    pub current_txn_start_offset: i64,
+}
+
+/// What a producer batch in the log says, for rebuilding the state from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedBatch {
+    pub identity: BatchIdentity,
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub transactional: bool,
+    /// A control batch: the marker it holds (`None` for data batches).
+    pub marker: Option<Marker>,
+}
+
+/// A transaction marker: the control record of a control batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub committed: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// The control attribute of a batch (bit 5).
+const ATTR_CONTROL: i16 = 0x20;
+
+/// Kafka's control record types (the key's second field).
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+impl LoggedBatch {
+    /// The producer fields of a batch in the log; `None` for batches without a producer
+    /// id (plain producers). A control batch whose record does not decode as a marker
+    /// yields no marker (Kafka has other control types; none end a transaction).
+    pub fn of(batch: &Batch<'_>) -> Option<LoggedBatch> {
+        if batch.producer_id() < 0 {
+            return None;
+        }
+        let marker = if batch.is_control() { marker_of(batch) } else { None };
+        Some(LoggedBatch {
+            identity: BatchIdentity::new(
+                batch.producer_id(),
+                batch.producer_epoch(),
+                batch.base_sequence(),
+                batch.last_offset_delta(),
+            ),
+            base_offset: batch.base_offset(),
+            last_offset: batch.last_offset(),
+            max_timestamp: batch.max_timestamp(),
+            transactional: batch.is_transactional(),
+            marker,
+        })
+    }
+}
+
+/// The marker in a control batch: its one record's key is (version i16, type i16) and
+/// its value (version i16, coordinator epoch i32).
+pub fn marker_of(batch: &Batch<'_>) -> Option<Marker> {
+    let records = batch.records_bytes();
+    let (_length, used) = batch::read_varint(records)?;
+    let body = records.get(used..)?;
+    // attributes i8, timestampDelta varlong, offsetDelta varint, key length varint.
+    let mut at = 1usize;
+    for _ in 0..2 {
+        let (_, used) = batch::read_varint(body.get(at..)?)?;
+        at += used;
+    }
+    let (key_length, used) = batch::read_varint(body.get(at..)?)?;
+    at += used;
+    if key_length < 4 {
+        return None;
+    }
+    let key = body.get(at..at + 4)?;
+    at += usize::try_from(key_length).ok()?;
+    let kind = i16::from_be_bytes([key[2], key[3]]);
+    let (value_length, used) = batch::read_varint(body.get(at..)?)?;
+    at += used;
+    let coordinator_epoch = if value_length >= 6 {
+        let value = body.get(at..at + 6)?;
+        i32::from_be_bytes([value[2], value[3], value[4], value[5]])
+    } else {
+        0
+    };
+    match kind {
+        CONTROL_ABORT => Some(Marker { committed: false, coordinator_epoch }),
+        CONTROL_COMMIT => Some(Marker { committed: true, coordinator_epoch }),
+        _ => None,
+    }
+}
+
+/// A control batch holding one transaction marker, as the broker writes it: producer id
+/// and epoch of the transaction, transactional and control attributes, no sequence.
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: Marker,
+    timestamp: i64,
+) -> Vec<u8> {
+    let kind = if marker.committed { CONTROL_COMMIT } else { CONTROL_ABORT };
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    let record = batch::Record { key: Some(key), value: Some(value), timestamp };
+    let options = batch::EncodeOptions {
+        producer_id,
+        producer_epoch,
+        base_sequence: -1,
+        transactional: true,
+        ..batch::EncodeOptions::default()
+    };
+    let mut bytes = batch::encode_batch(&[record], options);
+    let at = batch::OFFSET_ATTRIBUTES;
+    let attributes = i16::from_be_bytes([bytes[at], bytes[at + 1]]) | ATTR_CONTROL;
+    bytes[at..at + 2].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[batch::OFFSET_ATTRIBUTES..]);
+    bytes[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    bytes
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -154,10 +312,213 @@ impl ProducerStates {
         }
     }
 
+    /// The first offset of a transactional batch just appended: opens the producer's
+    /// transaction on this partition unless one is open.
+    pub fn begin_txn(&mut self, producer_id: i64, epoch: i16, first_offset: i64) {
+        let producer = self.producers.entry(producer_id).or_default();
+        if epoch > producer.epoch {
+            producer.epoch = epoch;
+            producer.batches.clear();
+        }
+        if producer.txn_first_offset.is_none() {
+            producer.txn_first_offset = Some(first_offset);
+            self.ongoing.insert((first_offset, producer_id));
+        }
+    }
+
+    /// Checks a transaction marker before it is written: a marker of an older epoch than
+    /// the producer's is fenced.
+    pub fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), SequenceError> {
+        match self.producers.get(&producer_id) {
+            Some(producer) if epoch < producer.epoch => Err(SequenceError::InvalidProducerEpoch),
+            _ => Ok(()),
+        }
+    }
+
+    /// A marker was written at `offset`: the producer's transaction here is over. A new
+    /// epoch (a fenced producer's transaction aborted by the coordinator) takes over.
+    pub fn complete_txn(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        marker: Marker,
+        offset: i64,
+    ) -> CompletedTxn {
+        let producer = self.producers.entry(producer_id).or_default();
+        if epoch > producer.epoch {
+            producer.epoch = epoch;
+            producer.batches.clear();
+        }
+        producer.coordinator_epoch = marker.coordinator_epoch;
+        let first_offset = producer.txn_first_offset.take();
+        if let Some(first) = first_offset {
+            self.ongoing.remove(&(first, producer_id));
+        }
+        CompletedTxn { producer_id, first_offset, last_offset: offset, committed: marker.committed }
+    }
+
+    /// The first offset of the oldest open transaction: the last stable offset, when
+    /// below the high watermark.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.first().map(|&(offset, _)| offset)
+    }
+
+    /// The open transactions, oldest first, as (first offset, producer id).
+    pub fn open_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.ongoing.iter().copied()
+    }
+
+    /// Replays a producer batch read back from the log (recovery): no checks, the log is
+    /// the truth. Returns the completed transaction when the batch is a marker.
+    pub fn replay(&mut self, logged: &LoggedBatch) -> Option<CompletedTxn> {
+        let id = logged.identity;
+        if let Some(marker) = logged.marker {
+            return Some(self.complete_txn(id.producer_id, id.epoch, marker, logged.base_offset));
+        }
+        let producer = self.producers.entry(id.producer_id).or_default();
+        if id.epoch != producer.epoch {
+            producer.epoch = id.epoch;
+            producer.batches.clear();
+        }
+        producer.last_timestamp = logged.max_timestamp;
+        if id.first_sequence >= 0 {
+            producer.batches.retain(|b| b.first_sequence != id.first_sequence);
+            producer.batches.push_back(CachedBatch {
+                first_sequence: id.first_sequence,
+                last_sequence: id.last_sequence,
+                offsets: Some((logged.base_offset, logged.last_offset)),
+            });
+            while producer.batches.len() > CACHED_BATCHES {
+                producer.batches.pop_front();
+            }
+        }
+        if logged.transactional {
+            self.begin_txn(id.producer_id, id.epoch, logged.base_offset);
+        }
+        None
+    }
+
+    /// Notes the max timestamp of a producer's batch (for DescribeProducers).
+    pub fn touch(&mut self, producer_id: i64, timestamp: i64) {
+        if let Some(producer) = self.producers.get_mut(&producer_id) {
+            producer.last_timestamp = timestamp;
+        }
+    }
+
+    /// Every producer, by id, for DescribeProducers.
+    pub fn views(&self) -> Vec<ProducerView> {
+        let mut views: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, p)| ProducerView {
+                producer_id,
+                epoch: p.epoch,
+                last_sequence: p.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp: p.last_timestamp,
+                coordinator_epoch: p.coordinator_epoch,
+                current_txn_start_offset: p.txn_first_offset.unwrap_or(-1),
+            })
+            .collect();
+        views.sort_by_key(|v| v.producer_id);
+        views
+    }
+
+    /// Kafka's producer snapshot file (`<offset>.snapshot`, version 1): version i16,
+    /// CRC-32C u32 of the rest, then an i32 count of entries (producer id i64, epoch i16,
+    /// last sequence i32, last offset i64, offset delta i32, timestamp i64, coordinator
+    /// epoch i32, current transaction first offset i64). Like Kafka's, it keeps only each
+    /// producer's last batch.
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut entries = Vec::with_capacity(4 + self.producers.len() * SNAPSHOT_ENTRY_BYTES);
+        entries.extend_from_slice(&(self.producers.len() as i32).to_be_bytes());
+        let mut ids: Vec<&i64> = self.producers.keys().collect();
+        ids.sort();
+        for id in ids {
+            let p = &self.producers[id];
+            let last = p.batches.back().and_then(|b| b.offsets.map(|o| (b, o)));
+            let (last_sequence, last_offset, delta) = match last {
+                Some((b, (base, last))) => (b.last_sequence, last, (last - base) as i32),
+                None => (-1, -1, 0),
+            };
+            entries.extend_from_slice(&id.to_be_bytes());
+            entries.extend_from_slice(&p.epoch.to_be_bytes());
+            entries.extend_from_slice(&last_sequence.to_be_bytes());
+            entries.extend_from_slice(&last_offset.to_be_bytes());
+            entries.extend_from_slice(&delta.to_be_bytes());
+            entries.extend_from_slice(&p.last_timestamp.to_be_bytes());
+            entries.extend_from_slice(&p.coordinator_epoch.to_be_bytes());
+            entries.extend_from_slice(&p.txn_first_offset.unwrap_or(-1).to_be_bytes());
+        }
+        let mut out = Vec::with_capacity(6 + entries.len());
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_be_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&entries).to_be_bytes());
+        out.extend_from_slice(&entries);
+        out
+    }
+
+    /// Reads a snapshot written by [`encode_snapshot`] (or by Kafka).
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<ProducerStates, String> {
+        if bytes.len() < 10 {
+            return Err(format!("{} bytes is too short", bytes.len()));
+        }
+        let version = i16::from_be_bytes([bytes[0], bytes[1]]);
+        if version != SNAPSHOT_VERSION {
+            return Err(format!("version {version}"));
+        }
+        let crc = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+        let entries = &bytes[6..];
+        if crc32c::crc32c(entries) != crc {
+            return Err("CRC mismatch".into());
+        }
+        let count = i32::from_be_bytes([entries[0], entries[1], entries[2], entries[3]]);
+        let count = usize::try_from(count).map_err(|_| format!("count {count}"))?;
+        if entries.len() != 4 + count * SNAPSHOT_ENTRY_BYTES {
+            return Err(format!("{} bytes for {count} entries", entries.len()));
+        }
+        let mut states = ProducerStates::default();
+        for entry in entries[4..].chunks_exact(SNAPSHOT_ENTRY_BYTES) {
+            let i64_at = |at: usize| i64::from_be_bytes(entry[at..at + 8].try_into().expect("8"));
+            let i32_at = |at: usize| i32::from_be_bytes(entry[at..at + 4].try_into().expect("4"));
+            let producer_id = i64_at(0);
+            let epoch = i16::from_be_bytes([entry[8], entry[9]]);
+            let last_sequence = i32_at(10);
+            let last_offset = i64_at(14);
+            let delta = i32_at(22);
+            let txn_first = i64_at(38);
+            let mut producer = Producer {
+                epoch,
+                batches: VecDeque::new(),
+                txn_first_offset: (txn_first >= 0).then_some(txn_first),
+                coordinator_epoch: i32_at(34),
+                last_timestamp: i64_at(26),
+            };
+            if last_sequence >= 0 && last_offset >= 0 {
+                let first = (i64::from(last_sequence) - i64::from(delta)).rem_euclid(1 << 31);
+                producer.batches.push_back(CachedBatch {
+                    first_sequence: first as i32,
+                    last_sequence,
+                    offsets: Some((last_offset - i64::from(delta), last_offset)),
+                });
+            }
+            if let Some(first) = producer.txn_first_offset {
+                states.ongoing.insert((first, producer_id));
+            }
+            states.producers.insert(producer_id, producer);
+        }
+        Ok(states)
+    }
+
     /// The staged batch was not written: forget the producer, so its next batch gets
     /// UNKNOWN_PRODUCER_ID (unless it restarts its sequence) instead of a duplicate
     /// answer for data that is not there.
     pub fn append_failed(&mut self, producer_id: i64) {
+        // An open transaction stays open: its earlier batches are in the log.
+        if let Some(producer) = self.producers.get_mut(&producer_id) {
+            if producer.txn_first_offset.is_some() {
+                producer.batches.clear();
+                return;
+            }
+        }
         self.producers.remove(&producer_id);
     }
 }
@@ -255,5 +616,92 @@ mod tests {
         assert_eq!(states.check(last), Ok(Verdict::Append));
         assert_eq!(batch(1, 0, i32::MAX, 3).last_sequence, 1);
         assert_eq!(states.check(batch(1, 0, 0, 1)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn transactions_hold_the_last_stable_offset_until_their_marker() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.first_unstable_offset(), None);
+        states.begin_txn(1, 0, 10);
+        states.begin_txn(1, 0, 20); // already open: the first offset stays
+        states.begin_txn(2, 0, 15);
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        let abort = Marker { committed: false, coordinator_epoch: 3 };
+        let done = states.complete_txn(1, 0, abort, 30);
+        assert_eq!(
+            done,
+            CompletedTxn {
+                producer_id: 1,
+                first_offset: Some(10),
+                last_offset: 30,
+                committed: false
+            }
+        );
+        assert_eq!(states.first_unstable_offset(), Some(15));
+        let commit = Marker { committed: true, coordinator_epoch: 3 };
+        assert_eq!(states.complete_txn(2, 0, commit, 31).first_offset, Some(15));
+        assert_eq!(states.first_unstable_offset(), None);
+        // A marker for a partition the transaction never wrote to.
+        assert_eq!(states.complete_txn(5, 0, commit, 32).first_offset, None);
+        // A marker with a bumped epoch fences the old one.
+        assert_eq!(states.check_marker(1, 0), Ok(()));
+        states.complete_txn(1, 1, abort, 33);
+        assert_eq!(states.check_marker(1, 0), Err(SequenceError::InvalidProducerEpoch));
+        assert_eq!(states.check(batch(1, 0, 0, 1)), Err(SequenceError::InvalidProducerEpoch));
+    }
+
+    #[test]
+    fn markers_round_trip_through_the_batch_format() {
+        for committed in [true, false] {
+            let marker = Marker { committed, coordinator_epoch: 7 };
+            let bytes = encode_marker(42, 3, marker, 1_700_000_000_000);
+            let (parsed, rest) = Batch::parse(&bytes).unwrap();
+            assert!(rest.is_empty());
+            parsed.validate(1 << 20).unwrap();
+            assert!(parsed.is_control() && parsed.is_transactional());
+            let logged = LoggedBatch::of(&parsed).unwrap();
+            assert_eq!(logged.marker, Some(marker));
+            assert_eq!(logged.identity.producer_id, 42);
+            assert_eq!(logged.identity.epoch, 3);
+        }
+    }
+
+    #[test]
+    fn replay_and_snapshots_restore_sequences_and_open_transactions() {
+        let mut states = ProducerStates::default();
+        let logged = |pid, epoch, first, count: i32, base: i64, transactional| LoggedBatch {
+            identity: BatchIdentity::new(pid, epoch, first, count - 1),
+            base_offset: base,
+            last_offset: base + i64::from(count) - 1,
+            max_timestamp: 1000 + base,
+            transactional,
+            marker: None,
+        };
+        assert_eq!(states.replay(&logged(1, 0, 0, 5, 0, false)), None);
+        states.replay(&logged(1, 0, 5, 5, 5, false));
+        states.replay(&logged(2, 4, 0, 2, 10, true));
+        let mut marker = logged(3, 0, -1, 1, 12, true);
+        marker.marker = Some(Marker { committed: true, coordinator_epoch: 0 });
+        states.replay(&logged(3, 0, 0, 1, 11, true));
+        let done = states.replay(&marker).unwrap();
+        assert_eq!(done.first_offset, Some(11));
+        assert_eq!(states.first_unstable_offset(), Some(10));
+        assert_eq!(
+            states.check(batch(1, 0, 5, 5)),
+            Ok(Verdict::Duplicate { base_offset: 5, last_offset: 9 })
+        );
+        let restored = ProducerStates::decode_snapshot(&states.encode_snapshot()).unwrap();
+        assert_eq!(restored.views(), states.views());
+        assert_eq!(restored.first_unstable_offset(), Some(10));
+        let mut restored = restored;
+        assert_eq!(
+            restored.check(batch(1, 0, 5, 5)),
+            Ok(Verdict::Duplicate { base_offset: 5, last_offset: 9 })
+        );
+        assert_eq!(restored.check(batch(1, 0, 10, 1)), Ok(Verdict::Append));
+        let mut corrupt = states.encode_snapshot();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(ProducerStates::decode_snapshot(&corrupt).is_err());
     }
 }

@@ -50,8 +50,33 @@ pub struct BrokerConfig {
     pub max_connections_per_shard: usize,
     /// The group coordinator's settings.
     pub groups: GroupConfig,
+    /// The transaction coordinator's settings.
+    pub txns: TxnConfig,
     /// Every broker property with its value (defaults included), for DescribeConfigs.
     pub properties: BTreeMap<String, String>,
+}
+
+/// The transaction coordinator's settings, under Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnConfig {
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`, fixed
+    /// when the topic is created.
+    pub state_log_num_partitions: i32,
+    /// `transaction.state.log.segment.bytes`.
+    pub state_log_segment_bytes: u64,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask for.
+    pub max_timeout_ms: i64,
+}
+
+impl Default for TxnConfig {
+    /// Kafka's defaults.
+    fn default() -> Self {
+        TxnConfig {
+            state_log_num_partitions: 50,
+            state_log_segment_bytes: 104_857_600,
+            max_timeout_ms: 900_000,
+        }
+    }
 }
 
 /// The group coordinator's settings, under Kafka's names.
@@ -274,6 +299,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         queued_max_requests: 500,
         max_connections_per_shard: 1000,
         groups: GroupConfig::default(),
+        txns: TxnConfig::default(),
         properties: BTreeMap::new(),
     }
 }

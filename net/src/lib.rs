@@ -12,4 +12,5 @@ pub mod recent;
 pub mod server;
 pub mod shard;
 pub mod ticker;
+pub mod txn;
 pub mod zerocopy;

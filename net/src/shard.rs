@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -23,12 +23,16 @@ use sluice_engine::clock::{Clock, SystemClock};
 use sluice_engine::io::IoMode;
 use sluice_engine::log::{Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
-use sluice_engine::producer::{BatchIdentity, ProducerStates, SequenceError, Verdict};
+use sluice_engine::producer::{
+    encode_marker, BatchIdentity, LoggedBatch, Marker, ProducerStates, ProducerView, SequenceError,
+    Verdict,
+};
 use sluice_engine::shard::{shard_of, ShardId};
 use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{
     DelayedOperation, DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver, Watched,
 };
+use sluice_engine::txnindex::{self, AbortedTxn, TxnIndex};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerConfig, TopicSettings};
@@ -37,6 +41,8 @@ use crate::group::coordinator::{Coordinator, Write};
 use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
 use crate::recent::RecentBatches;
+use crate::txn::coordinator::TxnCoordinator;
+use crate::txn::{txn_partition, TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::{FileRange, RecordBytes, SendStats};
 
 /// Messages between shards waiting in one mesh channel before senders wait.
@@ -56,12 +62,13 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub log: Log,
     pub settings: RefCell<TopicSettings>,
-    /// Idempotent producers' sequences (in memory: rebuilt from nothing on restart, so
-    /// a producer's first batch after a restart gets UNKNOWN_PRODUCER_ID unless it
-    /// starts a sequence; see docs/ARCHITECTURE.md).
+    /// Producers' sequences and open transactions (rebuilt at open from the shutdown
+    /// snapshot and the log after it; see docs/ARCHITECTURE.md).
     pub producers: RefCell<ProducerStates>,
     /// Direct mode: the most recently appended batches, for tail fetches.
     pub recent: RecentBatches,
+    /// Aborted transactions, by segment (the `.txnindex` files).
+    pub aborted: RefCell<TxnIndex>,
 }
 
 impl Partition {
@@ -69,6 +76,26 @@ impl Partition {
     /// is on all (one) in-sync replicas.
     pub fn high_watermark(&self) -> i64 {
         self.log.log_end_offset()
+    }
+
+    /// The last stable offset: below it every transaction has ended (committed or
+    /// aborted); read_committed consumers read up to it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.producers
+            .borrow()
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Where a fetch may read up to: the high watermark, or the last stable offset for
+    /// read_committed.
+    pub fn fetch_bound(&self, read_committed: bool) -> i64 {
+        if read_committed {
+            self.last_stable_offset()
+        } else {
+            self.high_watermark()
+        }
     }
 }
 
@@ -82,7 +109,7 @@ pub enum ShardRequest {
     Fetch(Vec<FetchPart>),
     /// Answers when any of the partitions grows past the given offset, or after `wait_ms`.
     WatchFetch {
-        positions: Vec<(TopicPartition, i64)>,
+        positions: Vec<Watch>,
         wait_ms: u64,
     },
     ListOffsets(Vec<ListOffsetsPart>),
@@ -99,6 +126,16 @@ pub enum ShardRequest {
     Group(GroupCall),
     /// To the controller: a new producer id.
     AllocateProducerId,
+    /// To a transactional id's coordinator shard.
+    Txn(TxnCall),
+    /// From a transaction coordinator: write a commit or abort marker to each partition.
+    WriteMarkers {
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        partitions: Vec<TopicPartition>,
+    },
+    DescribeProducers(Vec<TopicPartition>),
 }
 
 #[derive(Debug)]
@@ -113,6 +150,9 @@ pub enum ShardResponse {
     Applied,
     Group(GroupAnswer),
     ProducerId(Result<i64, KafkaError>),
+    Txn(TxnAnswer),
+    Markers(Vec<Result<(), KafkaError>>),
+    Producers(Vec<Result<Vec<ProducerView>, KafkaError>>),
     /// The target shard is gone (shutting down).
     Unavailable,
 }
@@ -149,13 +189,28 @@ pub struct FetchPart {
     pub offset: i64,
     pub max_bytes: u64,
     pub current_leader_epoch: i32,
+    /// Isolation level read_committed: read up to the last stable offset.
+    pub read_committed: bool,
+}
+
+/// A partition a parked fetch waits on: it wakes when the partition's bound (high
+/// watermark, or last stable offset for read_committed) passes `seen`.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub tp: TopicPartition,
+    pub seen: i64,
+    pub read_committed: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct FetchResult {
     pub error: Option<KafkaError>,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// read_committed: the aborted transactions (producer id, first offset) overlapping
+    /// the records; `None` for read_uncommitted.
+    pub aborted: Option<Vec<(i64, i64)>>,
     pub records: RecordBytes,
 }
 
@@ -164,7 +219,9 @@ impl FetchResult {
         Self {
             error: Some(error),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
+            aborted: None,
             records: RecordBytes::default(),
         }
     }
@@ -175,6 +232,8 @@ pub struct ListOffsetsPart {
     pub tp: TopicPartition,
     pub timestamp: i64,
     pub current_leader_epoch: i32,
+    /// Isolation level read_committed: "latest" is the last stable offset.
+    pub read_committed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +279,16 @@ fn sequence_error(error: SequenceError, batch: &BatchIdentity) -> KafkaError {
     )
 }
 
+/// A batch of a produce request: where it is in the request's bytes and what it says.
+struct Extent {
+    start: usize,
+    size: usize,
+    identity: Option<BatchIdentity>,
+    count: i64,
+    transactional: bool,
+    max_timestamp: i64,
+}
+
 /// Kafka's special ListOffsets timestamps.
 pub mod list_offsets {
     pub const LATEST: i64 = -1;
@@ -231,7 +300,7 @@ pub mod list_offsets {
 
 /// A fetch parked until one of its partitions grows past the offset it last saw.
 pub struct FetchWaiter {
-    positions: Vec<(TopicPartition, i64)>,
+    positions: Vec<Watch>,
     notify: LocalSender<()>,
 }
 
@@ -240,8 +309,8 @@ pub struct LogEnds<'a>(&'a HashMap<TopicPartition, Rc<Partition>>);
 
 impl<'a> DelayedOperation<LogEnds<'a>> for FetchWaiter {
     fn try_complete(&mut self, ends: &mut LogEnds<'a>) -> bool {
-        self.positions.iter().any(|(tp, seen)| match ends.0.get(tp) {
-            Some(partition) => partition.high_watermark() > *seen,
+        self.positions.iter().any(|watch| match ends.0.get(&watch.tp) {
+            Some(partition) => partition.fetch_bound(watch.read_committed) > watch.seen,
             // Deleted or moved: the fetch answers now with the error.
             None => true,
         })
@@ -310,6 +379,9 @@ pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
     crate::mesh::build(shards, MESH_CHANNEL_CAPACITY)
 }
 
+/// How long a request waits for an internal topic another request is creating.
+const INTERNAL_TOPIC_WAIT: Duration = Duration::from_secs(5);
+
 /// What a shard reports when it stops: per partition, the recovery point and log start.
 pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
 
@@ -329,6 +401,8 @@ pub struct Shard {
     controller: Option<Controller>,
     /// The groups whose `__consumer_offsets` partitions this shard owns.
     pub groups: Coordinator,
+    /// The transactional ids whose `__transaction_state` partitions this shard owns.
+    pub txns: TxnCoordinator,
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
@@ -525,6 +599,23 @@ impl Shard {
             ShardRequest::AllocateProducerId => {
                 ShardResponse::ProducerId(self.allocate_producer_id().await)
             }
+            // Boxed: a coordinator call writes markers through `call`, which is this.
+            ShardRequest::Txn(call) => {
+                ShardResponse::Txn(Box::pin(self.txns.call(self, call)).await)
+            }
+            ShardRequest::WriteMarkers { producer_id, epoch, commit, partitions } => {
+                let mut results = Vec::with_capacity(partitions.len());
+                for tp in &partitions {
+                    results.push(self.write_marker(tp, producer_id, epoch, commit).await);
+                }
+                ShardResponse::Markers(results)
+            }
+            ShardRequest::DescribeProducers(partitions) => ShardResponse::Producers(
+                partitions
+                    .iter()
+                    .map(|tp| self.partition(tp).map(|p| p.producers.borrow().views()))
+                    .collect(),
+            ),
         }
     }
 
@@ -546,11 +637,11 @@ impl Shard {
                 format!("1 in-sync replica, min.insync.replicas is {min_insync_replicas}"),
             ));
         }
-        if part.tp.topic == OFFSETS_TOPIC {
-            // Kafka's answer: only the group coordinator writes its internal topic.
+        if part.tp.topic == OFFSETS_TOPIC || part.tp.topic == TXN_TOPIC {
+            // Kafka's answer: only the coordinators write their internal topics.
             return ProduceResult::failed(KafkaError::new(
                 code::INVALID_TOPIC_EXCEPTION,
-                format!("cannot append to internal topic {OFFSETS_TOPIC}"),
+                format!("cannot append to internal topic {}", part.tp.topic),
             ));
         }
         let Some(records) = part.records.filter(|r| !r.is_empty()) else {
@@ -578,6 +669,18 @@ impl Shard {
                     return ProduceResult::failed(from_batch_error(&error));
                 }
             };
+            // Markers are the coordinator's to write; a transaction needs a producer id.
+            let refused = if batch.is_control() {
+                Some("control batches are written by the broker only")
+            } else if batch.is_transactional() && batch.producer_id() < 0 {
+                Some("a transactional batch without a producer id")
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
+                warn!(partition = %part.tp, reason, "rejected produce batch");
+                return ProduceResult::failed(KafkaError::new(code::INVALID_RECORD, reason));
+            }
             let identity = (batch.producer_id() >= 0).then(|| {
                 BatchIdentity::new(
                     batch.producer_id(),
@@ -586,7 +689,14 @@ impl Shard {
                     batch.last_offset_delta(),
                 )
             });
-            extents.push((at, batch.size(), identity, i64::from(batch.last_offset_delta()) + 1));
+            extents.push(Extent {
+                start: at,
+                size: batch.size(),
+                identity,
+                count: i64::from(batch.last_offset_delta()) + 1,
+                transactional: batch.is_transactional(),
+                max_timestamp: batch.max_timestamp(),
+            });
             at += batch.size();
         }
         if at != bytes.len() {
@@ -611,8 +721,8 @@ impl Shard {
             }
         };
         let now_ms = self.clock.wall_ms();
-        for &(start, size, _, _) in &extents {
-            let batch = &mut bytes[start..start + size];
+        for extent in &extents {
+            let batch = &mut bytes[extent.start..extent.start + extent.size];
             batch::set_partition_leader_epoch(batch, LEADER_EPOCH);
             if log_append_time {
                 batch::set_log_append_time(batch, now_ms);
@@ -626,11 +736,15 @@ impl Shard {
                 if !staged.is_empty() {
                     let mut producers = partition.producers.borrow_mut();
                     let mut offset = info.base_offset;
-                    for &(_, _, identity, count) in &extents {
-                        if let Some(identity) = identity {
-                            producers.appended(identity, offset, offset + count - 1);
+                    for extent in &extents {
+                        if let Some(identity) = extent.identity {
+                            producers.appended(identity, offset, offset + extent.count - 1);
+                            producers.touch(identity.producer_id, extent.max_timestamp);
+                            if extent.transactional {
+                                producers.begin_txn(identity.producer_id, identity.epoch, offset);
+                            }
                         }
-                        offset += count;
+                        offset += extent.count;
                     }
                 }
                 self.on_append(&part.tp);
@@ -659,15 +773,14 @@ impl Shard {
     /// Checks the idempotent batches of a produce against the partition's producer
     /// state. `Ok`: the staged batches (maybe none); `Err(Ok(offset))`: the request is a
     /// duplicate of the batch written at `offset`; `Err(Err(_))`: refused.
-    #[allow(clippy::type_complexity)]
     fn check_sequences(
         partition: &Partition,
-        extents: &[(usize, usize, Option<BatchIdentity>, i64)],
+        extents: &[Extent],
     ) -> Result<Vec<BatchIdentity>, Result<i64, KafkaError>> {
         let mut producers = partition.producers.borrow_mut();
         let mut staged = Vec::new();
         let single = extents.len() == 1;
-        for identity in extents.iter().filter_map(|(_, _, identity, _)| *identity) {
+        for identity in extents.iter().filter_map(|extent| extent.identity) {
             let refused = match producers.check(identity) {
                 Ok(Verdict::Append) => {
                     staged.push(identity);
@@ -720,11 +833,17 @@ impl Shard {
             return FetchResult::failed(error);
         }
         let high_watermark = partition.high_watermark();
+        let last_stable_offset = partition.last_stable_offset();
+        let bound = if part.read_committed { last_stable_offset } else { high_watermark };
         let log_start_offset = partition.log.log_start_offset();
+        let aborted =
+            part.read_committed.then(|| partition.aborted.borrow().collect(part.offset, bound));
         let answer = |error: Option<KafkaError>, records: RecordBytes| FetchResult {
             error,
             high_watermark,
+            last_stable_offset,
             log_start_offset,
+            aborted: aborted.clone(),
             records,
         };
         let none = RecordBytes::default;
@@ -733,18 +852,17 @@ impl Shard {
                 format!("offset {} is outside [{log_start_offset}, {high_watermark}]", part.offset);
             return answer(Some(KafkaError::new(code::OFFSET_OUT_OF_RANGE, message)), none());
         }
-        if part.offset == high_watermark || part.max_bytes == 0 {
+        if part.offset >= bound || part.max_bytes == 0 {
             return answer(None, none());
         }
         // Direct mode: a tail fetch is served from the batches just appended.
-        if let Some(batches) = partition.recent.read(part.offset, part.max_bytes, high_watermark) {
+        if let Some(batches) = partition.recent.read(part.offset, part.max_bytes, bound) {
             return answer(None, RecordBytes::Cached(batches));
         }
-        let slice =
-            match partition.log.read(part.offset, part.max_bytes, high_watermark, true).await {
-                Ok(slice) => slice,
-                Err(error) => return answer(Some(from_log_error(&error)), none()),
-            };
+        let slice = match partition.log.read(part.offset, part.max_bytes, bound, true).await {
+            Ok(slice) => slice,
+            Err(error) => return answer(Some(from_log_error(&error)), none()),
+        };
         let Some(file) = slice.file.as_ref() else { return answer(None, none()) };
         // Page-cache mode: hand out the file range; the connection's writer sends it with
         // sendfile. Direct mode: the DMA read is the one copy.
@@ -769,9 +887,9 @@ impl Shard {
         }
     }
 
-    async fn watch_fetch(&self, positions: Vec<(TopicPartition, i64)>, wait_ms: u64) {
+    async fn watch_fetch(&self, positions: Vec<Watch>, wait_ms: u64) {
         let (sender, receiver) = local_channel::new_bounded(1);
-        let keys: Vec<TopicPartition> = positions.iter().map(|(tp, _)| tp.clone()).collect();
+        let keys: Vec<TopicPartition> = positions.iter().map(|watch| watch.tp.clone()).collect();
         let deadline_ms = self.clock.monotonic_ms().saturating_add(wait_ms);
         let waiter = FetchWaiter { positions, notify: sender };
         let parked = {
@@ -810,7 +928,7 @@ impl Shard {
         let found = |timestamp, offset| ListOffsetsResult { error: None, timestamp, offset };
         let log = &partition.log;
         match part.timestamp {
-            list_offsets::LATEST => found(-1, partition.high_watermark()),
+            list_offsets::LATEST => found(-1, partition.fetch_bound(part.read_committed)),
             list_offsets::EARLIEST | list_offsets::EARLIEST_LOCAL => {
                 found(-1, log.log_start_offset())
             }
@@ -910,9 +1028,12 @@ impl Shard {
                 for partition in 0..*partitions {
                     let tp = TopicPartition::new(name.clone(), partition);
                     self.open_partition(tp.clone(), None).await;
-                    // A new offsets topic is empty: nothing to load.
+                    // A new coordinator topic is empty: nothing to load.
                     if name == OFFSETS_TOPIC && self.partitions.borrow().contains_key(&tp) {
                         self.groups.mark_loaded(partition);
+                    }
+                    if name == TXN_TOPIC && self.partitions.borrow().contains_key(&tp) {
+                        self.txns.mark_loaded(partition);
                     }
                 }
             }
@@ -1008,13 +1129,31 @@ impl Shard {
         };
         match opened {
             Ok(log) => {
-                debug!(partition = %tp, log_end_offset = log.log_end_offset(), "partition open");
+                let (producers, aborted) = match self.load_producer_state(&log).await {
+                    Ok((producers, aborted, batches)) => {
+                        debug!(
+                            partition = %tp,
+                            log_end_offset = log.log_end_offset(),
+                            producers = producers.len(),
+                            producer_batches_replayed = batches,
+                            aborted_transactions = aborted.len(),
+                            "partition open"
+                        );
+                        (producers, aborted)
+                    }
+                    Err(reason) => {
+                        error!(partition = %tp, %reason, "rebuilding producer state failed: partition offline");
+                        self.offline.borrow_mut().insert(tp, reason);
+                        return;
+                    }
+                };
                 let partition = Rc::new(Partition {
                     tp: tp.clone(),
                     log,
                     settings: RefCell::new(settings),
-                    producers: RefCell::new(ProducerStates::default()),
+                    producers: RefCell::new(producers),
                     recent: RecentBatches::default(),
+                    aborted: RefCell::new(aborted),
                 });
                 self.offline.borrow_mut().remove(&tp);
                 self.partitions.borrow_mut().insert(tp, partition);
@@ -1080,6 +1219,46 @@ impl Shard {
         }
     }
 
+    /// Sends `call` to the coordinator of transactional id `id` (the shard owning its
+    /// partition of `__transaction_state`), creating that topic on first use.
+    pub async fn coordinate_txn(
+        self: &Rc<Self>,
+        id: &str,
+        call: TxnCall,
+    ) -> Result<TxnAnswer, i16> {
+        let partitions = self.transaction_topic().await?;
+        let tp = TopicPartition::new(TXN_TOPIC, txn_partition(id, partitions));
+        match self.call(self.owner_of(&tp), ShardRequest::Txn(call)).await {
+            ShardResponse::Txn(answer) => Ok(answer),
+            _ => Err(code::COORDINATOR_NOT_AVAILABLE),
+        }
+    }
+
+    /// Runs `call` on every shard's transaction coordinator (ListTransactions).
+    pub async fn coordinate_all_txns(
+        self: &Rc<Self>,
+        call: TxnCall,
+    ) -> Vec<Result<TxnAnswer, i16>> {
+        if let Err(error) = self.transaction_topic().await {
+            return vec![Err(error)];
+        }
+        let mut answers = Vec::with_capacity(self.shards());
+        for target in 0..self.shards() {
+            answers.push(match self.call(target, ShardRequest::Txn(call.clone())).await {
+                ShardResponse::Txn(answer) => Ok(answer),
+                _ => Err(code::COORDINATOR_NOT_AVAILABLE),
+            });
+        }
+        answers
+    }
+
+    /// The partition count of `__transaction_state`, creating the topic if it is missing.
+    pub async fn transaction_topic(self: &Rc<Self>) -> Result<i32, i16> {
+        let txns = &self.config.txns;
+        self.internal_topic(TXN_TOPIC, txns.state_log_num_partitions, txns.state_log_segment_bytes)
+            .await
+    }
+
     /// Runs `call` on every shard's coordinator (for ListGroups).
     pub async fn coordinate_all(self: &Rc<Self>, call: GroupCall) -> Vec<Result<GroupAnswer, i16>> {
         if let Err(error) = self.offsets_topic().await {
@@ -1097,35 +1276,58 @@ impl Shard {
 
     /// The partition count of `__consumer_offsets`, creating the topic if it is missing.
     pub async fn offsets_topic(self: &Rc<Self>) -> Result<i32, i16> {
-        if let Some(topic) = self.metadata().topic(OFFSETS_TOPIC) {
+        let groups = &self.config.groups;
+        self.internal_topic(
+            OFFSETS_TOPIC,
+            groups.offsets_topic_num_partitions,
+            groups.offsets_topic_segment_bytes,
+        )
+        .await
+    }
+
+    /// The partition count of a coordinator's internal (compacted) topic, creating it
+    /// through the controller if it is missing.
+    async fn internal_topic(
+        self: &Rc<Self>,
+        name: &str,
+        partitions: i32,
+        segment_bytes: u64,
+    ) -> Result<i32, i16> {
+        if let Some(topic) = self.metadata().topic(name) {
             return Ok(topic.partitions);
         }
-        let groups = &self.config.groups;
         let record = MetadataRecord::CreateTopic {
-            name: OFFSETS_TOPIC.to_string(),
+            name: name.to_string(),
             topic_id: sluice_engine::metadata::new_topic_id(),
-            partitions: groups.offsets_topic_num_partitions,
+            partitions,
             replication_factor: 1,
             configs: vec![
                 ("cleanup.policy".to_string(), "compact".to_string()),
-                ("segment.bytes".to_string(), groups.offsets_topic_segment_bytes.to_string()),
+                ("segment.bytes".to_string(), segment_bytes.to_string()),
             ],
         };
         match self.change_metadata(record, false).await {
-            Ok(()) => {
-                info!(partitions = groups.offsets_topic_num_partitions, "created {OFFSETS_TOPIC}")
-            }
-            // Another shard created it first.
+            Ok(()) => info!(partitions, "created {name}"),
+            // Another request created it first; its change may not have reached this
+            // shard yet.
             Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
             Err(error) => {
-                warn!(message = %error.message, "creating {OFFSETS_TOPIC} failed");
+                warn!(message = %error.message, "creating {name} failed");
                 return Err(code::COORDINATOR_NOT_AVAILABLE);
             }
         }
-        self.metadata()
-            .topic(OFFSETS_TOPIC)
-            .map(|t| t.partitions)
-            .ok_or(code::COORDINATOR_NOT_AVAILABLE)
+        let deadline = Instant::now() + INTERNAL_TOPIC_WAIT;
+        loop {
+            if let Some(topic) = self.metadata().topic(name) {
+                return Ok(topic.partitions);
+            }
+            if Instant::now() >= deadline {
+                // Retriable for every client (COORDINATOR_NOT_AVAILABLE made librdkafka
+                // drop a manual assignment's offset fetch and never fetch).
+                return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Appends group records (offset commits, group metadata, tombstones) to the group's
@@ -1135,28 +1337,62 @@ impl Shard {
         group: &str,
         writes: Vec<Write>,
     ) -> Result<(), KafkaError> {
+        self.append_group_records_txn(group, writes, None).await
+    }
+
+    /// [`Shard::append_group_records`] as part of a transaction (TxnOffsetCommit): a
+    /// transactional batch of that producer (id, epoch).
+    pub async fn append_group_records_txn(
+        &self,
+        group: &str,
+        writes: Vec<Write>,
+        txn: Option<(i64, i16)>,
+    ) -> Result<(), KafkaError> {
+        let partitions = self.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
+        let partitions = partitions
+            .ok_or_else(|| KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "no offsets topic"))?;
+        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
+        self.append_records(&tp, writes, txn).await
+    }
+
+    /// Appends records (key, value) to an internal topic's partition on this shard, as one
+    /// batch; `txn`: a transactional batch of that producer (id, epoch).
+    pub async fn append_records(
+        &self,
+        tp: &TopicPartition,
+        writes: Vec<Write>,
+        txn: Option<(i64, i16)>,
+    ) -> Result<(), KafkaError> {
         use kafka_protocol::records::{
             Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
         };
         if writes.is_empty() {
             return Ok(());
         }
-        let partitions = self.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
-        let partitions = partitions
-            .ok_or_else(|| KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "no offsets topic"))?;
-        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
-        let partition = self.partition(&tp)?;
+        let partition = self.partition(tp)?;
+        if let Some((producer_id, epoch)) = txn {
+            // A fenced producer's late write (its transaction was aborted with a newer
+            // epoch) must not join the newer epoch's transaction: Kafka's log rejects it
+            // the same way.
+            if partition.producers.borrow().check_marker(producer_id, epoch).is_err() {
+                return Err(KafkaError::new(
+                    code::INVALID_PRODUCER_EPOCH,
+                    format!("producer {producer_id} epoch {epoch} is fenced on {tp}"),
+                ));
+            }
+        }
         let now_ms = self.clock.wall_ms();
+        let (producer_id, producer_epoch) = txn.unwrap_or((-1, -1));
         let records: Vec<Record> = writes
             .into_iter()
             .enumerate()
             .map(|(index, (key, value))| Record {
-                transactional: false,
+                transactional: txn.is_some(),
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: LEADER_EPOCH,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 // The encoder takes offset deltas from these; the log assigns the base.
                 offset: index as i64,
@@ -1170,77 +1406,221 @@ impl Shard {
         let mut buffer = bytes::BytesMut::new();
         let options = RecordEncodeOptions { version: 2, compression: Compression::None };
         RecordBatchEncoder::encode(&mut buffer, &records, &options).map_err(|error| {
-            KafkaError::new(code::UNKNOWN_SERVER_ERROR, format!("encoding group records: {error}"))
+            KafkaError::new(code::UNKNOWN_SERVER_ERROR, format!("encoding records: {error}"))
         })?;
         let mut bytes = buffer.to_vec();
-        partition.log.append(&mut bytes).await.map_err(|error| {
-            error!(partition = %tp, %error, "group record append failed");
+        let info = partition.log.append(&mut bytes).await.map_err(|error| {
+            error!(partition = %tp, %error, "internal record append failed");
             from_log_error(&error)
         })?;
-        self.on_append(&tp);
+        if let Some((producer_id, epoch)) = txn {
+            partition.producers.borrow_mut().begin_txn(producer_id, epoch, info.base_offset);
+        }
+        self.on_append(tp);
         Ok(())
     }
 
-    /// Every record (key, value) of a partition, oldest first: the coordinator's replay
-    /// of `__consumer_offsets` at start-up.
-    async fn read_all_records(
+    /// Writes a transaction's markers to `partitions`, each on its owning shard.
+    pub async fn write_markers(
+        self: &Rc<Self>,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        partitions: &[TopicPartition],
+    ) -> Result<(), KafkaError> {
+        let results = self
+            .scatter(
+                partitions.to_vec(),
+                |tp| tp,
+                |partitions| ShardRequest::WriteMarkers { producer_id, epoch, commit, partitions },
+                |response| match response {
+                    ShardResponse::Markers(results) => Some(results),
+                    _ => None,
+                },
+                || Err(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
+            )
+            .await;
+        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    }
+
+    /// Writes one transaction marker on this shard: a control batch in the partition's
+    /// log, then the end of the producer's transaction there (the last stable offset moves;
+    /// an abort goes into the aborted-transaction index; in `__consumer_offsets` the group
+    /// coordinator applies or drops the transaction's offsets).
+    async fn write_marker(
         &self,
         tp: &TopicPartition,
-    ) -> Result<Vec<(Bytes, Option<Bytes>)>, String> {
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), KafkaError> {
+        let partition = match self.partition(tp) {
+            Ok(partition) => partition,
+            // Deleted since it joined the transaction: nothing to mark.
+            Err(error) if error.code == code::UNKNOWN_TOPIC_OR_PARTITION => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if let Err(error) = partition.producers.borrow().check_marker(producer_id, epoch) {
+            // An older epoch than the partition has seen: that transaction was already
+            // ended by a newer one.
+            warn!(partition = %tp, producer_id, epoch, ?error, "stale transaction marker not written");
+            return Ok(());
+        }
+        let marker = Marker { committed: commit, coordinator_epoch: 0 };
+        let mut bytes = encode_marker(producer_id, epoch, marker, self.clock.wall_ms());
+        batch::set_partition_leader_epoch(&mut bytes, LEADER_EPOCH);
+        let info = partition.log.append(&mut bytes).await.map_err(|error| {
+            error!(partition = %tp, %error, "transaction marker append failed");
+            from_log_error(&error)
+        })?;
+        if partition.log.options().io_mode == IoMode::Direct {
+            self.remember(&partition, info.base_offset, info.last_offset + 1, bytes);
+        }
+        let done = partition.producers.borrow_mut().complete_txn(
+            producer_id,
+            epoch,
+            marker,
+            info.base_offset,
+        );
+        if let (false, Some(first_offset)) = (commit, done.first_offset) {
+            let entry = AbortedTxn {
+                producer_id,
+                first_offset,
+                last_offset: info.base_offset,
+                last_stable_offset: partition.last_stable_offset(),
+            };
+            Self::index_aborted(&partition, entry);
+        }
+        if tp.topic == OFFSETS_TOPIC {
+            self.groups.complete_txn(self, tp.partition, producer_id, commit);
+        }
+        self.on_append(tp);
+        Ok(())
+    }
+
+    /// Adds an aborted transaction to the partition's index and to the `.txnindex` file of
+    /// the segment holding its marker.
+    fn index_aborted(partition: &Partition, entry: AbortedTxn) {
+        let bases = partition.log.segment_base_offsets();
+        record_abort(partition.log.dir(), &bases, &mut partition.aborted.borrow_mut(), entry);
+    }
+
+    /// Every record of a partition, oldest first, with the transaction markers: the
+    /// coordinators' replay of their internal topics at start-up.
+    async fn read_all_records(&self, tp: &TopicPartition) -> Result<Vec<Replayed>, String> {
         use kafka_protocol::records::RecordBatchDecoder;
         let partition = self.partition(tp).map_err(|e| e.message)?;
-        let end = partition.high_watermark();
-        let mut offset = partition.log.log_start_offset();
+        let (start, end) = (partition.log.log_start_offset(), partition.high_watermark());
         let mut records = Vec::new();
-        while offset < end {
-            let slice =
-                partition.log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
-            let chunk = slice.read().await.map_err(|e| e.to_string())?;
-            let mut buffer = Bytes::copy_from_slice(&chunk);
-            if buffer.is_empty() {
-                break;
-            }
-            let mut next = offset;
-            for batch in BatchIter::new(&buffer.clone()) {
-                let batch = batch.map_err(|e| e.to_string())?;
-                next = batch.last_offset() + 1;
-            }
+        for_each_chunk(&partition.log, start, end, |offset, chunk| {
+            let mut buffer = Bytes::copy_from_slice(chunk);
             let sets = RecordBatchDecoder::decode_all(&mut buffer).map_err(|e| e.to_string())?;
             for set in sets {
                 for record in set.records {
-                    if record.control || record.offset < offset {
+                    if record.offset < offset {
+                        continue;
+                    }
+                    if record.control {
+                        // Key: version i16, type i16 (0 abort, 1 commit).
+                        let kind = record.key.as_ref().filter(|k| k.len() >= 4).map(|k| k[3]);
+                        if let Some(kind) = kind.filter(|&k| k <= 1) {
+                            records.push(Replayed::Marker {
+                                producer_id: record.producer_id,
+                                commit: kind == 1,
+                            });
+                        }
                         continue;
                     }
                     if let Some(key) = record.key {
-                        records.push((key, record.value));
+                        let producer_id = record.transactional.then_some(record.producer_id);
+                        records.push(Replayed::Record { key, value: record.value, producer_id });
                     }
                 }
             }
-            if next <= offset {
-                break;
-            }
-            offset = next;
-        }
+            Ok(())
+        })
+        .await?;
         Ok(records)
     }
 
-    /// Loads every `__consumer_offsets` partition this shard owns into its coordinator.
-    async fn load_groups(&self) {
+    /// Loads every `__consumer_offsets` and `__transaction_state` partition this shard
+    /// owns into its coordinators.
+    async fn load_coordinators(self: &Rc<Self>) {
         let owned: Vec<TopicPartition> = self
             .partitions
             .borrow()
             .keys()
-            .filter(|tp| tp.topic == OFFSETS_TOPIC)
+            .filter(|tp| tp.topic == OFFSETS_TOPIC || tp.topic == TXN_TOPIC)
             .cloned()
             .collect();
         for tp in owned {
             match self.read_all_records(&tp).await {
-                Ok(records) => self.groups.load(self, tp.partition, records),
+                Ok(records) if tp.topic == OFFSETS_TOPIC => {
+                    self.groups.load(self, tp.partition, records)
+                }
+                Ok(records) => self.txns.load(self, tp.partition, records),
                 Err(reason) => {
-                    error!(partition = %tp, %reason, "loading consumer offsets failed; its groups are unavailable")
+                    error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
                 }
             }
         }
+    }
+
+    /// Rebuilds a partition's producer state and aborted-transaction index when it opens:
+    /// from the newest producer snapshot at or below the log end (written at clean
+    /// shutdown), then every producer batch after it (the whole log without one).
+    async fn load_producer_state(
+        &self,
+        log: &Log,
+    ) -> Result<(ProducerStates, TxnIndex, usize), String> {
+        let dir = log.dir();
+        let end = log.log_end_offset();
+        let bases = log.segment_base_offsets();
+        // A corrupt aborted-transaction index is rebuilt, like the other indexes: the files
+        // go, and the whole log is replayed (which writes the entries again).
+        let (mut aborted, snapshot) = match txnindex::load(dir, &bases) {
+            Ok(aborted) => (aborted, newest_snapshot(dir, end)),
+            Err(reason) => {
+                warn!(dir = %dir.display(), %reason, "aborted-transaction index unreadable; rebuilding it from the log");
+                for &base in &bases {
+                    let path = dir.join(sluice_engine::log::segment_file_name(base, "txnindex"));
+                    let _ = std::fs::remove_file(path);
+                }
+                (TxnIndex::default(), None)
+            }
+        };
+        aborted.truncate(end);
+        let (mut states, from) = match snapshot {
+            Some((offset, states)) => (states, offset),
+            None => (ProducerStates::default(), log.log_start_offset()),
+        };
+        let mut batches = 0usize;
+        let mut fresh_aborts = Vec::new();
+        for_each_chunk(log, from.max(log.log_start_offset()), end, |_, chunk| {
+            for batch in BatchIter::new(chunk) {
+                let batch = batch.map_err(|e| e.to_string())?;
+                let next = batch.last_offset() + 1;
+                let Some(logged) = LoggedBatch::of(&batch) else { continue };
+                batches += 1;
+                if let Some(done) = states.replay(&logged) {
+                    if let (false, Some(first_offset)) = (done.committed, done.first_offset) {
+                        let lso = states.first_unstable_offset().map_or(next, |f| f.min(next));
+                        fresh_aborts.push(AbortedTxn {
+                            producer_id: done.producer_id,
+                            first_offset,
+                            last_offset: done.last_offset,
+                            last_stable_offset: lso,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        for entry in fresh_aborts {
+            record_abort(dir, &bases, &mut aborted, entry);
+        }
+        Ok((states, aborted, batches))
     }
 
     /// Size and log start offset of every partition on this shard (for housekeeping).
@@ -1274,6 +1654,8 @@ impl Shard {
                 if retention_due {
                     match partition.log.apply_retention().await {
                         Ok(deleted) if !deleted.is_empty() => {
+                            let live = partition.log.segment_base_offsets();
+                            partition.aborted.borrow_mut().retain_segments(&live);
                             info!(partition = %partition.tp, segments = deleted.len(), "retention deleted segments")
                         }
                         Ok(_) => {}
@@ -1358,6 +1740,113 @@ impl Shard {
     }
 }
 
+/// Reads `log` from `from` up to `end` in chunks of whole batches (about 1 MiB), handing
+/// each chunk and the offset it was read from to `visit`: the replays at start-up.
+async fn for_each_chunk(
+    log: &Log,
+    from: i64,
+    end: i64,
+    mut visit: impl FnMut(i64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut offset = from;
+    while offset < end {
+        let slice = log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
+        let chunk = slice.read().await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut next = offset;
+        for batch in BatchIter::new(&chunk) {
+            next = batch.map_err(|e| e.to_string())?.last_offset() + 1;
+        }
+        visit(offset, &chunk)?;
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(())
+}
+
+/// Adds an aborted transaction to `index` under the segment (of `bases`) that holds its
+/// marker, and appends it to that segment's `.txnindex` file unless the index had it.
+/// One small write per aborted transaction and partition (see `engine::txnindex`).
+fn record_abort(dir: &std::path::Path, bases: &[i64], index: &mut TxnIndex, entry: AbortedTxn) {
+    let at = bases.partition_point(|&base| base <= entry.last_offset);
+    let base = bases.get(at.saturating_sub(1)).copied().unwrap_or(0);
+    if !index.add(base, entry) {
+        return;
+    }
+    if let Err(error) = txnindex::append_entry(dir, base, &entry) {
+        error!(dir = %dir.display(), %error, "writing the aborted-transaction index failed");
+    }
+}
+
+/// What a coordinator replays from its internal topic.
+#[derive(Debug, Clone)]
+pub enum Replayed {
+    /// A record; `producer_id` when it is part of a transaction.
+    Record { key: Bytes, value: Option<Bytes>, producer_id: Option<i64> },
+    /// A transaction marker.
+    Marker { producer_id: i64, commit: bool },
+}
+
+/// The producer snapshots in `dir` (`<offset>.snapshot`), by offset.
+fn snapshot_offsets(dir: &std::path::Path) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut offsets: Vec<i64> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".snapshot").and_then(|stem| stem.parse().ok())
+        })
+        .collect();
+    offsets.sort_unstable();
+    offsets
+}
+
+/// The newest readable producer snapshot at or below `end`, and its offset. Snapshots
+/// past the end (the log was cut) and unreadable ones are skipped with a log line.
+fn newest_snapshot(dir: &std::path::Path, end: i64) -> Option<(i64, ProducerStates)> {
+    for offset in snapshot_offsets(dir).into_iter().rev().filter(|&o| o <= end) {
+        let path = dir.join(sluice_engine::log::segment_file_name(offset, "snapshot"));
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| ProducerStates::decode_snapshot(&bytes))
+        {
+            Ok(states) => return Some((offset, states)),
+            Err(error) => warn!(path = %path.display(), %error, "producer snapshot skipped"),
+        }
+    }
+    None
+}
+
+/// Writes the partition's producer state as `<log end>.snapshot` (temp file, rename) and
+/// removes older snapshots. At shutdown only, after every request finished, so the state
+/// is exactly that of the log end. Not fsynced: a snapshot lost or torn by a crash fails
+/// its CRC or is missing, and the next start replays the log instead (slower, not wrong).
+fn write_snapshot(partition: &Partition) {
+    let dir = partition.log.dir();
+    let end = partition.log.log_end_offset();
+    let bytes = partition.producers.borrow().encode_snapshot();
+    let path = dir.join(sluice_engine::log::segment_file_name(end, "snapshot"));
+    let temp = path.with_extension("snapshot.tmp");
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        std::fs::rename(&temp, &path)
+    })();
+    if let Err(error) = written {
+        warn!(partition = %partition.tp, %error, "writing the producer snapshot failed");
+        return;
+    }
+    for offset in snapshot_offsets(dir).into_iter().filter(|&o| o != end) {
+        let old = dir.join(sluice_engine::log::segment_file_name(offset, "snapshot"));
+        let _ = std::fs::remove_file(old);
+    }
+}
+
 /// Starts a shard on the current executor: joins the mesh, opens the partitions it owns,
 /// serves connections until `stop`, then drains, flushes and closes. Returns the
 /// checkpoint entries of its partitions.
@@ -1381,6 +1870,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         producer_ids: FifoLock::new(),
     });
     let groups = Coordinator::new(clock.clone());
+    let txns = TxnCoordinator::new(clock.clone());
     let shard = Rc::new(Shard {
         id,
         config: start.config.clone(),
@@ -1395,6 +1885,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         fetch_waiters,
         controller,
         groups,
+        txns,
         stop: start.stop,
         connections: Cell::new(0),
         fetch_sends: SendStats::default(),
@@ -1425,7 +1916,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         "shard ready"
     );
 
-    shard.load_groups().await;
+    shard.load_coordinators().await;
 
     let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
     let (expired_sender, expired_receiver) = local_channel::new_unbounded();
@@ -1444,6 +1935,24 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
             }
         })
     };
+    let (txn_expired_sender, txn_expired_receiver) = local_channel::new_unbounded();
+    let txn_timer_task = shard
+        .txns
+        .timers
+        .spawn(move |(_, timer)| {
+            let _ = txn_expired_sender.try_send(timer);
+        })
+        .map_err(|error| format!("starting the transaction timer: {error}"))?;
+    let txn_expiry_task = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(timer) = txn_expired_receiver.recv().await {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { shard.txns.on_timer(&shard, timer).await })
+                    .detach();
+            }
+        })
+    };
     let timer_task = shard
         .fetch_waiters
         .spawn(|expired: Expired<FetchWaiter>| {
@@ -1459,10 +1968,15 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     shard.groups.timers.stop();
     group_timer_task.await;
     drop(group_expiry_task);
+    shard.txns.timers.stop();
+    txn_timer_task.await;
+    drop(txn_expiry_task);
     drop(mesh_task);
 
     let mut checkpoints = Vec::new();
     for partition in shard.partition_list() {
+        // Every request has finished: the producer state matches the log end.
+        write_snapshot(&partition);
         match partition.log.close().await {
             Ok(()) => checkpoints.push((
                 partition.tp.clone(),

@@ -476,22 +476,8 @@ fn kafka_python_joins_a_group_and_commits() {
     let topic = "group-python";
     Raw::connect(&address).create_topic(topic, 3, &[]);
     produce(&address, topic, "py", 900);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_python_group.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(&address)
-        .arg(topic)
-        .arg("python-group")
-        .arg("900")
-        .output()
-        .expect("python3 runs (tools/test.sh installs kafka-python)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("kafka-python group ok"),
-        "kafka-python group script failed:\n{stdout}\n{}\nbroker log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        broker.log()
-    );
+    let args = [topic, "python-group", "900"];
+    crate::harness::run_python(&broker, "kafka_python_group.py", &args, "kafka-python group ok");
     let mut raw = Raw::connect(&address);
     assert_eq!(committed(&mut raw, "python-group", topic, 3), end_offsets(&mut raw, topic, 3));
     let listed: kafka_protocol::messages::ListGroupsResponse =

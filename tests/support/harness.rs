@@ -16,6 +16,52 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
+/// Runs `tests/support/<script>` with python3 (kafka-python, installed by tools/test.sh)
+/// against `broker` with `args` after the address, and asserts that it exits 0 and prints
+/// `ok_line`; the failure shows the script's output and the broker's log.
+pub fn run_python(broker: &Broker, script: &str, args: &[&str], ok_line: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script);
+    let output = Command::new("python3")
+        .arg(path)
+        .arg(broker.address())
+        .args(args)
+        .output()
+        .expect("python3 runs (tools/test.sh installs kafka-python)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(ok_line),
+        "{script} failed (install kafka-python with `pip install -r tests/requirements.txt`):\n{stdout}\n{}\nbroker log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        broker.log()
+    );
+}
+
+/// Where every thread of process `pid` is: gdb's backtraces when gdb is installed, else
+/// each thread's name and kernel wait channel. For diagnosing a broker that hangs.
+fn stacks(pid: u32) -> String {
+    let gdb = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt 30"])
+        .output();
+    if let Ok(out) = gdb {
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+    }
+    let mut text = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return text };
+    for task in tasks.flatten() {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+        text += &format!(
+            "{} {} wchan={} syscall={}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("syscall")
+        );
+    }
+    text
+}
+
 /// A running broker. Killed (SIGKILL) when dropped.
 pub struct Broker {
     child: Option<Child>,
@@ -94,7 +140,10 @@ impl Broker {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("broker exited at start-up ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "broker did not listen:\n{}", self.log());
+            if Instant::now() >= deadline {
+                let stacks = stacks(self.child.as_ref().unwrap().id());
+                panic!("broker did not listen:\n{}\nthreads:\n{stacks}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -19,7 +19,7 @@ const NONE: i16 = 0;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const UNKNOWN_PRODUCER_ID: i16 = 59;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
 
 fn init_producer_id(raw: &mut Raw, version: i16) -> (i64, i16) {
     let mut request = InitProducerIdRequest::default();
@@ -86,12 +86,19 @@ fn duplicate_batches_are_written_once() {
     assert_eq!(produced(&raw.send(&fenced, 9)).0, INVALID_PRODUCER_EPOCH);
     assert_eq!(crate::kafka::latest_offset(&mut raw, "idem", 0), 5);
 
-    // Transactional ids wait for the transaction coordinator.
+    // A transactional id keeps its producer id and bumps the epoch on each init.
     let mut transactional = InitProducerIdRequest::default();
     transactional.transactional_id =
         Some(kafka_protocol::messages::TransactionalId("tx".to_string().into()));
-    let refused: InitProducerIdResponse = raw.send(&transactional, 4);
-    assert_eq!(refused.error_code, COORDINATOR_NOT_AVAILABLE);
+    transactional.transaction_timeout_ms = 60_000;
+    let first: InitProducerIdResponse = raw.send(&transactional, 4);
+    assert_eq!((first.error_code, first.producer_epoch), (NONE, 0));
+    let second: InitProducerIdResponse = raw.send(&transactional, 4);
+    assert_eq!(second.error_code, NONE);
+    assert_eq!((second.producer_id, second.producer_epoch), (first.producer_id, 1));
+    transactional.transaction_timeout_ms = 1_000_000_000;
+    let too_long: InitProducerIdResponse = raw.send(&transactional, 4);
+    assert_eq!(too_long.error_code, INVALID_TRANSACTION_TIMEOUT);
 
     // Ids handed out before a restart are never handed out again.
     let highest = ids.iter().map(|(id, _)| *id).max().unwrap();
@@ -163,8 +170,8 @@ fn rdkafka_idempotent_producer_writes_each_message_once_in_order() {
     assert!(seen.iter().all(|s| *s));
 }
 
-/// An idempotent librdkafka producer keeps going across a broker restart (its producer
-/// state is gone after the restart; the client resets its sequence and carries on).
+/// An idempotent librdkafka producer keeps going across a broker restart (the producer
+/// state comes back from the snapshot written at shutdown).
 #[test]
 fn rdkafka_idempotent_producer_survives_a_broker_restart() {
     let dir = tempfile::tempdir().unwrap();

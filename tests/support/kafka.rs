@@ -499,20 +499,7 @@ fn bad_input_gets_errors_or_closed_connections_and_loses_nothing() {
 fn kafka_python_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/kafka_python.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(broker.address())
-        .output()
-        .expect("python3 runs (tools/test.sh installs kafka-python)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "kafka-python script failed (install it with `pip install -r tests/requirements.txt`):\n{stdout}\n{stderr}\nbroker log:\n{}",
-        broker.log()
-    );
-    assert!(stdout.contains("kafka-python round trip ok"), "{stdout}");
+    crate::harness::run_python(&broker, "kafka_python.py", &[], "kafka-python round trip ok");
 }
 
 /// Pipelined requests on one connection are answered in the order they were sent, even

@@ -5,9 +5,12 @@
 //! `DelayedOperationPurgatory`, rebuilt per shard without locks.
 //!
 //! Three layers, each usable alone:
-//! - [`TimingWheel<T>`]: a hierarchical timing wheel of payloads `T`. O(1) `add` and
-//!   `cancel` (through a `Copy` [`TimerHandle`]), overflow wheels created on demand,
-//!   driven only by `advance(now_ms)`. Bounded by `entries_max`. The exact expiry
+//! - [`TimingWheel<T>`]: a hierarchical timing wheel of payloads `T`. O(1) `add`, and
+//!   O(1) `cancel` (payload handed back) or `discard` (payload dropped later) through a
+//!   `Copy` [`TimerHandle`]; buckets are vectors of slab indexes and cancelled entries
+//!   stay in them as tombstones until `advance` or a compaction frees them. Overflow
+//!   wheels created on demand, driven only by `advance(now_ms)`. Bounded by
+//!   `entries_max` live entries. The exact expiry
 //!   guarantee is on [`TimingWheel::advance`]: an entry with deadline `d` comes out of the
 //!   first `advance(now)` with `now >= ceil(d / tick) * tick`, never earlier; so never
 //!   before its deadline and, when `advance` runs every tick, less than a tick after it.

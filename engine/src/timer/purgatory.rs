@@ -325,8 +325,7 @@ impl<K: Hash + Eq + Clone, O> Purgatory<K, O> {
                 .expect("watch lists hold only parked operations");
             if parked.op.try_complete(context) {
                 let (id, parked) = self.remove(op_index);
-                let cancelled = self.wheel.cancel(parked.timer);
-                assert_eq!(cancelled, Some(id));
+                assert!(self.wheel.discard(parked.timer), "a parked operation's timer is live");
                 completed.push(Completed { id, op: parked.op });
                 // `swap_remove` moved the list's last watcher into `position`: try it next.
             } else {
@@ -368,8 +367,7 @@ impl<K: Hash + Eq + Clone, O> Purgatory<K, O> {
     pub fn cancel(&mut self, id: OpId) -> Option<O> {
         self.parked(id)?;
         let (_, parked) = self.remove(id.index);
-        let cancelled = self.wheel.cancel(parked.timer);
-        assert_eq!(cancelled, Some(id));
+        assert!(self.wheel.discard(parked.timer), "a parked operation's timer is live");
         Some(parked.op)
     }
 
@@ -379,9 +377,8 @@ impl<K: Hash + Eq + Clone, O> Purgatory<K, O> {
         let Some(parked) = self.parked(id) else {
             return false;
         };
-        let cancelled = self.wheel.cancel(parked.timer);
-        assert_eq!(cancelled, Some(id));
-        // One entry was just freed, so the wheel has room.
+        assert!(self.wheel.discard(parked.timer), "a parked operation's timer is live");
+        // One live entry just left, so the wheel has room (`entries_max` counts live ones).
         let timer = self.wheel.add(deadline_ms, id).expect("a wheel entry was just freed");
         if let Some(parked) = self.slots[id.index as usize].parked.as_mut() {
             parked.timer = timer;

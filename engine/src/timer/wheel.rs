@@ -1,12 +1,26 @@
 //! The hierarchical timing wheel: O(1) add and cancel of deadlines, driven only by
-//! `advance(now_ms)`, so that the purgatory and every timeout in a shard cost a few
-//! pointer writes instead of a heap's O(log n), and tests drive time by hand.
+//! `advance(now_ms)`, so that the purgatory and every timeout in a shard cost a couple of
+//! writes instead of a heap's O(log n), and tests drive time by hand.
+//!
+//! Measured against a `BinaryHeap` and a `BTreeMap` timer by `sluice-bench timer` (figures
+//! and command in `perf/RESULTS.md`, "Timing wheel (issue 3)").
 //!
 //! Layout (one wheel per shard, no locks, no `Rc`):
-//! - every entry lives in one arena (`Vec<Entry<T>>` with a free list and a generation per
-//!   slot), so a [`TimerHandle`] is `(index, generation)` and a stale handle is harmless;
-//! - every bucket is an intrusive doubly linked list threaded through the arena by index,
-//!   so add is "link at the tail" and cancel is "unlink", both O(1);
+//! - every entry lives in one slab (`Vec<Slot<T>>`: deadline and payload) with a stamp
+//!   (generation) per slot in a dense `Vec<u32>` beside it, so a [`TimerHandle`] is
+//!   `(index, generation)` and a stale handle is harmless. Freed slots go on a stack and
+//!   the most recently freed one, likely still in cache, is reused first;
+//! - every bucket is a `Vec<u32>` of slab indexes, so add is "fill a slot, push its index
+//!   at the end of a bucket": no allocation per add (drained buckets keep their vector),
+//!   and the few buckets that take most adds keep their ends in cache;
+//! - cancel is lazy: it bumps the slot's stamp (`discard`: one write to the dense stamp
+//!   array; `cancel` also takes the payload out of the slot), unlinks nothing and leaves
+//!   the index in its bucket as a tombstone. The slot is freed only when `advance` drains
+//!   or cascades that bucket, or by a compaction, so a slot is never reused while its
+//!   index sits in a list (no stale index can alias a newer entry). A compaction sweeps
+//!   every bucket when the slab would otherwise grow while tombstones outnumber live
+//!   entries by more than a small slack, so cancels never leak memory: the slab holds at
+//!   most `2 * peak_live + 4097` slots, and compactions cost O(1) per cancel amortized;
 //! - level `k` has `wheel_size` buckets of `wheel_size^k` ticks each; levels above 0 are
 //!   created on demand for far deadlines (Kafka's overflow wheels) and their buckets move
 //!   down a level (cascade) when time reaches them;
@@ -20,21 +34,20 @@
 
 use thiserror::Error;
 
-/// Marks "no entry" in the intrusive links (and the end of the free list).
-const NIL: u32 = u32::MAX;
-/// `Entry::list` of a vacant arena slot.
-const LIST_FREE: u32 = u32::MAX;
-/// `Entry::list` of an entry that was due when it was added (or cascaded) and waits for
-/// the next `advance` in the due list.
-const LIST_DUE: u32 = u32::MAX - 1;
-
-/// Largest wheel size accepted: keeps `level * wheel_size + slot` far below `LIST_DUE`.
+/// Largest wheel size accepted (a level is `wheel_size` bucket headers and a bitmap).
 pub const WHEEL_SIZE_MAX: u32 = 4096;
-/// Largest number of live entries one wheel can address (indexes are `u32`, two values
-/// are reserved).
-pub const ENTRIES_MAX_LIMIT: usize = (u32::MAX - 2) as usize;
+/// Tombstones tolerated beyond the live count: past it, the slab does not grow without a
+/// compaction first. Small under test so that the model test compacts often.
+const TOMBSTONE_SLACK: usize = if cfg!(test) { 4 } else { 4096 };
+/// Largest number of live entries one wheel can hold. Live entries and tombstones share
+/// `u32` slab indexes, and the slab holds at most `2 * entries_max + TOMBSTONE_SLACK`
+/// slots (see [`TimingWheel::add`]), which this keeps below `u32::MAX`.
+pub const ENTRIES_MAX_LIMIT: usize = (u32::MAX as usize - 4096) / 2;
+/// A drained bucket keeps its vector (and the next adds to it allocate nothing) up to this
+/// capacity; a larger one, left by a burst, is freed.
+const BUCKET_KEEP_CAPACITY: usize = 1024;
 
-const _: () = assert!(WHEEL_SIZE_MAX as u64 * 64 < LIST_DUE as u64);
+const _: () = assert!(TOMBSTONE_SLACK <= 4096);
 
 /// Errors of the timing wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -60,7 +73,8 @@ pub struct WheelOptions {
     pub tick_ms: u64,
     /// Buckets per level (Kafka: 20).
     pub wheel_size: u32,
-    /// Live entries at most; `add` fails with [`TimerError::Full`] beyond it.
+    /// Live entries at most; `add` fails with [`TimerError::Full`] beyond it. Cancelled
+    /// entries do not count (see [`TimingWheel::add`] for the memory they hold).
     pub entries_max: usize,
     /// The clock's reading when the wheel is created (monotonic ms).
     pub start_ms: u64,
@@ -97,38 +111,32 @@ impl Default for WheelOptions {
 
 /// Names one entry of one wheel. Copy it freely: once the entry has expired or been
 /// cancelled the handle is stale and `cancel` on it returns `None` (the slot's generation
-/// moved on). Generations are `u32` and wrap: a handle kept across 2^32 reuses of the
-/// same slot could alias a newer entry, which no caller in the broker does.
+/// moved on). Generations are `u32` stamps that move by two per use of a slot and wrap: a
+/// handle kept across 2^31 reuses of the same slot could alias a newer entry, which no
+/// caller in the broker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerHandle {
     index: u32,
     generation: u32,
 }
 
-/// One arena slot. Vacant slots keep their generation and use `next` as the free-list
-/// link; occupied slots are linked into exactly one list (a bucket or the due list).
+/// One slab slot. Whether it is live is told by its stamp (kept apart, in
+/// `TimingWheel::stamps`), not by `payload`: a discarded entry keeps its payload until
+/// its slot is freed.
 #[derive(Debug)]
-struct Entry<T> {
+struct Slot<T> {
     /// `ceil(deadline_ms / tick_ms)`.
     deadline_tick: u64,
-    prev: u32,
-    next: u32,
-    /// Which list holds the entry: `level * wheel_size + slot`, `LIST_DUE` or `LIST_FREE`.
-    list: u32,
-    generation: u32,
+    /// `Some` while live; taken by expiry and `cancel`; left by `discard` and dropped when
+    /// the slot is freed.
     payload: Option<T>,
 }
 
-/// Head and tail of one intrusive list; entries are appended at the tail so that entries
-/// with the same deadline come out in the order they were added.
-#[derive(Debug, Clone, Copy)]
-struct List {
-    head: u32,
-    tail: u32,
-}
-
-impl List {
-    const EMPTY: List = List { head: NIL, tail: NIL };
+/// A stamp is odd while its slot is live, even otherwise. It moves on by one when an entry
+/// takes the slot and by one when it leaves (cancel, discard or expiry), so a handle (which
+/// carries the odd stamp of its entry) matches only while that entry is live.
+fn is_live(stamp: u32) -> bool {
+    stamp & 1 == 1
 }
 
 /// One level of the hierarchy: `wheel_size` buckets of `tick_span` ticks each.
@@ -139,7 +147,8 @@ struct Level {
     /// Ticks covered by the whole level: `wheel_size^(level+1)`, `None` when that does not
     /// fit in a `u64` (the level then covers every remaining deadline).
     level_span: Option<u64>,
-    buckets: Vec<List>,
+    /// Slab indexes, in the order they were pushed (live entries and tombstones).
+    buckets: Vec<Vec<u32>>,
     /// Bit `s` set when bucket `s` is non-empty.
     occupied: Vec<u64>,
     /// The level's window, cached so that `add` needs at most one division: its first
@@ -157,7 +166,7 @@ impl Level {
         let mut level = Level {
             tick_span,
             level_span: tick_span.checked_mul(u64::from(wheel_size)),
-            buckets: vec![List::EMPTY; wheel_size as usize],
+            buckets: (0..wheel_size).map(|_| Vec::new()).collect(),
             occupied: vec![0; words],
             window_start: 0,
             window_end: None,
@@ -194,7 +203,6 @@ impl Level {
         self.window_slot = (bucket_id % u64::from(wheel_size)) as usize;
     }
 
-    /// The slot of a deadline inside the window.
     /// The slot of a deadline inside the window, and the tick at which that bucket expires.
     fn slot_of(&self, deadline_tick: u64, wheel_size: usize) -> (usize, u64) {
         let offset = deadline_tick - self.window_start;
@@ -246,15 +254,22 @@ fn first_set(bits: &[u64], lo: usize, hi: usize) -> Option<usize> {
 #[derive(Debug)]
 pub struct TimingWheel<T> {
     options: WheelOptions,
-    entries: Vec<Entry<T>>,
-    free_head: u32,
+    /// One stamp per slab slot, apart from the slots so that `discard` (and the liveness
+    /// checks of cascades and compactions) touch 4 bytes per entry in a dense array.
+    stamps: Vec<u32>,
+    slots: Vec<Slot<T>>,
+    /// Free slot indexes; the last one pushed (the most recently freed) is reused first.
+    free: Vec<u32>,
+    /// Live entries.
     len: usize,
+    /// Cancelled entries whose index still sits in a bucket or the due list.
+    tombstones: usize,
     /// The wheel's clock: `floor(now_ms / tick_ms)` of the latest `advance` (or `start_ms`).
     current_tick: u64,
     levels: Vec<Level>,
     /// Entries whose tick had already come when they were added or cascaded; the next
     /// `advance` returns them first.
-    due: List,
+    due: Vec<u32>,
     /// A lower bound on the expiry tick of every non-empty bucket (`u64::MAX`: none), so
     /// an `advance` that reaches no bucket costs no scan. Cancels may leave it low, which
     /// only costs one scan.
@@ -275,12 +290,14 @@ impl<T> TimingWheel<T> {
         let level = Level::new(1, options.wheel_size, current_tick);
         TimingWheel {
             options,
-            entries: Vec::new(),
-            free_head: NIL,
+            stamps: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             len: 0,
+            tombstones: 0,
             current_tick,
             levels: vec![level],
-            due: List::EMPTY,
+            due: Vec::new(),
             next_event_tick: u64::MAX,
         }
     }
@@ -309,24 +326,33 @@ impl<T> TimingWheel<T> {
         self.levels.len()
     }
 
-    /// Heap bytes held by the wheel, by capacity: the arena (`size_of` entry times its
-    /// capacity) plus every level's buckets and bitmap. Used by the benchmark to report
-    /// bytes per timer.
+    /// Heap bytes held by the wheel, by capacity: the slab (`size_of` slot times its
+    /// capacity), the free stack, the due list, and every level's bucket headers, bucket
+    /// vectors and bitmap. Used by the benchmark to report bytes per timer.
     pub fn heap_bytes(&self) -> usize {
-        let arena = self.entries.capacity() * std::mem::size_of::<Entry<T>>();
+        let index = std::mem::size_of::<u32>();
+        let slab = self.slots.capacity() * std::mem::size_of::<Slot<T>>()
+            + (self.stamps.capacity() + self.free.capacity() + self.due.capacity()) * index;
         let levels: usize = self
             .levels
             .iter()
             .map(|level| {
-                level.buckets.capacity() * std::mem::size_of::<List>()
+                level.buckets.capacity() * std::mem::size_of::<Vec<u32>>()
+                    + level.buckets.iter().map(|bucket| bucket.capacity() * index).sum::<usize>()
                     + level.occupied.capacity() * std::mem::size_of::<u64>()
             })
             .sum();
-        arena + levels + self.levels.capacity() * std::mem::size_of::<Level>()
+        slab + levels + self.levels.capacity() * std::mem::size_of::<Level>()
     }
 
     /// Schedules `payload` for `deadline_ms` (monotonic ms). A deadline at or before the
     /// wheel's time is not lost: the next `advance` returns it, whatever its `now_ms`.
+    ///
+    /// Fails with [`TimerError::Full`] when `entries_max` entries are live. Cancelled
+    /// entries hold their slot until `advance` reaches their bucket; when no slot is free
+    /// and tombstones outnumber live entries by more than a small slack, `add` first
+    /// compacts (sweeps every bucket and frees the tombstones: amortized O(1) per cancel),
+    /// so the slab never holds more than about twice the live entries at their peak.
     pub fn add(&mut self, deadline_ms: u64, payload: T) -> Result<TimerHandle, TimerError> {
         if self.len >= self.options.entries_max {
             return Err(TimerError::Full { entries_max: self.options.entries_max });
@@ -335,55 +361,69 @@ impl<T> TimingWheel<T> {
             1 => deadline_ms, // Kafka's tick: no division on the hot path.
             tick_ms => deadline_ms.div_ceil(tick_ms),
         };
-        let index = if self.free_head != NIL {
-            let index = self.free_head;
-            let entry = &mut self.entries[index as usize];
-            assert_eq!(entry.list, LIST_FREE);
-            self.free_head = entry.next;
-            entry.deadline_tick = deadline_tick;
-            entry.payload = Some(payload);
-            index
-        } else {
-            let index = u32::try_from(self.entries.len())
-                .expect("entries_max <= ENTRIES_MAX_LIMIT keeps indexes below NIL");
-            assert!(index < LIST_DUE);
-            self.entries.push(Entry {
-                deadline_tick,
-                prev: NIL,
-                next: NIL,
-                list: LIST_FREE,
-                generation: 0,
-                payload: Some(payload),
-            });
-            index
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => self.new_slot(),
         };
+        let stamp = &mut self.stamps[index as usize];
+        debug_assert!(!is_live(*stamp));
+        *stamp = stamp.wrapping_add(1);
+        let handle = TimerHandle { index, generation: *stamp };
+        let slot = &mut self.slots[index as usize];
+        debug_assert!(slot.payload.is_none() || !std::mem::needs_drop::<T>());
+        slot.deadline_tick = deadline_tick;
+        slot.payload = Some(payload);
         self.len += 1;
-        self.place(index);
-        Ok(TimerHandle { index, generation: self.entries[index as usize].generation })
+        self.place(index, deadline_tick);
+        Ok(handle)
     }
 
     /// Removes the entry `handle` names and returns its payload; `None` when the handle is
-    /// stale (the entry already expired or was cancelled). O(1).
+    /// stale (the entry already expired or was cancelled). O(1): it bumps the entry's
+    /// stamp and takes the payload out of its slot, and leaves its index in the bucket as a
+    /// tombstone.
     pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
-        let entry = self.entries.get(handle.index as usize)?;
-        if entry.generation != handle.generation || entry.list == LIST_FREE {
+        if !self.kill(handle) {
             return None;
         }
-        self.unlink(handle.index);
-        Some(self.release(handle.index))
+        let payload = self.slots[handle.index as usize].payload.take();
+        assert!(payload.is_some(), "a live entry holds its payload");
+        payload
+    }
+
+    /// Removes the entry `handle` names without handing its payload back (it is dropped
+    /// when the slot is freed: when `advance` reaches the entry's bucket, or at a
+    /// compaction). Returns whether the handle named a live entry. O(1), and cheaper than
+    /// [`cancel`](Self::cancel): one write to a dense array of 4-byte stamps.
+    pub fn discard(&mut self, handle: TimerHandle) -> bool {
+        self.kill(handle)
     }
 
     /// Whether `handle` still names a live entry.
     pub fn contains(&self, handle: TimerHandle) -> bool {
-        self.entries
+        self.stamps
             .get(handle.index as usize)
-            .is_some_and(|entry| entry.generation == handle.generation && entry.list != LIST_FREE)
+            .is_some_and(|stamp| *stamp == handle.generation && is_live(*stamp))
+    }
+
+    /// Marks the live entry `handle` names as a tombstone; false when the handle is stale.
+    fn kill(&mut self, handle: TimerHandle) -> bool {
+        let Some(stamp) = self.stamps.get_mut(handle.index as usize) else {
+            return false;
+        };
+        if *stamp != handle.generation || !is_live(*stamp) {
+            return false;
+        }
+        *stamp = stamp.wrapping_add(1);
+        self.len -= 1;
+        self.tombstones += 1;
+        true
     }
 
     /// The deadline of a live entry, rounded up to the tick (the time it will expire at).
     pub fn expiry_ms(&self, handle: TimerHandle) -> Option<u64> {
         self.contains(handle).then(|| {
-            self.entries[handle.index as usize].deadline_tick.saturating_mul(self.options.tick_ms)
+            self.slots[handle.index as usize].deadline_tick.saturating_mul(self.options.tick_ms)
         })
     }
 
@@ -401,8 +441,8 @@ impl<T> TimingWheel<T> {
     /// Time never goes back: a `now_ms` older than the wheel's time returns only the due
     /// entries and leaves the time as it is.
     ///
-    /// Cost: O(expired + cascaded entries + non-empty buckets passed), independent of how
-    /// far time jumps.
+    /// Cost: O(expired + cascaded entries + tombstones freed + non-empty buckets passed),
+    /// independent of how far time jumps.
     pub fn advance(&mut self, now_ms: u64, expired: &mut Vec<(TimerHandle, T)>) -> usize {
         let before = expired.len();
         let target_tick = (now_ms / self.options.tick_ms).max(self.current_tick);
@@ -424,24 +464,32 @@ impl<T> TimingWheel<T> {
             assert!(expiry_tick >= self.current_tick);
             self.set_current_tick(expiry_tick);
             let level = &mut self.levels[level_index];
-            let list = std::mem::replace(&mut level.buckets[slot], List::EMPTY);
+            let mut bucket = std::mem::take(&mut level.buckets[slot]);
             let tick_span = level.tick_span;
             level.set_occupied(slot, false);
-            let mut index = list.head;
-            while index != NIL {
-                let entry = &mut self.entries[index as usize];
-                let next = entry.next;
-                // Every entry of a bucket lies in the bucket's span, which starts now.
-                assert!(entry.deadline_tick >= expiry_tick);
-                assert!(entry.deadline_tick - expiry_tick < tick_span);
-                if level_index == 0 {
-                    let handle = TimerHandle { index, generation: entry.generation };
-                    let payload = self.release(index);
-                    expired.push((handle, payload));
-                } else {
-                    self.place(index);
+            if level_index == 0 {
+                for &index in &bucket {
+                    self.expire(index, expired);
                 }
-                index = next;
+            } else {
+                for &index in &bucket {
+                    if !is_live(self.stamps[index as usize]) {
+                        self.free_tombstone(index);
+                        continue;
+                    }
+                    // Every entry of a bucket lies in the bucket's span, which starts now.
+                    let deadline_tick = self.slots[index as usize].deadline_tick;
+                    assert!(deadline_tick >= expiry_tick);
+                    assert!(deadline_tick - expiry_tick < tick_span);
+                    self.place(index, deadline_tick);
+                }
+            }
+            // Keep the vector for the next adds to this bucket (a cascade only places
+            // entries on lower levels, so the bucket is still empty).
+            bucket.clear();
+            let emptied = &mut self.levels[level_index].buckets[slot];
+            if bucket.capacity() <= BUCKET_KEEP_CAPACITY && emptied.capacity() == 0 {
+                *emptied = bucket;
             }
             self.drain_due(expired);
         }
@@ -451,10 +499,14 @@ impl<T> TimingWheel<T> {
 
     /// The earliest time at which the wheel needs an `advance`: no entry expires before it,
     /// and the earliest entry expires at it (level 0) or after it (an overflow bucket that
-    /// only cascades then). `Some(now_ms())` when entries are already due; `None` when the
-    /// wheel is empty. A driver sleeps until this and never misses an expiry.
+    /// only cascades then, or a bucket holding only cancelled entries). `Some(now_ms())`
+    /// when entries are already due; `None` when the wheel is empty. A driver sleeps until
+    /// this and never misses an expiry.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        if self.due.head != NIL {
+        if self.len == 0 {
+            return None;
+        }
+        if !self.due.is_empty() {
             return Some(self.now_ms());
         }
         self.next_bucket().map(|(_, _, tick)| tick.saturating_mul(self.options.tick_ms))
@@ -494,12 +546,89 @@ impl<T> TimingWheel<T> {
         best
     }
 
-    /// Links a live, unlinked entry into the list its deadline belongs to, given the
-    /// wheel's current time: the due list, or the lowest level whose span reaches it.
-    fn place(&mut self, index: u32) {
-        let deadline_tick = self.entries[index as usize].deadline_tick;
+    /// A slot for `add` when the free stack is empty: a new one at the end of the slab,
+    /// unless tombstones outnumber live entries (by more than the slack), in which case a
+    /// compaction frees them first.
+    #[cold]
+    fn new_slot(&mut self) -> u32 {
+        if self.tombstones > self.len + TOMBSTONE_SLACK {
+            self.compact();
+            if let Some(index) = self.free.pop() {
+                return index;
+            }
+        }
+        // The slab grows only while tombstones <= live + slack, with live < entries_max,
+        // so it stays below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
+        let index = u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT");
+        self.stamps.push(0);
+        self.slots.push(Slot { deadline_tick: 0, payload: None });
+        index
+    }
+
+    /// Frees every tombstone: drops cancelled indexes from the due list and every bucket
+    /// (keeping the order of the rest) and puts their slots on the free stack.
+    fn compact(&mut self) {
+        let stamps = &self.stamps;
+        let slots = &mut self.slots;
+        let free = &mut self.free;
+        let mut keep = |index: &u32| {
+            let live = is_live(stamps[*index as usize]);
+            if !live {
+                release_payload(&mut slots[*index as usize]);
+                free.push(*index);
+            }
+            live
+        };
+        self.due.retain(&mut keep);
+        for level in &mut self.levels {
+            for slot in 0..level.buckets.len() {
+                let bucket = &mut level.buckets[slot];
+                if bucket.is_empty() {
+                    continue;
+                }
+                bucket.retain(&mut keep);
+                if bucket.is_empty() {
+                    if bucket.capacity() > BUCKET_KEEP_CAPACITY {
+                        *bucket = Vec::new();
+                    }
+                    level.set_occupied(slot, false);
+                }
+            }
+        }
+        assert_eq!(self.free.len() + self.len, self.slots.len(), "every tombstone freed");
+        self.tombstones = 0;
+    }
+
+    /// Takes an entry out of a drained level-0 bucket or the due list: a live one expires
+    /// (handed to `expired`), a tombstone is dropped; either way the slot is freed.
+    fn expire(&mut self, index: u32, expired: &mut Vec<(TimerHandle, T)>) {
+        let stamp = &mut self.stamps[index as usize];
+        if is_live(*stamp) {
+            let handle = TimerHandle { index, generation: *stamp };
+            *stamp = stamp.wrapping_add(1);
+            let payload = self.slots[index as usize].payload.take();
+            let payload = payload.expect("a live entry holds its payload");
+            self.len -= 1;
+            self.free.push(index);
+            expired.push((handle, payload));
+        } else {
+            self.free_tombstone(index);
+        }
+    }
+
+    fn free_tombstone(&mut self, index: u32) {
+        debug_assert!(!is_live(self.stamps[index as usize]));
+        release_payload(&mut self.slots[index as usize]);
+        self.tombstones -= 1;
+        self.free.push(index);
+    }
+
+    /// Puts a live entry's index in the list its deadline belongs to, given the wheel's
+    /// current time: the due list, or the lowest level whose span reaches it.
+    #[inline]
+    fn place(&mut self, index: u32, deadline_tick: u64) {
         if deadline_tick <= self.current_tick {
-            self.push_due(index);
+            self.due.push(index);
             return;
         }
         let wheel_size = self.options.wheel_size;
@@ -511,103 +640,37 @@ impl<T> TimingWheel<T> {
                     below.level_span.expect("a level without span accepts every deadline");
                 self.levels.push(Level::new(tick_span, wheel_size, self.current_tick));
             }
-            let level = &self.levels[level_index];
+            let level = &mut self.levels[level_index];
             if level.window_end.map_or(true, |end| deadline_tick < end) {
                 let (slot, expiry_tick) = level.slot_of(deadline_tick, wheel_size as usize);
                 self.next_event_tick = self.next_event_tick.min(expiry_tick);
-                self.push_bucket(level_index, slot, index);
+                level.buckets[slot].push(index);
+                level.set_occupied(slot, true);
                 return;
             }
             level_index += 1;
         }
     }
 
-    fn push_due(&mut self, index: u32) {
-        let mut list = self.due;
-        self.push_back(&mut list, LIST_DUE, index);
-        self.due = list;
-    }
-
-    fn push_bucket(&mut self, level_index: usize, slot: usize, index: u32) {
-        let list_id = (level_index * self.options.wheel_size as usize + slot) as u32;
-        let mut list = self.levels[level_index].buckets[slot];
-        self.push_back(&mut list, list_id, index);
-        let level = &mut self.levels[level_index];
-        level.buckets[slot] = list;
-        level.set_occupied(slot, true);
-    }
-
-    fn push_back(&mut self, list: &mut List, list_id: u32, index: u32) {
-        let tail = list.tail;
-        {
-            let entry = &mut self.entries[index as usize];
-            entry.list = list_id;
-            entry.prev = tail;
-            entry.next = NIL;
-        }
-        if tail == NIL {
-            list.head = index;
-        } else {
-            self.entries[tail as usize].next = index;
-        }
-        list.tail = index;
-    }
-
-    /// Unlinks a live entry from whichever list holds it.
-    fn unlink(&mut self, index: u32) {
-        let (prev, next, list_id) = {
-            let entry = &self.entries[index as usize];
-            (entry.prev, entry.next, entry.list)
-        };
-        assert_ne!(list_id, LIST_FREE);
-        let wheel_size = self.options.wheel_size as usize;
-        let list = if list_id == LIST_DUE {
-            &mut self.due
-        } else {
-            let level = list_id as usize / wheel_size;
-            &mut self.levels[level].buckets[list_id as usize % wheel_size]
-        };
-        if prev == NIL {
-            assert_eq!(list.head, index);
-            list.head = next;
-        } else {
-            self.entries[prev as usize].next = next;
-        }
-        if next == NIL {
-            assert_eq!(list.tail, index);
-            list.tail = prev;
-        } else {
-            self.entries[next as usize].prev = prev;
-        }
-        if list_id != LIST_DUE && list.head == NIL {
-            let level = list_id as usize / wheel_size;
-            self.levels[level].set_occupied(list_id as usize % wheel_size, false);
-        }
-    }
-
-    /// Frees an unlinked entry's slot (bumping its generation) and returns the payload.
-    fn release(&mut self, index: u32) -> T {
-        let entry = &mut self.entries[index as usize];
-        assert_ne!(entry.list, LIST_FREE);
-        entry.list = LIST_FREE;
-        entry.prev = NIL;
-        entry.next = self.free_head;
-        entry.generation = entry.generation.wrapping_add(1);
-        self.free_head = index;
-        self.len -= 1;
-        entry.payload.take().expect("a live entry holds its payload")
-    }
-
     fn drain_due(&mut self, expired: &mut Vec<(TimerHandle, T)>) {
-        let mut index = std::mem::replace(&mut self.due, List::EMPTY).head;
-        while index != NIL {
-            let entry = &self.entries[index as usize];
-            let next = entry.next;
-            let handle = TimerHandle { index, generation: entry.generation };
-            let payload = self.release(index);
-            expired.push((handle, payload));
-            index = next;
+        if self.due.is_empty() {
+            return;
         }
+        let mut due = std::mem::take(&mut self.due);
+        for &index in &due {
+            self.expire(index, expired);
+        }
+        // Expiring adds nothing to the due list: keep its vector.
+        due.clear();
+        self.due = due;
+    }
+}
+
+/// Drops what a discarded entry left in its slot as the slot is freed. Payloads without
+/// drop glue are left to be overwritten, which spares a write to the slot.
+fn release_payload<T>(slot: &mut Slot<T>) {
+    if std::mem::needs_drop::<T>() {
+        slot.payload = None;
     }
 }
 
@@ -709,6 +772,101 @@ mod tests {
         assert!(wheel.is_empty());
     }
 
+    impl<T> TimingWheel<T> {
+        /// Checks the slab's bookkeeping: every slot is free, or live or a tombstone with
+        /// its index in exactly one list; the counts and bitmaps agree; and the slab holds
+        /// at most `2 * peak_live + TOMBSTONE_SLACK + 1` slots.
+        fn check_invariants(&self, peak_live: usize) {
+            let slots = self.slots.len();
+            assert_eq!(self.stamps.len(), slots);
+            let mut seen = vec![0u8; slots];
+            for &index in &self.free {
+                seen[index as usize] += 1;
+                assert!(!is_live(self.stamps[index as usize]), "free slot {index} is live");
+            }
+            let mut listed = 0;
+            for &index in &self.due {
+                seen[index as usize] += 1;
+                listed += 1;
+            }
+            for level in &self.levels {
+                for (slot, bucket) in level.buckets.iter().enumerate() {
+                    let bit = level.occupied[slot / 64] >> (slot % 64) & 1 == 1;
+                    assert_eq!(bit, !bucket.is_empty(), "occupied bit of slot {slot}");
+                    for &index in bucket {
+                        seen[index as usize] += 1;
+                        listed += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|count| *count == 1), "a slot is free or listed, once");
+            let live = self.stamps.iter().filter(|stamp| is_live(**stamp)).count();
+            assert_eq!(live, self.len);
+            assert_eq!(listed, self.len + self.tombstones);
+            assert_eq!(self.free.len() + listed, slots);
+            assert!(
+                slots <= 2 * peak_live + TOMBSTONE_SLACK + 1,
+                "{slots} slots, peak {peak_live}"
+            );
+        }
+    }
+
+    #[test]
+    fn discard_frees_the_slot_when_its_bucket_is_reached() {
+        let mut wheel = TimingWheel::new(WheelOptions::DEFAULT);
+        let payload = std::rc::Rc::new(());
+        let a = wheel.add(30, payload.clone()).unwrap(); // Level 1.
+        let b = wheel.add(5, payload.clone()).unwrap(); // Level 0.
+        assert!(wheel.discard(a));
+        assert!(!wheel.discard(a), "stale");
+        assert_eq!(wheel.cancel(a), None);
+        assert!(!wheel.contains(a));
+        assert_eq!(wheel.len(), 1);
+        // The discarded payload is held until the wheel reaches its bucket.
+        assert_eq!(std::rc::Rc::strong_count(&payload), 3);
+        let mut out = Vec::new();
+        assert_eq!(wheel.advance(5, &mut out), 1);
+        assert_eq!(out[0].0, b);
+        out.clear();
+        assert_eq!(std::rc::Rc::strong_count(&payload), 2, "b's expired, a's still held");
+        assert_eq!(wheel.next_deadline_ms(), None, "only a tombstone left");
+        assert_eq!(wheel.advance(40, &mut out), 0);
+        assert_eq!(std::rc::Rc::strong_count(&payload), 1);
+        wheel.check_invariants(2);
+        assert_eq!(wheel.free.len(), wheel.slots.len());
+    }
+
+    #[test]
+    fn rescheduling_far_timers_does_not_grow_the_slab() {
+        // A heartbeat pattern: 100 sessions, each pushed out again and again, far enough
+        // that no bucket is ever reached. Every reschedule leaves a tombstone behind.
+        let mut wheel = TimingWheel::new(WheelOptions::DEFAULT);
+        let payload = std::rc::Rc::new(());
+        let mut handles: Vec<TimerHandle> =
+            (0..100).map(|_| wheel.add(1_000_000, payload.clone()).unwrap()).collect();
+        for round in 0..1_000u64 {
+            for handle in &mut handles {
+                if round % 2 == 0 {
+                    assert!(wheel.discard(*handle));
+                } else {
+                    assert!(wheel.cancel(*handle).is_some());
+                }
+                *handle = wheel.add(1_000_000 + round, payload.clone()).unwrap();
+            }
+            wheel.check_invariants(100);
+        }
+        assert_eq!(wheel.len(), 100);
+        assert!(wheel.slots.len() <= 2 * 100 + TOMBSTONE_SLACK + 1, "{}", wheel.slots.len());
+        // Discarded payloads are dropped by the compactions, not kept until expiry.
+        assert!(std::rc::Rc::strong_count(&payload) <= 1 + wheel.slots.len());
+        let mut out = Vec::new();
+        wheel.advance(2_000_000, &mut out);
+        assert_eq!(out.len(), 100);
+        drop(out);
+        assert_eq!(std::rc::Rc::strong_count(&payload), 1);
+        wheel.check_invariants(100);
+    }
+
     #[test]
     fn full_wheel_refuses_and_recovers() {
         let mut wheel = TimingWheel::new(WheelOptions { entries_max: 2, ..WheelOptions::DEFAULT });
@@ -798,8 +956,9 @@ mod tests {
     enum Op {
         /// Add at `now + delay` (delay may be 0 = already due).
         Add { delay_ms: u64 },
-        /// Cancel the i-th handle ever issued (modulo), live or stale.
-        Cancel { pick: usize },
+        /// Cancel (or discard, when `discard`) the i-th handle ever issued (modulo), live
+        /// or stale.
+        Cancel { pick: usize, discard: bool },
         /// Advance by `step_ms`.
         Advance { step_ms: u64 },
     }
@@ -812,7 +971,8 @@ mod tests {
                 0u64..20_000,
                 0u64..5_000_000,
             ].prop_map(|delay_ms| Op::Add { delay_ms }),
-            2 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            2 => (any::<usize>(), any::<bool>())
+                .prop_map(|(pick, discard)| Op::Cancel { pick, discard }),
             3 => prop_oneof![0u64..3, 0u64..50, 0u64..2_000, 0u64..1_000_000]
                 .prop_map(|step_ms| Op::Advance { step_ms }),
         ]
@@ -841,6 +1001,7 @@ mod tests {
             let mut live: BTreeMap<u64, u64> = BTreeMap::new();
             let mut handles: Vec<(TimerHandle, u64)> = Vec::new();
             let mut out = Vec::new();
+            let mut peak_live = 0;
             for (id, op) in ops.into_iter().enumerate() {
                 let id = id as u64;
                 match op {
@@ -855,10 +1016,14 @@ mod tests {
                         handles.push((handle, id));
                         prop_assert_eq!(wheel.expiry_ms(handle), Some(expiry));
                     }
-                    Op::Cancel { pick } => {
+                    Op::Cancel { pick, discard } => {
                         if handles.is_empty() { continue; }
                         let (handle, target) = handles[pick % handles.len()];
-                        let cancelled = wheel.cancel(handle);
+                        let cancelled = if discard {
+                            wheel.discard(handle).then_some(target)
+                        } else {
+                            wheel.cancel(handle)
+                        };
                         match live.remove(&target) {
                             Some(expiry) => {
                                 prop_assert_eq!(cancelled, Some(target));
@@ -893,6 +1058,8 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(wheel.len(), live.len());
+                peak_live = peak_live.max(live.len());
+                wheel.check_invariants(peak_live);
                 // next_deadline_ms is a safe wake-up point: nothing expires before it.
                 match (wheel.next_deadline_ms(), reference.first_key_value()) {
                     (None, None) => {}

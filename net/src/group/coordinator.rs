@@ -29,7 +29,7 @@ use sluice_engine::timer::{DriverOptions, TimerDriver, TimingWheel, WheelOptions
 use super::records::{self, GroupValue, MemberValue, OffsetValue, OffsetsKey};
 use super::*;
 use crate::error::code;
-use crate::shard::Shard;
+use crate::shard::{Replayed, Shard};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -100,6 +100,9 @@ struct Group {
     /// Static members: instance id -> member id.
     instances: HashMap<String, String>,
     offsets: HashMap<TopicPartition, Committed>,
+    /// Offsets committed in open transactions, by producer id (TxnOffsetCommit): they
+    /// become `offsets` when the transaction commits.
+    pending_txn: HashMap<i64, HashMap<TopicPartition, Committed>>,
     /// Bumped on each rebalance; timers of an older one are stale.
     rebalance: u64,
     /// During the initial delayed join: the time left of the rebalance timeout.
@@ -123,6 +126,7 @@ impl Group {
             pending: HashMap::new(),
             instances: HashMap::new(),
             offsets: HashMap::new(),
+            pending_txn: HashMap::new(),
             rebalance: 0,
             initial_delay_left_ms: None,
             new_member_added: false,
@@ -359,7 +363,9 @@ impl Coordinator {
     /// The error for a group this shard cannot serve now, if any.
     fn check_serving(&self, shard: &Shard, group: &str) -> Result<(), i16> {
         let partitions = shard.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
-        let Some(partitions) = partitions else { return Err(code::COORDINATOR_NOT_AVAILABLE) };
+        // The caller created the topic (or saw it) before routing here: a shard that does
+        // not know it yet is a moment behind the controller.
+        let Some(partitions) = partitions else { return Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
         let partition = offsets_partition(group, partitions);
         if shard.owner_of(&TopicPartition::new(OFFSETS_TOPIC, partition)) != shard.id {
             return Err(code::NOT_COORDINATOR);
@@ -380,8 +386,21 @@ impl Coordinator {
                 GroupAnswer::Leave(self.leave(shard, &group, &members))
             }
             GroupCall::Commit(args) => GroupAnswer::Commit(self.commit(shard, args).await),
-            GroupCall::FetchOffsets { group, partitions } => {
-                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions))
+            GroupCall::FetchOffsets { group, partitions, require_stable } => {
+                GroupAnswer::FetchOffsets(self.fetch_offsets(shard, &group, partitions).map(
+                    |found| {
+                        found
+                            .into_iter()
+                            .map(|(tp, committed)| {
+                                if require_stable && self.has_pending(&group, &tp) {
+                                    (tp, Err(code::UNSTABLE_OFFSET_COMMIT))
+                                } else {
+                                    (tp, Ok(committed))
+                                }
+                            })
+                            .collect()
+                    },
+                ))
             }
             GroupCall::DeleteOffsets { group, partitions } => {
                 GroupAnswer::DeleteOffsets(self.delete_offsets(shard, &group, &partitions).await)
@@ -1085,6 +1104,9 @@ impl Coordinator {
             let error = match group.state {
                 State::Dead => Some(code::COORDINATOR_NOT_AVAILABLE),
                 State::Empty if args.generation < 0 => None,
+                // A transactional commit without group metadata (TxnOffsetCommit before
+                // v3, or a producer outside the group) is not checked against members.
+                _ if args.txn.is_some() && args.generation < 0 => None,
                 _ => fenced_or_unknown(group, &args.member_id, args.instance_id.as_deref()).or(
                     if args.generation != group.generation {
                         Some(code::ILLEGAL_GENERATION)
@@ -1133,11 +1155,16 @@ impl Coordinator {
         if writes.is_empty() {
             return results;
         }
-        if let Err(error) = shard.append_group_records(&args.group, writes).await {
+        if let Err(error) = shard.append_group_records_txn(&args.group, writes, args.txn).await {
             warn!(group = %args.group, message = %error.message, "storing offsets failed");
+            let failed = if error.code == code::INVALID_PRODUCER_EPOCH {
+                error.code
+            } else {
+                code::COORDINATOR_NOT_AVAILABLE
+            };
             for result in &mut results {
                 if *result == code::NONE {
-                    *result = code::COORDINATOR_NOT_AVAILABLE;
+                    *result = failed;
                 }
             }
             return results;
@@ -1148,10 +1175,40 @@ impl Coordinator {
         if group.state == State::Dead {
             group.set_state(State::Empty, wall);
         }
-        for (tp, committed) in accepted {
-            group.offsets.insert(tp, committed);
+        match args.txn {
+            Some((producer_id, _)) => {
+                group.pending_txn.entry(producer_id).or_default().extend(accepted)
+            }
+            None => group.offsets.extend(accepted),
         }
         results
+    }
+
+    /// A transaction marker was written to `__consumer_offsets` partition `partition`:
+    /// the offsets the producer committed in the transaction take effect (commit) or are
+    /// dropped (abort).
+    pub fn complete_txn(&self, shard: &Shard, partition: i32, producer_id: i64, commit: bool) {
+        let partitions = shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions);
+        let mut groups = self.groups.borrow_mut();
+        for group in groups.values_mut() {
+            if offsets_partition(&group.id, partitions) != partition {
+                continue;
+            }
+            let Some(offsets) = group.pending_txn.remove(&producer_id) else { continue };
+            debug!(group = %group.id, partition, producer_id, commit, offsets = offsets.len(), "transactional offsets completed");
+            if commit {
+                group.offsets.extend(offsets);
+            }
+        }
+    }
+
+    /// Whether `tp` has an offset committed in a transaction that is still open (OffsetFetch
+    /// with require_stable answers UNSTABLE_OFFSET_COMMIT then).
+    pub fn has_pending(&self, group_id: &str, tp: &TopicPartition) -> bool {
+        self.groups
+            .borrow()
+            .get(group_id)
+            .is_some_and(|g| g.pending_txn.values().any(|offsets| offsets.contains_key(tp)))
     }
 
     fn fetch_offsets(
@@ -1372,12 +1429,30 @@ impl Coordinator {
     // ---- loading ----
 
     /// Replays one `__consumer_offsets` partition's records into groups and offsets.
-    pub fn load(&self, shard: &Shard, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) {
+    pub fn load(&self, shard: &Shard, partition: i32, records: Vec<Replayed>) {
         let now = shard.clock.monotonic_ms();
         let wall = shard.clock.wall_ms();
         let mut groups = self.groups.borrow_mut();
         let (mut offsets, mut metadata, mut skipped) = (0usize, 0usize, 0usize);
-        for (key, value) in records {
+        for record in records {
+            let (key, value, producer_id) = match record {
+                Replayed::Record { key, value, producer_id } => (key, value, producer_id),
+                Replayed::Marker { producer_id, commit } => {
+                    let partitions =
+                        shard.metadata().topic(OFFSETS_TOPIC).map_or(1, |t| t.partitions);
+                    for group in groups.values_mut() {
+                        if offsets_partition(&group.id, partitions) != partition {
+                            continue;
+                        }
+                        if let Some(pending) = group.pending_txn.remove(&producer_id) {
+                            if commit {
+                                group.offsets.extend(pending);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
             let key = match records::decode_key(&key) {
                 Ok(key) => key,
                 Err(error) => {
@@ -1399,7 +1474,17 @@ impl Coordinator {
                             let g = groups
                                 .entry(group.clone())
                                 .or_insert_with(|| Group::new(&group, wall));
-                            g.offsets.insert(tp, committed_from(&value));
+                            match producer_id {
+                                Some(pid) => {
+                                    g.pending_txn
+                                        .entry(pid)
+                                        .or_default()
+                                        .insert(tp, committed_from(&value));
+                                }
+                                None => {
+                                    g.offsets.insert(tp, committed_from(&value));
+                                }
+                            }
                             offsets += 1;
                         }
                         Some(Err(error)) => {
@@ -1435,6 +1520,7 @@ impl Coordinator {
             offsets_partition(id, partitions) != partition
                 || g.stored
                 || !g.offsets.is_empty()
+                || !g.pending_txn.is_empty()
                 || !g.members.is_empty()
         });
         let mut timers = Vec::new();

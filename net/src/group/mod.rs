@@ -149,6 +149,9 @@ pub struct CommitArgs {
     pub member_id: String,
     pub instance_id: Option<String>,
     pub partitions: Vec<CommitPart>,
+    /// TxnOffsetCommit: the transaction's producer (id, epoch). The offsets are written
+    /// as part of the transaction and take effect when its commit marker is written.
+    pub txn: Option<(i64, i16)>,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +210,9 @@ pub struct GroupListing {
     pub state: String,
 }
 
+/// A partition's committed offset, or its error (UNSTABLE_OFFSET_COMMIT).
+pub type CommittedOrError = Result<Committed, i16>;
+
 /// A group operation sent to the group's coordinator shard.
 #[derive(Debug, Clone)]
 pub enum GroupCall {
@@ -222,6 +228,9 @@ pub enum GroupCall {
     FetchOffsets {
         group: String,
         partitions: Option<Vec<TopicPartition>>,
+        /// OffsetFetch v7+ `require_stable`: a partition whose offset is pending in an
+        /// open transaction answers UNSTABLE_OFFSET_COMMIT.
+        require_stable: bool,
     },
     DeleteOffsets {
         group: String,
@@ -244,7 +253,7 @@ pub enum GroupAnswer {
     Leave(LeaveOutcome),
     /// Per partition, in request order.
     Commit(Vec<i16>),
-    FetchOffsets(Result<Vec<(TopicPartition, Committed)>, i16>),
+    FetchOffsets(Result<Vec<(TopicPartition, CommittedOrError)>, i16>),
     DeleteOffsets(Result<Vec<i16>, i16>),
     Describe(Vec<GroupDescription>),
     List(Vec<GroupListing>),

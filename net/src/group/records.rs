@@ -79,22 +79,24 @@ pub struct MemberValue {
     pub assignment: Bytes,
 }
 
-/// Why a key or value could not be decoded.
+/// Why a key or value could not be decoded (of `__consumer_offsets`, or of
+/// `__transaction_state`, whose records use the same [`Reader`] and [`Writer`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    #[error("__consumer_offsets record ends before its last field")]
+    #[error("internal record ends before its last field")]
     Truncated,
     /// A key of a record type this module does not read (e.g. Kafka's KIP-848 records).
-    #[error("unknown __consumer_offsets key version {0}")]
+    #[error("unknown internal record key version {0}")]
     UnknownKeyVersion(i16),
-    #[error("unknown __consumer_offsets value version {0}")]
+    #[error("unknown internal record value version {0}")]
     UnknownValueVersion(i16),
-    #[error("__consumer_offsets string is null where not nullable, or is not UTF-8")]
+    #[error("internal record string is null where not nullable, or is not UTF-8")]
     BadString,
-    #[error(
-        "__consumer_offsets bytes or array is null where not nullable, or a varint is malformed"
-    )]
+    #[error("internal record bytes or array is null where not nullable, or a varint is malformed")]
     BadLength,
+    /// A field whose value the schema does not define (e.g. an unknown transaction status).
+    #[error("internal record field has an undefined value {0}")]
+    BadValue(i64),
 }
 
 /// Encodes a key: an offset as version 1, a group as version 2, as Kafka does.
@@ -248,28 +250,38 @@ const MAX_STRING: usize = i16::MAX as usize;
 /// (`length + 1`) forms. Unreachable in practice; longer input is cut.
 const MAX_LENGTH: usize = i32::MAX as usize - 1;
 
-/// Appends one struct's fields in Kafka's encoding for a given version.
-struct Writer {
+/// Appends one struct's fields in Kafka's encoding for a given version. Shared by the
+/// internal topics' record formats.
+pub(crate) struct Writer {
     buf: Vec<u8>,
     flexible: bool,
 }
 
 impl Writer {
-    fn new(version: i16, flexible: bool) -> Self {
+    pub(crate) fn new(version: i16, flexible: bool) -> Self {
         let mut w = Writer { buf: Vec::with_capacity(64), flexible };
         w.i16(version);
         w
     }
 
-    fn i16(&mut self, v: i16) {
+    /// The encoded record.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub(crate) fn i8(&mut self, v: i8) {
+        self.buf.push(v as u8);
+    }
+
+    pub(crate) fn i16(&mut self, v: i16) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn i32(&mut self, v: i32) {
+    pub(crate) fn i32(&mut self, v: i32) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn i64(&mut self, v: i64) {
+    pub(crate) fn i64(&mut self, v: i64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
@@ -290,7 +302,7 @@ impl Writer {
         }
     }
 
-    fn string(&mut self, s: &str) {
+    pub(crate) fn string(&mut self, s: &str) {
         self.nullable_string(Some(s));
     }
 
@@ -317,14 +329,14 @@ impl Writer {
     }
 
     /// Writes an array's count and returns how many elements to write after it.
-    fn array_len(&mut self, len: usize) -> usize {
+    pub(crate) fn array_len(&mut self, len: usize) -> usize {
         let len = len.min(MAX_LENGTH);
         self.length(len);
         len
     }
 
     /// The tagged-field section that ends each flexible struct: we write none.
-    fn tagged_fields(&mut self) {
+    pub(crate) fn tagged_fields(&mut self) {
         if self.flexible {
             self.uvarint(0);
         }
@@ -340,26 +352,37 @@ fn truncate_str(s: &str, max: usize) -> &str {
     s.get(..end).unwrap_or_default()
 }
 
-/// Reads one struct's fields, failing rather than reading past the end.
-struct Reader<'a> {
+/// Reads one struct's fields, failing rather than reading past the end. Shared by the
+/// internal topics' record formats.
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     flexible: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, flexible: false }
+    }
+
+    /// A reader past a version, which must be within `versions`; flexible (compact
+    /// lengths, tagged fields) from `flexible_from` on.
+    pub(crate) fn versioned(
+        buf: &'a [u8],
+        versions: std::ops::RangeInclusive<i16>,
+        flexible_from: i16,
+    ) -> Result<(Self, i16), RecordError> {
+        let mut r = Reader::new(buf);
+        let version = r.i16()?;
+        if !versions.contains(&version) {
+            return Err(RecordError::UnknownValueVersion(version));
+        }
+        r.flexible = version >= flexible_from;
+        Ok((r, version))
     }
 
     /// A reader past a value's version, which must be one Kafka has defined (0..=4).
     fn value(buf: &'a [u8]) -> Result<(Self, i16), RecordError> {
-        let mut r = Reader::new(buf);
-        let version = r.i16()?;
-        if !(0..=FLEXIBLE_VERSION).contains(&version) {
-            return Err(RecordError::UnknownValueVersion(version));
-        }
-        r.flexible = version >= FLEXIBLE_VERSION;
-        Ok((r, version))
+        Reader::versioned(buf, 0..=FLEXIBLE_VERSION, FLEXIBLE_VERSION)
     }
 
     fn remaining(&self) -> usize {
@@ -381,15 +404,19 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
-    fn i16(&mut self) -> Result<i16, RecordError> {
+    pub(crate) fn i8(&mut self) -> Result<i8, RecordError> {
+        self.array().map(i8::from_be_bytes)
+    }
+
+    pub(crate) fn i16(&mut self) -> Result<i16, RecordError> {
         self.array().map(i16::from_be_bytes)
     }
 
-    fn i32(&mut self) -> Result<i32, RecordError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, RecordError> {
         self.array().map(i32::from_be_bytes)
     }
 
-    fn i64(&mut self) -> Result<i64, RecordError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, RecordError> {
         self.array().map(i64::from_be_bytes)
     }
 
@@ -430,7 +457,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn string(&mut self) -> Result<String, RecordError> {
+    pub(crate) fn string(&mut self) -> Result<String, RecordError> {
         let len = self.string_length()?.ok_or(RecordError::BadString)?;
         self.utf8(len)
     }
@@ -449,13 +476,22 @@ impl<'a> Reader<'a> {
         self.take(len).map(Bytes::copy_from_slice)
     }
 
-    fn array_len(&mut self) -> Result<usize, RecordError> {
+    pub(crate) fn array_len(&mut self) -> Result<usize, RecordError> {
         self.length()
+    }
+
+    /// A nullable array's length, `None` for null.
+    pub(crate) fn nullable_array_len(&mut self) -> Result<Option<usize>, RecordError> {
+        if self.flexible {
+            self.compact_length()
+        } else {
+            Ok(usize::try_from(self.i32()?).ok())
+        }
     }
 
     /// Skips a flexible struct's tagged fields: a count, then (tag, size, data) each. We
     /// know no tags, so every one is skipped.
-    fn tagged_fields(&mut self) -> Result<(), RecordError> {
+    pub(crate) fn tagged_fields(&mut self) -> Result<(), RecordError> {
         if !self.flexible {
             return Ok(());
         }

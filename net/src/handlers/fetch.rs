@@ -16,12 +16,11 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use glommio::channels::local_channel;
 use kafka_protocol::messages::FetchRequest;
-use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::Clock;
 
 use super::{negative_partition, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{FetchPart, FetchResult, Shard, ShardRequest, ShardResponse};
+use crate::shard::{FetchPart, FetchResult, Shard, ShardRequest, ShardResponse, Watch};
 use crate::zerocopy::{Frame, Piece, RecordBytes};
 
 /// The longest wait we honour, whatever `max_wait_ms` says.
@@ -46,6 +45,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
     // +1: the clock reads whole milliseconds, and the wait must not end early.
     let deadline_ms = shard.clock.monotonic_ms() + wait_ms + 1;
 
+    let read_committed = request.isolation_level == 1;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.topic.0.as_str());
@@ -59,6 +59,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
                 } else {
                     -1
                 },
+                read_committed,
             });
         }
     }
@@ -72,10 +73,14 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> F
         if bytes >= min_bytes || failed || now_ms >= deadline_ms || shard.stopping() {
             break results;
         }
-        let positions: Vec<(TopicPartition, i64)> = parts
+        let positions: Vec<Watch> = parts
             .iter()
             .zip(&results)
-            .map(|(part, result)| (part.tp.clone(), result.high_watermark.max(part.offset)))
+            .map(|(part, result)| {
+                let bound =
+                    if read_committed { result.last_stable_offset } else { result.high_watermark };
+                Watch { tp: part.tp.clone(), seen: bound.max(part.offset), read_committed }
+            })
             .collect();
         wait_for_append(shard, positions, deadline_ms - now_ms).await;
     };
@@ -115,12 +120,25 @@ pub fn encode(version: i16, correlation_id: i32, answer: FetchAnswer) -> Frame {
             head.put_i32(index);
             head.put_i16(result.error.as_ref().map_or(code::NONE, |e| e.code));
             head.put_i64(result.high_watermark);
-            head.put_i64(result.high_watermark); // last_stable_offset (v4+)
+            head.put_i64(result.last_stable_offset); // v4+
             if version >= 5 {
                 head.put_i64(result.log_start_offset);
             }
-            // aborted_transactions (v4+): none.
-            put_array_len(&mut head, 0, flexible);
+            // aborted_transactions (v4+): null for read_uncommitted.
+            match &result.aborted {
+                None if flexible => put_uvarint(&mut head, 0),
+                None => head.put_i32(-1),
+                Some(aborted) => {
+                    put_array_len(&mut head, aborted.len(), flexible);
+                    for &(producer_id, first_offset) in aborted {
+                        head.put_i64(producer_id);
+                        head.put_i64(first_offset);
+                        if flexible {
+                            head.put_u8(0);
+                        }
+                    }
+                }
+            }
             if version >= 11 {
                 head.put_i32(-1); // preferred_read_replica
             }
@@ -213,12 +231,12 @@ fn limit_response_bytes(results: &mut [FetchResult], parts: &[FetchPart], max_by
 }
 
 /// Waits until any partition in `positions` grows past its offset, or `wait_ms`.
-async fn wait_for_append(shard: &Rc<Shard>, positions: Vec<(TopicPartition, i64)>, wait_ms: u64) {
+async fn wait_for_append(shard: &Rc<Shard>, positions: Vec<Watch>, wait_ms: u64) {
     let (woken, wake) = local_channel::new_bounded::<()>(shard.shards());
     let woken = Rc::new(woken);
-    let mut by_owner: Vec<Vec<(TopicPartition, i64)>> = vec![Vec::new(); shard.shards()];
-    for (tp, offset) in positions {
-        by_owner[shard.owner_of(&tp)].push((tp, offset));
+    let mut by_owner: Vec<Vec<Watch>> = vec![Vec::new(); shard.shards()];
+    for watch in positions {
+        by_owner[shard.owner_of(&watch.tp)].push(watch);
     }
     for (owner, positions) in by_owner.into_iter().enumerate() {
         if positions.is_empty() {
@@ -247,9 +265,12 @@ async fn wait_for_append(shard: &Rc<Shard>, positions: Vec<(TopicPartition, i64)
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-    use kafka_protocol::messages::{ApiKey, FetchResponse};
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, PartitionData,
+    };
+    use kafka_protocol::messages::{ApiKey, FetchResponse, ProducerId};
     use proptest::prelude::*;
+    use sluice_engine::checkpoint::TopicPartition;
     use std::sync::Arc;
 
     use crate::error::KafkaError;
@@ -275,7 +296,18 @@ mod tests {
                 data.partition_index = *index;
                 data.error_code = result.error.as_ref().map_or(code::NONE, |e| e.code);
                 data.high_watermark = result.high_watermark;
-                data.last_stable_offset = result.high_watermark;
+                data.last_stable_offset = result.last_stable_offset;
+                data.aborted_transactions = result.aborted.as_ref().map(|aborted| {
+                    aborted
+                        .iter()
+                        .map(|&(producer_id, first_offset)| {
+                            let mut entry = AbortedTransaction::default();
+                            entry.producer_id = ProducerId(producer_id);
+                            entry.first_offset = first_offset;
+                            entry
+                        })
+                        .collect()
+                });
                 if version >= 5 {
                     data.log_start_offset = result.log_start_offset;
                 }
@@ -287,7 +319,8 @@ mod tests {
         encode_response(ApiKey::Fetch, version, correlation_id, &response).unwrap().to_vec()
     }
 
-    type Shape = Vec<(String, Vec<(i32, i16, i64, i64, Vec<u8>, u8)>)>;
+    type Aborted = Option<Vec<(i64, i64)>>;
+    type Shape = Vec<(String, Vec<((i32, i16, i64, i64, Vec<u8>, u8), (i64, Aborted))>)>;
 
     fn shape() -> impl Strategy<Value = Shape> {
         let partition = (
@@ -298,6 +331,11 @@ mod tests {
             prop::collection::vec(any::<u8>(), 0..300),
             0u8..3, // memory, file, cache
         );
+        let transactions = (
+            -1i64..1 << 40,
+            prop::option::of(prop::collection::vec((any::<i64>(), any::<i64>()), 0..3)),
+        );
+        let partition = (partition, transactions);
         prop::collection::vec(("[a-z._-]{1,20}", prop::collection::vec(partition, 0..4)), 0..4)
     }
 
@@ -323,7 +361,7 @@ mod tests {
             let mut in_file = Vec::new();
             for (name, partitions) in &shape {
                 let mut results = Vec::new();
-                for (index, error, hw, start, bytes, source) in partitions {
+                for ((index, error, hw, start, bytes, source), (lso, aborted)) in partitions {
                     let error = (*error != 0).then(|| KafkaError::new(*error, "test"));
                     in_file.push((*source, file_bytes.len() as u64, bytes.clone()));
                     if *source == 1 {
@@ -333,7 +371,9 @@ mod tests {
                     let result = FetchResult {
                         error,
                         high_watermark: *hw,
+                        last_stable_offset: *lso,
                         log_start_offset: *start,
+                        aborted: aborted.clone(),
                         records: RecordBytes::default(),
                     };
                     results.push((*index, result));
@@ -368,7 +408,9 @@ mod tests {
         FetchResult {
             error: None,
             high_watermark: 0,
+            last_stable_offset: 0,
             log_start_offset: 0,
+            aborted: None,
             records: RecordBytes::Memory(Bytes::from(vec![0u8; len])),
         }
     }
@@ -379,6 +421,7 @@ mod tests {
             offset: 0,
             max_bytes,
             current_leader_epoch: -1,
+            read_committed: false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! FindCoordinator (key 10): the broker that coordinates a group (key type 0) or a
 //! transactional id (key type 1). With one broker that is always this one; what a
 //! group's coordinator shard is stays inside the broker. Like Kafka, the first lookup
-//! creates `__consumer_offsets`.
+//! creates `__consumer_offsets` (groups) or `__transaction_state` (transactions).
 
 use std::rc::Rc;
 
@@ -30,23 +30,21 @@ pub async fn handle(
     for key in keys {
         let mut answer = Coordinator::default();
         answer.key = str_bytes(&key);
-        let error = match request.key_type {
-            KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION if key.is_empty() => {
-                Some((code::INVALID_REQUEST, "empty coordinator key".to_string()))
-            }
-            KEY_TYPE_GROUP => shard
-                .offsets_topic()
-                .await
-                .err()
-                .map(|error| (error, "the consumer offsets topic is not available".to_string())),
-            // Transactions come with the transaction coordinator; until then clients are
-            // told it is not available rather than sent somewhere that cannot serve them.
-            KEY_TYPE_TRANSACTION => Some((
-                code::COORDINATOR_NOT_AVAILABLE,
-                "transactions are not supported yet".to_string(),
-            )),
-            other => Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
-        };
+        let error =
+            match request.key_type {
+                KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION if key.is_empty() => {
+                    Some((code::INVALID_REQUEST, "empty coordinator key".to_string()))
+                }
+                KEY_TYPE_GROUP => shard.offsets_topic().await.err().map(|error| {
+                    (error, "the consumer offsets topic is not available".to_string())
+                }),
+                KEY_TYPE_TRANSACTION => shard.transaction_topic().await.err().map(|error| {
+                    (error, "the transaction state topic is not available".to_string())
+                }),
+                other => {
+                    Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}")))
+                }
+            };
         match error {
             None => {
                 answer.node_id = BrokerId(shard.config.node_id);

@@ -1,8 +1,10 @@
-//! InitProducerId (key 22): a producer id for an idempotent producer. Ids come from the
-//! controller in blocks stored in the metadata log, so they are unique across restarts;
-//! like Kafka, a producer without a transactional id always gets a fresh id at epoch 0
-//! (also when it asks for an epoch bump, KIP-360). Transactional ids need the transaction
-//! coordinator, which is not there yet: they get COORDINATOR_NOT_AVAILABLE.
+//! InitProducerId (key 22): a producer id for an idempotent or transactional producer.
+//! Ids come from the controller in blocks stored in the metadata log, so they are unique
+//! across restarts. Like Kafka, a producer without a transactional id always gets a fresh
+//! id at epoch 0 (also when it asks for an epoch bump, KIP-360). With a transactional id
+//! the request goes to the id's transaction coordinator, which keeps the id's producer
+//! id, bumps its epoch (fencing older instances), and aborts a transaction the previous
+//! instance left open.
 
 use std::rc::Rc;
 
@@ -10,11 +12,12 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 
 use crate::error::code;
 use crate::shard::Shard;
+use crate::txn::{TxnAnswer, TxnCall};
 
 pub async fn handle(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
-    _version: i16,
+    version: i16,
 ) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
@@ -25,11 +28,30 @@ pub async fn handle(
         return response;
     }
     if let Some(transactional_id) = &request.transactional_id {
-        tracing::info!(
-            transactional_id = %transactional_id.0,
-            "InitProducerId with a transactional id refused: transactions are not supported yet"
-        );
-        response.error_code = code::COORDINATOR_NOT_AVAILABLE;
+        let id = transactional_id.0.to_string();
+        let expected = (version >= 3 && request.producer_id.0 >= 0)
+            .then_some((request.producer_id.0, request.producer_epoch));
+        let call = TxnCall::InitProducerId {
+            id: id.clone(),
+            timeout_ms: request.transaction_timeout_ms,
+            expected,
+        };
+        let answer = match shard.coordinate_txn(&id, call).await {
+            Ok(TxnAnswer::ProducerId(answer)) => answer,
+            Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok((producer_id, epoch)) => {
+                response.producer_id = ProducerId(producer_id);
+                response.producer_epoch = epoch;
+            }
+            // PRODUCER_FENCED is new in v4 (KIP-588); older clients know the epoch error.
+            Err(code::PRODUCER_FENCED) if version < 4 => {
+                response.error_code = code::INVALID_PRODUCER_EPOCH
+            }
+            Err(error) => response.error_code = error,
+        }
         return response;
     }
     match shard.new_producer_id().await {

@@ -20,6 +20,7 @@ pub async fn handle(
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
+    let read_committed = version >= 2 && request.isolation_level == 1;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.name.0.as_str());
@@ -32,6 +33,7 @@ pub async fn handle(
                 } else {
                     -1
                 },
+                read_committed,
             });
         }
     }

@@ -1,6 +1,8 @@
 //! One file per Kafka API, and the table they are served from. ApiVersions answers from
 //! the same table, so what we advertise is exactly what a handler exists for.
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod configs;
@@ -12,6 +14,9 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_producers;
+pub mod describe_transactions;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -21,6 +26,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -28,6 +34,7 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
+pub mod txn_offset_commit;
 
 use std::rc::Rc;
 
@@ -79,6 +86,13 @@ pub const SERVED: &[Served] = &[
     Served { api: ApiKey::DescribeGroups, min: 0, max: 6 },
     Served { api: ApiKey::DeleteGroups, min: 0, max: 2 },
     Served { api: ApiKey::InitProducerId, min: 0, max: 5 },
+    Served { api: ApiKey::AddPartitionsToTxn, min: 0, max: 3 },
+    Served { api: ApiKey::AddOffsetsToTxn, min: 0, max: 4 },
+    Served { api: ApiKey::EndTxn, min: 0, max: 4 },
+    Served { api: ApiKey::TxnOffsetCommit, min: 0, max: 4 },
+    Served { api: ApiKey::DescribeProducers, min: 0, max: 0 },
+    Served { api: ApiKey::DescribeTransactions, min: 0, max: 0 },
+    Served { api: ApiKey::ListTransactions, min: 0, max: 0 },
 ];
 
 pub fn served(api: ApiKey) -> Option<Served> {
@@ -132,6 +146,13 @@ pub async fn handle(
         ApiKey::DescribeGroups => serve!(describe_groups),
         ApiKey::DeleteGroups => serve!(delete_groups),
         ApiKey::InitProducerId => serve!(init_producer_id),
+        ApiKey::AddPartitionsToTxn => serve!(add_partitions_to_txn),
+        ApiKey::AddOffsetsToTxn => serve!(add_offsets_to_txn),
+        ApiKey::EndTxn => serve!(end_txn),
+        ApiKey::TxnOffsetCommit => serve!(txn_offset_commit),
+        ApiKey::DescribeProducers => serve!(describe_producers),
+        ApiKey::DescribeTransactions => serve!(describe_transactions),
+        ApiKey::ListTransactions => serve!(list_transactions),
         ApiKey::JoinGroup => {
             let decoded = decode_body(api, version, body)?;
             let client = crate::group::Client {
@@ -305,6 +326,13 @@ pub fn decode_request(frame: Bytes) -> Result<ApiKey, ProtocolError> {
         ApiKey::DescribeGroups => decode!(m::DescribeGroupsRequest),
         ApiKey::DeleteGroups => decode!(m::DeleteGroupsRequest),
         ApiKey::InitProducerId => decode!(m::InitProducerIdRequest),
+        ApiKey::AddPartitionsToTxn => decode!(m::AddPartitionsToTxnRequest),
+        ApiKey::AddOffsetsToTxn => decode!(m::AddOffsetsToTxnRequest),
+        ApiKey::EndTxn => decode!(m::EndTxnRequest),
+        ApiKey::TxnOffsetCommit => decode!(m::TxnOffsetCommitRequest),
+        ApiKey::DescribeProducers => decode!(m::DescribeProducersRequest),
+        ApiKey::DescribeTransactions => decode!(m::DescribeTransactionsRequest),
+        ApiKey::ListTransactions => decode!(m::ListTransactionsRequest),
         _ => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
     }
 }

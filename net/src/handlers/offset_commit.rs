@@ -39,6 +39,7 @@ pub async fn handle(
         member_id: request.member_id.to_string(),
         instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
         partitions,
+        txn: None,
     };
     let errors = match shard.coordinate(&group, GroupCall::Commit(args)).await {
         Ok(GroupAnswer::Commit(errors)) if errors.len() == count => errors,

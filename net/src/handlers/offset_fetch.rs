@@ -1,5 +1,7 @@
 //! OffsetFetch (key 9): a group's committed offsets, for the partitions asked or all of
-//! them; v8+ asks for many groups at once. Nothing committed is offset -1, no error.
+//! them; v8+ asks for many groups at once. Nothing committed is offset -1, no error. With
+//! `require_stable` (v7+), a partition whose offset is pending in an open transaction
+//! answers UNSTABLE_OFFSET_COMMIT (the client retries after the transaction ends).
 
 use std::rc::Rc;
 
@@ -11,21 +13,30 @@ use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse}
 
 use super::{str_bytes, topic_name};
 use crate::error::code;
-use crate::group::{Committed, GroupAnswer, GroupCall};
+use crate::group::{Committed, CommittedOrError, GroupAnswer, GroupCall};
 use crate::shard::Shard;
 use sluice_engine::checkpoint::TopicPartition;
 
-/// One group's committed offsets grouped by topic, in request (or topic) order.
-type Offsets = Result<Vec<(String, Vec<(i32, Committed)>)>, i16>;
+/// One group's committed offsets grouped by topic, in request (or topic) order; a
+/// partition whose offset is pending in a transaction carries UNSTABLE_OFFSET_COMMIT
+/// (only with `require_stable`).
+type Offsets = Result<Vec<TopicOffsets>, i16>;
+type TopicOffsets = (String, Vec<(i32, CommittedOrError)>);
 
-async fn fetch(shard: &Rc<Shard>, group: &str, asked: Option<Vec<TopicPartition>>) -> Offsets {
-    let call = GroupCall::FetchOffsets { group: group.to_string(), partitions: asked };
+async fn fetch(
+    shard: &Rc<Shard>,
+    group: &str,
+    asked: Option<Vec<TopicPartition>>,
+    require_stable: bool,
+) -> Offsets {
+    let call =
+        GroupCall::FetchOffsets { group: group.to_string(), partitions: asked, require_stable };
     let found = match shard.coordinate(group, call).await {
         Ok(GroupAnswer::FetchOffsets(found)) => found?,
         Ok(_) => return Err(code::UNKNOWN_SERVER_ERROR),
         Err(error) => return Err(error),
     };
-    let mut topics: Vec<(String, Vec<(i32, Committed)>)> = Vec::new();
+    let mut topics: Vec<TopicOffsets> = Vec::new();
     for (tp, committed) in found {
         match topics.last_mut() {
             Some((name, partitions)) if *name == tp.topic => {
@@ -58,7 +69,8 @@ pub async fn handle(
             });
             let mut answer = OffsetFetchResponseGroup::default();
             answer.group_id = GroupId(group.group_id.0.clone());
-            match fetch(shard, group.group_id.0.as_str(), partitions).await {
+            match fetch(shard, group.group_id.0.as_str(), partitions, request.require_stable).await
+            {
                 Ok(topics) => {
                     for (name, partitions) in topics {
                         let mut topic = OffsetFetchResponseTopics::default();
@@ -66,6 +78,10 @@ pub async fn handle(
                         for (index, committed) in partitions {
                             let mut partition = OffsetFetchResponsePartitions::default();
                             partition.partition_index = index;
+                            let committed = committed.unwrap_or_else(|error| {
+                                partition.error_code = error;
+                                Committed::NONE
+                            });
                             partition.committed_offset = committed.offset;
                             partition.committed_leader_epoch = committed.leader_epoch;
                             partition.metadata = Some(str_bytes(&committed.metadata));
@@ -85,7 +101,8 @@ pub async fn handle(
         asked(topics.iter().map(|t| (t.name.0.as_str(), t.partition_indexes.as_slice())))
     });
     let asked_partitions = partitions.clone();
-    match fetch(shard, group, partitions).await {
+    let require_stable = version >= 7 && request.require_stable;
+    match fetch(shard, group, partitions, require_stable).await {
         Ok(topics) => {
             for (name, partitions) in topics {
                 let mut topic = OffsetFetchResponseTopic::default();
@@ -93,6 +110,10 @@ pub async fn handle(
                 for (index, committed) in partitions {
                     let mut partition = OffsetFetchResponsePartition::default();
                     partition.partition_index = index;
+                    let committed = committed.unwrap_or_else(|error| {
+                        partition.error_code = error;
+                        Committed::NONE
+                    });
                     partition.committed_offset = committed.offset;
                     if version >= 5 {
                         partition.committed_leader_epoch = committed.leader_epoch;

@@ -1,15 +1,23 @@
 //! `sluice-bench timer`: the timing wheel against the usual alternatives, in one process.
 //!
 //! For each size n (10k, 100k, 1M, up to `--timers`): add n timers with deadlines spread
-//! uniformly over `1..=spread_ms`, cancel every other one, then advance time from 0 to
-//! `spread_ms` in `step_ms` steps until all have expired. The same deadlines and the same
-//! cancellations go to:
-//! - `wheel`: sluice's `TimingWheel` (1 ms tick, 20 slots): O(1) add and cancel;
+//! uniformly over `1..=spread_ms`, cancel half of them (`--cancel`: every other one in
+//! random order, the default; every other one in the order they were added; or a random
+//! half in random order), then advance time from 0 to `spread_ms` in `step_ms` steps until
+//! all have expired. The same deadlines and the same cancellations go to:
+//! - `wheel`: sluice's `TimingWheel` (1 ms tick, 20 slots), cancelling with `discard`
+//!   (O(1), the payload is dropped later, like a heap's tombstoned entry);
+//! - `wheel-cancel`: the same wheel cancelling with `cancel`, which also hands the payload
+//!   back (one more random access per cancel);
 //! - `heap+set`: a `BinaryHeap<Reverse<(deadline, id)>>` with cancellation by lazy deletion
 //!   through a `HashSet` of cancelled ids (the common way to cancel in a heap);
 //! - `heap+vec`: the same heap with tombstones in a `Vec<bool>` indexed by id (the
 //!   cheapest cancel a heap can have; shown so the comparison is not against a straw man);
 //! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel.
+//!
+//! Which timers are cancelled makes no difference (deadlines do not depend on the index);
+//! the order does: cancels in the order of the adds walk every structure's memory
+//! sequentially, cancels in random order miss the cache once the structure outgrows it.
 //!
 //! Reported per phase: ns per operation (min / median / max over `--repeat` runs), add +
 //! cancel throughput in Mops/s, the whole workload's cost per timer (add + cancel +
@@ -47,12 +55,36 @@ pub struct TimerArgs {
     /// Time advances in steps of this many ms (1 = every tick, the worst case for a wheel).
     #[arg(long, default_value_t = 1)]
     pub step_ms: u64,
+    /// Which half is cancelled, and in which order.
+    #[arg(long, value_enum, default_value_t = CancelOrder::Shuffled)]
+    pub cancel: CancelOrder,
     /// Seed of the deadline generator.
     #[arg(long, default_value_t = 0x5EED)]
     pub seed: u64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Which timers the benchmark cancels, in which order.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOrder {
+    /// Every other timer (0, 2, 4, ...), in random order.
+    Shuffled,
+    /// Every other timer, in the order they were added.
+    InOrder,
+    /// A random half of the timers, in random order.
+    RandomHalf,
+}
+
+impl CancelOrder {
+    fn name(self) -> &'static str {
+        match self {
+            CancelOrder::Shuffled => "every other one, in random order",
+            CancelOrder::InOrder => "every other one, in the order added",
+            CancelOrder::RandomHalf => "a random half, in random order",
+        }
+    }
 }
 
 /// Runs the benchmark and prints the table (and writes JSON if asked).
@@ -67,27 +99,29 @@ pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for &n in &sizes {
-        let workload = Workload::new(n, args.spread_ms, args.seed);
-        let mut runs: [Vec<Run>; 4] = Default::default();
+        let workload = Workload::new(n, args.spread_ms, args.seed, args.cancel);
+        let mut runs: [Vec<Run>; 5] = Default::default();
         // One unrecorded round first: it pays for faulting in fresh memory and warming
         // the allocator, which would otherwise land on whichever implementation runs first.
         measure::<Wheel>(&workload, args)?;
+        measure::<WheelCancel>(&workload, args)?;
         measure::<HeapSet>(&workload, args)?;
         measure::<HeapVec>(&workload, args)?;
         measure::<BTree>(&workload, args)?;
         for _ in 0..args.repeat {
             // Interleave implementations so drift (thermal, other load) hits all alike.
             runs[0].push(measure::<Wheel>(&workload, args)?);
-            runs[1].push(measure::<HeapSet>(&workload, args)?);
-            runs[2].push(measure::<HeapVec>(&workload, args)?);
-            runs[3].push(measure::<BTree>(&workload, args)?);
+            runs[1].push(measure::<WheelCancel>(&workload, args)?);
+            runs[2].push(measure::<HeapSet>(&workload, args)?);
+            runs[3].push(measure::<HeapVec>(&workload, args)?);
+            runs[4].push(measure::<BTree>(&workload, args)?);
             let checksums: Vec<u64> = runs.iter().map(|r| r[r.len() - 1].checksum).collect();
             ensure!(
                 checksums.windows(2).all(|pair| pair[0] == pair[1]),
                 "implementations disagree on what expired: {checksums:?}"
             );
         }
-        let names = [Wheel::NAME, HeapSet::NAME, HeapVec::NAME, BTree::NAME];
+        let names = [Wheel::NAME, WheelCancel::NAME, HeapSet::NAME, HeapVec::NAME, BTree::NAME];
         for (name, runs) in names.into_iter().zip(runs) {
             results.push(Summary::new(name, n, &runs));
         }
@@ -105,21 +139,36 @@ pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
 /// The same deadlines and cancellations for every implementation.
 struct Workload {
     deadlines_ms: Vec<u64>,
-    /// Indexes (into `deadlines_ms`) of the timers to cancel: every other one, shuffled so
-    /// cancels hit the structure in no particular order.
+    /// Indexes (into `deadlines_ms`) of the timers to cancel, in the order to cancel them:
+    /// `ceil(n / 2)` of them, as `--cancel` says.
     cancels: Vec<usize>,
     spread_ms: u64,
 }
 
 impl Workload {
-    fn new(n: usize, spread_ms: u64, seed: u64) -> Self {
+    fn new(n: usize, spread_ms: u64, seed: u64, order: CancelOrder) -> Self {
         let mut rng = XorShift::new(seed ^ n as u64);
         let deadlines_ms = (0..n).map(|_| 1 + rng.next() % spread_ms).collect();
-        let mut cancels: Vec<usize> = (0..n).step_by(2).collect();
-        for i in (1..cancels.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
-            cancels.swap(i, j);
-        }
+        let mut shuffle = |items: &mut Vec<usize>| {
+            for i in (1..items.len()).rev() {
+                let j = (rng.next() % (i as u64 + 1)) as usize;
+                items.swap(i, j);
+            }
+        };
+        let cancels = match order {
+            CancelOrder::InOrder => (0..n).step_by(2).collect(),
+            CancelOrder::Shuffled => {
+                let mut cancels = (0..n).step_by(2).collect();
+                shuffle(&mut cancels);
+                cancels
+            }
+            CancelOrder::RandomHalf => {
+                let mut cancels = (0..n).collect();
+                shuffle(&mut cancels);
+                cancels.truncate(n.div_ceil(2));
+                cancels
+            }
+        };
         Workload { deadlines_ms, cancels, spread_ms }
     }
 }
@@ -160,23 +209,10 @@ struct Wheel {
     expired: Vec<(TimerHandle, u64)>,
 }
 
-impl BenchTimer for Wheel {
-    const NAME: &'static str = "wheel";
-    type Handle = TimerHandle;
-
+impl Wheel {
     fn with_timers(n: usize) -> Self {
         let options = WheelOptions { entries_max: n.max(1), ..WheelOptions::DEFAULT };
         Wheel { wheel: TimingWheel::new(options), expired: Vec::new() }
-    }
-
-    fn add(&mut self, deadline_ms: u64, payload: u64) -> TimerHandle {
-        self.wheel.add(deadline_ms, payload).expect("entries_max is the workload size")
-    }
-
-    fn cancel(&mut self, handle: TimerHandle) {
-        let cancelled = self.wheel.cancel(handle);
-        debug_assert!(cancelled.is_some());
-        black_box(cancelled);
     }
 
     fn advance(&mut self, now_ms: u64) -> (u64, u64) {
@@ -191,9 +227,70 @@ impl BenchTimer for Wheel {
         self.wheel.heap_bytes()
             + self.expired.capacity() * std::mem::size_of::<(TimerHandle, u64)>()
     }
+}
+
+impl BenchTimer for Wheel {
+    const NAME: &'static str = "wheel";
+    type Handle = TimerHandle;
+
+    fn with_timers(n: usize) -> Self {
+        Wheel::with_timers(n)
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> TimerHandle {
+        self.wheel.add(deadline_ms, payload).expect("entries_max is the workload size")
+    }
+
+    fn cancel(&mut self, handle: TimerHandle) {
+        let discarded = self.wheel.discard(handle);
+        debug_assert!(discarded);
+        black_box(discarded);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        Wheel::advance(self, now_ms)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        Wheel::heap_bytes(self)
+    }
 
     fn is_empty(&self) -> bool {
         self.wheel.is_empty()
+    }
+}
+
+/// The wheel cancelling with `cancel`, which hands each payload back.
+struct WheelCancel(Wheel);
+
+impl BenchTimer for WheelCancel {
+    const NAME: &'static str = "wheel-cancel";
+    type Handle = TimerHandle;
+
+    fn with_timers(n: usize) -> Self {
+        WheelCancel(Wheel::with_timers(n))
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> TimerHandle {
+        self.0.wheel.add(deadline_ms, payload).expect("entries_max is the workload size")
+    }
+
+    fn cancel(&mut self, handle: TimerHandle) {
+        let cancelled = self.0.wheel.cancel(handle);
+        debug_assert!(cancelled.is_some());
+        black_box(cancelled);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        self.0.advance(now_ms)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.wheel.is_empty()
     }
 }
 
@@ -450,13 +547,16 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "timer benchmark: deadlines over 1..={} ms, cancel half, advance in {} ms steps, {} runs \
+        "timer benchmark: deadlines over 1..={} ms, cancel {}, advance in {} ms steps, {} runs \
          (ns/op: median [min..max])",
-        args.spread_ms, args.step_ms, args.repeat
+        args.spread_ms,
+        args.cancel.name(),
+        args.step_ms,
+        args.repeat
     );
     let _ = writeln!(
         out,
-        "{:>9} {:<9} {:>22} {:>22} {:>22} {:>9} {:>22} {:>22} {:>8}",
+        "{:>9} {:<12} {:>22} {:>22} {:>22} {:>9} {:>22} {:>22} {:>8}",
         "timers",
         "impl",
         "add ns/op",
@@ -471,7 +571,7 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
     for summary in results {
         let _ = writeln!(
             out,
-            "{:>9} {:<9} {:>22} {:>22} {:>22} {:>9.1} {:>22} {:>22} {:>8.1}",
+            "{:>9} {:<12} {:>22} {:>22} {:>22} {:>9.1} {:>22} {:>22} {:>8.1}",
             summary.timers,
             summary.name,
             cell(&summary.add_ns_per_op),
@@ -485,7 +585,7 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
     }
     let _ = writeln!(out, "\nadd+cancel speed-up of the wheel (median ns/op ratio):");
     let mut wheel_at = Vec::new();
-    for wheel in results.iter().filter(|s| s.name == Wheel::NAME) {
+    for wheel in results.iter().filter(|s| s.name == Wheel::NAME || s.name == WheelCancel::NAME) {
         let versus = |name: &str| {
             results
                 .iter()
@@ -496,8 +596,9 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>9} timers: {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}",
+            "{:>9} timers, {:<12}: {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}",
             wheel.timers,
+            wheel.name,
             versus(HeapSet::NAME),
             HeapSet::NAME,
             versus(HeapVec::NAME),
@@ -505,18 +606,21 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
             versus(BTree::NAME),
             BTree::NAME
         );
-        wheel_at.push((wheel.timers, wheel.add_cancel_ns_per_op.median));
+        wheel_at.push((wheel.name, wheel.timers, wheel.add_cancel_ns_per_op.median));
     }
-    if let (Some(first), Some(last)) = (wheel_at.first(), wheel_at.last()) {
-        let _ = writeln!(
-            out,
-            "wheel add+cancel cost from {} to {} timers: {:.1} -> {:.1} ns/op ({:.2}x)",
-            first.0,
-            last.0,
-            first.1,
-            last.1,
-            last.1 / first.1
-        );
+    for name in [Wheel::NAME, WheelCancel::NAME] {
+        let at: Vec<_> = wheel_at.iter().filter(|(n, _, _)| *n == name).collect();
+        if let (Some(first), Some(last)) = (at.first(), at.last()) {
+            let _ = writeln!(
+                out,
+                "{name} add+cancel cost from {} to {} timers: {:.1} -> {:.1} ns/op ({:.2}x)",
+                first.1,
+                last.1,
+                first.2,
+                last.2,
+                last.2 / first.2
+            );
+        }
     }
     out
 }
@@ -544,8 +648,9 @@ fn render_json(results: &[Summary], args: &TimerArgs) -> String {
         })
         .collect();
     format!(
-        "{{\"bench\":\"timer\",\"spread_ms\":{},\"step_ms\":{},\"repeat\":{},\"seed\":{},\"results\":[{}]}}\n",
+        "{{\"bench\":\"timer\",\"spread_ms\":{},\"cancel\":\"{:?}\",\"step_ms\":{},\"repeat\":{},\"seed\":{},\"results\":[{}]}}\n",
         args.spread_ms,
+        args.cancel,
         args.step_ms,
         args.repeat,
         args.seed,
@@ -559,22 +664,50 @@ mod tests {
     use super::*;
 
     fn tiny(json: Option<PathBuf>) -> TimerArgs {
-        TimerArgs { timers: 2_000, repeat: 2, spread_ms: 500, step_ms: 3, seed: 7, json }
+        TimerArgs {
+            timers: 2_000,
+            repeat: 2,
+            spread_ms: 500,
+            step_ms: 3,
+            cancel: CancelOrder::Shuffled,
+            seed: 7,
+            json,
+        }
     }
 
     #[test]
     fn all_implementations_expire_the_same_timers() {
         let args = tiny(None);
-        let workload = Workload::new(1_000, args.spread_ms, args.seed);
+        let workload = Workload::new(1_000, args.spread_ms, args.seed, args.cancel);
         let wheel = measure::<Wheel>(&workload, &args).unwrap();
+        let wheel_cancel = measure::<WheelCancel>(&workload, &args).unwrap();
         let heap_set = measure::<HeapSet>(&workload, &args).unwrap();
         let heap_vec = measure::<HeapVec>(&workload, &args).unwrap();
         let btree = measure::<BTree>(&workload, &args).unwrap();
         // The sum of the payloads (indexes) of the odd, never-cancelled timers.
         let expected: u64 = (1..1_000u64).step_by(2).sum();
-        for run in [wheel, heap_set, heap_vec, btree] {
+        for run in [wheel, wheel_cancel, heap_set, heap_vec, btree] {
             assert_eq!(run.checksum, expected);
             assert!(run.bytes_peak > 0);
+        }
+    }
+
+    #[test]
+    fn cancel_orders_cancel_half_of_distinct_timers() {
+        for order in [CancelOrder::Shuffled, CancelOrder::InOrder, CancelOrder::RandomHalf] {
+            let workload = Workload::new(1_001, 500, 7, order);
+            let mut cancels = workload.cancels.clone();
+            assert_eq!(cancels.len(), 501, "{order:?}");
+            cancels.sort_unstable();
+            cancels.dedup();
+            assert_eq!(cancels.len(), 501, "{order:?}: duplicates");
+            assert!(cancels.iter().all(|&index| index < 1_001));
+            if order == CancelOrder::InOrder {
+                assert_eq!(workload.cancels, cancels);
+            }
+            let args = TimerArgs { cancel: order, ..tiny(None) };
+            let wheel = measure::<Wheel>(&workload, &args).unwrap();
+            assert_eq!(wheel.checksum, measure::<HeapVec>(&workload, &args).unwrap().checksum);
         }
     }
 
@@ -585,8 +718,8 @@ mod tests {
         run(&tiny(Some(path.clone()))).unwrap();
         let json = std::fs::read_to_string(path).unwrap();
         assert!(json.starts_with("{\"bench\":\"timer\""));
-        // 2 000 is the only size below 10k: four implementations.
-        assert_eq!(json.matches("\"impl\":").count(), 4);
+        // 2 000 is the only size below 10k: five rows.
+        assert_eq!(json.matches("\"impl\":").count(), 5);
         assert!(json.contains("\"impl\":\"wheel\",\"timers\":2000"));
     }
 }

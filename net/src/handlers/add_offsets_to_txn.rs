@@ -1,0 +1,48 @@
+//! AddOffsetsToTxn (key 25): a transactional producer will commit a group's offsets in its
+//! transaction (`send_offsets_to_transaction`): the group's partition of
+//! `__consumer_offsets` joins the transaction, so the markers reach it.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
+
+use crate::error::code;
+use crate::group::{offsets_partition, OFFSETS_TOPIC};
+use crate::shard::Shard;
+use crate::txn::{TxnAnswer, TxnCall};
+use sluice_engine::checkpoint::TopicPartition;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: AddOffsetsToTxnRequest,
+    _version: i16,
+) -> AddOffsetsToTxnResponse {
+    let mut response = AddOffsetsToTxnResponse::default();
+    let group = request.group_id.0.as_str();
+    if group.is_empty() {
+        response.error_code = code::INVALID_GROUP_ID;
+        return response;
+    }
+    let partitions = match shard.offsets_topic().await {
+        Ok(partitions) => partitions,
+        Err(error) => {
+            response.error_code = error;
+            return response;
+        }
+    };
+    let id = request.transactional_id.0.to_string();
+    let call = TxnCall::AddPartitions {
+        id: id.clone(),
+        producer_id: request.producer_id.0,
+        epoch: request.producer_epoch,
+        partitions: vec![TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions))],
+    };
+    response.error_code = match shard.coordinate_txn(&id, call).await {
+        Ok(TxnAnswer::AddPartitions(errors)) => {
+            errors.first().copied().unwrap_or(code::UNKNOWN_SERVER_ERROR)
+        }
+        Ok(_) => code::UNKNOWN_SERVER_ERROR,
+        Err(error) => error,
+    };
+    response
+}
