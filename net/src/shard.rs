@@ -21,7 +21,7 @@ use sluice_engine::batch::{self, BatchIter};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::{Clock, SystemClock};
 use sluice_engine::io::IoMode;
-use sluice_engine::log::{Log, LogError, OpenHints};
+use sluice_engine::log::{AppendInfo, Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
 use sluice_engine::producer::{
     encode_marker, BatchIdentity, LoggedBatch, Marker, ProducerStates, ProducerView, SequenceError,
@@ -728,24 +728,30 @@ impl Shard {
                 batch::set_log_append_time(batch, now_ms);
             }
         }
-        match partition.log.append(&mut bytes).await {
+        // The producer state moves with the log end, in the same step: in direct mode the
+        // append returns only once its write has landed, and meanwhile a read_committed
+        // fetch must already see a new transaction as open (the LSO held before it).
+        let record_producers = |info: &AppendInfo| {
+            if staged.is_empty() {
+                return;
+            }
+            let mut producers = partition.producers.borrow_mut();
+            let mut offset = info.base_offset;
+            for extent in &extents {
+                if let Some(identity) = extent.identity {
+                    producers.appended(identity, offset, offset + extent.count - 1);
+                    producers.touch(identity.producer_id, extent.max_timestamp);
+                    if extent.transactional {
+                        producers.begin_txn(identity.producer_id, identity.epoch, offset);
+                    }
+                }
+                offset += extent.count;
+            }
+        };
+        match partition.log.append_then(&mut bytes, record_producers).await {
             Ok(info) => {
                 if partition.log.options().io_mode == IoMode::Direct {
                     self.remember(&partition, info.base_offset, info.last_offset + 1, bytes);
-                }
-                if !staged.is_empty() {
-                    let mut producers = partition.producers.borrow_mut();
-                    let mut offset = info.base_offset;
-                    for extent in &extents {
-                        if let Some(identity) = extent.identity {
-                            producers.appended(identity, offset, offset + extent.count - 1);
-                            producers.touch(identity.producer_id, extent.max_timestamp);
-                            if extent.transactional {
-                                producers.begin_txn(identity.producer_id, identity.epoch, offset);
-                            }
-                        }
-                        offset += extent.count;
-                    }
                 }
                 self.on_append(&part.tp);
                 ProduceResult {
@@ -1409,13 +1415,15 @@ impl Shard {
             KafkaError::new(code::UNKNOWN_SERVER_ERROR, format!("encoding records: {error}"))
         })?;
         let mut bytes = buffer.to_vec();
-        let info = partition.log.append(&mut bytes).await.map_err(|error| {
+        let begin_txn = |info: &AppendInfo| {
+            if let Some((producer_id, epoch)) = txn {
+                partition.producers.borrow_mut().begin_txn(producer_id, epoch, info.base_offset);
+            }
+        };
+        partition.log.append_then(&mut bytes, begin_txn).await.map_err(|error| {
             error!(partition = %tp, %error, "internal record append failed");
             from_log_error(&error)
         })?;
-        if let Some((producer_id, epoch)) = txn {
-            partition.producers.borrow_mut().begin_txn(producer_id, epoch, info.base_offset);
-        }
         self.on_append(tp);
         Ok(())
     }

@@ -746,6 +746,20 @@ impl Log {
     /// batch (magic, CRC, size against `max.message.bytes`) before writing any, assigns
     /// offsets by rewriting base offsets in place, and writes the bytes as they are.
     pub async fn append(&self, batches: &mut [u8]) -> Result<AppendInfo, LogError> {
+        self.append_then(batches, |_| {}).await
+    }
+
+    /// [`append`](Self::append), calling `on_appended` with the offsets assigned at the
+    /// moment the batches become part of the log (the log end offset moves), before any
+    /// `.await`: state kept beside the log (producer sequences, open transactions, which
+    /// bound what read_committed fetches may see) then changes together with the log end.
+    /// In direct mode the append is acknowledged later, once its write has landed, and
+    /// reads and other appends run meanwhile.
+    pub async fn append_then(
+        &self,
+        batches: &mut [u8],
+        on_appended: impl FnOnce(&AppendInfo),
+    ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
         if batches.is_empty() {
             return Err(LogError::EmptyAppend);
@@ -819,6 +833,15 @@ impl Log {
             state.unflushed_records += records;
             state.unflushed_since_ms.get_or_insert(self.clock.monotonic_ms());
         }
+        let info = AppendInfo {
+            base_offset,
+            last_offset,
+            max_timestamp,
+            offset_of_max_timestamp,
+            records,
+            bytes: bytes_len,
+        };
+        on_appended(&info);
         let flush_messages = self.options.borrow().flush_messages;
         if self.state.borrow().unflushed_records >= flush_messages {
             self.flush_locked(false).await?;
@@ -832,14 +855,7 @@ impl Log {
             self.take_offline(format!("a write to {} failed: {error}", file.path().display()));
             return Err(io_error(file.path())(error));
         }
-        Ok(AppendInfo {
-            base_offset,
-            last_offset,
-            max_timestamp,
-            offset_of_max_timestamp,
-            records,
-            bytes: bytes_len,
-        })
+        Ok(info)
     }
 
     fn should_roll(&self, bytes_len: u64, last_offset: i64) -> bool {
