@@ -1,5 +1,7 @@
 //! One consumer: a connection and a set of partitions, read with full Fetch requests (no
-//! group, no fetch session) from given offsets, one fetch in flight. Records are counted
+//! group, no fetch session) from given offsets, with one fetch prefetched: the next one is
+//! sent as soon as a response arrives, before that response is counted (librdkafka's
+//! consumer prefetches the same way). Records are counted
 //! from batch headers (record count, offsets); each record's end-to-end latency is "now"
 //! (when the response was read) minus its creation time: the bench's microsecond stamp at
 //! the start of the value when there is one, else the record timestamp (milliseconds).
@@ -51,6 +53,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut decompressed = Vec::new();
     let mut producers_done_at = None;
+    let mut in_flight = None;
+    let mut read_mark = connection.bytes_read();
     loop {
         if stats.stop.get() {
             return Ok(());
@@ -71,35 +75,42 @@ pub async fn run(
                 return Ok(());
             }
         }
-        let open: Vec<FetchPartitionSpec> = assignments
-            .iter()
-            .filter(|a| a.end.map_or(true, |end| a.offset < end))
-            .map(|a| FetchPartitionSpec {
-                partition: a.partition,
-                offset: a.offset,
-                max_bytes: plan.partition_max_bytes,
-            })
-            .collect();
-        if open.is_empty() {
-            return Ok(());
-        }
-        let spec = FetchSpec {
-            max_wait_ms: plan.max_wait_ms,
-            min_bytes: plan.min_bytes,
-            max_bytes: plan.max_bytes,
-            isolation_level: 0,
-            topics: vec![FetchTopicSpec { name: plan.topic.clone(), partitions: open }],
+        let pending = match in_flight.take() {
+            Some(pending) => pending,
+            None => match fetch_spec(&plan, &assignments) {
+                Some(spec) => connection.send_fetch(&spec).await?,
+                None => return Ok(()),
+            },
         };
-        let read_before = connection.bytes_read();
-        let response = connection.send_fetch(&spec).await?.await.context("Fetch")?;
+        let response = pending.await.context("Fetch")?;
         let now = now_us();
-        let wire_bytes = connection.bytes_read() - read_before;
+        let wire_bytes = connection.bytes_read() - read_mark;
+        read_mark = connection.bytes_read();
         if response.error_code != 0 {
             bail!(
                 "Fetch: Kafka error {} ({})",
                 response.error_code,
                 error_name(response.error_code)
             );
+        }
+        // Prefetch, as librdkafka does: the next fetch (from the offsets after this
+        // response's last whole batch) goes out before this response is counted, so the
+        // broker sends while we parse.
+        let mut next = assignments.clone();
+        for topic in &response.responses {
+            for data in &topic.partitions {
+                let (Some(assignment), Some(records)) =
+                    (next.iter_mut().find(|a| a.partition == data.partition_index), &data.records)
+                else {
+                    continue;
+                };
+                if let Some(last) = Batches::new(records).map_while(Result::ok).last() {
+                    assignment.offset = assignment.offset.max(last.last_offset() + 1);
+                }
+            }
+        }
+        if let Some(spec) = fetch_spec(&plan, &next) {
+            in_flight = Some(connection.send_fetch(&spec).await?);
         }
         let measuring = stats.measuring(now);
         // Records still wanted, with --messages: the last response may hold more.
@@ -156,6 +167,29 @@ pub async fn run(
         }
         stats.consumed.add(now, measuring, msgs, payload_bytes, wire_bytes);
     }
+}
+
+/// The next Fetch for the partitions not yet read to their end, if any.
+fn fetch_spec(plan: &ConsumerPlan, assignments: &[Assignment]) -> Option<FetchSpec> {
+    let open: Vec<FetchPartitionSpec> = assignments
+        .iter()
+        .filter(|a| a.end.map_or(true, |end| a.offset < end))
+        .map(|a| FetchPartitionSpec {
+            partition: a.partition,
+            offset: a.offset,
+            max_bytes: plan.partition_max_bytes,
+        })
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    Some(FetchSpec {
+        max_wait_ms: plan.max_wait_ms,
+        min_bytes: plan.min_bytes,
+        max_bytes: plan.max_bytes,
+        isolation_level: 0,
+        topics: vec![FetchTopicSpec { name: plan.topic.clone(), partitions: open }],
+    })
 }
 
 /// Counts the records of `batch` at or after the assignment's offset (and before its end),
