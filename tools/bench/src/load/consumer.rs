@@ -1,7 +1,7 @@
 //! One consumer: a connection and a set of partitions, read with full Fetch requests (no
-//! group, no fetch session) from given offsets, with one fetch prefetched: the next one is
-//! sent as soon as a response arrives, before that response is counted (librdkafka's
-//! consumer prefetches the same way). Records are counted
+//! group, no fetch session) from given offsets. While catching up, one fetch is prefetched:
+//! the next one is sent as soon as a response arrives, before that response is counted
+//! (librdkafka's consumer prefetches the same way). Records are counted
 //! from batch headers (record count, offsets); each record's end-to-end latency is "now"
 //! (when the response was read) minus its creation time: the bench's microsecond stamp at
 //! the start of the value when there is one, else the record timestamp (milliseconds).
@@ -93,10 +93,14 @@ pub async fn run(
                 error_name(response.error_code)
             );
         }
-        // Prefetch, as librdkafka does: the next fetch (from the offsets after this
-        // response's last whole batch) goes out before this response is counted, so the
-        // broker sends while we parse.
+        // Catching up (a partition's share of the response at least half full): prefetch,
+        // as librdkafka does. The next fetch (from the offsets after this response's last
+        // whole batch) goes out before this response is counted, so the broker sends while
+        // we parse. Caught up, the next fetch waits until this response is counted: sent
+        // at once it would come back with a batch or two, and the broker's core (shared
+        // with the producers in e2e runs) would spend itself on small fetches.
         let mut next = assignments.clone();
+        let mut catching_up = false;
         for topic in &response.responses {
             for data in &topic.partitions {
                 let (Some(assignment), Some(records)) =
@@ -104,13 +108,16 @@ pub async fn run(
                 else {
                     continue;
                 };
+                catching_up |= records.len() as u64 * 2 >= plan.partition_max_bytes as u64;
                 if let Some(last) = Batches::new(records).map_while(Result::ok).last() {
                     assignment.offset = assignment.offset.max(last.last_offset() + 1);
                 }
             }
         }
-        if let Some(spec) = fetch_spec(&plan, &next) {
-            in_flight = Some(connection.send_fetch(&spec).await?);
+        if catching_up {
+            if let Some(spec) = fetch_spec(&plan, &next) {
+                in_flight = Some(connection.send_fetch(&spec).await?);
+            }
         }
         let measuring = stats.measuring(now);
         // Records still wanted, with --messages: the last response may hold more.
