@@ -121,7 +121,9 @@ pub struct ConsumerArgs {
     /// Consumer connections; partitions are spread over them round robin.
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
-    /// Bytes per partition per fetch (max.partition.fetch.bytes).
+    /// Bytes per partition per fetch (max.partition.fetch.bytes). A consumer whose last
+    /// response filled at least half of this is catching up and prefetches: it sends the
+    /// next fetch before counting the response.
     #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
     pub fetch_max_bytes: u64,
     /// Bytes per fetch response over all partitions (fetch.max.bytes).
