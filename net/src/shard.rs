@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalSender};
@@ -378,9 +378,6 @@ pub struct ShardStart {
 pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
     crate::mesh::build(shards, MESH_CHANNEL_CAPACITY)
 }
-
-/// How long a request waits for an internal topic another request is creating.
-const INTERNAL_TOPIC_WAIT: Duration = Duration::from_secs(5);
 
 /// What a shard reports when it stops: per partition, the recovery point and log start.
 pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
@@ -1314,26 +1311,15 @@ impl Shard {
         };
         match self.change_metadata(record, false).await {
             Ok(()) => info!(partitions, "created {name}"),
-            // Another request created it first; its change may not have reached this
-            // shard yet.
+            // Another request created it first (the controller's lock is held until every
+            // shard applied that change, so this shard knows the topic now).
             Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
             Err(error) => {
                 warn!(message = %error.message, "creating {name} failed");
                 return Err(code::COORDINATOR_NOT_AVAILABLE);
             }
         }
-        let deadline = Instant::now() + INTERNAL_TOPIC_WAIT;
-        loop {
-            if let Some(topic) = self.metadata().topic(name) {
-                return Ok(topic.partitions);
-            }
-            if Instant::now() >= deadline {
-                // Retriable for every client (COORDINATOR_NOT_AVAILABLE made librdkafka
-                // drop a manual assignment's offset fetch and never fetch).
-                return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
-            }
-            glommio::timer::sleep(Duration::from_millis(5)).await;
-        }
+        self.metadata().topic(name).map(|t| t.partitions).ok_or(code::COORDINATOR_NOT_AVAILABLE)
     }
 
     /// Appends group records (offset commits, group metadata, tombstones) to the group's

@@ -363,8 +363,10 @@ impl Coordinator {
     /// The error for a group this shard cannot serve now, if any.
     fn check_serving(&self, shard: &Shard, group: &str) -> Result<(), i16> {
         let partitions = shard.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
-        // The caller created the topic (or saw it) before routing here: a shard that does
-        // not know it yet is a moment behind the controller.
+        // The caller saw the topic before routing here; this shard does not know it yet
+        // while the controller is still applying its creation shard by shard (the
+        // controller's own shard first). Retriable: COORDINATOR_NOT_AVAILABLE here made
+        // librdkafka drop a manual assignment's offset fetch and never fetch.
         let Some(partitions) = partitions else { return Err(code::COORDINATOR_LOAD_IN_PROGRESS) };
         let partition = offsets_partition(group, partitions);
         if shard.owner_of(&TopicPartition::new(OFFSETS_TOPIC, partition)) != shard.id {
