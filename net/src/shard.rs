@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::{self, LocalSender};
 use sluice_engine::batch::{self, BatchIter};
 use sluice_engine::checkpoint::TopicPartition;
@@ -163,10 +163,12 @@ pub enum MeshMsg {
     Response { id: u64, body: ShardResponse },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProducePart {
     pub tp: TopicPartition,
-    pub records: Option<Bytes>,
+    /// The partition's record batches, mutable: the log assigns offsets in place. They
+    /// are usually the request frame's own bytes (see `handlers::produce`), not a copy.
+    pub records: Option<BytesMut>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -644,9 +646,9 @@ impl Shard {
         let Some(records) = part.records.filter(|r| !r.is_empty()) else {
             return ProduceResult::failed(KafkaError::new(code::CORRUPT_MESSAGE, "no records"));
         };
-        // The one copy of the record bytes on the way in: the log rewrites offsets in place
-        // (and with LogAppendTime, timestamps and the CRC), so it needs them mutable.
-        let mut bytes = records.to_vec();
+        // The log rewrites offsets in place (and with LogAppendTime, timestamps and the
+        // CRC): `records` is mutable, and usually the request frame itself.
+        let mut bytes = records;
         let mut extents = Vec::new();
         let mut at = 0usize;
         // The CRC is checked once, by `Log::append`, before anything is written; except
@@ -748,7 +750,12 @@ impl Shard {
         match partition.log.append_then(&mut bytes, record_producers).await {
             Ok(info) => {
                 if partition.log.options().io_mode == IoMode::Direct {
-                    self.remember(&partition, info.base_offset, info.last_offset + 1, bytes);
+                    self.remember(
+                        &partition,
+                        info.base_offset,
+                        info.last_offset + 1,
+                        bytes.freeze(),
+                    );
                 }
                 self.on_append(&part.tp);
                 ProduceResult {
@@ -1468,7 +1475,7 @@ impl Shard {
             from_log_error(&error)
         })?;
         if partition.log.options().io_mode == IoMode::Direct {
-            self.remember(&partition, info.base_offset, info.last_offset + 1, bytes);
+            self.remember(&partition, info.base_offset, info.last_offset + 1, Bytes::from(bytes));
         }
         let done = partition.producers.borrow_mut().complete_txn(
             producer_id,
@@ -1663,13 +1670,16 @@ impl Shard {
     }
 
     /// Keeps a direct-mode append's batches in the partition's cache of recent batches,
-    /// evicting the shard's oldest chunks beyond `RECENT_BATCHES_BYTES`.
-    fn remember(&self, partition: &Rc<Partition>, base: i64, end: i64, bytes: Vec<u8>) {
+    /// evicting the shard's oldest chunks beyond `RECENT_BATCHES_BYTES`. The bytes are
+    /// usually a piece of a produce request's frame, which stays allocated while any of
+    /// its pieces is cached: the budget counts batch bytes, so memory can exceed it by
+    /// about one request (pieces of one request are cached and evicted together).
+    fn remember(&self, partition: &Rc<Partition>, base: i64, end: i64, bytes: Bytes) {
         let len = bytes.len() as u64;
         if len > RECENT_BATCHES_BYTES {
             return;
         }
-        partition.recent.insert(base, end, Bytes::from(bytes));
+        partition.recent.insert(base, end, bytes);
         let mut order = self.recent_order.borrow_mut();
         order.push_back((Rc::downgrade(partition), base, len));
         let mut used = self.recent_bytes.get() + len;

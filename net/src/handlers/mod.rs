@@ -165,7 +165,11 @@ pub async fn handle(
         }
         ApiKey::Produce => {
             let decoded = decode_body(api, version, body)?;
-            match produce::handle(shard, decoded, version).await {
+            // The header goes now: its client id is a slice of the frame, and the record
+            // bytes can be taken over in place only when nothing else refers to it.
+            let Request { header, body, .. } = request;
+            drop(header);
+            match produce::handle(shard, decoded, body, version).await {
                 Some(response) => {
                     encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
                 }
