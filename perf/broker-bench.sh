@@ -10,6 +10,7 @@
 #    - consume: 3 GB produced first, then read from the page cache, 3 times;
 #    - produce at half the median maximum rate of that mode, 10 s: the latency figures;
 #    - e2e: produce and consume together, 10 s.
+# Every run starts after a `sync`, so the previous run's writeback does not compete with it.
 # Each run writes perf/out/bench/MODE-WORKLOAD-N.json (+ .svg); the script prints one
 # summary line per run.
 # Environment: MODES (default "buffered direct"), BENCH_DIR (where data goes; default
@@ -47,6 +48,9 @@ stop_broker() {
   kill "$broker" 2>/dev/null || true
   wait "$broker" 2>/dev/null || true
   rm -rf "$data" "$data.log"
+  # Let the kernel finish writing back (and discarding) this run's data before the next
+  # run measures: buffered runs leave gigabytes of dirty pages behind.
+  sync
 }
 trap stop_broker EXIT
 bench() { # $1 json name, rest: bench args
