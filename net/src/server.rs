@@ -421,8 +421,10 @@ mod tests {
                 let stream = listener.accept().await.unwrap();
                 zerocopy::set_nonblocking(stream.as_raw_fd()).unwrap();
                 let mut reader = FrameReader::new(stream.as_raw_fd());
+                let result = reader.next(&stream, limit).await;
+                assert!(result.is_err());
+                drop(stream);
                 writer.join().unwrap();
-                assert!(reader.next(&stream, limit).await.is_err());
             });
         }
     }
