@@ -103,8 +103,9 @@ type Pending = JoinHandle<Result<Option<Frame>, ProtocolError>>;
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
     let peer_addr = stream.peer_addr().ok();
-    // Responses are written with our own non-blocking syscalls (sendmsg, and sendfile for
-    // records in page-cache files); glommio's half is used to read and to close.
+    // Requests are read and responses written with our own non-blocking syscalls (recv
+    // in `FrameReader`; sendmsg, and sendfile for records in page-cache files); glommio's
+    // stream waits for data (peek) and shuts the connection down.
     let socket = stream.as_raw_fd();
     if let Err(error) = zerocopy::set_nonblocking(socket) {
         warn!(shard = shard.id, %peer, %error, "cannot make the socket non-blocking");
