@@ -80,16 +80,19 @@ pub async fn handle(
 
 /// The request's partitions in order, and a part (with mutable record bytes) for each
 /// one with a valid index. The request is dropped before the records are taken over.
-fn split(mut request: ProduceRequest, body: Bytes) -> (Layout<()>, Vec<ProducePart>) {
+fn split(
+    mut request: ProduceRequest,
+    body: Bytes,
+) -> (Layout<(TopicPartition, Option<Bytes>)>, Vec<ProducePart>) {
     let mut layout = Layout::new();
-    let mut records = Vec::new();
     for topic in std::mem::take(&mut request.topic_data) {
         layout.topic(topic.name.0.as_str());
         for data in topic.partition_data {
-            layout.partition(data.index, |tp| records.push((tp, data.records)));
+            layout.partition(data.index, |tp| (tp, data.records));
         }
     }
     drop(request);
+    let records = layout.take_parts();
     (layout, records_mut(records, body))
 }
 
