@@ -211,12 +211,10 @@ impl FrameReader {
     async fn next(&mut self, stream: &TcpStream, limit: usize) -> Result<Option<Bytes>, ReadError> {
         if self.buffer.len() < SIZE_PREFIX_BYTES {
             let open = self.receive(stream, SIZE_PREFIX_BYTES).await.map_err(ReadError::Io)?;
-            if !open {
-                if self.buffer.is_empty() {
-                    return Ok(None);
-                }
-                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            if !open && self.buffer.is_empty() {
+                return Ok(None);
             }
+            still_open(open)?;
         }
         let mut prefix = [0u8; SIZE_PREFIX_BYTES];
         prefix.copy_from_slice(&self.buffer[..SIZE_PREFIX_BYTES]);
@@ -227,22 +225,18 @@ impl FrameReader {
             return Ok(Some(self.buffer.split_to(size).freeze()));
         }
         if size < READ_BUFFER_BYTES {
-            let open = self.receive(stream, size).await.map_err(ReadError::Io)?;
-            if !open {
-                return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
+            still_open(self.receive(stream, size).await.map_err(ReadError::Io)?)?;
             return Ok(Some(self.buffer.split_to(size).freeze()));
         }
         // A large frame: its own allocation, never read past its end.
         let mut frame = BytesMut::with_capacity(size);
         frame.extend_from_slice(&self.buffer);
         self.buffer.clear();
-        let open = recv_at_least(stream, self.socket, &mut frame, size, size)
-            .await
-            .map_err(ReadError::Io)?;
-        if !open {
-            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
+        still_open(
+            recv_at_least(stream, self.socket, &mut frame, size, size)
+                .await
+                .map_err(ReadError::Io)?,
+        )?;
         Ok(Some(frame.freeze()))
     }
 
@@ -254,6 +248,15 @@ impl FrameReader {
         let max = self.buffer.len() + READ_BUFFER_BYTES;
         self.buffer.reserve(READ_BUFFER_BYTES);
         recv_at_least(stream, self.socket, &mut self.buffer, want, max).await
+    }
+}
+
+/// The error for a stream that ended inside a frame (`open` is what a receive returned).
+fn still_open(open: bool) -> Result<(), ReadError> {
+    if open {
+        Ok(())
+    } else {
+        Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
     }
 }
 
