@@ -637,15 +637,14 @@ impl Log {
             match checked {
                 Ok(size) => position += size,
                 Err(reason) => {
-                    let rest_len = file_len - position;
-                    if rest_len < PADDING_BYTES_MAX as u64 {
-                        let rest = file
-                            .read_at(position, PADDING_BYTES_MAX)
-                            .await
-                            .map_err(io_error(file.path()))?;
-                        if rest.iter().all(|byte| *byte == 0) {
-                            break Recovered::Padding;
-                        }
+                    // Buffered files have no padding of ours, only what a torn write
+                    // may leave; beyond a block or so, zeros there are damage to report.
+                    let padding_max = match file.mode() {
+                        IoMode::Direct => u64::MAX,
+                        IoMode::Buffered => PADDING_BYTES_MAX,
+                    };
+                    if file_len - position <= padding_max && zeros_to_end(&file, position).await? {
+                        break Recovered::Padding;
                     }
                     break Recovered::Cut { reason, position };
                 }
@@ -1345,8 +1344,27 @@ impl Log {
     }
 }
 
-/// Zero bytes after the last batch up to this size are direct-mode padding.
-const PADDING_BYTES_MAX: usize = 64 << 10;
+/// Zero bytes after the last batch of a buffered file, up to this size, are taken for the
+/// remains of a torn write rather than damage.
+const PADDING_BYTES_MAX: u64 = 64 << 10;
+
+/// True when the file holds only zeros from `position` to its end: what a direct-mode
+/// segment has after its last batch until it is sealed (the padding of the last block,
+/// and the space allocated ahead of the writes), not a sign of damage.
+async fn zeros_to_end(file: &SegmentFile, mut position: u64) -> Result<bool, LogError> {
+    while position < file.len() {
+        let bytes =
+            file.read_at(position, RECOVERY_READ_BYTES).await.map_err(io_error(file.path()))?;
+        if bytes.is_empty() {
+            break;
+        }
+        if bytes.iter().any(|byte| *byte != 0) {
+            return Ok(false);
+        }
+        position += bytes.len() as u64;
+    }
+    Ok(true)
+}
 /// A segment this small may legitimately have an empty offset index.
 const INDEX_REBUILD_FREE: u64 = 2 * INDEX_INTERVAL_BYTES_DEFAULT;
 

@@ -370,6 +370,42 @@ fn clean_reopen_and_crash_reopen_keep_every_batch() {
     }
 }
 
+/// A crash before a rolled direct-mode segment was sealed leaves the space allocated
+/// ahead of its writes behind its last batch: megabytes of zeros. Recovery takes them for
+/// padding and trims them, and keeps every segment after it.
+#[test]
+fn unsealed_direct_segment_with_space_allocated_ahead_keeps_later_segments() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let mut opts = options(IoMode::Direct);
+        opts.segment_bytes = 16 << 10;
+        let log = open(dir.path(), opts.clone(), OpenHints::default(), &clock).await;
+        for i in 0..40 {
+            append_fresh(&log, &batch_bytes(2, 1000, T0 + i, i as u8)).await;
+        }
+        let before = read_all(&log).await;
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() > 2, "the log rolled: {bases:?}");
+        drop(log);
+        crate::io::writes_landed().await;
+        let first = dir.path().join(segment_file_name(bases[0], "log"));
+        let logical: u64 = before
+            .iter()
+            .filter(|(base, _)| *base < bases[1])
+            .map(|(_, bytes)| bytes.len() as u64)
+            .sum();
+        // As if the crash came before the seal of the first segment.
+        let file = std::fs::OpenOptions::new().write(true).open(&first).unwrap();
+        file.set_len(logical + (3 << 20)).unwrap();
+        drop(file);
+        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
+        assert_eq!(read_all(&log).await, before);
+        assert_eq!(log.segment_base_offsets(), bases);
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), logical, "the zeros are trimmed");
+    });
+}
+
 #[test]
 fn lost_index_files_are_rebuilt() {
     run(async {
