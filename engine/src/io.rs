@@ -48,7 +48,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How segment files do I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +193,11 @@ struct DirectState {
     /// The file's size on disk: past the logical end, space allocated ahead of the
     /// writes (see [`DirectFile::allocate_for`]).
     allocated: u64,
+    /// Bumped whenever the size on disk is set (`load_tail`, `seal`), so an allocation
+    /// that raced with that does not claim space the file no longer has.
+    resized: u64,
+    /// The file system refused `fallocate`: writes extend the file instead.
+    cannot_allocate: bool,
     /// Why a write failed, once one has. Sticky: bytes an append already returned for
     /// are lost, so the file refuses all further use (the log goes offline).
     failed: Option<String>,
@@ -371,8 +376,11 @@ impl SegmentFile {
                 // that is not block-aligned as unaligned I/O, which cannot go to
                 // allocated-ahead space without blocking (it would go to a kernel worker).
                 let fs_block = std::fs::metadata(path).map(|meta| meta.blksize()).unwrap_or(0);
-                let fs_block =
-                    if fs_block.is_power_of_two() && fs_block <= 64 << 10 { fs_block } else { 0 };
+                let fs_block = if fs_block.is_power_of_two() && fs_block <= 64 << 10 {
+                    fs_block
+                } else {
+                    4096
+                };
                 let alignment = file.alignment().max(512).max(fs_block);
                 let direct = DirectFile {
                     file: Rc::new(file),
@@ -564,7 +572,9 @@ impl SegmentFile {
         if let Backend::Direct(direct) = &self.backend {
             direct.settle().await?;
             set_len(direct.file.as_raw_fd(), self.len.get())?;
-            direct.state.borrow_mut().allocated = self.len.get();
+            let mut state = direct.state.borrow_mut();
+            state.allocated = self.len.get();
+            state.resized += 1;
         }
         self.sync().await
     }
@@ -648,6 +658,7 @@ impl DirectFile {
         state.tail = tail;
         state.landed = len;
         state.allocated = len;
+        state.resized += 1;
         Ok(())
     }
 
@@ -720,7 +731,7 @@ impl DirectFile {
         self.allocate_for(
             start + pieces.iter().map(|(_, buffer, _)| buffer.len() as u64).sum::<u64>(),
         )
-        .await?;
+        .await;
         let id = {
             let mut state = self.state.borrow_mut();
             let id = state.next_id;
@@ -775,21 +786,39 @@ impl DirectFile {
     /// at a time and waits for each. Writes within the size are submitted from the
     /// shard and several run at once. The space past the logical end is given back by
     /// `seal` (and by recovery after a crash, which reads it as zero padding).
-    async fn allocate_for(&self, end: u64) -> io::Result<()> {
-        let allocated = self.state.borrow().allocated;
-        if end <= allocated {
-            return Ok(());
+    ///
+    /// Best effort: where the file system refuses (no `fallocate`, or no room for the
+    /// space ahead), the write extends the file as it would without this, and fails
+    /// only if the write itself does.
+    async fn allocate_for(&self, end: u64) {
+        let (allocated, resized, cannot) = {
+            let state = self.state.borrow();
+            (state.allocated, state.resized, state.cannot_allocate)
+        };
+        if end <= allocated || cannot {
+            return;
         }
         let ahead = end + end.clamp(ALLOCATE_AHEAD_MIN, ALLOCATE_AHEAD_MAX);
-        let mut target = ahead - ahead % self.alignment;
-        if self.file.pre_allocate(target, false).await.is_err() {
-            // Short of space for the allocation ahead: this write may still fit.
-            target = end;
-            self.file.pre_allocate(target, false).await.map_err(to_io)?;
+        let ahead = ahead - ahead % self.alignment;
+        let mut allocated_to = None;
+        for target in [ahead, end] {
+            match self.file.pre_allocate(target, false).await.map_err(to_io) {
+                Ok(()) => {
+                    allocated_to = Some(target);
+                    break;
+                }
+                Err(error) if error.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {
+                    debug!(%error, "no fallocate here: direct writes extend the file");
+                    self.state.borrow_mut().cannot_allocate = true;
+                    return;
+                }
+                Err(_) => {} // No room for the space ahead: try for this write alone.
+            }
         }
         let mut state = self.state.borrow_mut();
-        state.allocated = state.allocated.max(target);
-        Ok(())
+        if let Some(target) = allocated_to.filter(|_| state.resized == resized) {
+            state.allocated = state.allocated.max(target);
+        }
     }
 
     /// Waits until the logical bytes before `end` are on the device: the writes up to

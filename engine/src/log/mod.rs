@@ -479,7 +479,11 @@ impl Log {
                 rolling_since_ms: Some(self.clock.wall_ms()),
             };
             let next_base = bases.get(at + 1).copied();
-            let trusted = base < recover_from && next_base.is_some();
+            // A rolled segment whose seal had not run at the crash still ends in zeros
+            // (direct-mode padding and space allocated ahead): its size on disk is not
+            // its length, so it is scanned like the segments after the recovery point.
+            let trusted =
+                base < recover_from && next_base.is_some() && !ends_in_zeros(&segment.log).await?;
             if trusted && self.load_indexes(&mut segment, next_base).await? {
                 segments.insert(base, segment);
                 continue;
@@ -637,13 +641,18 @@ impl Log {
             match checked {
                 Ok(size) => position += size,
                 Err(reason) => {
-                    // Buffered files have no padding of ours, only what a torn write
-                    // may leave; beyond a block or so, zeros there are damage to report.
-                    let padding_max = match file.mode() {
-                        IoMode::Direct => u64::MAX,
-                        IoMode::Buffered => PADDING_BYTES_MAX,
-                    };
-                    if file_len - position <= padding_max && zeros_to_end(&file, position).await? {
+                    // Zeros to the end are what a direct-mode file has after its last
+                    // batch until it is sealed, whichever mode opens it now. (Batches
+                    // lost from the end of a segment with segments after it leave a
+                    // gap in the offsets, which the caller reports and cuts.)
+                    if zeros_to_end(&file, position).await? {
+                        if file_len - position > PADDING_QUIET_BYTES {
+                            info!(
+                                segment = %file.path().display(), position,
+                                zeros = file_len - position,
+                                "trimming zeros after the last batch (unsealed segment)"
+                            );
+                        }
                         break Recovered::Padding;
                     }
                     break Recovered::Cut { reason, position };
@@ -1344,9 +1353,23 @@ impl Log {
     }
 }
 
-/// Zero bytes after the last batch of a buffered file, up to this size, are taken for the
-/// remains of a torn write rather than damage.
-const PADDING_BYTES_MAX: u64 = 64 << 10;
+/// Zeros after the last batch up to this size (a block's padding) are trimmed without a
+/// log line; more (space allocated ahead, or a lost tail) is logged.
+const PADDING_QUIET_BYTES: u64 = 64 << 10;
+
+/// True when the last block of `file` is all zeros: an unsealed direct-mode segment.
+async fn ends_in_zeros(file: &SegmentFile) -> Result<bool, LogError> {
+    let len = file.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let from = len.saturating_sub(4096);
+    let bytes = file
+        .read_at(from, usize::try_from(len - from).expect("small"))
+        .await
+        .map_err(io_error(file.path()))?;
+    Ok(bytes.iter().all(|byte| *byte == 0))
+}
 
 /// True when the file holds only zeros from `position` to its end: what a direct-mode
 /// segment has after its last batch until it is sealed (the padding of the last block,

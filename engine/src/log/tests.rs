@@ -372,7 +372,8 @@ fn clean_reopen_and_crash_reopen_keep_every_batch() {
 
 /// A crash before a rolled direct-mode segment was sealed leaves the space allocated
 /// ahead of its writes behind its last batch: megabytes of zeros. Recovery takes them for
-/// padding and trims them, and keeps every segment after it.
+/// padding and trims them, keeps every segment after it, and does not trust the segment's
+/// size even when the recovery point is past it. Opened in buffered mode, the same.
 #[test]
 fn unsealed_direct_segment_with_space_allocated_ahead_keeps_later_segments() {
     run(async {
@@ -386,23 +387,36 @@ fn unsealed_direct_segment_with_space_allocated_ahead_keeps_later_segments() {
         }
         let before = read_all(&log).await;
         let bases = log.segment_base_offsets();
-        assert!(bases.len() > 2, "the log rolled: {bases:?}");
+        assert!(bases.len() > 3, "the log rolled: {bases:?}");
+        log.close().await.unwrap();
+        let end = log.log_end_offset();
         drop(log);
-        crate::io::writes_landed().await;
         let first = dir.path().join(segment_file_name(bases[0], "log"));
         let logical: u64 = before
             .iter()
             .filter(|(base, _)| *base < bases[1])
             .map(|(_, bytes)| bytes.len() as u64)
             .sum();
-        // As if the crash came before the seal of the first segment.
-        let file = std::fs::OpenOptions::new().write(true).open(&first).unwrap();
-        file.set_len(logical + (3 << 20)).unwrap();
-        drop(file);
-        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
-        assert_eq!(read_all(&log).await, before);
-        assert_eq!(log.segment_base_offsets(), bases);
-        assert_eq!(std::fs::metadata(&first).unwrap().len(), logical, "the zeros are trimmed");
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), logical, "sealed on close");
+        for (mode, recovery_point) in [
+            (IoMode::Direct, 0),
+            (IoMode::Direct, bases[2]),
+            (IoMode::Direct, end),
+            (IoMode::Buffered, 0),
+        ] {
+            // As if the crash came before the seal of the first segment.
+            let file = std::fs::OpenOptions::new().write(true).open(&first).unwrap();
+            file.set_len(logical + (3 << 20)).unwrap();
+            drop(file);
+            let mut opts = opts.clone();
+            opts.io_mode = mode;
+            let hints = OpenHints { recovery_point, log_start_offset: 0 };
+            let log = open(dir.path(), opts, hints, &clock).await;
+            assert_eq!(read_all(&log).await, before, "{mode:?} from {recovery_point}");
+            assert_eq!(log.segment_base_offsets(), bases);
+            assert_eq!(std::fs::metadata(&first).unwrap().len(), logical, "zeros trimmed");
+            log.close().await.unwrap();
+        }
     });
 }
 
