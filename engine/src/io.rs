@@ -221,6 +221,12 @@ struct InFlight {
 }
 
 impl DirectState {
+    /// Records that the file's size on disk was just set to `len` (trimmed or reloaded).
+    fn set_size_on_disk(&mut self, len: u64) {
+        self.allocated = len;
+        self.resized += 1;
+    }
+
     /// Records that one piece of write `id` finished, retires the writes at the front
     /// that are complete, and returns the tasks to wake.
     fn piece_done(&mut self, id: u64, result: io::Result<()>) -> Vec<Waker> {
@@ -572,9 +578,7 @@ impl SegmentFile {
         if let Backend::Direct(direct) = &self.backend {
             direct.settle().await?;
             set_len(direct.file.as_raw_fd(), self.len.get())?;
-            let mut state = direct.state.borrow_mut();
-            state.allocated = self.len.get();
-            state.resized += 1;
+            direct.state.borrow_mut().set_size_on_disk(self.len.get());
         }
         self.sync().await
     }
@@ -657,8 +661,7 @@ impl DirectFile {
         let mut state = self.state.borrow_mut();
         state.tail = tail;
         state.landed = len;
-        state.allocated = len;
-        state.resized += 1;
+        state.set_size_on_disk(len);
         Ok(())
     }
 
@@ -672,14 +675,9 @@ impl DirectFile {
         }
     }
 
-    /// Resolves once `ready` holds for the state, re-checked whenever a write finishes.
-    async fn until(&self, ready: impl Fn(&DirectState) -> bool) {
-        wait_for(&self.state, ready).await;
-    }
-
     /// Waits for every write in flight to land; then fails if any write failed.
     async fn settle(&self) -> io::Result<()> {
-        self.until(|state| state.in_flight.is_empty()).await;
+        wait_for(&self.state, |state| state.in_flight.is_empty()).await;
         self.check_failed()
     }
 
@@ -699,7 +697,7 @@ impl DirectFile {
         let start = self.align_down(position);
         let alignment = usize::try_from(self.alignment).expect("small");
         let end = position + data.len() as u64;
-        let (pieces, tail) = {
+        let (pieces, tail, write_end) = {
             let state = self.state.borrow();
             let tail = &state.tail;
             debug_assert_eq!(start + tail.len() as u64, position);
@@ -724,14 +722,11 @@ impl DirectFile {
             let mut new_tail = vec![0; total - from];
             fill(&mut new_tail, tail, data, from);
             debug_assert!(new_tail.len() < alignment);
-            (pieces, new_tail)
+            (pieces, new_tail, start + padded as u64)
         };
-        self.until(|state| state.in_flight.len() < MAX_WRITES_IN_FLIGHT).await;
+        wait_for(&self.state, |state| state.in_flight.len() < MAX_WRITES_IN_FLIGHT).await;
         self.check_failed()?;
-        self.allocate_for(
-            start + pieces.iter().map(|(_, buffer, _)| buffer.len() as u64).sum::<u64>(),
-        )
-        .await;
+        self.allocate_for(write_end).await;
         let id = {
             let mut state = self.state.borrow_mut();
             let id = state.next_id;
@@ -825,7 +820,7 @@ impl DirectFile {
     /// `end` have left `in_flight` landed, or none is in flight. Fails if any write
     /// failed.
     async fn wait_landed(&self, end: u64) -> io::Result<()> {
-        self.until(|state| state.in_flight.is_empty() || state.landed >= end).await;
+        wait_for(&self.state, |state| state.in_flight.is_empty() || state.landed >= end).await;
         self.check_failed()
     }
 

@@ -1360,15 +1360,7 @@ const PADDING_QUIET_BYTES: u64 = 64 << 10;
 /// True when the last block of `file` is all zeros: an unsealed direct-mode segment.
 async fn ends_in_zeros(file: &SegmentFile) -> Result<bool, LogError> {
     let len = file.len();
-    if len == 0 {
-        return Ok(false);
-    }
-    let from = len.saturating_sub(4096);
-    let bytes = file
-        .read_at(from, usize::try_from(len - from).expect("small"))
-        .await
-        .map_err(io_error(file.path()))?;
-    Ok(bytes.iter().all(|byte| *byte == 0))
+    Ok(len > 0 && zeros_to_end(file, len.saturating_sub(4096)).await?)
 }
 
 /// True when the file holds only zeros from `position` to its end: what a direct-mode
@@ -1388,6 +1380,7 @@ async fn zeros_to_end(file: &SegmentFile, mut position: u64) -> Result<bool, Log
     }
     Ok(true)
 }
+
 /// A segment this small may legitimately have an empty offset index.
 const INDEX_REBUILD_FREE: u64 = 2 * INDEX_INTERVAL_BYTES_DEFAULT;
 
