@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The physical limits Sluice's benchmarks are judged against, measured now on this
 # machine: sequential write bandwidth (O_DIRECT and page cache, 16 KiB and 1 MiB blocks,
-# fsync at the end) with fio, and loopback TCP bandwidth with iperf3. Prints one JSON line.
+# fsync at the end) with fio, loopback TCP bandwidth with iperf3, and how long the idle
+# machine stalls a ready thread (perf/stall-probe.c: the floor under any tail latency).
+# Prints one JSON line.
 #
 #   perf/baseline.sh [DIR]      DIR: where to write (default ./bench-data), on the disk
 #                               the broker's data dir uses.
@@ -37,5 +39,20 @@ loopback=$(iperf3 -c 127.0.0.1 -p "$port" -t 5 -J \
   | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8e6,1))')
 wait "$server" 2>/dev/null || true
 
-printf '{"date":"%s","fio_direct_16k_mb_s":%s,"fio_direct_1m_mb_s":%s,"fio_buffered_16k_mb_s":%s,"fio_buffered_1m_mb_s":%s,"loopback_tcp_mb_s":%s}\n' \
-  "$(date -u +%FT%TZ)" "$direct_16k" "$direct_1m" "$buffered_16k" "$buffered_1m" "$loopback"
+# Stalls: the longest a ready thread waited for its CPU on the idle machine (hypervisor
+# preemption, kernel threads), one probe per CPU for STALL_SECONDS (perf/stall-probe.c).
+# No process's tail latency here can be shorter.
+probe=$(mktemp -d)
+stall_max_ms=null
+stalls_over_1ms=null
+if cc -O2 -o "$probe/stall-probe" "$(dirname "$0")/stall-probe.c" 2>/dev/null; then
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    taskset -c "$cpu" "$probe/stall-probe" "${STALL_SECONDS:-10}" >"$probe/cpu$cpu" &
+  done
+  wait
+  read -r stall_max_ms stalls_over_1ms < <(sort -k1,1 -g -r "$probe"/cpu* | awk 'NR == 1 { m = $1 } { n += $2 } END { print m, n }')
+fi
+rm -rf "$probe"
+
+printf '{"date":"%s","fio_direct_16k_mb_s":%s,"fio_direct_1m_mb_s":%s,"fio_buffered_16k_mb_s":%s,"fio_buffered_1m_mb_s":%s,"loopback_tcp_mb_s":%s,"stall_max_ms":%s,"stalls_over_1ms":%s}\n' \
+  "$(date -u +%FT%TZ)" "$direct_16k" "$direct_1m" "$buffered_16k" "$buffered_1m" "$loopback" "$stall_max_ms" "$stalls_over_1ms"
