@@ -759,14 +759,13 @@ impl DirectFile {
     /// has landed once its bytes and every byte before them are on the device.
     async fn append(&self, data: &[u8], position: u64, fail: bool, wait: bool) -> io::Result<()> {
         let write_end = self.align_up(position + data.len() as u64);
-        // Waits first; the state is looked at again after them (writes land meanwhile),
-        // and the append takes its place without another.
-        wait_for(&self.state, |state| state.in_flight.len() < MAX_WRITES_IN_FLIGHT).await;
+        // Waits first. The slot is checked again after the allocation (writes land
+        // meanwhile); the append then takes its place without another await.
+        let slot = |state: &DirectState| state.in_flight.len() < MAX_WRITES_IN_FLIGHT;
+        wait_for(&self.state, slot).await;
         self.check_failed()?;
         self.allocate_for(write_end).await;
-        while self.state.borrow().in_flight.len() >= MAX_WRITES_IN_FLIGHT {
-            wait_for(&self.state, |state| state.in_flight.len() < MAX_WRITES_IN_FLIGHT).await;
-        }
+        wait_for(&self.state, slot).await;
         self.check_failed()?;
 
         let (id, jobs) = self.place(data, position, fail);
