@@ -43,6 +43,10 @@ const UNSUPPORTED_VERSION: i16 = 35;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// Bytes of the size prefix of every frame.
 const SIZE_PREFIX_BYTES: usize = 4;
+/// Response frames at least this large are read into recycled buffers (see [`Buffers`]).
+const RECYCLE_BYTES_MIN: usize = 64 << 10;
+/// Large frames a connection remembers, to reuse their buffers once they are dropped.
+const RECYCLE_FRAMES: usize = 4;
 
 /// How a connection behaves; the defaults suit a benchmark on a local network.
 #[derive(Debug, Clone)]
@@ -720,8 +724,10 @@ async fn read_responses(
     shared: Rc<Shared>,
     response_bytes_max: usize,
 ) {
+    let mut buffers = Buffers::default();
     let reason = loop {
-        let frame = match read_frame(&mut reader, response_bytes_max, &shared.address).await {
+        let read = read_frame(&mut reader, response_bytes_max, &shared.address, &mut buffers);
+        let frame = match read.await {
             Ok(Some(frame)) => frame,
             Ok(None) => break "the broker closed the connection".to_string(),
             Err(error) => break error.to_string(),
@@ -753,11 +759,54 @@ async fn read_responses(
     shared.fail(reason);
 }
 
+/// Buffers for large response frames. A consumer's Fetch responses are megabytes each;
+/// a fresh zeroed buffer per response cost the bench ~10% of its core in `memset` (and
+/// the allocator's page faults). So each large frame handed out is remembered, whole,
+/// and its buffer is read into again once every handle to it (the response, the record
+/// slices decoded from it) has been dropped.
+#[derive(Default)]
+struct Buffers {
+    frames: VecDeque<Bytes>,
+}
+
+impl Buffers {
+    /// A buffer of at least `size` initialized bytes: a remembered one nobody holds any
+    /// more, or a new one.
+    fn take(&mut self, size: usize) -> BytesMut {
+        if size >= RECYCLE_BYTES_MIN {
+            let free = self.frames.iter().position(|f| f.len() >= size && f.is_unique());
+            if let Some(bytes) = free.and_then(|at| self.frames.remove(at)) {
+                if let Ok(buffer) = bytes.try_into_mut() {
+                    return buffer;
+                }
+            }
+            // Room for a slightly larger frame next time.
+            return BytesMut::zeroed(size + size / 8);
+        }
+        BytesMut::zeroed(size)
+    }
+
+    /// Hands out the first `size` bytes of `buffer` as the frame, remembering the buffer
+    /// if it is large.
+    fn hand_out(&mut self, buffer: BytesMut, size: usize) -> Bytes {
+        let whole = buffer.freeze();
+        if whole.len() < RECYCLE_BYTES_MIN {
+            return whole.slice(..size);
+        }
+        if self.frames.len() == RECYCLE_FRAMES {
+            self.frames.pop_front();
+        }
+        self.frames.push_back(whole.clone());
+        whole.slice(..size)
+    }
+}
+
 /// Reads one size-prefixed frame; `None` at a clean end of stream between frames.
 async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
     address: &str,
+    buffers: &mut Buffers,
 ) -> Result<Option<Bytes>, ClientError> {
     let io_error = |source| ClientError::Io { address: address.to_string(), source };
     let mut prefix = [0u8; SIZE_PREFIX_BYTES];
@@ -770,9 +819,9 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
     let size = usize::try_from(size).ok().filter(|&s| (4..=limit).contains(&s)).ok_or(
         ClientError::FrameSize { address: address.to_string(), size: i64::from(size), limit },
     )?;
-    let mut frame = BytesMut::zeroed(size);
-    reader.read_exact(&mut frame).await.map_err(io_error)?;
-    Ok(Some(frame.freeze()))
+    let mut buffer = buffers.take(size);
+    reader.read_exact(&mut buffer[..size]).await.map_err(io_error)?;
+    Ok(Some(buffers.hand_out(buffer, size)))
 }
 
 /// Encodes `[size][request header][body]` into `out`.
@@ -886,6 +935,36 @@ mod tests {
         CloseAfterRead,
     }
 
+    #[test]
+    fn large_frames_reuse_their_buffers_once_dropped() {
+        let size = RECYCLE_BYTES_MIN * 2;
+        let mut wire = Vec::new();
+        for fill in [1u8, 2, 3] {
+            wire.extend_from_slice(&(size as i32).to_be_bytes());
+            wire.extend(std::iter::repeat(fill).take(size));
+        }
+        let mut reader = futures_lite::io::Cursor::new(wire);
+        let mut buffers = Buffers::default();
+        futures_lite::future::block_on(async {
+            let first = read_frame(&mut reader, size, "x", &mut buffers).await.unwrap().unwrap();
+            let second = read_frame(&mut reader, size, "x", &mut buffers).await.unwrap().unwrap();
+            // The first is still held: the second got a buffer of its own.
+            assert_ne!(first.as_ptr(), second.as_ptr());
+            assert!(first.iter().all(|&b| b == 1) && first.len() == size);
+            let reused = second.as_ptr();
+            // A slice of the frame (as a decoded response keeps) holds it too.
+            let records = second.slice(10..20);
+            drop(second);
+            assert!(buffers.take(size).as_ptr() != reused, "still held by a slice");
+            drop(records);
+            let third = read_frame(&mut reader, size, "x", &mut buffers).await.unwrap().unwrap();
+            assert_eq!(third.as_ptr(), reused, "the dropped frame's buffer is read into");
+            assert_eq!(third.len(), size);
+            assert!(third.iter().all(|&b| b == 3));
+            assert!(first.iter().all(|&b| b == 1), "a held frame is never overwritten");
+        });
+    }
+
     fn served(key: ApiKey, min: i16, max: i16) -> ApiVersion {
         ApiVersion::default().with_api_key(key as i16).with_min_version(min).with_max_version(max)
     }
@@ -894,7 +973,9 @@ mod tests {
         let stream = listener.accept().await.unwrap();
         let (reader, mut writer) = futures_lite::io::split(stream);
         let mut reader = BufReader::new(reader);
-        while let Ok(Some(frame)) = read_frame(&mut reader, 16 << 20, "client").await {
+        let mut buffers = Buffers::default();
+        while let Ok(Some(frame)) = read_frame(&mut reader, 16 << 20, "client", &mut buffers).await
+        {
             let api = ApiKey::try_from(i16::from_be_bytes([frame[0], frame[1]])).unwrap();
             let version = i16::from_be_bytes([frame[2], frame[3]]);
             let request = decode_header(api, version, frame).unwrap();
