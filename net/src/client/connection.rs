@@ -791,7 +791,9 @@ impl Buffers {
     fn hand_out(&mut self, buffer: BytesMut, size: usize) -> Bytes {
         let whole = buffer.freeze();
         if whole.len() < RECYCLE_BYTES_MIN {
-            return whole.slice(..size);
+            // A small frame's buffer is exactly its size (`take`): hand it out as it is,
+            // without the shared handle a slice would make.
+            return whole;
         }
         if self.frames.len() == RECYCLE_FRAMES {
             self.frames.pop_front();
