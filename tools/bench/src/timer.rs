@@ -13,11 +13,22 @@
 //!   through a `HashSet` of cancelled ids (the common way to cancel in a heap);
 //! - `heap+vec`: the same heap with tombstones in a `Vec<bool>` indexed by id (the
 //!   cheapest cancel a heap can have; shown so the comparison is not against a straw man);
+//!   ids are reused once their entry is popped, so it stays bounded in steady state;
+//! - `heap-indexed`: a binary heap that really removes a cancelled timer, in O(log n),
+//!   through each timer's position in the heap (kept up to date on every move). This is
+//!   the heap the issue's "a heap costs O(log n)" names, and the one a JVM broker gets
+//!   from `ScheduledThreadPoolExecutor` (its `DelayedWorkQueue` keeps a `heapIndex` per
+//!   task for exactly this): memory follows the live timers, as the wheel's does;
 //! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel.
 //!
 //! Which timers are cancelled makes no difference (deadlines do not depend on the index);
 //! the order does: cancels in the order of the adds walk every structure's memory
 //! sequentially, cancels in random order miss the cache once the structure outgrows it.
+//!
+//! `--warm` measures the steady state of a long-lived structure, the purgatory's case: each
+//! implementation first runs the whole workload once on the same instance, unrecorded, so
+//! the recorded round adds into memory it already owns (no page faults, reused slots and
+//! ids) instead of a freshly built structure's.
 //!
 //! Reported per phase: ns per operation (min / median / max over `--repeat` runs), add +
 //! cancel throughput in Mops/s, the whole workload's cost per timer (add + cancel +
@@ -28,7 +39,7 @@
 //! heap and the tombstones (a `HashSet` bucket is its element plus one control byte);
 //! `btree` has no capacity to ask, so it is estimated from std's node layout (B = 6: leaves
 //! of 11 entries plus a parent link, internal nodes with 12 more edges) at the ~69% fill
-//! that random inserts leave. Every run checks that all four expire the same timers.
+//! that random inserts leave. Every run checks that all of them expire the same timers.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -61,6 +72,11 @@ pub struct TimerArgs {
     /// Seed of the deadline generator.
     #[arg(long, default_value_t = 0x5EED)]
     pub seed: u64,
+    /// Measure the steady state: run the workload once on each structure, unrecorded,
+    /// and record a second round on the same instance (memory already faulted in, slots
+    /// and ids reused), instead of a round on a freshly built structure.
+    #[arg(long)]
+    pub warm: bool,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -100,13 +116,14 @@ pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &n in &sizes {
         let workload = Workload::new(n, args.spread_ms, args.seed, args.cancel);
-        let mut runs: [Vec<Run>; 5] = Default::default();
+        let mut runs: [Vec<Run>; 6] = Default::default();
         // One unrecorded round first: it pays for faulting in fresh memory and warming
         // the allocator, which would otherwise land on whichever implementation runs first.
         measure::<Wheel>(&workload, args)?;
         measure::<WheelCancel>(&workload, args)?;
         measure::<HeapSet>(&workload, args)?;
         measure::<HeapVec>(&workload, args)?;
+        measure::<HeapIndexed>(&workload, args)?;
         measure::<BTree>(&workload, args)?;
         for _ in 0..args.repeat {
             // Interleave implementations so drift (thermal, other load) hits all alike.
@@ -114,14 +131,22 @@ pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
             runs[1].push(measure::<WheelCancel>(&workload, args)?);
             runs[2].push(measure::<HeapSet>(&workload, args)?);
             runs[3].push(measure::<HeapVec>(&workload, args)?);
-            runs[4].push(measure::<BTree>(&workload, args)?);
+            runs[4].push(measure::<HeapIndexed>(&workload, args)?);
+            runs[5].push(measure::<BTree>(&workload, args)?);
             let checksums: Vec<u64> = runs.iter().map(|r| r[r.len() - 1].checksum).collect();
             ensure!(
                 checksums.windows(2).all(|pair| pair[0] == pair[1]),
                 "implementations disagree on what expired: {checksums:?}"
             );
         }
-        let names = [Wheel::NAME, WheelCancel::NAME, HeapSet::NAME, HeapVec::NAME, BTree::NAME];
+        let names = [
+            Wheel::NAME,
+            WheelCancel::NAME,
+            HeapSet::NAME,
+            HeapVec::NAME,
+            HeapIndexed::NAME,
+            BTree::NAME,
+        ];
         for (name, runs) in names.into_iter().zip(runs) {
             results.push(Summary::new(name, n, &runs));
         }
@@ -360,6 +385,8 @@ fn drain_due(
 struct HeapVec {
     heap: BinaryHeap<HeapEntry>,
     cancelled: Vec<bool>,
+    /// Ids whose entry has been popped, reused first.
+    free: Vec<u64>,
 }
 
 impl BenchTimer for HeapVec {
@@ -367,12 +394,17 @@ impl BenchTimer for HeapVec {
     type Handle = u64;
 
     fn with_timers(_n: usize) -> Self {
-        HeapVec { heap: BinaryHeap::new(), cancelled: Vec::new() }
+        HeapVec { heap: BinaryHeap::new(), cancelled: Vec::new(), free: Vec::new() }
     }
 
     fn add(&mut self, deadline_ms: u64, payload: u64) -> u64 {
-        let id = self.cancelled.len() as u64;
-        self.cancelled.push(false);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.cancelled.push(false);
+                self.cancelled.len() as u64 - 1
+            }
+        };
         self.heap.push(Reverse((deadline_ms, id, payload)));
         id
     }
@@ -382,11 +414,137 @@ impl BenchTimer for HeapVec {
     }
 
     fn advance(&mut self, now_ms: u64) -> (u64, u64) {
-        drain_due(&mut self.heap, now_ms, |id| !self.cancelled[id as usize])
+        let (cancelled, free) = (&mut self.cancelled, &mut self.free);
+        drain_due(&mut self.heap, now_ms, |id| {
+            free.push(id);
+            !std::mem::replace(&mut cancelled[id as usize], false)
+        })
     }
 
     fn heap_bytes(&self) -> usize {
-        self.heap.capacity() * std::mem::size_of::<HeapEntry>() + self.cancelled.capacity()
+        self.heap.capacity() * std::mem::size_of::<HeapEntry>()
+            + self.cancelled.capacity()
+            + self.free.capacity() * std::mem::size_of::<u64>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// A binary min-heap with exact removal: `positions[id]` is where timer `id` sits in
+/// `heap`, rewritten whenever an entry moves, so a cancel finds its entry in O(1), puts
+/// the last entry in its place and sifts that one up or down: O(log n).
+struct HeapIndexed {
+    /// (deadline, id, payload), a min-heap on the deadline.
+    heap: Vec<(u64, u32, u64)>,
+    positions: Vec<u32>,
+    /// Ids not in the heap, reused first.
+    free: Vec<u32>,
+}
+
+impl HeapIndexed {
+    fn place(&mut self, position: usize, entry: (u64, u32, u64)) {
+        self.positions[entry.1 as usize] = position as u32;
+        self.heap[position] = entry;
+    }
+
+    /// Moves the entry at `position` up until its parent is not later; returns where it
+    /// ended up.
+    fn sift_up(&mut self, mut position: usize) -> usize {
+        let entry = self.heap[position];
+        while position > 0 {
+            let parent = (position - 1) / 2;
+            if self.heap[parent].0 <= entry.0 {
+                break;
+            }
+            self.place(position, self.heap[parent]);
+            position = parent;
+        }
+        self.place(position, entry);
+        position
+    }
+
+    fn sift_down(&mut self, mut position: usize) {
+        let entry = self.heap[position];
+        let len = self.heap.len();
+        loop {
+            let left = 2 * position + 1;
+            if left >= len {
+                break;
+            }
+            let right = left + 1;
+            let child =
+                if right < len && self.heap[right].0 < self.heap[left].0 { right } else { left };
+            if self.heap[child].0 >= entry.0 {
+                break;
+            }
+            self.place(position, self.heap[child]);
+            position = child;
+        }
+        self.place(position, entry);
+    }
+
+    /// Takes the entry at `position` out of the heap.
+    fn remove_at(&mut self, position: usize) -> (u64, u32, u64) {
+        let last = self.heap.pop().expect("position is in the heap");
+        if position == self.heap.len() {
+            return last;
+        }
+        let removed = self.heap[position];
+        self.heap[position] = last;
+        if self.sift_up(position) == position {
+            self.sift_down(position);
+        }
+        removed
+    }
+}
+
+impl BenchTimer for HeapIndexed {
+    const NAME: &'static str = "heap-indexed";
+    type Handle = u32;
+
+    fn with_timers(_n: usize) -> Self {
+        HeapIndexed { heap: Vec::new(), positions: Vec::new(), free: Vec::new() }
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.positions.push(u32::MAX);
+                u32::try_from(self.positions.len() - 1).expect("fewer than 2^32 timers")
+            }
+        };
+        self.heap.push((deadline_ms, id, payload));
+        self.sift_up(self.heap.len() - 1);
+        id
+    }
+
+    fn cancel(&mut self, id: u32) {
+        let position = self.positions[id as usize] as usize;
+        let removed = self.remove_at(position);
+        debug_assert_eq!(removed.1, id);
+        self.positions[id as usize] = u32::MAX;
+        self.free.push(id);
+        black_box(removed);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        let (mut count, mut sum) = (0, 0u64);
+        while self.heap.first().is_some_and(|root| root.0 <= now_ms) {
+            let (_, id, payload) = self.remove_at(0);
+            self.positions[id as usize] = u32::MAX;
+            self.free.push(id);
+            count += 1;
+            sum = sum.wrapping_add(payload);
+        }
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.heap.capacity() * std::mem::size_of::<(u64, u32, u64)>()
+            + (self.positions.capacity() + self.free.capacity()) * std::mem::size_of::<u32>()
     }
 
     fn is_empty(&self) -> bool {
@@ -457,13 +615,27 @@ struct Run {
 }
 
 fn measure<T: BenchTimer>(workload: &Workload, args: &TimerArgs) -> anyhow::Result<Run> {
-    let n = workload.deadlines_ms.len();
-    let mut timers = T::with_timers(n);
+    let mut timers = T::with_timers(workload.deadlines_ms.len());
+    if !args.warm {
+        return round(&mut timers, workload, args, 0);
+    }
+    round(&mut timers, workload, args, 0)?;
+    round(&mut timers, workload, args, workload.spread_ms)
+}
 
+/// Adds the workload's timers with deadlines `base_ms` later than the workload says,
+/// cancels its half, and advances from `base_ms` until every other one expired.
+fn round<T: BenchTimer>(
+    timers: &mut T,
+    workload: &Workload,
+    args: &TimerArgs,
+    base_ms: u64,
+) -> anyhow::Result<Run> {
+    let n = workload.deadlines_ms.len();
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for (payload, deadline_ms) in workload.deadlines_ms.iter().enumerate() {
-        handles.push(timers.add(*deadline_ms, payload as u64));
+        handles.push(timers.add(base_ms + *deadline_ms, payload as u64));
     }
     let add_ns = started.elapsed().as_nanos() as f64;
 
@@ -479,7 +651,7 @@ fn measure<T: BenchTimer>(workload: &Workload, args: &TimerArgs) -> anyhow::Resu
     let mut now_ms = 0;
     while now_ms < workload.spread_ms {
         now_ms = (now_ms + args.step_ms).min(workload.spread_ms);
-        let (count, sum) = timers.advance(now_ms);
+        let (count, sum) = timers.advance(base_ms + now_ms);
         expired += count;
         checksum = checksum.wrapping_add(sum);
     }
@@ -548,11 +720,12 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
     let _ = writeln!(
         out,
         "timer benchmark: deadlines over 1..={} ms, cancel {}, advance in {} ms steps, {} runs \
-         (ns/op: median [min..max])",
+         of {} (ns/op: median [min..max])",
         args.spread_ms,
         args.cancel.name(),
         args.step_ms,
-        args.repeat
+        args.repeat,
+        if args.warm { "a warm structure (second round)" } else { "a fresh structure" }
     );
     let _ = writeln!(
         out,
@@ -596,13 +769,15 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>9} timers, {:<12}: {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}",
+            "{:>9} timers, {:<12}: {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}, {:.2}x vs {}",
             wheel.timers,
             wheel.name,
             versus(HeapSet::NAME),
             HeapSet::NAME,
             versus(HeapVec::NAME),
             HeapVec::NAME,
+            versus(HeapIndexed::NAME),
+            HeapIndexed::NAME,
             versus(BTree::NAME),
             BTree::NAME
         );
@@ -648,11 +823,12 @@ fn render_json(results: &[Summary], args: &TimerArgs) -> String {
         })
         .collect();
     format!(
-        "{{\"bench\":\"timer\",\"spread_ms\":{},\"cancel\":\"{:?}\",\"step_ms\":{},\"repeat\":{},\"seed\":{},\"results\":[{}]}}\n",
+        "{{\"bench\":\"timer\",\"spread_ms\":{},\"cancel\":\"{:?}\",\"step_ms\":{},\"repeat\":{},\"warm\":{},\"seed\":{},\"results\":[{}]}}\n",
         args.spread_ms,
         args.cancel,
         args.step_ms,
         args.repeat,
+        args.warm,
         args.seed,
         rows.join(",")
     )
@@ -671,24 +847,72 @@ mod tests {
             step_ms: 3,
             cancel: CancelOrder::Shuffled,
             seed: 7,
+            warm: false,
             json,
         }
     }
 
     #[test]
     fn all_implementations_expire_the_same_timers() {
-        let args = tiny(None);
-        let workload = Workload::new(1_000, args.spread_ms, args.seed, args.cancel);
-        let wheel = measure::<Wheel>(&workload, &args).unwrap();
-        let wheel_cancel = measure::<WheelCancel>(&workload, &args).unwrap();
-        let heap_set = measure::<HeapSet>(&workload, &args).unwrap();
-        let heap_vec = measure::<HeapVec>(&workload, &args).unwrap();
-        let btree = measure::<BTree>(&workload, &args).unwrap();
-        // The sum of the payloads (indexes) of the odd, never-cancelled timers.
-        let expected: u64 = (1..1_000u64).step_by(2).sum();
-        for run in [wheel, wheel_cancel, heap_set, heap_vec, btree] {
-            assert_eq!(run.checksum, expected);
-            assert!(run.bytes_peak > 0);
+        for warm in [false, true] {
+            let args = TimerArgs { warm, ..tiny(None) };
+            let workload = Workload::new(1_000, args.spread_ms, args.seed, args.cancel);
+            let wheel = measure::<Wheel>(&workload, &args).unwrap();
+            let wheel_cancel = measure::<WheelCancel>(&workload, &args).unwrap();
+            let heap_set = measure::<HeapSet>(&workload, &args).unwrap();
+            let heap_vec = measure::<HeapVec>(&workload, &args).unwrap();
+            let heap_indexed = measure::<HeapIndexed>(&workload, &args).unwrap();
+            let btree = measure::<BTree>(&workload, &args).unwrap();
+            // The sum of the payloads (indexes) of the odd, never-cancelled timers.
+            let expected: u64 = (1..1_000u64).step_by(2).sum();
+            for run in [wheel, wheel_cancel, heap_set, heap_vec, heap_indexed, btree] {
+                assert_eq!(run.checksum, expected, "warm: {warm}");
+                assert!(run.bytes_peak > 0);
+            }
+        }
+    }
+
+    /// The indexed heap is a baseline, but a wrong one would make the comparison
+    /// meaningless: against a sorted model, every cancel removes exactly its timer and
+    /// every advance pops exactly the due ones, with positions kept true throughout.
+    #[test]
+    fn indexed_heap_removes_exactly_what_it_is_asked_to() {
+        let mut rng = XorShift::new(11);
+        let mut heap = HeapIndexed::with_timers(0);
+        let mut model: BTreeMap<(u64, u32), u64> = BTreeMap::new();
+        let mut handles: Vec<(u32, u64)> = Vec::new();
+        let mut now_ms = 0;
+        for step in 0..20_000u64 {
+            match rng.next() % 4 {
+                0 | 1 => {
+                    let deadline_ms = now_ms + 1 + rng.next() % 200;
+                    let id = heap.add(deadline_ms, step);
+                    model.insert((deadline_ms, id), step);
+                    handles.push((id, deadline_ms));
+                }
+                2 if !handles.is_empty() => {
+                    let (id, deadline_ms) =
+                        handles.swap_remove((rng.next() % handles.len() as u64) as usize);
+                    heap.cancel(id);
+                    assert!(model.remove(&(deadline_ms, id)).is_some());
+                }
+                _ => {
+                    now_ms += rng.next() % 20;
+                    let due: Vec<_> =
+                        model.range(..(now_ms + 1, 0)).map(|(k, v)| (*k, *v)).collect();
+                    let expected = due.iter().fold(0u64, |sum, (_, p)| sum.wrapping_add(*p));
+                    assert_eq!(heap.advance(now_ms), (due.len() as u64, expected));
+                    for (key, _) in due {
+                        model.remove(&key);
+                        handles.retain(|(id, _)| *id != key.1);
+                    }
+                }
+            }
+            for (position, entry) in heap.heap.iter().enumerate() {
+                assert_eq!(heap.positions[entry.1 as usize] as usize, position);
+                assert!(position == 0 || heap.heap[(position - 1) / 2].0 <= entry.0);
+            }
+            assert_eq!(heap.heap.len(), model.len());
         }
     }
 
@@ -718,8 +942,8 @@ mod tests {
         run(&tiny(Some(path.clone()))).unwrap();
         let json = std::fs::read_to_string(path).unwrap();
         assert!(json.starts_with("{\"bench\":\"timer\""));
-        // 2 000 is the only size below 10k: five rows.
-        assert_eq!(json.matches("\"impl\":").count(), 5);
+        // 2 000 is the only size below 10k: six rows.
+        assert_eq!(json.matches("\"impl\":").count(), 6);
         assert!(json.contains("\"impl\":\"wheel\",\"timers\":2000"));
     }
 }
