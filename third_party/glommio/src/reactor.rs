@@ -206,7 +206,11 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // Sluice patch: an event in the latency ring, or the preemption deadline passed
+        // (upstream armed a TIMEOUT in the latency ring for the latter).
+        let latency_event =
+            unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        latency_event || self.sys.preempt_deadline_passed()
     }
 
     pub(crate) fn id(&self) -> usize {

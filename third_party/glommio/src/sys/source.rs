@@ -224,6 +224,12 @@ impl Source {
         })
     }
 
+    /// Sluice patch: whether the request is queued or in the kernel (submitted, its
+    /// completion not yet consumed).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

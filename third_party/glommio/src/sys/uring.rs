@@ -1071,14 +1071,19 @@ impl SleepableRing {
 
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
+            //
+            // Sluice patch: submit and wait in one `io_uring_enter` (upstream made two).
+            // The kernel returns how many SQEs it took even when the wait is interrupted,
+            // and takes none when it fails.
+            let submitted = self
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|x| x as usize)
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+                .or_else(Reactor::intr_ok)?;
+            self.in_kernel += submitted;
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1086,14 +1091,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings are linked, and we slept. Goodnight!
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1104,6 +1103,25 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
         }
+    }
+}
+
+impl SleepableRing {
+    /// Sluice patch: sleeps while the `POLL_ADD` linking the rings, submitted by an
+    /// earlier `sleep`, is still armed: one `io_uring_enter` that only waits.
+    fn sleep_linked(&mut self) -> io::Result<usize> {
+        assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| 1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
     }
 }
 
@@ -1223,6 +1241,14 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// Sluice patch: when the running task queues must yield (see `wait`). `None`: no
+    /// preemption deadline, only latency-ring events preempt.
+    preempt_deadline: Cell<Option<Instant>>,
+    /// Sluice patch: when the TIMEOUT in `latency_preemption_timeout_src` (armed for the
+    /// user timer before sleeping) expires.
+    user_timer_deadline: Cell<Option<Instant>>,
+    /// Sluice patch: the `POLL_ADD` linking the rings, kept armed across sleeps.
+    link_rings_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1354,6 +1380,9 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
+            user_timer_deadline: Cell::new(None),
+            link_rings_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1725,7 +1754,19 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
+    ///
+    /// Sluice patch: the `POLL_ADD` linking the rings stays armed after a wake-up it did
+    /// not cause (upstream cancelled it on every wake-up and submitted a new one on every
+    /// sleep); the next sleep only waits. If it fires while the thread is awake, the
+    /// completion is consumed like any other and the next sleep arms a new one.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        if let Some(link_rings) = self.link_rings_src.take() {
+            if link_rings.is_pending() {
+                let slept = ring.sleep_linked();
+                self.link_rings_src.set(Some(link_rings));
+                return slept.or_else(Self::busy_ok).map(|_| {});
+            }
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1733,7 +1774,12 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        let slept = ring.sleep(&link_rings);
+        // Kept only when it went in: a failed submission turned it into a NOP.
+        if matches!(slept, Ok(1)) && link_rings.is_pending() {
+            self.link_rings_src.set(Some(link_rings));
+        }
+        slept.or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1814,22 +1860,47 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Sluice patch: this TIMEOUT is armed only for the user timer, before sleeping
+        // (the preempt timer is a clock deadline, below). Keep it while it is still
+        // armed and expires no later than the user timer now needs: when it fires, the
+        // thread wakes (or is preempted) to process timers, as it must. Upstream cancelled
+        // it on every pass and armed a new one on every sleep, an `io_uring_enter` each.
+        let user_timer_at = user_timer.map(|dur| Instant::now() + dur);
+        if let Some(armed) = self.latency_preemption_timeout_src.take() {
+            let keep = armed.is_pending()
+                && matches!(
+                    (self.user_timer_deadline.get(), user_timer_at),
+                    (Some(armed_at), Some(needed_at)) if armed_at <= needed_at
+                );
+            if keep {
+                self.latency_preemption_timeout_src.set(Some(armed));
+            } else {
+                self.user_timer_deadline.set(None);
+            }
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        //
+        // Sluice patch: only when the previous one has fired. Upstream cancelled and
+        // re-armed it on every pass (three SQEs on the main ring each time); left armed, it
+        // fires after `ring_depth` completions counted from when it was armed rather than
+        // from this pass, which at worst preempts a task queue earlier than needed.
+        let throughput_timer = self.throughput_preemption_timeout_src.take();
+        let rearm = throughput_timer
+            .as_ref()
+            .map_or(true, |timer| !timer.is_pending());
+        if rearm {
+            drop(throughput_timer);
+            self.throughput_preemption_timeout_src.set(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        } else {
+            self.throughput_preemption_timeout_src.set(throughput_timer);
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,9 +1921,14 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            let armed = self.latency_preemption_timeout_src.take();
+            if armed.is_some() {
+                // Kept above: armed, and expires no later than needed.
+                self.latency_preemption_timeout_src.set(armed);
+            } else if let (Some(dur), Some(at)) = (user_timer, user_timer_at) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.user_timer_deadline.set(Some(at));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1879,11 +1955,15 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // Sluice patch: the preempt timer is a deadline on the clock, checked by
+        // `need_preempt`, instead of a TIMEOUT armed on the latency ring. Upstream cancels
+        // and re-arms that TIMEOUT on every pass of the run loop: two more SQEs and an
+        // `io_uring_enter` on the latency ring each time, and in a VM the hrtimer
+        // reprogramming behind it cost 17-23 us per pass (see SLUICE_PATCH.md). The user
+        // timer of the sleep path above still uses the ring: it must wake a parked thread.
+        self.preempt_deadline
+            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
+        flush_rings!(lat_ring, main_ring)?;
 
         // A Note about `need_preempt`:
         //
@@ -1897,6 +1977,14 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// Sluice patch: whether the preemption deadline set by the last `wait` has passed.
+    #[inline(always)]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .map_or(false, |deadline| Instant::now() >= deadline)
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
