@@ -1866,18 +1866,18 @@ impl Reactor {
         // thread wakes (or is preempted) to process timers, as it must. Upstream cancelled
         // it on every pass and armed a new one on every sleep, an `io_uring_enter` each.
         let user_timer_at = user_timer.map(|dur| Instant::now() + dur);
-        if let Some(armed) = self.latency_preemption_timeout_src.take() {
-            let keep = armed.is_pending()
+        let kept = self.latency_preemption_timeout_src.take().filter(|armed| {
+            armed.is_pending()
                 && matches!(
                     (self.user_timer_deadline.get(), user_timer_at),
                     (Some(armed_at), Some(needed_at)) if armed_at <= needed_at
-                );
-            if keep {
-                self.latency_preemption_timeout_src.set(Some(armed));
-            } else {
-                self.user_timer_deadline.set(None);
-            }
+                )
+        });
+        let user_timer_armed = kept.is_some();
+        if !user_timer_armed {
+            self.user_timer_deadline.set(None);
         }
+        self.latency_preemption_timeout_src.set(kept);
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1886,21 +1886,15 @@ impl Reactor {
         // re-armed it on every pass (three SQEs on the main ring each time); left armed, it
         // fires after `ring_depth` completions counted from when it was armed rather than
         // from this pass, which at worst preempts a task queue earlier than needed.
-        let throughput_timer = self.throughput_preemption_timeout_src.take();
-        let rearm = throughput_timer
-            .as_ref()
-            .map_or(true, |timer| !timer.is_pending());
-        if rearm {
-            drop(throughput_timer);
-            self.throughput_preemption_timeout_src.set(Some(
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                ),
-            ));
-        } else {
-            self.throughput_preemption_timeout_src.set(throughput_timer);
-        }
+        let armed = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(Source::is_pending);
+        let timer = armed.unwrap_or_else(|| {
+            main_ring
+                .prepare_throughput_preemption_timer(self.ring_depth() as u32, self.eventfd_src.raw())
+        });
+        self.throughput_preemption_timeout_src.set(Some(timer));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1921,11 +1915,8 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            let armed = self.latency_preemption_timeout_src.take();
-            if armed.is_some() {
-                // Kept above: armed, and expires no later than needed.
-                self.latency_preemption_timeout_src.set(armed);
-            } else if let (Some(dur), Some(at)) = (user_timer, user_timer_at) {
+            // A TIMEOUT kept above is armed and expires no later than needed.
+            if let (false, Some(dur), Some(at)) = (user_timer_armed, user_timer, user_timer_at) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 self.user_timer_deadline.set(Some(at));
@@ -1961,9 +1952,13 @@ impl Reactor {
         // `io_uring_enter` on the latency ring each time, and in a VM the hrtimer
         // reprogramming behind it cost 17-23 us per pass (see SLUICE_PATCH.md). The user
         // timer of the sleep path above still uses the ring: it must wake a parked thread.
+        let preempt = preempt_timer();
         self.preempt_deadline
-            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
-        flush_rings!(lat_ring, main_ring)?;
+            .set(preempt.map(|preempt| Instant::now() + preempt));
+        if preempt.is_some() {
+            // Where upstream submitted its TIMEOUT, and with it whatever else was queued.
+            flush_rings!(lat_ring, main_ring)?;
+        }
 
         // A Note about `need_preempt`:
         //
