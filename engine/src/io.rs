@@ -14,7 +14,9 @@
 //!   log waits there after releasing its append lock, so the next append (another
 //!   producer's, or the next pipelined request) is copied while this one is written.
 //!   Up to four writes are in flight per file, so the device always has the next write
-//!   queued. Consecutive appends share the partial block, and two writes of one block in
+//!   queued; while all four are, further appends gather into one open write that is
+//!   submitted when one lands (group commit), so many small appends cost a few large
+//!   writes. Consecutive appends share the partial block, and two writes of one block in
 //!   flight may land in either order, so no two writes in flight cover one block: while
 //!   writes are in flight an append holds back its partial last block, and the next
 //!   append writes it in its own write; an append whose first block is still being
@@ -203,8 +205,24 @@ struct DirectState {
     /// Why a write failed, once one has. Sticky: bytes an append already returned for
     /// are lost, so the file refuses all further use (the log goes offline).
     failed: Option<String>,
+    /// The write at the back of `in_flight` while it gathers appends (see
+    /// [`DirectFile::append`]): not yet submitted, its body still growing.
+    open: Option<OpenWrite>,
     /// Tasks waiting for `in_flight` to change.
     waiters: Vec<Waker>,
+}
+
+/// The body of a write that gathers appends: the appends that come while
+/// [`MAX_WRITES_IN_FLIGHT`] writes are in flight are copied into its buffer, one after
+/// another, and go to the device as one write once a write lands (group commit).
+struct OpenWrite {
+    /// The write's id in `in_flight` (always its back).
+    id: u64,
+    /// Block-aligned file offset of the buffer's first byte.
+    at: u64,
+    /// Logical bytes from `at` to the write's end, zero-padded to the next block; past
+    /// that, room for more (its length is the capacity, not the contents).
+    buffer: DmaBuffer,
 }
 
 /// The write of one append: its pieces, each a block-aligned run of the file written
@@ -292,6 +310,70 @@ impl DirectState {
     fn busy(&self) -> bool {
         self.in_flight.iter().any(|write| write.pending > 0)
     }
+
+    /// What an append whose end, rounded up to the block, is `padded_end` does now.
+    /// `gather`: it may join or open a write that gathers; `can_open`: it has a body to
+    /// open one with.
+    fn step(&self, padded_end: u64, gather: bool, can_open: bool) -> Step {
+        match &self.open {
+            Some(open) if gather && padded_end - open.at <= open.buffer.len() as u64 => Step::Join,
+            // Appends are sequential: none goes past an open write.
+            Some(_) => Step::Wait,
+            None if self.in_flight.len() < MAX_WRITES_IN_FLIGHT => Step::Place,
+            None if can_open => Step::Open,
+            None => Step::Wait,
+        }
+    }
+
+    /// Closes the open write `id`: its body, trimmed to its end, becomes a piece
+    /// submitted at once, and its partial last block a held piece when earlier writes are
+    /// still in flight (as `place` would cut it). Returns the new pieces' jobs.
+    fn close_open(&mut self, id: u64, file: &DmaFile, alignment: u64) -> Vec<PieceJob> {
+        let open = self.open.take().expect("the open write");
+        assert_eq!(open.id, id);
+        let busy = self.in_flight.iter().any(|write| write.id != id && write.pending > 0);
+        let write = self.in_flight.back_mut().expect("the open write is in flight");
+        assert_eq!(write.id, id);
+        let to = |offset: u64| usize::try_from(offset - open.at).expect("within the buffer");
+        let end = write.end;
+        let last_block = end - end % alignment;
+        let padded_end = end.div_ceil(alignment) * alignment;
+        let mut body = open.buffer;
+        let mut pieces = Vec::with_capacity(2);
+        if busy && end % alignment != 0 && last_block > open.at {
+            let mut held = file.alloc_dma_buffer(to(padded_end) - to(last_block));
+            held.as_bytes_mut().copy_from_slice(&body.as_bytes()[to(last_block)..to(padded_end)]);
+            body.trim_to_size(to(last_block));
+            pieces.push(Piece { at: open.at, buffer: Rc::new(body), state: PieceState::Submitted });
+            pieces.push(Piece { at: last_block, buffer: Rc::new(held), state: PieceState::Held });
+        } else {
+            body.trim_to_size(to(padded_end));
+            pieces.push(Piece { at: open.at, buffer: Rc::new(body), state: PieceState::Submitted });
+        }
+        // The body was counted as one pending piece.
+        write.pending += pieces.len() - 1;
+        let first = write.pieces.len();
+        let jobs = pieces
+            .iter()
+            .enumerate()
+            .map(|(index, piece)| (first + index, piece.at, piece.buffer.clone(), piece.state))
+            .collect();
+        write.pieces.extend(pieces);
+        jobs
+    }
+}
+
+/// What an append does next (see [`DirectState::step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Copy into the open write.
+    Join,
+    /// A write of its own, submitted at once.
+    Place,
+    /// A write of its own that stays open for the appends after it.
+    Open,
+    /// Wait for a write to land (or the open write to close).
+    Wait,
 }
 
 /// What the task of one piece needs: its index in the write, where it goes, its bytes,
@@ -301,6 +383,9 @@ type PieceJob = (usize, u64, Rc<DmaBuffer>, PieceState);
 /// Most writes in flight per file. An append beyond it waits for the oldest to land,
 /// which bounds the DMA memory a file holds.
 const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// Room an open write gathers appends into: past it, an append waits for a write to land.
+const GATHER_BYTES: usize = 1 << 20;
 
 /// Space a direct-mode file allocates ahead of its writes: as much as the file already
 /// holds, within these bounds, so a small partition holds little unused space and a busy
@@ -755,56 +840,52 @@ impl DirectFile {
     ///   written in a piece of its own: ext4 would hand a write that covers both
     ///   written blocks and blocks only allocated ahead to a kernel worker thread.
     ///
+    /// When all of them are in flight, the append does not wait for one to land: it
+    /// opens a write that gathers (group commit). Its body is a buffer with room for
+    /// [`GATHER_BYTES`]; the appends that come while it is open are copied into it, one
+    /// after another, and it goes to the device as one write once a write lands. So a
+    /// stream of small appends (a producer with many small requests in flight) costs the
+    /// device a few large writes, not one write each: on a virtual disk every write
+    /// also costs the shard a notification of the device (a VM exit).
+    ///
     /// The copy into the DMA buffers runs while earlier writes are in flight. An append
     /// has landed once its bytes and every byte before them are on the device.
     async fn append(&self, data: &[u8], position: u64, fail: bool, wait: bool) -> io::Result<()> {
-        let write_end = self.align_up(position + data.len() as u64);
-        // Waits first. The slot is checked again after the allocation (writes land
-        // meanwhile); the append then takes its place without another await.
-        let slot = |state: &DirectState| state.in_flight.len() < MAX_WRITES_IN_FLIGHT;
-        wait_for(&self.state, slot).await;
+        let end = position + data.len() as u64;
+        // Injected faults and torn appends take a write of their own.
+        let gather = !fail && !wait;
+        // An open write's body starts at the latest one block past the append's start
+        // (see `place`): an append within one block has no body to gather into.
+        let can_open = gather && end > self.align_down(position) + self.alignment;
         self.check_failed()?;
-        self.allocate_for(write_end).await;
-        wait_for(&self.state, slot).await;
-        self.check_failed()?;
-
-        let (id, jobs) = self.place(data, position, fail);
-        let last = jobs.len().saturating_sub(1);
-        for (index, at, buffer, piece_state) in jobs {
-            let counted = WriteCounted::new();
-            let (file, shared) = (self.file.clone(), self.state.clone());
-            let fail = fail && index == last;
-            glommio::spawn_local(async move {
-                let _counted = counted;
-                match piece_state {
-                    PieceState::Submitted => {}
-                    // Every earlier write has left `in_flight` (landed or failed).
-                    PieceState::Waits => {
-                        wait_for(&shared, |state| {
-                            state.in_flight.front().is_some_and(|w| w.id == id)
-                        })
-                        .await
-                    }
-                    PieceState::Held => {
-                        if !wait_to_flush(&shared, id, index).await {
-                            return; // Taken over by the next append.
-                        }
-                    }
+        self.allocate_for(self.align_up(end)).await;
+        loop {
+            self.check_failed()?;
+            let step = self.state.borrow().step(self.align_up(end), gather, can_open);
+            match step {
+                Step::Join => {
+                    self.join(data, position);
+                    break;
                 }
-                let earlier_failed = shared.borrow().failed.is_some();
-                let result = if earlier_failed {
-                    Err(io::Error::other("not written: an earlier write failed"))
-                } else if fail {
-                    Err(injected("write"))
-                } else {
-                    write_whole(&file, buffer, at).await
-                };
-                let waiters = shared.borrow_mut().piece_done(id, result);
-                for waker in waiters {
-                    waker.wake();
+                Step::Place => {
+                    let (id, jobs) = self.place(data, position, fail, false);
+                    spawn_pieces(&self.file, &self.state, id, jobs, fail);
+                    break;
                 }
-            })
-            .detach();
+                Step::Open => {
+                    let (id, jobs) = self.place(data, position, false, true);
+                    spawn_pieces(&self.file, &self.state, id, jobs, false);
+                    spawn_open(&self.file, &self.state, id, self.alignment);
+                    break;
+                }
+                Step::Wait => {
+                    let padded_end = self.align_up(end);
+                    wait_for(&self.state, |state| {
+                        state.step(padded_end, gather, can_open) != Step::Wait
+                    })
+                    .await;
+                }
+            }
         }
         if wait {
             return self.settle().await;
@@ -812,10 +893,38 @@ impl DirectFile {
         Ok(())
     }
 
+    /// Copies an append into the open write's buffer (its room checked by
+    /// [`DirectState::step`]) and moves the write's end.
+    fn join(&self, data: &[u8], position: u64) {
+        let end = position + data.len() as u64;
+        let (last_block, padded_end) = (self.align_down(end), self.align_up(end));
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let open = state.open.as_mut().expect("an open write to join");
+        let write = state.in_flight.back_mut().expect("the open write is in flight");
+        assert_eq!(write.id, open.id);
+        debug_assert_eq!(write.end, position);
+        debug_assert_eq!(self.align_down(position) + state.tail.len() as u64, position);
+        let to = |offset: u64| usize::try_from(offset - open.at).expect("within the buffer");
+        let bytes = open.buffer.as_bytes_mut();
+        bytes[to(position)..to(end)].copy_from_slice(data);
+        bytes[to(end)..to(padded_end)].fill(0);
+        state.tail = bytes[to(last_block)..to(end)].to_vec();
+        write.end = end;
+    }
+
     /// The part of [`DirectFile::append`] that runs without waiting: cuts the append
     /// into pieces and puts its write in `in_flight`. Returns the write's id and, per
-    /// piece, what its task needs.
-    fn place(&self, data: &[u8], position: u64, fail: bool) -> (u64, Vec<PieceJob>) {
+    /// piece, what its task needs. With `gathering`, the write is the open write: its
+    /// body goes to a buffer with room for more appends (`state.open`) instead of a
+    /// piece, and its partial last block stays in that body (the next append joins it).
+    fn place(
+        &self,
+        data: &[u8],
+        position: u64,
+        fail: bool,
+        gathering: bool,
+    ) -> (u64, Vec<PieceJob>) {
         let start = self.align_down(position);
         let end = position + data.len() as u64;
         let write_end = self.align_up(end);
@@ -838,7 +947,11 @@ impl DirectFile {
         let head_waits = !tail.is_empty() && !took_held && busy;
         let head_written = !tail.is_empty() && !took_held && !busy;
         // (An injected failure goes to a piece that is written for sure.)
-        let hold = busy && !fail && end % self.alignment != 0 && !(head_waits && last_block == 0);
+        let hold = busy
+            && !fail
+            && !gathering
+            && end % self.alignment != 0
+            && !(head_waits && last_block == 0);
         let mut cuts: Vec<(usize, usize, PieceState)> = Vec::with_capacity(3);
         let body_end = if hold { last_block } else { padded };
         let mut at = 0;
@@ -847,9 +960,20 @@ impl DirectFile {
             cuts.push((0, alignment, state));
             at = alignment;
         }
+        let id = state.next_id;
+        state.next_id += 1;
+        let mut gathers = false;
         if body_end > at {
-            cuts.push((at, body_end, PieceState::Submitted));
+            if gathering {
+                let mut buffer = self.file.alloc_dma_buffer(GATHER_BYTES.max(body_end - at));
+                fill(&mut buffer.as_bytes_mut()[..body_end - at], &tail, data, at);
+                state.open = Some(OpenWrite { id, at: start + at as u64, buffer });
+                gathers = true;
+            } else {
+                cuts.push((at, body_end, PieceState::Submitted));
+            }
         }
+        assert_eq!(gathers, gathering, "an open write has a body");
         if hold {
             cuts.push((last_block, padded, PieceState::Held));
         }
@@ -861,14 +985,14 @@ impl DirectFile {
                 Piece { at: start + from as u64, buffer: Rc::new(buffer), state }
             })
             .collect();
-        let id = state.next_id;
-        state.next_id += 1;
         let jobs: Vec<PieceJob> = pieces
             .iter()
             .enumerate()
             .map(|(index, piece)| (index, piece.at, piece.buffer.clone(), piece.state))
             .collect();
-        state.in_flight.push_back(InFlight { id, end, pending: pieces.len(), pieces });
+        // The open body counts as one pending piece until it is cut into pieces.
+        let pending = pieces.len() + usize::from(gathers);
+        state.in_flight.push_back(InFlight { id, end, pending, pieces });
         // A write left with nothing pending by the take-over retires now.
         let waiters = if took_held { state.retire() } else { Vec::new() };
         drop(state);
@@ -928,12 +1052,27 @@ impl DirectFile {
         self.check_failed()
     }
 
+    /// A copy of the open write's body, with its file offset, if it reaches past
+    /// `position`.
+    fn open_copy(&self, position: u64) -> Option<(u64, Rc<DmaBuffer>)> {
+        let state = self.state.borrow();
+        let open = state.open.as_ref()?;
+        let end = state.in_flight.back().expect("the open write is in flight").end;
+        let len = usize::try_from(self.align_up(end) - open.at).expect("within the buffer");
+        if open.at + len as u64 <= position {
+            return None;
+        }
+        let mut copy = self.file.alloc_dma_buffer(len);
+        copy.as_bytes_mut().copy_from_slice(&open.buffer.as_bytes()[..len]);
+        Some((open.at, Rc::new(copy)))
+    }
+
     /// Reads `len` bytes at `position` (within the logical length): from disk up to the
     /// first piece not yet landed, from the pieces' buffers after.
     async fn read_at(&self, position: u64, len: usize) -> io::Result<FileBytes> {
         self.check_failed()?;
         let end = position + len as u64;
-        let pieces: Vec<(u64, Rc<DmaBuffer>)> = self
+        let mut pieces: Vec<(u64, Rc<DmaBuffer>)> = self
             .state
             .borrow()
             .in_flight
@@ -942,6 +1081,11 @@ impl DirectFile {
             .filter(|piece| piece.at + piece.buffer.len() as u64 > position)
             .map(|piece| (piece.at, piece.buffer.clone()))
             .collect();
+        // The open write's body comes last in file order; its buffer keeps growing, so
+        // the read takes a copy of what it holds now.
+        if let Some(copy) = self.open_copy(position) {
+            pieces.push(copy);
+        }
         let Some(from) = pieces.first().map(|(at, _)| (*at).max(position)).filter(|at| end > *at)
         else {
             return Ok(FileBytes::Uring(self.file.read_at(position, len).await.map_err(to_io)?));
@@ -1034,6 +1178,73 @@ async fn wait_to_flush(state: &RefCell<DirectState>, id: u64, index: usize) -> b
         Poll::Pending
     })
     .await
+}
+
+/// Starts one task per piece of write `id`: it waits as its piece's state says, then
+/// writes the piece (or fails it: `fail` fails the last one, an injected fault) and
+/// records the result.
+fn spawn_pieces(
+    file: &Rc<DmaFile>,
+    state: &Rc<RefCell<DirectState>>,
+    id: u64,
+    jobs: Vec<PieceJob>,
+    fail: bool,
+) {
+    let last = jobs.len().saturating_sub(1);
+    for (index, at, buffer, piece_state) in jobs {
+        let counted = WriteCounted::new();
+        let (file, shared) = (file.clone(), state.clone());
+        let fail = fail && index == last;
+        glommio::spawn_local(async move {
+            let _counted = counted;
+            match piece_state {
+                PieceState::Submitted => {}
+                // Every earlier write has left `in_flight` (landed or failed).
+                PieceState::Waits => {
+                    wait_for(&shared, |state| state.in_flight.front().is_some_and(|w| w.id == id))
+                        .await
+                }
+                PieceState::Held => {
+                    if !wait_to_flush(&shared, id, index).await {
+                        return; // Taken over by the next append.
+                    }
+                }
+            }
+            let earlier_failed = shared.borrow().failed.is_some();
+            let result = if earlier_failed {
+                Err(io::Error::other("not written: an earlier write failed"))
+            } else if fail {
+                Err(injected("write"))
+            } else {
+                write_whole(&file, buffer, at).await
+            };
+            let waiters = shared.borrow_mut().piece_done(id, result);
+            for waker in waiters {
+                waker.wake();
+            }
+        })
+        .detach();
+    }
+}
+
+/// Starts the task that closes the open write `id` once fewer than
+/// [`MAX_WRITES_IN_FLIGHT`] writes are in flight before it, and submits its pieces.
+fn spawn_open(file: &Rc<DmaFile>, state: &Rc<RefCell<DirectState>>, id: u64, alignment: u64) {
+    let counted = WriteCounted::new();
+    let (file, shared) = (file.clone(), state.clone());
+    glommio::spawn_local(async move {
+        let _counted = counted;
+        // The open write is the back of `in_flight`: the writes before it are the rest.
+        wait_for(&shared, |state| state.in_flight.len() <= MAX_WRITES_IN_FLIGHT).await;
+        let jobs = shared.borrow_mut().close_open(id, &file, alignment);
+        // Appends waiting for the open write to close may go now.
+        let waiters = std::mem::take(&mut shared.borrow_mut().waiters);
+        for waker in waiters {
+            waker.wake();
+        }
+        spawn_pieces(&file, &shared, id, jobs, false);
+    })
+    .detach();
 }
 
 /// Writes a whole DMA buffer at `at` (a block boundary).
@@ -1174,7 +1385,9 @@ mod tests {
                         let state = direct.state.borrow();
                         most_in_flight = most_in_flight.max(state.in_flight.len());
                         split |= state.in_flight.iter().any(|write| write.pieces.len() == 2);
-                        assert!(state.in_flight.len() <= MAX_WRITES_IN_FLIGHT);
+                        // Plus the open write gathering appends, if there is one.
+                        let open = usize::from(state.open.is_some());
+                        assert!(state.in_flight.len() <= MAX_WRITES_IN_FLIGHT + open);
                     }
                     if i % 3 == 0 {
                         let from = expected.len() - (size + 5000).min(expected.len());
@@ -1337,6 +1550,90 @@ mod tests {
             assert!(file.append(b"more").await.is_err());
             assert!(file.read_at(0, 10).await.is_err());
             assert!(file.sync().await.is_err());
+            writes_landed().await;
+            let on_disk = std::fs::read(&path).unwrap();
+            assert_eq!(&on_disk[..5000], &[1u8; 5000][..], "the write before the failure landed");
+        });
+    }
+
+    /// Group commit: once `MAX_WRITES_IN_FLIGHT` writes are in flight, appends gather
+    /// into one open write instead of one write each. Far fewer writes than appends
+    /// reach the device; reads between appends see the gathered bytes; an append that
+    /// joined counts as landed only once its bytes are on disk; the file ends up exactly
+    /// the bytes appended.
+    #[test]
+    fn direct_appends_gather_into_one_write_while_writes_are_in_flight() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("g.log");
+            let file = SegmentFile::open(&path, IoMode::Direct, None).await.unwrap();
+            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let mut expected = Vec::new();
+            let (mut appends, mut joined) = (0u64, 0u64);
+            // Unaligned sizes, so that appends share blocks; 400 appends back to back
+            // without awaiting the device.
+            for i in 0..400usize {
+                let size = [1000, 4096, 70_000, 1, 12_345][i % 5];
+                let chunk: Vec<u8> = (0..size).map(|j| (i * 31 + j * 7) as u8).collect();
+                let open_before = direct.state.borrow().open.as_ref().map(|open| open.id);
+                file.append(&chunk).await.unwrap();
+                appends += 1;
+                expected.extend_from_slice(&chunk);
+                let open_after = direct.state.borrow().open.as_ref().map(|open| open.id);
+                joined += u64::from(open_before.is_some() && open_before == open_after);
+                if i % 7 == 0 {
+                    let from = expected.len() - (size + 3000).min(expected.len());
+                    let read = file.read_at(from as u64, usize::MAX).await.unwrap();
+                    assert_eq!(&read[..], &expected[from..], "read after append {i}");
+                }
+                if i % 50 == 49 {
+                    // Landed means on disk, for the bytes of a joined append too.
+                    file.wait_landed(expected.len() as u64).await.unwrap();
+                    let on_disk = std::fs::read(&path).unwrap();
+                    assert_eq!(&on_disk[..expected.len()], &expected[..], "landed at {i}");
+                }
+            }
+            let writes = direct.state.borrow().next_id;
+            assert!(joined > 0, "some appends joined an open write");
+            assert!(writes < appends, "{writes} writes for {appends} appends");
+            file.writes_landed().await.unwrap();
+            assert!(direct.state.borrow().open.is_none(), "the open write was closed");
+            let all = file.read_at(0, usize::MAX).await.unwrap();
+            assert_eq!(&all[..], &expected[..]);
+            file.seal().await.unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), expected);
+        });
+    }
+
+    /// A write that fails behind an open write (an injected fault fails its write as
+    /// soon as it is submitted, so it goes right behind the open one): nothing from the
+    /// failure on counts as landed, later appends are refused, and what is on disk
+    /// before the failure is intact.
+    #[test]
+    fn direct_failed_write_behind_an_open_write_fails_the_file() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(FaultPlan::default());
+            let path = dir.path().join("h.log");
+            let file =
+                SegmentFile::open(&path, IoMode::Direct, Some(faults.clone())).await.unwrap();
+            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            file.append(&[1u8; 5000]).await.unwrap();
+            file.wait_landed(5000).await.unwrap();
+            let mut len = 5000u64;
+            while direct.state.borrow().open.is_none() {
+                file.append(&[2u8; 9000]).await.unwrap();
+                len += 9000;
+                assert!(len < 64 << 20, "no write gathered appends");
+            }
+            file.append(&[3u8; 9000]).await.unwrap(); // joins the open write
+            len += 9000;
+            faults.fail_next_write();
+            // Waits for the open write to close, then its own write fails.
+            let _ = file.append(&[4u8; 9000]).await;
+            assert!(file.wait_landed(len + 9000).await.is_err());
+            assert!(file.write_failed());
+            assert!(file.append(b"more").await.is_err());
             writes_landed().await;
             let on_disk = std::fs::read(&path).unwrap();
             assert_eq!(&on_disk[..5000], &[1u8; 5000][..], "the write before the failure landed");
