@@ -144,6 +144,9 @@ fn is_live(stamp: u32) -> bool {
 struct Level {
     /// Ticks covered by one bucket: `wheel_size^level`.
     tick_span: u64,
+    /// Divides by `tick_span` with a multiply (a `u64` division costs tens of cycles, and
+    /// every add to a level above 0 needs one).
+    span_divisor: Divisor,
     /// Ticks covered by the whole level: `wheel_size^(level+1)`, `None` when that does not
     /// fit in a `u64` (the level then covers every remaining deadline).
     level_span: Option<u64>,
@@ -165,6 +168,7 @@ impl Level {
         let words = (wheel_size as usize).div_ceil(64);
         let mut level = Level {
             tick_span,
+            span_divisor: Divisor::new(tick_span),
             level_span: tick_span.checked_mul(u64::from(wheel_size)),
             buckets: (0..wheel_size).map(|_| Vec::new()).collect(),
             occupied: vec![0; words],
@@ -207,7 +211,7 @@ impl Level {
     fn slot_of(&self, deadline_tick: u64, wheel_size: usize) -> (usize, u64) {
         let offset = deadline_tick - self.window_start;
         // Level 0 (one tick per bucket) is where most entries land: spare it the division.
-        let offset = if self.tick_span == 1 { offset } else { offset / self.tick_span };
+        let offset = if self.tick_span == 1 { offset } else { self.span_divisor.divide(offset) };
         assert!(offset < wheel_size as u64);
         let slot = self.window_slot + offset as usize;
         let slot = if slot >= wheel_size { slot - wheel_size } else { slot };
@@ -230,6 +234,33 @@ impl Level {
     /// First non-empty slot at or after `from`, wrapping around.
     fn next_occupied(&self, from: usize, wheel_size: usize) -> Option<usize> {
         first_set(&self.occupied, from, wheel_size).or_else(|| first_set(&self.occupied, 0, from))
+    }
+}
+
+/// Division of any `u64` by a fixed divisor through a precomputed reciprocal: `magic =
+/// floor((2^64 - 1) / d)` underestimates `2^64 / d` by less than 2, so `(n * magic) >> 64`
+/// is the quotient or falls short of it by at most 2, which the remainder then corrects.
+#[derive(Debug, Clone, Copy)]
+struct Divisor {
+    divisor: u64,
+    magic: u64,
+}
+
+impl Divisor {
+    fn new(divisor: u64) -> Self {
+        assert!(divisor >= 1);
+        Divisor { divisor, magic: u64::MAX / divisor }
+    }
+
+    #[inline]
+    fn divide(&self, n: u64) -> u64 {
+        let mut quotient = ((u128::from(n) * u128::from(self.magic)) >> 64) as u64;
+        let mut remainder = n - quotient * self.divisor;
+        while remainder >= self.divisor {
+            quotient += 1;
+            remainder -= self.divisor;
+        }
+        quotient
     }
 }
 
@@ -548,8 +579,9 @@ impl<T> TimingWheel<T> {
 
     /// A slot for `add` when the free stack is empty: a new one at the end of the slab,
     /// unless tombstones outnumber live entries (by more than the slack), in which case a
-    /// compaction frees them first.
-    #[cold]
+    /// compaction frees them first. Inlined: filling a fresh wheel takes this path on every
+    /// add.
+    #[inline]
     fn new_slot(&mut self) -> u32 {
         if self.tombstones > self.len + TOMBSTONE_SLACK {
             self.compact();
@@ -567,6 +599,8 @@ impl<T> TimingWheel<T> {
 
     /// Frees every tombstone: drops cancelled indexes from the due list and every bucket
     /// (keeping the order of the rest) and puts their slots on the free stack.
+    #[cold]
+    #[inline(never)]
     fn compact(&mut self) {
         let stamps = &self.stamps;
         let slots = &mut self.slots;
@@ -694,6 +728,26 @@ mod tests {
 
     fn payloads(expired: &[(TimerHandle, u64)]) -> Vec<u64> {
         expired.iter().map(|(_, payload)| *payload).collect()
+    }
+
+    #[test]
+    fn divisor_matches_division_at_the_edges() {
+        let divisors = [1, 2, 3, 7, 20, 400, 8000, 1 << 32, (1 << 32) + 1, u64::MAX / 3, u64::MAX];
+        let numerators =
+            [0, 1, 2, 19, 20, 21, u64::from(u32::MAX), 1 << 63, u64::MAX - 1, u64::MAX];
+        for divisor in divisors {
+            for n in numerators.into_iter().chain([divisor - 1, divisor, divisor.saturating_add(1)])
+            {
+                assert_eq!(Divisor::new(divisor).divide(n), n / divisor, "{n} / {divisor}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn divisor_matches_division(n in any::<u64>(), divisor in 1..u64::MAX) {
+            prop_assert_eq!(Divisor::new(divisor).divide(n), n / divisor);
+        }
     }
 
     #[test]
