@@ -352,12 +352,7 @@ impl DirectState {
         }
         // The body was counted as one pending piece.
         write.pending += pieces.len() - 1;
-        let first = write.pieces.len();
-        let jobs = pieces
-            .iter()
-            .enumerate()
-            .map(|(index, piece)| (first + index, piece.at, piece.buffer.clone(), piece.state))
-            .collect();
+        let jobs = jobs_of(&pieces, write.pieces.len());
         write.pieces.extend(pieces);
         jobs
     }
@@ -379,6 +374,14 @@ enum Step {
 /// What the task of one piece needs: its index in the write, where it goes, its bytes,
 /// and whether it waits.
 type PieceJob = (usize, u64, Rc<DmaBuffer>, PieceState);
+
+/// The jobs of `pieces`, which sit in their write from index `first` on.
+fn jobs_of(pieces: &[Piece], first: usize) -> Vec<PieceJob> {
+    let job = |(index, piece): (usize, &Piece)| {
+        (first + index, piece.at, piece.buffer.clone(), piece.state)
+    };
+    pieces.iter().enumerate().map(job).collect()
+}
 
 /// Most writes in flight per file. An append beyond it waits for the oldest to land,
 /// which bounds the DMA memory a file holds.
@@ -852,16 +855,17 @@ impl DirectFile {
     /// has landed once its bytes and every byte before them are on the device.
     async fn append(&self, data: &[u8], position: u64, fail: bool, wait: bool) -> io::Result<()> {
         let end = position + data.len() as u64;
+        let padded_end = self.align_up(end);
         // Injected faults and torn appends take a write of their own.
         let gather = !fail && !wait;
         // An open write's body starts at the latest one block past the append's start
         // (see `place`): an append within one block has no body to gather into.
         let can_open = gather && end > self.align_down(position) + self.alignment;
         self.check_failed()?;
-        self.allocate_for(self.align_up(end)).await;
+        self.allocate_for(padded_end).await;
         loop {
             self.check_failed()?;
-            let step = self.state.borrow().step(self.align_up(end), gather, can_open);
+            let step = self.state.borrow().step(padded_end, gather, can_open);
             match step {
                 Step::Join => {
                     self.join(data, position);
@@ -879,7 +883,6 @@ impl DirectFile {
                     break;
                 }
                 Step::Wait => {
-                    let padded_end = self.align_up(end);
                     wait_for(&self.state, |state| {
                         state.step(padded_end, gather, can_open) != Step::Wait
                     })
@@ -985,11 +988,7 @@ impl DirectFile {
                 Piece { at: start + from as u64, buffer: Rc::new(buffer), state }
             })
             .collect();
-        let jobs: Vec<PieceJob> = pieces
-            .iter()
-            .enumerate()
-            .map(|(index, piece)| (index, piece.at, piece.buffer.clone(), piece.state))
-            .collect();
+        let jobs = jobs_of(&pieces, 0);
         // The open body counts as one pending piece until it is cut into pieces.
         let pending = pieces.len() + usize::from(gathers);
         state.in_flight.push_back(InFlight { id, end, pending, pieces });

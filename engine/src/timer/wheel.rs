@@ -144,9 +144,9 @@ fn is_live(stamp: u32) -> bool {
 struct Level {
     /// Ticks covered by one bucket: `wheel_size^level`.
     tick_span: u64,
-    /// Divides by `tick_span` with a multiply (a `u64` division costs tens of cycles, and
-    /// every add to a level above 0 needs one).
-    span_divisor: Divisor,
+    /// `reciprocal(tick_span)`: adds divide by `tick_span` with a multiply (a `u64`
+    /// division costs tens of cycles, and every add to a level above 0 needs one).
+    span_reciprocal: u64,
     /// Ticks covered by the whole level: `wheel_size^(level+1)`, `None` when that does not
     /// fit in a `u64` (the level then covers every remaining deadline).
     level_span: Option<u64>,
@@ -168,7 +168,7 @@ impl Level {
         let words = (wheel_size as usize).div_ceil(64);
         let mut level = Level {
             tick_span,
-            span_divisor: Divisor::new(tick_span),
+            span_reciprocal: reciprocal(tick_span),
             level_span: tick_span.checked_mul(u64::from(wheel_size)),
             buckets: (0..wheel_size).map(|_| Vec::new()).collect(),
             occupied: vec![0; words],
@@ -211,7 +211,11 @@ impl Level {
     fn slot_of(&self, deadline_tick: u64, wheel_size: usize) -> (usize, u64) {
         let offset = deadline_tick - self.window_start;
         // Level 0 (one tick per bucket) is where most entries land: spare it the division.
-        let offset = if self.tick_span == 1 { offset } else { self.span_divisor.divide(offset) };
+        let offset = if self.tick_span == 1 {
+            offset
+        } else {
+            divide(offset, self.tick_span, self.span_reciprocal)
+        };
         assert!(offset < wheel_size as u64);
         let slot = self.window_slot + offset as usize;
         let slot = if slot >= wheel_size { slot - wheel_size } else { slot };
@@ -237,31 +241,24 @@ impl Level {
     }
 }
 
-/// Division of any `u64` by a fixed divisor through a precomputed reciprocal: `magic =
-/// floor((2^64 - 1) / d)` underestimates `2^64 / d` by less than 2, so `(n * magic) >> 64`
-/// is the quotient or falls short of it by at most 2, which the remainder then corrects.
-#[derive(Debug, Clone, Copy)]
-struct Divisor {
-    divisor: u64,
-    magic: u64,
+/// The reciprocal [`divide`] uses for `divisor` (at least 1): `floor((2^64 - 1) / divisor)`.
+fn reciprocal(divisor: u64) -> u64 {
+    assert!(divisor >= 1);
+    u64::MAX / divisor
 }
 
-impl Divisor {
-    fn new(divisor: u64) -> Self {
-        assert!(divisor >= 1);
-        Divisor { divisor, magic: u64::MAX / divisor }
+/// `n / divisor` through a multiply by `magic = reciprocal(divisor)`, which underestimates
+/// `2^64 / divisor` by less than 2, so `(n * magic) >> 64` is the quotient or falls short
+/// of it by at most 2, which the remainder then corrects.
+#[inline]
+fn divide(n: u64, divisor: u64, magic: u64) -> u64 {
+    let mut quotient = ((u128::from(n) * u128::from(magic)) >> 64) as u64;
+    let mut remainder = n - quotient * divisor;
+    while remainder >= divisor {
+        quotient += 1;
+        remainder -= divisor;
     }
-
-    #[inline]
-    fn divide(&self, n: u64) -> u64 {
-        let mut quotient = ((u128::from(n) * u128::from(self.magic)) >> 64) as u64;
-        let mut remainder = n - quotient * self.divisor;
-        while remainder >= self.divisor {
-            quotient += 1;
-            remainder -= self.divisor;
-        }
-        quotient
-    }
+    quotient
 }
 
 /// First set bit in `bits` within `[lo, hi)`.
@@ -738,7 +735,7 @@ mod tests {
         for divisor in divisors {
             for n in numerators.into_iter().chain([divisor - 1, divisor, divisor.saturating_add(1)])
             {
-                assert_eq!(Divisor::new(divisor).divide(n), n / divisor, "{n} / {divisor}");
+                assert_eq!(divide(n, divisor, reciprocal(divisor)), n / divisor, "{n} / {divisor}");
             }
         }
     }
@@ -746,7 +743,7 @@ mod tests {
     proptest! {
         #[test]
         fn divisor_matches_division(n in any::<u64>(), divisor in 1..u64::MAX) {
-            prop_assert_eq!(Divisor::new(divisor).divide(n), n / divisor);
+            prop_assert_eq!(divide(n, divisor, reciprocal(divisor)), n / divisor);
         }
     }
 
