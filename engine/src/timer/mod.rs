@@ -193,6 +193,7 @@
 //! ```
 
 mod driver;
+mod free;
 mod purgatory;
 mod wheel;
 

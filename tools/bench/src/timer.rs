@@ -28,7 +28,8 @@
 //! `--warm` measures the steady state of a long-lived structure, the purgatory's case: each
 //! implementation first runs the whole workload once on the same instance, unrecorded, so
 //! the recorded round adds into memory it already owns (no page faults, reused slots and
-//! ids) instead of a freshly built structure's.
+//! ids) instead of a freshly built structure's; the vector the bench keeps the handles in
+//! is the warm-up's too (in a fresh round it is fresh, for every implementation).
 //!
 //! Reported per phase: ns per operation (min / median / max over `--repeat` runs), add +
 //! cancel throughput in Mops/s, the whole workload's cost per timer (add + cancel +
@@ -616,24 +617,28 @@ struct Run {
 
 fn measure<T: BenchTimer>(workload: &Workload, args: &TimerArgs) -> anyhow::Result<Run> {
     let mut timers = T::with_timers(workload.deadlines_ms.len());
+    // The caller's handles: fresh memory in a fresh round, and in a warm round the same
+    // vector as the warm-up's, already faulted in like the structure it names.
+    let mut handles = Vec::with_capacity(workload.deadlines_ms.len());
     if !args.warm {
-        return round(&mut timers, workload, args, 0);
+        return round(&mut timers, &mut handles, workload, args, 0);
     }
-    round(&mut timers, workload, args, 0)?;
-    round(&mut timers, workload, args, workload.spread_ms)
+    round(&mut timers, &mut handles, workload, args, 0)?;
+    round(&mut timers, &mut handles, workload, args, workload.spread_ms)
 }
 
 /// Adds the workload's timers with deadlines `base_ms` later than the workload says,
 /// cancels its half, and advances from `base_ms` until every other one expired.
 fn round<T: BenchTimer>(
     timers: &mut T,
+    handles: &mut Vec<T::Handle>,
     workload: &Workload,
     args: &TimerArgs,
     base_ms: u64,
 ) -> anyhow::Result<Run> {
     let n = workload.deadlines_ms.len();
+    handles.clear();
     let started = Instant::now();
-    let mut handles = Vec::with_capacity(n);
     for (payload, deadline_ms) in workload.deadlines_ms.iter().enumerate() {
         handles.push(timers.add(base_ms + *deadline_ms, payload as u64));
     }
@@ -660,7 +665,7 @@ fn round<T: BenchTimer>(
     let survivors = (n - workload.cancels.len()) as u64;
     ensure!(expired == survivors, "{}: {expired} expired, {survivors} expected", T::NAME);
     ensure!(timers.is_empty(), "{}: timers left after the last deadline", T::NAME);
-    black_box(&handles);
+    black_box(&*handles);
     Ok(Run { add_ns, cancel_ns, advance_ns, bytes_peak, checksum })
 }
 
