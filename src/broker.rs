@@ -125,6 +125,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
+    let stall_threshold_ms = config.stall_threshold_ms;
+    if stall_threshold_ms > 0 {
+        runtime::StallLogger::prepare();
+    }
     for id in 0..config.cores {
         let hints: BTreeMap<TopicPartition, OpenHints> = image
             .topics()
@@ -153,6 +157,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // glommio's default 100 ms preemption would let one busy task delay timer
             // expiries by that much; the purgatory promises one tick (1 ms).
             .preempt_timer(Duration::from_millis(1))
+            .detect_stalls((stall_threshold_ms > 0).then(|| {
+                Box::new(runtime::StallLogger {
+                    shard: id,
+                    threshold: Duration::from_millis(stall_threshold_ms),
+                }) as Box<dyn glommio::StallDetectionHandler>
+            }))
             .spawn(move || async move {
                 let report = ShardReport { id, done, sent: false };
                 report.send(shard::run(start).await);

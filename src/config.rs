@@ -61,6 +61,9 @@ pub struct Config {
     pub socket_request_max_bytes: usize,
     pub queued_max_requests: usize,
     pub max_connections_per_shard: usize,
+    /// `reactor.stall.threshold.ms`: log a shard whose task queue runs this long past its
+    /// 1 ms budget without yielding, with a backtrace of where it was; 0 = off.
+    pub stall_threshold_ms: u64,
     pub groups: GroupConfig,
     pub txns: TxnConfig,
 }
@@ -96,6 +99,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("socket.request.max.bytes", "104857600"),
     ("queued.max.requests", "500"),
     ("max.connections.per.shard", "10000"),
+    ("reactor.stall.threshold.ms", "0"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
     ("group.initial.rebalance.delay.ms", "3000"),
@@ -304,6 +308,10 @@ impl Config {
             socket_request_max_bytes,
             queued_max_requests,
             max_connections_per_shard,
+            stall_threshold_ms: parse_number(
+                "reactor.stall.threshold.ms",
+                get("reactor.stall.threshold.ms"),
+            )?,
             listen: args.listen,
             advertise: args.advertise.clone(),
             data_dir: args.data_dir.clone(),
@@ -341,6 +349,10 @@ mod tests {
         assert_eq!(config.log.retention_ms, 604_800_000);
         assert_eq!(config.log.flush_messages, i64::MAX as u64);
         assert_eq!(config.log.io_mode, IoMode::Buffered);
+        assert_eq!(config.stall_threshold_ms, 0, "stall reports are off by default");
+        let config = self::config(&["--set", "reactor.stall.threshold.ms=25"]).unwrap();
+        assert_eq!(config.stall_threshold_ms, 25);
+        assert!(self::config(&["--set", "reactor.stall.threshold.ms=-1"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// What a [`StallDetectionHandler`] is told of a stall: the executor, the task queue, how far
+/// over its budget it ran, and the stalled thread's backtrace (see its `Display`).
 pub struct StallDetection<'a> {
     executor: usize,
     queue_handle: TaskQueueHandle,
