@@ -169,7 +169,9 @@ mod tests {
     proptest! {
         /// Against a `BTreeSet`: the same lowest index comes out, the same count is held.
         #[test]
-        fn matches_an_ordered_set(ops in prop::collection::vec((any::<bool>(), 0u32..20_000), 1..600)) {
+        fn matches_an_ordered_set(
+            ops in prop::collection::vec((any::<bool>(), 0u32..20_000), 1..600),
+        ) {
             let mut free = FreeSlots::default();
             let mut model = BTreeSet::new();
             for (is_push, index) in ops {

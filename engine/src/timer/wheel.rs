@@ -375,8 +375,9 @@ impl<T> TimingWheel<T> {
     }
 
     /// Heap bytes held by the wheel, by capacity: the slab (`size_of` slot times its
-    /// capacity), the free-slot bitmaps, the incoming and due lists, and every level's bucket headers, bucket
-    /// vectors and bitmap. Used by the benchmark to report bytes per timer.
+    /// capacity), the free-slot bitmaps, the incoming and due lists, and every level's
+    /// bucket headers, bucket vectors and bitmap. Used by the benchmark to report bytes
+    /// per timer.
     pub fn heap_bytes(&self) -> usize {
         let index = std::mem::size_of::<u32>();
         let slab = self.slots.capacity() * std::mem::size_of::<Slot<T>>()
