@@ -94,6 +94,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         socket_request_max_bytes: config.socket_request_max_bytes,
         queued_max_requests: config.queued_max_requests,
         max_connections_per_shard: config.max_connections_per_shard,
+        request_latency_log_interval_ms: config.request_latency_log_interval_ms,
         groups: config.groups.clone(),
         txns: config.txns.clone(),
         properties: config.properties.clone(),

@@ -64,6 +64,9 @@ pub struct Config {
     /// `reactor.stall.threshold.ms`: log a shard whose task queue runs this long past its
     /// 1 ms budget without yielding, with a backtrace of where it was; 0 = off.
     pub stall_threshold_ms: u64,
+    /// `request.latency.log.interval.ms`: how often every shard logs its request latency
+    /// by phase and API; 0 = only when it stops.
+    pub request_latency_log_interval_ms: u64,
     pub groups: GroupConfig,
     pub txns: TxnConfig,
 }
@@ -85,6 +88,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("log.retention.bytes", "-1"),
     ("log.flush.interval.messages", "9223372036854775807"),
     ("log.flush.interval.ms", "9223372036854775807"),
+    ("log.writeback.bytes", "0"),
     ("log.retention.check.interval.ms", "300000"),
     ("message.max.bytes", "1048588"),
     ("num.partitions", "1"),
@@ -100,6 +104,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("queued.max.requests", "500"),
     ("max.connections.per.shard", "10000"),
     ("reactor.stall.threshold.ms", "0"),
+    ("request.latency.log.interval.ms", "0"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
     ("group.initial.rebalance.delay.ms", "3000"),
@@ -171,6 +176,7 @@ impl Config {
             flush_messages: as_u64_or_max("log.flush.interval.messages")?,
             flush_ms: as_u64_or_max("log.flush.interval.ms")?,
             max_message_bytes: parse_number("message.max.bytes", get("message.max.bytes"))?,
+            writeback_bytes: parse_number("log.writeback.bytes", get("log.writeback.bytes"))?,
             faults: None,
         };
         if log.segment_bytes > log::SEGMENT_BYTES_MAX || log.segment_bytes < 1024 {
@@ -312,6 +318,10 @@ impl Config {
                 "reactor.stall.threshold.ms",
                 get("reactor.stall.threshold.ms"),
             )?,
+            request_latency_log_interval_ms: parse_number(
+                "request.latency.log.interval.ms",
+                get("request.latency.log.interval.ms"),
+            )?,
             listen: args.listen,
             advertise: args.advertise.clone(),
             data_dir: args.data_dir.clone(),
@@ -353,6 +363,18 @@ mod tests {
         let config = self::config(&["--set", "reactor.stall.threshold.ms=25"]).unwrap();
         assert_eq!(config.stall_threshold_ms, 25);
         assert!(self::config(&["--set", "reactor.stall.threshold.ms=-1"]).is_err());
+        assert_eq!(config.request_latency_log_interval_ms, 0, "latency logged at stop only");
+        assert_eq!(config.log.writeback_bytes, 0, "writeback left to the kernel");
+        let config = self::config(&[
+            "--set",
+            "log.writeback.bytes=1048576",
+            "--set",
+            "request.latency.log.interval.ms=1000",
+        ])
+        .unwrap();
+        assert_eq!(config.log.writeback_bytes, 1 << 20);
+        assert_eq!(config.request_latency_log_interval_ms, 1000);
+        assert!(self::config(&["--set", "log.writeback.bytes=-1"]).is_err());
     }
 
     #[test]

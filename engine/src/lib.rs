@@ -14,6 +14,7 @@ pub mod shard;
 pub mod sync;
 pub mod timer;
 pub mod txnindex;
+pub mod writeback;
 
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -48,6 +48,10 @@ pub struct BrokerConfig {
     /// `max.connections.per.shard`: connections one shard serves at once; more are closed
     /// at accept with a log line.
     pub max_connections_per_shard: usize,
+    /// `request.latency.log.interval.ms`: every shard logs its request latency by phase
+    /// and API (see [`crate::reqmetrics`]) this often, and once when it stops; 0 = only
+    /// when it stops.
+    pub request_latency_log_interval_ms: u64,
     /// The group coordinator's settings.
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
@@ -298,6 +302,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         socket_request_max_bytes: 100 << 20,
         queued_max_requests: 500,
         max_connections_per_shard: 1000,
+        request_latency_log_interval_ms: 0,
         groups: GroupConfig::default(),
         txns: TxnConfig::default(),
         properties: BTreeMap::new(),

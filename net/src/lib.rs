@@ -9,6 +9,7 @@ pub mod handlers;
 pub mod mesh;
 pub mod protocol;
 pub mod recent;
+pub mod reqmetrics;
 pub mod server;
 pub mod shard;
 pub mod ticker;

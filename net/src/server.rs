@@ -10,7 +10,7 @@
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use glommio::channels::local_channel;
@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::handlers::{self, Parsed};
 use crate::protocol::{self, ProtocolError, SIZE_PREFIX_BYTES};
+use crate::reqmetrics::RequestTimes;
 use crate::shard::Shard;
 use crate::zerocopy::{self, Frame};
 
@@ -97,8 +98,9 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
     Ok(())
 }
 
-/// A response still being computed, in the connection's response queue.
-type Pending = JoinHandle<Result<Option<Frame>, ProtocolError>>;
+/// A response still being computed, in the connection's response queue, with the
+/// request's timestamps (see [`crate::reqmetrics`]).
+type Pending = JoinHandle<(Result<Option<Frame>, ProtocolError>, RequestTimes)>;
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
@@ -121,21 +123,23 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let writer_stream = stream.clone();
     let writer_task = glommio::spawn_local(async move {
         while let Some(pending) = responses.recv().await {
-            match pending.await {
-                Some(Ok(Some(frame))) => {
+            let Some((response, times)) = pending.await else { break };
+            match response {
+                Ok(Some(frame)) => {
+                    let taken = Instant::now();
                     let sent =
                         zerocopy::send_frame(socket, &frame, &writer_shard.fetch_sends).await;
                     if let Err(error) = sent {
                         debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
                         break;
                     }
+                    writer_shard.request_metrics.record(&times, Some((taken, Instant::now())));
                 }
-                Some(Ok(None)) => {} // acks=0 produce: no response.
-                Some(Err(error)) => {
+                Ok(None) => writer_shard.request_metrics.record(&times, None), // acks=0
+                Err(error) => {
                     warn!(shard = writer_shard.id, peer = %writer_peer, %error, "closing connection");
                     break;
                 }
-                None => break,
             }
         }
         let _ = writer_stream.shutdown(Shutdown::Write).await;
@@ -150,7 +154,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
             },
         )
         .await;
-        let frame = match frame {
+        let (frame, first_byte) = match frame {
             None => break, // Stopping: in-flight requests finish, no new ones are read.
             Some(Ok(Some(frame))) => frame,
             Some(Ok(None)) => break, // Clean close between frames.
@@ -163,7 +167,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
                 break;
             }
         };
-        let pending = match dispatch(&shard, frame, peer_addr) {
+        let pending = match dispatch(&shard, frame, peer_addr, first_byte) {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(shard = shard.id, %peer, %error, "closing connection");
@@ -199,16 +203,53 @@ struct FrameReader {
     socket: RawFd,
     /// Received bytes not yet handed out as frames.
     buffer: BytesMut,
+    /// When the reads that brought data returned: the first of the current frame's, and
+    /// the latest.
+    arrivals: Arrivals,
+}
+
+/// When `recv` calls that brought data returned.
+#[derive(Default)]
+struct Arrivals {
+    first: Option<Instant>,
+    latest: Option<Instant>,
+}
+
+impl Arrivals {
+    fn data_received(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.latest = Some(now);
+    }
 }
 
 impl FrameReader {
     fn new(socket: RawFd) -> Self {
-        FrameReader { socket, buffer: BytesMut::new() }
+        FrameReader { socket, buffer: BytesMut::new(), arrivals: Arrivals::default() }
     }
 
-    /// Reads one request frame (without its size prefix). `Ok(None)` on a clean end of
-    /// stream before a frame starts.
-    async fn next(&mut self, stream: &TcpStream, limit: usize) -> Result<Option<Bytes>, ReadError> {
+    /// Reads one request frame (without its size prefix), with the time its first byte
+    /// arrived: the `recv` that brought it returned then (for bytes that came with the
+    /// previous frame, the latest `recv`, a bound from above). `Ok(None)` on a clean end
+    /// of stream before a frame starts.
+    async fn next(
+        &mut self,
+        stream: &TcpStream,
+        limit: usize,
+    ) -> Result<Option<(Bytes, Instant)>, ReadError> {
+        self.arrivals.first = if self.buffer.is_empty() { None } else { self.arrivals.latest };
+        let frame = self.frame(stream, limit).await?;
+        Ok(frame.map(|frame| {
+            let first_byte = self.arrivals.first.unwrap_or_else(Instant::now);
+            (frame, first_byte)
+        }))
+    }
+
+    async fn frame(
+        &mut self,
+        stream: &TcpStream,
+        limit: usize,
+    ) -> Result<Option<Bytes>, ReadError> {
         if self.buffer.len() < SIZE_PREFIX_BYTES {
             let open = self.receive(stream, SIZE_PREFIX_BYTES).await.map_err(ReadError::Io)?;
             if !open && self.buffer.is_empty() {
@@ -233,7 +274,7 @@ impl FrameReader {
         frame.extend_from_slice(&self.buffer);
         self.buffer.clear();
         still_open(
-            recv_at_least(stream, self.socket, &mut frame, size, size)
+            recv_at_least(stream, self.socket, &mut frame, size, size, &mut self.arrivals)
                 .await
                 .map_err(ReadError::Io)?,
         )?;
@@ -247,7 +288,7 @@ impl FrameReader {
     async fn receive(&mut self, stream: &TcpStream, want: usize) -> std::io::Result<bool> {
         let max = self.buffer.len() + READ_BUFFER_BYTES;
         self.buffer.reserve(READ_BUFFER_BYTES);
-        recv_at_least(stream, self.socket, &mut self.buffer, want, max).await
+        recv_at_least(stream, self.socket, &mut self.buffer, want, max, &mut self.arrivals).await
     }
 }
 
@@ -261,7 +302,8 @@ fn still_open(open: bool) -> Result<(), ReadError> {
 }
 
 /// Receives into `buffer`'s spare capacity until it holds `want` bytes, never past `max`
-/// bytes in all. `Ok(false)` when the peer closed first.
+/// bytes in all, noting in `arrivals` when data came. `Ok(false)` when the peer closed
+/// first.
 #[allow(unsafe_code)]
 async fn recv_at_least(
     stream: &TcpStream,
@@ -269,6 +311,7 @@ async fn recv_at_least(
     buffer: &mut BytesMut,
     want: usize,
     max: usize,
+    arrivals: &mut Arrivals,
 ) -> std::io::Result<bool> {
     debug_assert!(want <= max);
     while buffer.len() < want {
@@ -285,8 +328,11 @@ async fn recv_at_least(
             unsafe { libc::recv(socket, spare.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT) };
         match received {
             0 => return Ok(false),
-            // SAFETY: the first `n` spare bytes were just written by recv.
-            n if n > 0 => unsafe { buffer.set_len(len + n as usize) },
+            n if n > 0 => {
+                // SAFETY: the first `n` spare bytes were just written by recv.
+                unsafe { buffer.set_len(len + n as usize) };
+                arrivals.data_received();
+            }
             _ => {
                 let error = std::io::Error::last_os_error();
                 match error.kind() {
@@ -310,16 +356,34 @@ fn dispatch(
     shard: &Rc<Shard>,
     frame: Bytes,
     peer: Option<std::net::SocketAddr>,
+    first_byte: Instant,
 ) -> Result<Pending, ProtocolError> {
+    let received = Instant::now();
+    let api_key = frame.get(..2).map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]));
+    let times = move |started: Instant| RequestTimes {
+        api_key,
+        first_byte,
+        received,
+        started,
+        done: Instant::now(),
+    };
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
             let response = handlers::api_versions::unsupported_version(correlation_id);
-            Ok(glommio::spawn_local(async move { response.map(|b| Some(b.into())) }).detach())
+            Ok(glommio::spawn_local(async move {
+                let started = Instant::now();
+                (response.map(|b| Some(b.into())), times(started))
+            })
+            .detach())
         }
         Parsed::Request(request) => {
             let shard = shard.clone();
-            Ok(glommio::spawn_local(async move { handlers::handle(&shard, request, peer).await })
-                .detach())
+            Ok(glommio::spawn_local(async move {
+                let started = Instant::now();
+                let response = handlers::handle(&shard, request, peer).await;
+                (response, times(started))
+            })
+            .detach())
         }
     }
 }
@@ -379,8 +443,9 @@ mod tests {
             let stream = listener.accept().await.unwrap();
             zerocopy::set_nonblocking(stream.as_raw_fd()).unwrap();
             let mut reader = FrameReader::new(stream.as_raw_fd());
+            let mut previous_first_byte = None;
             for expected in &frames {
-                let frame = match reader.next(&stream, 16 << 20).await {
+                let (frame, first_byte) = match reader.next(&stream, 16 << 20).await {
                     Ok(Some(frame)) => frame,
                     Ok(None) => panic!("end of stream before a frame of {} bytes", expected.len()),
                     Err(ReadError::Io(error)) => {
@@ -391,6 +456,11 @@ mod tests {
                     }
                 };
                 assert_eq!(&frame[..], &expected[..]);
+                // A frame's first byte came no earlier than the previous frame's, and
+                // before the frame was handed out.
+                assert!(first_byte <= Instant::now());
+                assert!(previous_first_byte.is_none_or(|previous| previous <= first_byte));
+                previous_first_byte = Some(first_byte);
             }
             writer.join().unwrap();
             assert!(matches!(reader.next(&stream, 16 << 20).await, Ok(None)));

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -41,6 +41,7 @@ use crate::group::coordinator::{Coordinator, Write};
 use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
 use crate::recent::RecentBatches;
+use crate::reqmetrics::RequestMetrics;
 use crate::txn::coordinator::TxnCoordinator;
 use crate::txn::{txn_partition, TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::{FileRange, RecordBytes, SendStats};
@@ -407,6 +408,8 @@ pub struct Shard {
     pub connections: Cell<usize>,
     /// Fetched record bytes this shard's connections sent, zero-copy and copied.
     pub fetch_sends: SendStats,
+    /// Request latency by phase and API since the last `request latency` report.
+    pub request_metrics: RequestMetrics,
     /// Direct mode's cache of recent batches over all partitions, oldest first:
     /// (partition, chunk base offset, chunk bytes), and the bytes it holds.
     recent_order: RefCell<VecDeque<(Weak<Partition>, i64, u64)>>,
@@ -1636,10 +1639,26 @@ impl Shard {
         let expiry_every =
             Duration::from_millis(self.config.groups.offsets_retention_check_interval_ms.max(1));
         let mut since_expiry = Duration::ZERO;
+        let latency_every = Duration::from_millis(self.config.request_latency_log_interval_ms);
+        // `None`: reported only when the shard stops (0, or too far out to add).
+        let mut latency_window_ends =
+            (!latency_every.is_zero()).then(|| Instant::now().checked_add(latency_every)).flatten();
         while !self.stopping() {
             glommio::timer::sleep(tick).await;
             since_retention += tick;
             since_expiry += tick;
+            // By the clock, not by counting ticks: the windows should line up with a
+            // client's per-second figures.
+            if let Some(ends) = latency_window_ends.filter(|ends| Instant::now() >= *ends) {
+                self.request_metrics.report(self.id);
+                // The next window ends one interval on, or later if the shard fell behind.
+                let now = Instant::now();
+                let mut next = ends.checked_add(latency_every);
+                while let Some(at) = next.filter(|at| *at <= now) {
+                    next = at.checked_add(latency_every);
+                }
+                latency_window_ends = next;
+            }
             if since_expiry >= expiry_every {
                 since_expiry = Duration::ZERO;
                 self.groups.expire_offsets(&self).await;
@@ -1893,6 +1912,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         stop: start.stop,
         connections: Cell::new(0),
         fetch_sends: SendStats::default(),
+        request_metrics: RequestMetrics::new(),
         recent_order: RefCell::new(VecDeque::new()),
         recent_bytes: Cell::new(0),
         stop_fired: Cell::new(false),
@@ -1966,6 +1986,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     let housekeeping = glommio::spawn_local(shard.clone().housekeeping());
     let served = crate::server::serve(shard.clone()).await;
     shard.log_fetch_sends();
+    shard.request_metrics.report(id);
     housekeeping.await;
     shard.fetch_waiters.stop();
     timer_task.await;

@@ -115,17 +115,18 @@ fn fetch_all(raw: &mut Raw, topic: &str, end: i64, max_bytes: i32) -> u64 {
     received
 }
 
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}"));
+    let value = &line[at + name.len() + 2..];
+    value.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>().unwrap()
+}
+
 /// The sum over shards of one of the broker's "fetch bytes sent" counters.
 fn counter_sum(log: &str, name: &str) -> u64 {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("fetch bytes sent")).collect();
     assert!(!lines.is_empty(), "no fetch counters in the log:\n{log}");
-    lines
-        .iter()
-        .map(|line| {
-            let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-            line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>().unwrap()
-        })
-        .sum()
+    lines.iter().map(|line| field(line, name)).sum()
 }
 
 /// (zero-copy, copied, warmed) record bytes the broker sent, over all shards.
@@ -197,4 +198,43 @@ fn direct_mode_fetch_serves_the_tail_from_memory_and_the_rest_by_dma() {
     assert!(copied > 0, "the evicted head was read by DMA");
     assert!(cached > 0, "the tail came from the cache");
     assert_eq!(copied + cached, received);
+}
+
+/// The broker's request latency report (logged when a shard stops): one line per API,
+/// counting the requests it served. Each request's total time covers its local time, so
+/// every quantile of the totals is at least the same quantile of the local times. Run in
+/// page-cache mode with early writeback every 64 KiB, so that path runs under a real
+/// produce load; the records still read back intact.
+#[test]
+fn request_latency_is_reported_per_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--io", "buffered", "--cores", "1", "--set", "log.writeback.bytes=65536"];
+    let mut broker = Broker::start(&dir.path().join("data"), &args);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("rl", 1, &[]);
+    let batches = 20;
+    let end = produce(&mut raw, "rl", batches);
+    let received = fetch_all(&mut raw, "rl", end, 3 << 20);
+    assert!(received >= batches * (RECORDS_PER_BATCH * VALUE_BYTES) as u64);
+    drop(raw);
+    assert!(broker.stop().success());
+    let log = broker.log();
+    let line = |api: &str| -> String {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("request latency") && l.contains(&format!(" api={api} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "one {api} report (one shard, one window):\n{log}");
+        lines[0].to_string()
+    };
+    let produce_line = line("Produce");
+    assert_eq!(field(&produce_line, "requests"), batches, "{produce_line}");
+    let fetches = line("Fetch");
+    assert!(field(&fetches, "requests") >= 1, "{fetches}");
+    for report in [&produce_line, &fetches] {
+        let total = field(report, "total_p99_us");
+        let local = field(report, "local_p99_us");
+        assert!(total * 101 >= local * 100, "total p99 {total} < local p99 {local}: {report}");
+        assert!(field(report, "total_max_us") >= field(report, "total_p50_us"), "{report}");
+    }
 }

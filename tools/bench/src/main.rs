@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Produce load: throughput and produce latency (made -> acknowledged, per message).
+    /// Produce load: throughput and produce latency (made -> acknowledged, per message;
+    /// and written -> acknowledged, per request).
     Produce(load::ProduceArgs),
     /// Consume a topic (by default from the start to the log end seen at the start):
     /// throughput, and each record's age when fetched.

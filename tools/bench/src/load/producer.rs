@@ -79,6 +79,8 @@ struct InFlight {
     created: Vec<Vec<u64>>,
     payload_bytes: u64,
     wire_bytes: u64,
+    /// When the request was about to be written (µs).
+    sent_us: u64,
 }
 
 /// Vectors of creation times, returned by the acknowledgement task for reuse.
@@ -139,6 +141,11 @@ async fn acknowledge(
             }
         }
         let measuring = stats.measuring(now);
+        let request_latency = now.saturating_sub(in_flight.sent_us).max(1);
+        if measuring {
+            stats.request_latency.total.borrow_mut().saturating_record(request_latency);
+        }
+        stats.request_latency.second.borrow_mut().saturating_record(request_latency);
         let mut msgs = 0;
         {
             let mut histogram = stats.produce_latency.total.borrow_mut();
@@ -409,6 +416,7 @@ impl Producer {
         };
         let msgs: u64 = created.iter().map(|c| c.len() as u64).sum();
         let written_before = connection.bytes_written();
+        let sent_us = now_us();
         let response = connection.send_produce(version, &spec).await?;
         let wire_bytes = connection.bytes_written() - written_before;
         stats.sent_msgs.set(stats.sent_msgs.get() + msgs);
@@ -421,7 +429,7 @@ impl Producer {
         }
         match response {
             Some(response) => {
-                let in_flight = InFlight { response, created, payload_bytes, wire_bytes };
+                let in_flight = InFlight { response, created, payload_bytes, wire_bytes, sent_us };
                 if acks.send(in_flight).await.is_err() {
                     // The acknowledgement task failed; its error is the run's.
                     stats.stop.set(true);

@@ -73,6 +73,7 @@ pub struct RunReport {
     pub produce: Option<FlowReport>,
     pub consume: Option<FlowReport>,
     pub produce_latency: Option<Histogram<u64>>,
+    pub request_latency: Option<Histogram<u64>>,
     pub e2e_latency: Option<Histogram<u64>>,
     pub e2e_from_stamp: u64,
     pub e2e_from_timestamp: u64,
@@ -94,6 +95,7 @@ impl RunReport {
             produce: FlowReport::new(&stats.produced, stats.measure_from_us),
             consume: FlowReport::new(&stats.consumed, stats.measure_from_us),
             produce_latency: histogram(&stats.produce_latency.total),
+            request_latency: histogram(&stats.request_latency.total),
             e2e_latency: histogram(&stats.e2e_latency.total),
             e2e_from_stamp: stats.e2e_from_stamp.get(),
             e2e_from_timestamp: stats.e2e_from_timestamp.get(),
@@ -110,6 +112,12 @@ impl RunReport {
         if let Some(histogram) = &self.produce_latency {
             println!(
                 "  produce latency (us, per message, made -> acknowledged): {}",
+                latency_line(histogram)
+            );
+        }
+        if let Some(histogram) = &self.request_latency {
+            println!(
+                "  produce request latency (us, per request, written -> acknowledged): {}",
                 latency_line(histogram)
             );
         }
@@ -150,6 +158,8 @@ impl RunReport {
             "consume": self.consume.as_ref().map(FlowReport::json),
             "produce_latency_us": self.produce_latency.as_ref().map(latency_json),
             "produce_latency_measure": "per message, from the time it was made (its scheduled time under --rate) to reading its acknowledgement",
+            "produce_request_latency_us": self.request_latency.as_ref().map(latency_json),
+            "produce_request_latency_measure": "per produce request, from just before writing it to reading its acknowledgement",
             "e2e_latency_us": self.e2e_latency.as_ref().map(latency_json),
             "e2e_latency_measure": "per record, from the time it was made to reading the fetch response holding it",
             "e2e_records_from_stamp_us": self.e2e_from_stamp,
@@ -163,6 +173,7 @@ impl RunReport {
                 "consumed_payload_mb": round3(s.consumed_payload_bytes as f64 / MB),
                 "produce_p50_us": s.produce_p50_us,
                 "produce_p99_us": s.produce_p99_us,
+                "produce_request_p99_us": s.request_p99_us,
                 "e2e_p50_us": s.e2e_p50_us,
                 "e2e_p99_us": s.e2e_p99_us,
             })).collect::<Vec<_>>(),
@@ -179,6 +190,9 @@ impl RunReport {
         if let Some(h) = &self.produce_latency {
             metrics.push(("produce p50 us", h.value_at_quantile(0.5) as f64, false));
             metrics.push(("produce p99 us", h.value_at_quantile(0.99) as f64, false));
+        }
+        if let Some(h) = &self.request_latency {
+            metrics.push(("request p99 us", h.value_at_quantile(0.99) as f64, false));
         }
         if let Some(flow) = &self.consume {
             metrics.push(("consume msg/s", flow.msgs_per_s, true));
@@ -649,6 +663,9 @@ pub fn progress_line(second: &Second, interval_s: f64) -> String {
                 duration_text(p99)
             );
         }
+        if let Some(p99) = second.request_p99_us {
+            let _ = write!(line, " (request p99 {})", duration_text(p99));
+        }
     }
     if second.consumed_msgs > 0 || second.e2e_p99_us.is_some() {
         let _ = write!(
@@ -686,6 +703,7 @@ pub fn snapshot(stats: &Stats, at_s: f64) -> (Second, f64) {
     let produced = (stats.produced.msgs.get(), stats.produced.payload_bytes.get());
     let consumed = (stats.consumed.msgs.get(), stats.consumed.payload_bytes.get());
     let mut produce = stats.produce_latency.second.borrow_mut();
+    let mut request = stats.request_latency.second.borrow_mut();
     let mut e2e = stats.e2e_latency.second.borrow_mut();
     let interval_s = at_s - stats.series_at_s.replace(at_s);
     let second = Second {
@@ -697,10 +715,12 @@ pub fn snapshot(stats: &Stats, at_s: f64) -> (Second, f64) {
         consumed_payload_bytes: consumed.1 - last.3,
         produce_p50_us: quantile(&produce, 0.5),
         produce_p99_us: quantile(&produce, 0.99),
+        request_p99_us: quantile(&request, 0.99),
         e2e_p50_us: quantile(&e2e, 0.5),
         e2e_p99_us: quantile(&e2e, 0.99),
     };
     produce.reset();
+    request.reset();
     e2e.reset();
     stats.series_totals.set((produced.0, produced.1, consumed.0, consumed.1));
     (second, interval_s)
@@ -745,6 +765,7 @@ mod tests {
             produce: None,
             consume: None,
             produce_latency: Some(histogram.clone()),
+            request_latency: Some(histogram.clone()),
             e2e_latency: None,
             e2e_from_stamp: 0,
             e2e_from_timestamp: 0,

@@ -93,6 +93,9 @@ pub struct Second {
     pub consumed_payload_bytes: u64,
     pub produce_p50_us: Option<u64>,
     pub produce_p99_us: Option<u64>,
+    /// p99 of the produce requests acknowledged in the interval, from writing each to
+    /// reading its acknowledgement.
+    pub request_p99_us: Option<u64>,
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
 }
@@ -108,6 +111,10 @@ pub struct Stats {
     pub produced: Flow,
     pub consumed: Flow,
     pub produce_latency: Latency,
+    /// Per produce request: from just before it is written to reading its
+    /// acknowledgement (what the client sees of the network and the broker, without the
+    /// time messages wait in the client for a batch or an in-flight slot).
+    pub request_latency: Latency,
     pub e2e_latency: Latency,
     /// Records whose end-to-end latency came from the bench's microsecond payload stamp,
     /// and from the Kafka record timestamp (milliseconds) for records without one.
@@ -134,6 +141,7 @@ impl Stats {
             produced: Flow::default(),
             consumed: Flow::default(),
             produce_latency: Latency::default(),
+            request_latency: Latency::default(),
             e2e_latency: Latency::default(),
             e2e_from_stamp: Cell::new(0),
             e2e_from_timestamp: Cell::new(0),
