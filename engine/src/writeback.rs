@@ -17,9 +17,14 @@
 //! on a bounded channel; when the helper is behind, the hint is dropped (the kernel's own
 //! writeback still covers those pages) and counted. Each job holds a duplicate of the
 //! segment's descriptor, so a segment deleted meanwhile is harmless.
+//!
+//! One helper serves every shard. It is spawned by the first shard that asks and so
+//! inherits that shard's CPU affinity: with several shards, all of the helper's work runs
+//! on the first one's core. It is off by default (see `log.writeback.bytes`); spreading
+//! it is for when it is shown to help.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 
@@ -32,6 +37,8 @@ const QUEUE_JOBS: usize = 1024;
 pub static STARTED: AtomicU64 = AtomicU64::new(0);
 /// Ranges dropped because the helper was behind, could not be started, or failed.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Whether a failed `sync_file_range` was logged (once per process).
+static FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
 
 struct Job {
     fd: Arc<OwnedFd>,
@@ -81,7 +88,8 @@ fn start(job: &Job) {
         // Not a loss: the pages stay dirty and the kernel writes them back later; a
         // device error also shows at the next fsync, which reports it to the log.
         let error = std::io::Error::last_os_error();
-        if DROPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        if !FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
             warn!(%error, "sync_file_range failed; writeback is left to the kernel");
         }
     }
