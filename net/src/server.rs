@@ -359,7 +359,8 @@ fn dispatch(
     first_byte: Instant,
 ) -> Result<Pending, ProtocolError> {
     let received = Instant::now();
-    let api_key = frame.get(..2).map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]));
+    // A frame too short for the header is refused by `parse` below, and never timed.
+    let api_key = protocol::FixedHeader::peek(&frame).map_or(-1, |header| header.api_key);
     let times = move |started: Instant| RequestTimes {
         api_key,
         first_byte,
