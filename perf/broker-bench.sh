@@ -15,7 +15,9 @@
 # summary line per run.
 # Environment: MODES (default "buffered direct"), BENCH_DIR (where data goes; default
 # /tmp), SKIP_BASELINE=1 (keep perf/out/bench/baseline.json), SKIP_MAX=1 (reuse existing
-# max-throughput produce runs).
+# max-throughput produce runs), BROKER_ARGS (more `sluice serve` arguments, e.g.
+# "--set log.page.cache.window.bytes=268435456"), BENCH_ARGS (more sluice-bench
+# arguments, e.g. "--idle-poll-us 200").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
@@ -34,7 +36,7 @@ start_broker() { # $1 io mode
   data=$(mktemp -d "${BENCH_DIR:-/tmp}/sluice-bench-XXXX")
   port=$((20000 + RANDOM % 20000))
   taskset -c 0 target/release/sluice serve --listen "127.0.0.1:$port" --data-dir "$data" \
-    --cores 1 --io "$1" >"$data.log" 2>&1 &
+    --cores 1 --io "$1" ${BROKER_ARGS:-} >"$data.log" 2>&1 &
   broker=$!
   for _ in $(seq 100); do
     grep -q "listening" "$data.log" && return 0
@@ -56,7 +58,7 @@ trap stop_broker EXIT
 bench() { # $1 json name, rest: bench args
   local name=$1
   shift
-  target/release/sluice-bench "$@" --brokers "127.0.0.1:$port" --cpu 1 --json "$out/$name.json" \
+  target/release/sluice-bench "$@" --brokers "127.0.0.1:$port" --cpu 1 ${BENCH_ARGS:-} --json "$out/$name.json" \
     2>/dev/null | tail -n 12 >"$out/$name.txt" || true
   python3 - "$out/$name.json" <<'EOF'
 import json, sys
@@ -68,6 +70,9 @@ if r.get("produce"):
     p, l = r["produce"], r["produce_latency_us"]
     parts.append(f"produce {p['payload_mb_per_s']:8.1f} MB/s {p['msgs_per_s']:10.0f} msg/s "
                  f"p50 {l['p50']}us p99 {l['p99']}us p99.9 {l['p99_9']}us p99.99 {l['p99_99']}us max {l['max']}us")
+    q, rq = r.get("produce_queue_time_us"), r.get("produce_request_latency_us")
+    if q and rq:
+        parts.append(f"(request p50 {rq['p50']}us p99 {rq['p99']}us; queue p99 {q['p99']}us)")
 if r.get("consume"):
     c = r["consume"]
     parts.append(f"consume {c['payload_mb_per_s']:8.1f} MB/s {c['msgs']} msgs")

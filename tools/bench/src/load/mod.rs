@@ -72,6 +72,11 @@ pub struct CommonArgs {
     /// CPU to pin the benchmark to (default: the last CPU).
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// With nothing to do, keep polling for this many microseconds before sleeping, so an
+    /// acknowledgement is not also waiting for the bench's core to wake up (the broker's
+    /// `reactor.idle.poll.us`).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub idle_poll_us: u64,
     /// Timeout of each admin request and of connecting, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -305,11 +310,13 @@ fn run(plan: Plan) -> anyhow::Result<()> {
     sluice_engine::runtime::raise_memlock_limit();
     let config = config_json(&plan, cpu);
     let plan_for_executor = plan.clone();
+    let idle_poll = Duration::from_micros(plan.common.idle_poll_us);
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name("sluice-bench")
         // Tasks that keep running (a producer filling batches) give way to I/O at least
         // this often, so acknowledgements and fetches are read on time.
         .preempt_timer(Duration::from_micros(500))
+        .spin_before_park(idle_poll)
         .spawn(move || async move { run_rounds(plan_for_executor).await })
         .map_err(|e| anyhow::anyhow!(sluice_engine::runtime::explain_executor_error(&e, 1)))?;
     let runs = handle.join().map_err(|e| anyhow::anyhow!("benchmark executor failed: {e}"))??;
@@ -353,6 +360,7 @@ fn config_json(plan: &Plan, cpu: usize) -> Value {
         "warmup_s": common.warmup,
         "rounds": rounds(common),
         "cpu": cpu,
+        "idle_poll_us": plan.common.idle_poll_us,
     });
     if let Some(p) = &plan.producer {
         config["producer"] = json!({

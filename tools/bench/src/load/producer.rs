@@ -4,7 +4,8 @@
 //! request, up to `--in-flight` requests in flight. An acknowledgement task per producer
 //! awaits the answers in order and records each message's latency: from the time the
 //! message was made (its scheduled time under `--rate`, so a late producer counts its own
-//! delay) to the time its acknowledgement was read.
+//! delay) to the time its acknowledgement was read; and how much of that it spent in the
+//! producer (made -> written, the Java producer's `record-queue-time`).
 //!
 //! Nothing is allocated per message: values are written into the batch buffers in place
 //! (a 16-byte stamp, then filler from a precomputed pool), and creation times go into
@@ -417,6 +418,19 @@ impl Producer {
         let msgs: u64 = created.iter().map(|c| c.len() as u64).sum();
         let written_before = connection.bytes_written();
         let sent_us = now_us();
+        if plan.acks != 0 {
+            // Only acknowledged messages have a latency; their time in the client is part of it.
+            let measuring = stats.measuring(sent_us);
+            let mut total = stats.queue_latency.total.borrow_mut();
+            let mut second = stats.queue_latency.second.borrow_mut();
+            for &at in created.iter().flatten() {
+                let queued = sent_us.saturating_sub(at).max(1);
+                if measuring {
+                    total.saturating_record(queued);
+                }
+                second.saturating_record(queued);
+            }
+        }
         let response = connection.send_produce(version, &spec).await?;
         let wire_bytes = connection.bytes_written() - written_before;
         stats.sent_msgs.set(stats.sent_msgs.get() + msgs);

@@ -74,6 +74,7 @@ pub struct RunReport {
     pub consume: Option<FlowReport>,
     pub produce_latency: Option<Histogram<u64>>,
     pub request_latency: Option<Histogram<u64>>,
+    pub queue_latency: Option<Histogram<u64>>,
     pub e2e_latency: Option<Histogram<u64>>,
     pub e2e_from_stamp: u64,
     pub e2e_from_timestamp: u64,
@@ -96,6 +97,7 @@ impl RunReport {
             consume: FlowReport::new(&stats.consumed, stats.measure_from_us),
             produce_latency: histogram(&stats.produce_latency.total),
             request_latency: histogram(&stats.request_latency.total),
+            queue_latency: histogram(&stats.queue_latency.total),
             e2e_latency: histogram(&stats.e2e_latency.total),
             e2e_from_stamp: stats.e2e_from_stamp.get(),
             e2e_from_timestamp: stats.e2e_from_timestamp.get(),
@@ -118,6 +120,12 @@ impl RunReport {
         if let Some(histogram) = &self.request_latency {
             println!(
                 "  produce request latency (us, per request, written -> acknowledged): {}",
+                latency_line(histogram)
+            );
+        }
+        if let Some(histogram) = &self.queue_latency {
+            println!(
+                "  produce queue time (us, per message, made -> written): {}",
                 latency_line(histogram)
             );
         }
@@ -160,6 +168,8 @@ impl RunReport {
             "produce_latency_measure": "per message, from the time it was made (its scheduled time under --rate) to reading its acknowledgement",
             "produce_request_latency_us": self.request_latency.as_ref().map(latency_json),
             "produce_request_latency_measure": "per produce request, from just before writing it to reading its acknowledgement",
+            "produce_queue_time_us": self.queue_latency.as_ref().map(latency_json),
+            "produce_queue_time_measure": "per message, from the time it was made to just before writing the request holding it",
             "e2e_latency_us": self.e2e_latency.as_ref().map(latency_json),
             "e2e_latency_measure": "per record, from the time it was made to reading the fetch response holding it",
             "e2e_records_from_stamp_us": self.e2e_from_stamp,
@@ -174,6 +184,7 @@ impl RunReport {
                 "produce_p50_us": s.produce_p50_us,
                 "produce_p99_us": s.produce_p99_us,
                 "produce_request_p99_us": s.request_p99_us,
+                "produce_queue_p99_us": s.queue_p99_us,
                 "e2e_p50_us": s.e2e_p50_us,
                 "e2e_p99_us": s.e2e_p99_us,
             })).collect::<Vec<_>>(),
@@ -193,6 +204,9 @@ impl RunReport {
         }
         if let Some(h) = &self.request_latency {
             metrics.push(("request p99 us", h.value_at_quantile(0.99) as f64, false));
+        }
+        if let Some(h) = &self.queue_latency {
+            metrics.push(("queue p99 us", h.value_at_quantile(0.99) as f64, false));
         }
         if let Some(flow) = &self.consume {
             metrics.push(("consume msg/s", flow.msgs_per_s, true));
@@ -663,8 +677,19 @@ pub fn progress_line(second: &Second, interval_s: f64) -> String {
                 duration_text(p99)
             );
         }
-        if let Some(p99) = second.request_p99_us {
-            let _ = write!(line, " (request p99 {})", duration_text(p99));
+        match (second.request_p99_us, second.queue_p99_us) {
+            (Some(request), Some(queue)) => {
+                let _ = write!(
+                    line,
+                    " (request p99 {}, queue p99 {})",
+                    duration_text(request),
+                    duration_text(queue)
+                );
+            }
+            (Some(request), None) => {
+                let _ = write!(line, " (request p99 {})", duration_text(request));
+            }
+            _ => {}
         }
     }
     if second.consumed_msgs > 0 || second.e2e_p99_us.is_some() {
@@ -704,6 +729,7 @@ pub fn snapshot(stats: &Stats, at_s: f64) -> (Second, f64) {
     let consumed = (stats.consumed.msgs.get(), stats.consumed.payload_bytes.get());
     let mut produce = stats.produce_latency.second.borrow_mut();
     let mut request = stats.request_latency.second.borrow_mut();
+    let mut queue = stats.queue_latency.second.borrow_mut();
     let mut e2e = stats.e2e_latency.second.borrow_mut();
     let interval_s = at_s - stats.series_at_s.replace(at_s);
     let second = Second {
@@ -716,11 +742,13 @@ pub fn snapshot(stats: &Stats, at_s: f64) -> (Second, f64) {
         produce_p50_us: quantile(&produce, 0.5),
         produce_p99_us: quantile(&produce, 0.99),
         request_p99_us: quantile(&request, 0.99),
+        queue_p99_us: quantile(&queue, 0.99),
         e2e_p50_us: quantile(&e2e, 0.5),
         e2e_p99_us: quantile(&e2e, 0.99),
     };
     produce.reset();
     request.reset();
+    queue.reset();
     e2e.reset();
     stats.series_totals.set((produced.0, produced.1, consumed.0, consumed.1));
     (second, interval_s)
@@ -766,6 +794,7 @@ mod tests {
             consume: None,
             produce_latency: Some(histogram.clone()),
             request_latency: Some(histogram.clone()),
+            queue_latency: Some(histogram.clone()),
             e2e_latency: None,
             e2e_from_stamp: 0,
             e2e_from_timestamp: 0,

@@ -96,6 +96,8 @@ pub struct Second {
     /// p99 of the produce requests acknowledged in the interval, from writing each to
     /// reading its acknowledgement.
     pub request_p99_us: Option<u64>,
+    /// p99 of the time the messages written in the interval waited in the client.
+    pub queue_p99_us: Option<u64>,
     pub e2e_p50_us: Option<u64>,
     pub e2e_p99_us: Option<u64>,
 }
@@ -115,6 +117,10 @@ pub struct Stats {
     /// acknowledgement (what the client sees of the network and the broker, without the
     /// time messages wait in the client for a batch or an in-flight slot).
     pub request_latency: Latency,
+    /// Per message: from the time it was made to just before the request holding it was
+    /// written (the Java producer's `record-queue-time`: waiting for its batch to close
+    /// and for an in-flight slot, and any lateness of the producer loop itself).
+    pub queue_latency: Latency,
     pub e2e_latency: Latency,
     /// Records whose end-to-end latency came from the bench's microsecond payload stamp,
     /// and from the Kafka record timestamp (milliseconds) for records without one.
@@ -142,6 +148,7 @@ impl Stats {
             consumed: Flow::default(),
             produce_latency: Latency::default(),
             request_latency: Latency::default(),
+            queue_latency: Latency::default(),
             e2e_latency: Latency::default(),
             e2e_from_stamp: Cell::new(0),
             e2e_from_timestamp: Cell::new(0),
