@@ -127,6 +127,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
     let stall_threshold_ms = config.stall_threshold_ms;
+    let idle_poll = Duration::from_micros(config.idle_poll_us);
     if stall_threshold_ms > 0 {
         runtime::StallLogger::prepare();
     }
@@ -158,6 +159,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // glommio's default 100 ms preemption would let one busy task delay timer
             // expiries by that much; the purgatory promises one tick (1 ms).
             .preempt_timer(Duration::from_millis(1))
+            // Polling instead of sleeping spares the next request the wake-up of an idle
+            // core, which costs 40-60 us on a VM (perf/RESULTS.md, session 10).
+            .spin_before_park(idle_poll)
             .detect_stalls((stall_threshold_ms > 0).then(|| {
                 Box::new(runtime::StallLogger {
                     shard: id,

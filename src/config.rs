@@ -64,6 +64,9 @@ pub struct Config {
     /// `reactor.stall.threshold.ms`: log a shard whose task queue runs this long past its
     /// 1 ms budget without yielding, with a backtrace of where it was; 0 = off.
     pub stall_threshold_ms: u64,
+    /// `reactor.idle.poll.us`: a shard with nothing to do keeps polling for this long
+    /// before it sleeps (Seastar's `--idle-poll-time-us`); 0 = sleep at once.
+    pub idle_poll_us: u64,
     /// `request.latency.log.interval.ms`: how often every shard logs its request latency
     /// by phase and API; 0 = only when it stops.
     pub request_latency_log_interval_ms: u64,
@@ -88,7 +91,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("log.retention.bytes", "-1"),
     ("log.flush.interval.messages", "9223372036854775807"),
     ("log.flush.interval.ms", "9223372036854775807"),
-    ("log.writeback.bytes", "0"),
+    ("log.writeback.bytes", "1048576"),
+    ("log.buffered.write", "inline"),
+    ("log.page.cache.window.bytes", "0"),
     ("log.retention.check.interval.ms", "300000"),
     ("message.max.bytes", "1048588"),
     ("num.partitions", "1"),
@@ -104,6 +109,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("queued.max.requests", "500"),
     ("max.connections.per.shard", "10000"),
     ("reactor.stall.threshold.ms", "0"),
+    ("reactor.idle.poll.us", "0"),
     ("request.latency.log.interval.ms", "0"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
@@ -177,6 +183,13 @@ impl Config {
             flush_ms: as_u64_or_max("log.flush.interval.ms")?,
             max_message_bytes: parse_number("message.max.bytes", get("message.max.bytes"))?,
             writeback_bytes: parse_number("log.writeback.bytes", get("log.writeback.bytes"))?,
+            buffered_write: get("log.buffered.write")
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("log.buffered.write: {e}"))?,
+            cache_window_bytes: parse_number(
+                "log.page.cache.window.bytes",
+                get("log.page.cache.window.bytes"),
+            )?,
             faults: None,
         };
         if log.segment_bytes > log::SEGMENT_BYTES_MAX || log.segment_bytes < 1024 {
@@ -318,6 +331,7 @@ impl Config {
                 "reactor.stall.threshold.ms",
                 get("reactor.stall.threshold.ms"),
             )?,
+            idle_poll_us: parse_number("reactor.idle.poll.us", get("reactor.idle.poll.us"))?,
             request_latency_log_interval_ms: parse_number(
                 "request.latency.log.interval.ms",
                 get("request.latency.log.interval.ms"),
@@ -338,6 +352,7 @@ impl Config {
 mod tests {
     use super::*;
     use clap::Parser;
+    use sluice_engine::io::BufferedWrite;
 
     #[derive(clap::Parser)]
     struct Cli {
@@ -364,17 +379,31 @@ mod tests {
         assert_eq!(config.stall_threshold_ms, 25);
         assert!(self::config(&["--set", "reactor.stall.threshold.ms=-1"]).is_err());
         assert_eq!(config.request_latency_log_interval_ms, 0, "latency logged at stop only");
-        assert_eq!(config.log.writeback_bytes, 0, "writeback left to the kernel");
+        assert_eq!(config.log.writeback_bytes, 1 << 20, "early writeback per MiB");
+        assert_eq!(config.log.buffered_write, BufferedWrite::Inline);
+        assert_eq!(config.log.cache_window_bytes, 0, "the page cache is the kernel's");
+        assert_eq!(config.idle_poll_us, 0, "shards sleep when idle");
         let config = self::config(&[
             "--set",
-            "log.writeback.bytes=1048576",
+            "log.writeback.bytes=0",
             "--set",
             "request.latency.log.interval.ms=1000",
+            "--set",
+            "log.buffered.write=io_uring",
+            "--set",
+            "log.page.cache.window.bytes=268435456",
+            "--set",
+            "reactor.idle.poll.us=200",
         ])
         .unwrap();
-        assert_eq!(config.log.writeback_bytes, 1 << 20);
+        assert_eq!(config.log.writeback_bytes, 0);
         assert_eq!(config.request_latency_log_interval_ms, 1000);
+        assert_eq!(config.log.buffered_write, BufferedWrite::Uring);
+        assert_eq!(config.log.cache_window_bytes, 256 << 20);
+        assert_eq!(config.idle_poll_us, 200);
         assert!(self::config(&["--set", "log.writeback.bytes=-1"]).is_err());
+        assert!(self::config(&["--set", "log.buffered.write=uring"]).is_err());
+        assert!(self::config(&["--set", "log.page.cache.window.bytes=-1"]).is_err());
     }
 
     #[test]

@@ -26,11 +26,21 @@
 //!   writes' buffers. A failed write is sticky: every later append, sync, truncate, seal
 //!   and read of the file fails, so no loss goes unnoticed. `sync` and `seal` wait for
 //!   the writes in flight first.
-//! - `buffered`: the page cache, through glommio buffered files (also io_uring), which is
-//!   what zero-copy fetch (sendfile/splice) reads from.
+//! - `buffered`: the page cache, which is what zero-copy fetch (sendfile/splice) reads
+//!   from. Reads go through glommio buffered files (io_uring). Appends are a `pwrite` on
+//!   the shard's own thread by default ([`BufferedWrite::Inline`]): ext4 cannot complete
+//!   a buffered write from io_uring without blocking, so an io_uring write
+//!   ([`BufferedWrite::Uring`]) is handed to a kernel worker thread on the same core and
+//!   the append waits for a thread switch there and back, and for every other buffered
+//!   write to the same file, which that worker runs one at a time. Copying the bytes into
+//!   the page cache costs the core the same either way (see `log.buffered.write`).
+//!   Optionally ([`SegmentFile::set_writeback_bytes`], [`SegmentFile::set_cache_window`])
+//!   a helper thread starts the device write of appended bytes early and drops written-back
+//!   pages far behind the end from the page cache ([`crate::writeback`]).
 //!
-//! Both submit through io_uring, so a shard never blocks in a syscall here. Appends are
-//! sequential: a file is only ever appended to by one task at a time (the log's append
+//! Direct mode submits through io_uring, so a shard never blocks in a syscall there;
+//! buffered appends block the shard for the copy into the page cache, like a Kafka
+//! request handler thread's `FileChannel.write`. Appends are sequential: a file is only ever appended to by one task at a time (the log's append
 //! lock) and the position is the logical length.
 //!
 //! A [`FaultPlan`] can be attached for tests: fail the next fsync, tear the next append
@@ -80,6 +90,38 @@ impl std::fmt::Display for IoMode {
         f.write_str(match self {
             IoMode::Direct => "direct",
             IoMode::Buffered => "buffered",
+        })
+    }
+}
+
+/// How buffered-mode appends reach the page cache (`log.buffered.write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BufferedWrite {
+    /// `pwrite` on the shard's thread: the copy into the page cache and nothing else.
+    #[default]
+    Inline,
+    /// An io_uring write (glommio): the shard does not block, but ext4 completes it in an
+    /// io-wq worker thread, one write per file at a time.
+    Uring,
+}
+
+impl std::str::FromStr for BufferedWrite {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "inline" => Ok(BufferedWrite::Inline),
+            "io_uring" => Ok(BufferedWrite::Uring),
+            other => Err(format!("unknown buffered write {other:?} (expected inline or io_uring)")),
+        }
+    }
+}
+
+impl std::fmt::Display for BufferedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BufferedWrite::Inline => "inline",
+            BufferedWrite::Uring => "io_uring",
         })
     }
 }
@@ -459,6 +501,13 @@ pub struct SegmentFile {
     /// [`crate::writeback`]), and where the range not yet handed over starts.
     writeback_every: Cell<u64>,
     writeback_from: Cell<u64>,
+    /// Buffered mode: how appends are written.
+    buffered_write: Cell<BufferedWrite>,
+    /// Buffered mode: pages more than this many bytes behind the logical end are dropped
+    /// from the page cache once written back (0: never), and where the range not yet
+    /// dropped starts.
+    cache_window: Cell<u64>,
+    dropped_to: Cell<u64>,
 }
 
 impl std::fmt::Debug for SegmentFile {
@@ -496,6 +545,11 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
+
+/// Bytes appended between two checks of the cache window when no writeback is asked for.
+pub const CACHE_WINDOW_STEP: u64 = 1 << 20;
+/// Page-cache granularity for dropping pages.
+const PAGE_BYTES: u64 = 4096;
 
 fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(error)
@@ -548,6 +602,9 @@ impl SegmentFile {
             shared_fd: OnceCell::new(),
             writeback_every: Cell::new(0),
             writeback_from: Cell::new(len),
+            buffered_write: Cell::new(BufferedWrite::default()),
+            cache_window: Cell::new(0),
+            dropped_to: Cell::new(0),
         })
     }
 
@@ -562,17 +619,44 @@ impl SegmentFile {
         }
     }
 
+    /// Buffered mode: how appends are written from now on. No effect in direct mode.
+    pub fn set_buffered_write(&self, how: BufferedWrite) {
+        self.buffered_write.set(how);
+    }
+
+    /// Buffered mode: from now on, drop the pages more than `bytes` behind the logical
+    /// end from the page cache, once they are written back (done by the helper of
+    /// [`crate::writeback`], checked every `log.writeback.bytes` appended, or every
+    /// [`CACHE_WINDOW_STEP`] when that is 0); 0 leaves the page cache to the kernel. No
+    /// effect in direct mode.
+    pub fn set_cache_window(&self, bytes: u64) {
+        if matches!(self.backend, Backend::Buffered(_)) {
+            self.cache_window.set(bytes);
+        }
+    }
+
     /// Hands the bytes appended since the last writeback to the helper once there are
-    /// `writeback_every` of them.
+    /// `writeback_every` of them, with the pages that fell out of the cache window.
     fn maybe_start_writeback(&self, end: u64) {
         let every = self.writeback_every.get();
+        let window = self.cache_window.get();
+        let step = if every > 0 { every } else { CACHE_WINDOW_STEP };
         let from = self.writeback_from.get();
-        if every == 0 || end < from.saturating_add(every) {
+        if (every == 0 && window == 0) || end < from.saturating_add(step) {
             return;
         }
         self.writeback_from.set(end);
+        let write = (every > 0).then(|| (from, end - from));
+        // Whole pages only: the page holding the window's first byte stays.
+        let drop_end = end.saturating_sub(window) & !(PAGE_BYTES - 1);
+        let dropped_to = self.dropped_to.get();
+        let drop =
+            (window > 0 && drop_end > dropped_to).then(|| (dropped_to, drop_end - dropped_to));
+        if drop.is_some() {
+            self.dropped_to.set(drop_end);
+        }
         match self.shared_fd() {
-            Ok(Some(fd)) => crate::writeback::request(fd, from, end - from),
+            Ok(Some(fd)) => crate::writeback::request(fd, write, drop),
             Ok(None) => {}
             Err(error) => {
                 debug!(path = %self.path.display(), %error, "no descriptor for writeback")
@@ -584,13 +668,20 @@ impl SegmentFile {
     /// outlives the segment (for `sendfile` from the page cache); `None` in direct mode,
     /// whose reads bypass the page cache and must go through [`SegmentFile::read_at`].
     pub fn shared_fd(&self) -> io::Result<Option<Arc<OwnedFd>>> {
-        let Backend::Buffered(file) = &self.backend else { return Ok(None) };
+        match &self.backend {
+            Backend::Buffered(file) => Ok(Some(self.buffered_fd(file)?.clone())),
+            Backend::Direct(_) => Ok(None),
+        }
+    }
+
+    /// The duplicate descriptor of a buffered file, made on first use.
+    fn buffered_fd(&self, file: &BufferedFile) -> io::Result<&Arc<OwnedFd>> {
         if let Some(fd) = self.shared_fd.get() {
-            return Ok(Some(fd.clone()));
+            return Ok(fd);
         }
         use nix::fcntl::{fcntl, FcntlArg};
         let fd = Arc::new(fcntl(file.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(0)).map(owned)?);
-        Ok(Some(self.shared_fd.get_or_init(|| fd).clone()))
+        Ok(self.shared_fd.get_or_init(|| fd))
     }
 
     pub fn path(&self) -> &Path {
@@ -638,7 +729,12 @@ impl SegmentFile {
                 if fail_write {
                     return Err(injected("write"));
                 }
-                write_all_buffered(file, data, position).await?;
+                match self.buffered_write.get() {
+                    BufferedWrite::Inline => {
+                        write_all_inline(self.buffered_fd(file)?, data, position)?
+                    }
+                    BufferedWrite::Uring => write_all_buffered(file, data, position).await?,
+                }
             }
             // A torn append stands for a crash in the middle of the write: what it wrote
             // must be on disk when it returns.
@@ -796,6 +892,23 @@ async fn probe_iopoll_once(path: &Path) -> io::Result<()> {
     opened.map_err(to_io)?.close().await.map_err(to_io)?;
     removed?;
     PROBED_DIRS.with(|dirs| dirs.borrow_mut().insert(dir));
+    Ok(())
+}
+
+/// `pwrite` until `data` is written: the copy into the page cache, on this thread.
+fn write_all_inline(fd: &OwnedFd, data: &[u8], position: u64) -> io::Result<()> {
+    let mut written = 0usize;
+    while written < data.len() {
+        let at = position + u64::try_from(written).expect("usize fits u64");
+        let at = libc::off_t::try_from(at)
+            .map_err(|_| io::Error::other(format!("file offset {at} out of range")))?;
+        match nix::sys::uio::pwrite(fd, &data[written..], at) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote 0 bytes")),
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
     Ok(())
 }
 
@@ -1355,6 +1468,83 @@ mod tests {
     #[test]
     fn direct_round_trip() {
         run(round_trip(IoMode::Direct));
+    }
+
+    /// Buffered appends written inline (`pwrite`) and through io_uring, interleaved in one
+    /// file, read back in order, through the segment and from the file itself.
+    #[test]
+    fn buffered_appends_inline_and_through_io_uring_land_in_order() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.log");
+            let file = SegmentFile::open(&path, IoMode::Buffered, None).await.unwrap();
+            let mut expected = Vec::new();
+            for i in 0..40u8 {
+                let how = if i % 3 == 0 { BufferedWrite::Uring } else { BufferedWrite::Inline };
+                file.set_buffered_write(how);
+                let chunk = vec![i; 1000 + usize::from(i) * 97];
+                let at = file.append(&chunk).await.unwrap();
+                assert_eq!(at, expected.len() as u64);
+                expected.extend_from_slice(&chunk);
+            }
+            assert_eq!(file.len(), expected.len() as u64);
+            let read = file.read_at(0, usize::MAX).await.unwrap();
+            assert_eq!(&read[..], &expected[..]);
+            assert_eq!(std::fs::read(&path).unwrap(), expected);
+            assert_eq!("io_uring".parse::<BufferedWrite>(), Ok(BufferedWrite::Uring));
+            assert_eq!("inline".parse::<BufferedWrite>(), Ok(BufferedWrite::Inline));
+            assert!("uring".parse::<BufferedWrite>().is_err());
+        });
+    }
+
+    /// With a cache window, the helper is handed, page-aligned and exactly once, every
+    /// byte that fell more than the window behind the end: checked every
+    /// `log.writeback.bytes`, or every `CACHE_WINDOW_STEP` without writeback. The bytes
+    /// dropped from the page cache read back unchanged. Direct mode ignores the window.
+    #[test]
+    fn pages_behind_the_cache_window_are_handed_over_once_and_read_back() {
+        use std::sync::atomic::Ordering::Relaxed;
+
+        use crate::writeback::DROPPED_BEHIND_BYTES;
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let direct =
+                SegmentFile::open(&dir.path().join("d.log"), IoMode::Direct, None).await.unwrap();
+            direct.set_cache_window(4096);
+            assert_eq!(direct.cache_window.get(), 0, "direct mode has no page cache");
+
+            let before = DROPPED_BEHIND_BYTES.load(Relaxed);
+            let mut dropped = 0;
+            for (writeback, name) in [(64u64 << 10, "w.log"), (0, "n.log")] {
+                let file = SegmentFile::open(&dir.path().join(name), IoMode::Buffered, None)
+                    .await
+                    .unwrap();
+                file.set_writeback_bytes(writeback);
+                file.set_cache_window(256 << 10);
+                let mut expected = Vec::new();
+                // 2 MiB in appends of 10 000 bytes: not page multiples.
+                while expected.len() < 2 << 20 {
+                    let chunk = vec![(expected.len() / 10_000) as u8; 10_000];
+                    file.append(&chunk).await.unwrap();
+                    expected.extend_from_slice(&chunk);
+                }
+                let end = expected.len() as u64;
+                let step = if writeback > 0 { writeback } else { CACHE_WINDOW_STEP };
+                // The last check came at the last append that completed a step.
+                assert!(file.writeback_from.get() + step > end);
+                let last_check = file.writeback_from.get();
+                assert_eq!(file.dropped_to.get(), (last_check - (256 << 10)) & !4095);
+                dropped += file.dropped_to.get();
+                let read = file.read_at(0, usize::MAX).await.unwrap();
+                assert_eq!(&read[..], &expected[..], "{name}");
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while DROPPED_BEHIND_BYTES.load(Relaxed) < before + dropped {
+                assert!(std::time::Instant::now() < deadline, "the helper never dropped them");
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(DROPPED_BEHIND_BYTES.load(Relaxed), before + dropped, "each byte once");
+        });
     }
 
     /// Buffered appends hand every `log.writeback.bytes` to the writeback helper, which

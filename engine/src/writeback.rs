@@ -1,16 +1,29 @@
-//! Early writeback for buffered-mode segments: every `log.writeback.bytes` appended to a
-//! segment, the range just written is handed to a helper thread that calls
-//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on it, which starts writing those dirty pages
-//! to the device without waiting for them (RocksDB's `bytes_per_sync` does the same).
+//! Early writeback and drop-behind for buffered-mode segments, on a helper thread.
 //!
-//! Why: left to itself, the kernel lets dirty pages pile up to `dirty_background_ratio`
-//! of memory (gigabytes here) before it writes them back, and once they pass the midpoint
-//! to `dirty_ratio` it throttles the writers (`balance_dirty_pages`). A producer at half
-//! the device's bandwidth then runs fine for a few seconds and stalls for the rest: in
-//! session 14, buffered produce at 540 MB/s fell to ~250 MB/s after 5 s, with request
-//! latency going from 0.6 ms to 5-9 ms at p99 on the broker. Started early, writeback
-//! proceeds at the pace of the appends and the dirty set stays a few MiB per segment.
-//! Pages stay in the page cache (clean), so fetches still read them from memory.
+//! **Early writeback** (`log.writeback.bytes`): every so many bytes appended to a
+//! segment, the range just written is handed to the helper, which calls
+//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on it: that starts writing those dirty pages
+//! to the device without waiting for them (RocksDB's `bytes_per_sync` does the same).
+//! Left to itself, the kernel lets dirty pages pile up to `dirty_background_ratio` of
+//! memory (gigabytes here) and then writes them back in a burst from its flusher thread,
+//! which takes a core from the broker or its clients for a while (session 15: with
+//! inline appends, a half-load run had a 1-3 ms p99 second ~3 s in without it, none
+//! with it); past the midpoint to `dirty_ratio` it throttles the writers. Started early,
+//! writeback proceeds at the pace of the appends and the dirty set stays a few MiB per
+//! segment. Pages stay in the page cache (clean), so fetches still read them from
+//! memory.
+//!
+//! **Drop-behind** (`log.page.cache.window.bytes`): pages further than the window
+//! behind a segment's end are written back if they are not yet (`sync_file_range` with
+//! both waits) and dropped from the page cache (`POSIX_FADV_DONTNEED`), so the page cache
+//! of an appended-to segment stays within the window, and the memory it frees is reused
+//! by the next appends. Why: on a VM whose host backs guest memory lazily and takes back
+//! what the guest frees (free page reporting, as in Firecracker), writing into memory the
+//! guest has not touched recently costs a host page fault per page: 12.7 us per 4 KiB
+//! here against 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to
+//! ~250 MB/s once the page cache had grown past the ~3.7 GB recently touched (perf/
+//! RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the window
+//! reads from the device, which zero-copy fetch serves off the shard (net/zerocopy.rs).
 //!
 //! The call runs on a helper thread, not on the shard: it submits the pages' I/O itself
 //! and can block when the device queue is full. The shard only does a non-blocking send
@@ -37,13 +50,18 @@ const QUEUE_JOBS: usize = 1024;
 pub static STARTED: AtomicU64 = AtomicU64::new(0);
 /// Ranges dropped because the helper was behind, could not be started, or failed.
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Whether a failed `sync_file_range` was logged (once per process).
+/// Whether a failed `sync_file_range` or drop-behind was logged (once per process).
 static FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Bytes dropped from the page cache by drop-behind.
+pub static DROPPED_BEHIND_BYTES: AtomicU64 = AtomicU64::new(0);
 
 struct Job {
     fd: Arc<OwnedFd>,
-    offset: u64,
-    len: u64,
+    /// Start writeback of this range (offset, length).
+    write: Option<(u64, u64)>,
+    /// Write back and drop this range from the page cache (offset, length).
+    drop: Option<(u64, u64)>,
 }
 
 /// The helper's queue, started on first use; `None` when the thread could not be
@@ -58,7 +76,12 @@ fn queue() -> Option<&'static SyncSender<Job>> {
                 .name("sluice-writeback".into())
                 .spawn(move || {
                     while let Ok(job) = receiver.recv() {
-                        start(&job);
+                        if let Some((offset, len)) = job.write {
+                            start(&job.fd, offset, len);
+                        }
+                        if let Some((offset, len)) = job.drop {
+                            drop_behind(&job.fd, offset, len);
+                        }
                     }
                 });
             match spawned {
@@ -72,37 +95,92 @@ fn queue() -> Option<&'static SyncSender<Job>> {
         .as_ref()
 }
 
-#[allow(unsafe_code)]
-fn start(job: &Job) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(job.offset), i64::try_from(job.len)) else {
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // SAFETY: a plain syscall on a descriptor the job keeps open.
-    let result = unsafe {
-        libc::sync_file_range(job.fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if result == 0 {
-        STARTED.fetch_add(1, Ordering::Relaxed);
-    } else {
-        // Not a loss: the pages stay dirty and the kernel writes them back later; a
-        // device error also shows at the next fsync, which reports it to the log.
-        let error = std::io::Error::last_os_error();
-        DROPPED.fetch_add(1, Ordering::Relaxed);
-        if !FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
-            warn!(%error, "sync_file_range failed; writeback is left to the kernel");
+fn start(fd: &OwnedFd, offset: u64, len: u64) {
+    match sync_file_range(fd, offset, len, libc::SYNC_FILE_RANGE_WRITE) {
+        Ok(()) => {
+            STARTED.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => {
+            // Not a loss: the pages stay dirty and the kernel writes them back later; a
+            // device error also shows at the next fsync, which reports it to the log.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            log_failure_once("sync_file_range", &error);
         }
     }
 }
 
-/// Asks the helper to start writeback of `len` bytes at `offset` of `fd`. Never blocks.
-pub fn request(fd: Arc<OwnedFd>, offset: u64, len: u64) {
+fn drop_behind(fd: &OwnedFd, offset: u64, len: u64) {
+    // DONTNEED skips dirty pages and pages under writeback: write the range back and
+    // wait for it first (it was started `window` bytes ago, so this rarely waits).
+    let waits = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let dropped = sync_file_range(fd, offset, len, waits).and_then(|()| {
+        let (offset, len) = offsets(offset, len)?;
+        nix::fcntl::posix_fadvise(
+            fd.as_raw_fd(),
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(std::io::Error::from)
+    });
+    match dropped {
+        Ok(()) => {
+            DROPPED_BEHIND_BYTES.fetch_add(len, Ordering::Relaxed);
+        }
+        Err(error) => {
+            // Not a loss either: the pages stay cached until the kernel evicts them.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            log_failure_once("drop-behind", &error);
+        }
+    }
+}
+
+fn offsets(offset: u64, len: u64) -> std::io::Result<(i64, i64)> {
+    match (i64::try_from(offset), i64::try_from(len)) {
+        (Ok(offset), Ok(len)) => Ok((offset, len)),
+        _ => Err(std::io::Error::other(format!("range {offset}+{len} out of range"))),
+    }
+}
+
+#[allow(unsafe_code)]
+fn sync_file_range(fd: &OwnedFd, offset: u64, len: u64, flags: u32) -> std::io::Result<()> {
+    let (offset, len) = offsets(offset, len)?;
+    // SAFETY: a plain syscall on a descriptor the caller keeps open.
+    let result = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, flags) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn log_failure_once(what: &str, error: &std::io::Error) {
+    if !FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
+        warn!(%error, "{what} failed; writeback and the page cache are left to the kernel");
+    }
+}
+
+/// Logs the helper's counters (per process) at `info`.
+pub fn log_counters() {
+    tracing::info!(
+        started = STARTED.load(Ordering::Relaxed),
+        skipped = DROPPED.load(Ordering::Relaxed),
+        dropped_behind_bytes = DROPPED_BEHIND_BYTES.load(Ordering::Relaxed),
+        "page cache writeback"
+    );
+}
+
+/// Asks the helper to start writeback of the range `write` of `fd`, and to write back and
+/// drop the range `drop` from the page cache, each (offset, length). Never blocks.
+pub fn request(fd: Arc<OwnedFd>, write: Option<(u64, u64)>, drop: Option<(u64, u64)>) {
     let Some(queue) = queue() else {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return;
     };
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-        queue.try_send(Job { fd, offset, len })
+        queue.try_send(Job { fd, write, drop })
     {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }

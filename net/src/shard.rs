@@ -1986,6 +1986,10 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     let housekeeping = glommio::spawn_local(shard.clone().housekeeping());
     let served = crate::server::serve(shard.clone()).await;
     shard.log_fetch_sends();
+    if id == 0 {
+        // The helper's counters are per process: one shard reports them.
+        sluice_engine::writeback::log_counters();
+    }
     shard.request_metrics.report(id);
     housekeeping.await;
     shard.fetch_waiters.stop();

@@ -178,6 +178,52 @@ fn fetching_a_gibibyte_is_all_zero_copy_in_page_cache_mode() {
     assert!(warmed > 0, "the evicted segment was read in by the warm-up thread");
 }
 
+/// Page-cache mode with a 16 MiB `log.page.cache.window.bytes`, appending through
+/// io_uring (`log.buffered.write=io_uring`; every other test appends inline): the pages
+/// further than the window behind the log's end are dropped from the page cache as the
+/// log grows, and a fetch from the start reads them back from disk (off the shard, by the
+/// warm-up thread), every record intact and still sent by sendfile.
+#[test]
+fn pages_behind_the_cache_window_are_dropped_and_fetched_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--io",
+        "buffered",
+        "--cores",
+        "1",
+        "--set",
+        "log.buffered.write=io_uring",
+        "--set",
+        "log.writeback.bytes=1048576",
+        "--set",
+        "log.page.cache.window.bytes=16777216",
+    ];
+    let mut broker = Broker::start(&data, &args);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic("window", 1, &[]);
+    let batches = 64; // ~1 MiB each: the first ~47 MiB fall out of the window.
+    let end = produce(&mut raw, "window", batches);
+    let received = fetch_all(&mut raw, "window", end, 8 << 20);
+    assert!(received >= batches * 1_000_000, "fetched {received} bytes");
+    drop(raw);
+    assert!(broker.stop().success());
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("page cache writeback"))
+        .unwrap_or_else(|| panic!("no writeback counters in the log:\n{log}"));
+    let dropped = field(line, "dropped_behind_bytes");
+    // Dropped asynchronously: the last hints may still be with the helper at stop.
+    assert!((40 << 20..=48 << 20).contains(&dropped), "dropped {dropped} bytes: {line}");
+    // A hint per MiB or more appended: every other ~1 MB batch.
+    assert!(field(line, "started") >= 30, "writeback started per MiB: {line}");
+    let (zero_copy, copied, warmed) = sent_counters(&log);
+    assert_eq!(copied, 0, "no record byte was copied");
+    assert_eq!(zero_copy, received, "every record byte received was sent by sendfile");
+    assert!(warmed > 0, "pages dropped behind the window were read back in off the shard");
+}
+
 /// Direct mode serves tail fetches from its cache of recent batches (64 MiB per shard)
 /// and older ones with a DMA read, which is their one copy; nothing is zero-copy. The
 /// content is the same either way.

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
 use crate::clock::Clock;
-use crate::io::{FaultPlan, FileBytes, IoMode, SegmentFile};
+use crate::io::{BufferedWrite, FaultPlan, FileBytes, IoMode, SegmentFile};
 use crate::sync::{FifoGuard, FifoLock};
 use index::{BatchExtent, Located, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
@@ -35,11 +35,15 @@ pub const SEGMENT_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 4096;
 pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
 pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 1_048_588;
-/// `log.writeback.bytes` (not a Kafka setting): off, as in Kafka, which leaves writeback
-/// to the kernel. At 1 MiB it kept the dirty pages under 2 MiB at 540 MB/s but changed
-/// no latency measurably on our VM (perf/RESULTS.md, session 14), so it is not on by
-/// default until it is shown to help.
-pub const WRITEBACK_BYTES_DEFAULT: u64 = 0;
+/// `log.writeback.bytes` (not a Kafka setting; RocksDB's `bytes_per_sync`): 1 MiB. It
+/// keeps the dirty pages of a segment under ~2 MiB, so the kernel's flusher never writes
+/// back gigabytes in a burst (which, with inline appends, made a 1-3 ms p99 second early
+/// in every half-load run; perf/RESULTS.md, session 15), and drop-behind finds the pages
+/// it drops already clean.
+pub const WRITEBACK_BYTES_DEFAULT: u64 = 1 << 20;
+/// `log.page.cache.window.bytes` (not a Kafka setting): 0, the page cache is left to
+/// the kernel, as in Kafka. See [`crate::writeback`] for when a window helps.
+pub const CACHE_WINDOW_BYTES_DEFAULT: u64 = 0;
 /// Positions in `.index` are u32 and Kafka caps `segment.bytes` at `Int.MaxValue`.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
 /// Bytes read per I/O when recovery walks a segment.
@@ -77,6 +81,13 @@ pub struct LogOptions {
     /// waiting for it, so dirty pages never pile up to where the kernel throttles the
     /// writer (see [`crate::writeback`]); 0 leaves writeback to the kernel.
     pub writeback_bytes: u64,
+    /// `log.buffered.write`: how buffered-mode appends are written (see
+    /// [`crate::io::BufferedWrite`]).
+    pub buffered_write: BufferedWrite,
+    /// `log.page.cache.window.bytes` (Sluice's): in buffered mode, drop the pages of the
+    /// active segment further than this behind its end from the page cache once written
+    /// back (see [`crate::writeback`]); 0 leaves the page cache to the kernel.
+    pub cache_window_bytes: u64,
     /// Faults to inject in tests; `None` in production.
     pub faults: Option<std::sync::Arc<FaultPlan>>,
 }
@@ -94,6 +105,8 @@ impl Default for LogOptions {
             flush_ms: u64::MAX,
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             writeback_bytes: WRITEBACK_BYTES_DEFAULT,
+            buffered_write: BufferedWrite::default(),
+            cache_window_bytes: CACHE_WINDOW_BYTES_DEFAULT,
             faults: None,
         }
     }
@@ -403,15 +416,23 @@ impl Log {
         &self,
         base_offset: i64,
     ) -> Result<(Rc<SegmentFile>, Rc<SegmentFile>, Rc<SegmentFile>), LogError> {
-        let (mode, faults, writeback_bytes) = {
+        let (mode, faults, writeback_bytes, buffered_write, cache_window) = {
             let options = self.options.borrow();
-            (options.io_mode, options.faults.clone(), options.writeback_bytes)
+            (
+                options.io_mode,
+                options.faults.clone(),
+                options.writeback_bytes,
+                options.buffered_write,
+                options.cache_window_bytes,
+            )
         };
         let log_path = self.dir.join(segment_file_name(base_offset, "log"));
         let index_path = self.dir.join(segment_file_name(base_offset, "index"));
         let time_path = self.dir.join(segment_file_name(base_offset, "timeindex"));
         let log = SegmentFile::open(&log_path, mode, faults).await.map_err(io_error(&log_path))?;
+        log.set_buffered_write(buffered_write);
         log.set_writeback_bytes(writeback_bytes);
+        log.set_cache_window(cache_window);
         // Index files are small and written once per flush: the page cache suits them.
         let index = SegmentFile::open(&index_path, IoMode::Buffered, None)
             .await
@@ -419,6 +440,8 @@ impl Log {
         let time = SegmentFile::open(&time_path, IoMode::Buffered, None)
             .await
             .map_err(io_error(&time_path))?;
+        index.set_buffered_write(buffered_write);
+        time.set_buffered_write(buffered_write);
         Ok((Rc::new(log), Rc::new(index), Rc::new(time)))
     }
 
