@@ -40,8 +40,9 @@
 //!
 //! Direct mode submits through io_uring, so a shard never blocks in a syscall there;
 //! buffered appends block the shard for the copy into the page cache, like a Kafka
-//! request handler thread's `FileChannel.write`. Appends are sequential: a file is only ever appended to by one task at a time (the log's append
-//! lock) and the position is the logical length.
+//! request handler thread's `FileChannel.write`. Appends are sequential: a file is only
+//! ever appended to by one task at a time (the log's append lock) and the position is the
+//! logical length.
 //!
 //! A [`FaultPlan`] can be attached for tests: fail the next fsync, tear the next append
 //! after N bytes, fail the next read, fail the next write (in direct mode after the

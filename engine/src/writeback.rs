@@ -21,8 +21,8 @@
 //! what the guest frees (free page reporting, as in Firecracker), writing into memory the
 //! guest has not touched recently costs a host page fault per page: 12.7 us per 4 KiB
 //! here against 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to
-//! ~250 MB/s once the page cache had grown past the ~3.7 GB recently touched (perf/
-//! RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the window
+//! ~250 MB/s once the page cache had grown past the ~3.7 GB recently touched
+//! (perf/RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the window
 //! reads from the device, which zero-copy fetch serves off the shard (net/zerocopy.rs).
 //!
 //! The call runs on a helper thread, not on the shard: it submits the pages' I/O itself
