@@ -22,8 +22,9 @@
 //! guest has not touched recently costs a host page fault per page: 12.7 us per 4 KiB
 //! here against 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to
 //! ~250 MB/s once the page cache had grown past the ~3.7 GB recently touched
-//! (perf/RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the window
-//! reads from the device, which zero-copy fetch serves off the shard (net/zerocopy.rs).
+//! (perf/RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the
+//! window reads from the device, which zero-copy fetch serves off the shard
+//! (net/zerocopy.rs).
 //!
 //! The call runs on a helper thread, not on the shard: it submits the pages' I/O itself
 //! and can block when the device queue is full. The shard only does a non-blocking send
@@ -33,8 +34,9 @@
 //!
 //! One helper serves every shard. It is spawned by the first shard that asks and so
 //! inherits that shard's CPU affinity: with several shards, all of the helper's work runs
-//! on the first one's core. It is off by default (see `log.writeback.bytes`); spreading
-//! it is for when it is shown to help.
+//! on the first one's core. Early writeback is on by default (`log.writeback.bytes`, 1
+//! MiB), drop-behind is off (`log.page.cache.window.bytes`); spreading the helper over
+//! cores is for when it is shown to help.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

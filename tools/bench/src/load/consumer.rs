@@ -237,8 +237,7 @@ fn consume_batch(
     let mut count = 0u64;
     let mut payload = 0u64;
     let mut stamped = 0u64;
-    let mut second = stats.e2e_latency.second.borrow_mut();
-    let mut total = stats.e2e_latency.total.borrow_mut();
+    let mut latency = stats.e2e_latency.recorder(measuring);
     for record in Records::new(records, batch.base_timestamp(), batch.record_count()) {
         let record = record
             .with_context(|| format!("a damaged record in the batch at offset {base_offset}"))?;
@@ -264,11 +263,7 @@ fn consume_batch(
                 u64::try_from(timestamp_ms).unwrap_or(0).saturating_mul(1000)
             }
         };
-        let latency = now.saturating_sub(created_us).max(1);
-        if measuring {
-            total.saturating_record(latency);
-        }
-        second.saturating_record(latency);
+        latency.record(now.saturating_sub(created_us).max(1));
     }
     stats.e2e_from_stamp.set(stats.e2e_from_stamp.get() + stamped);
     stats.e2e_from_timestamp.set(stats.e2e_from_timestamp.get() + count - stamped);

@@ -360,7 +360,7 @@ fn config_json(plan: &Plan, cpu: usize) -> Value {
         "warmup_s": common.warmup,
         "rounds": rounds(common),
         "cpu": cpu,
-        "idle_poll_us": plan.common.idle_poll_us,
+        "idle_poll_us": common.idle_poll_us,
     });
     if let Some(p) = &plan.producer {
         config["producer"] = json!({

@@ -142,23 +142,17 @@ async fn acknowledge(
             }
         }
         let measuring = stats.measuring(now);
-        let request_latency = now.saturating_sub(in_flight.sent_us).max(1);
-        if measuring {
-            stats.request_latency.total.borrow_mut().saturating_record(request_latency);
-        }
-        stats.request_latency.second.borrow_mut().saturating_record(request_latency);
+        stats
+            .request_latency
+            .recorder(measuring)
+            .record(now.saturating_sub(in_flight.sent_us).max(1));
         let mut msgs = 0;
         {
-            let mut histogram = stats.produce_latency.total.borrow_mut();
-            let mut second = stats.produce_latency.second.borrow_mut();
+            let mut latency = stats.produce_latency.recorder(measuring);
             for created in &in_flight.created {
                 msgs += created.len() as u64;
                 for &at in created {
-                    let latency = now.saturating_sub(at).max(1);
-                    if measuring {
-                        histogram.saturating_record(latency);
-                    }
-                    second.saturating_record(latency);
+                    latency.record(now.saturating_sub(at).max(1));
                 }
             }
         }
@@ -420,15 +414,9 @@ impl Producer {
         let sent_us = now_us();
         if plan.acks != 0 {
             // Only acknowledged messages have a latency; their time in the client is part of it.
-            let measuring = stats.measuring(sent_us);
-            let mut total = stats.queue_latency.total.borrow_mut();
-            let mut second = stats.queue_latency.second.borrow_mut();
+            let mut queued = stats.queue_latency.recorder(stats.measuring(sent_us));
             for &at in created.iter().flatten() {
-                let queued = sent_us.saturating_sub(at).max(1);
-                if measuring {
-                    total.saturating_record(queued);
-                }
-                second.saturating_record(queued);
+                queued.record(sent_us.saturating_sub(at).max(1));
             }
         }
         let response = connection.send_produce(version, &spec).await?;

@@ -677,19 +677,12 @@ pub fn progress_line(second: &Second, interval_s: f64) -> String {
                 duration_text(p99)
             );
         }
-        match (second.request_p99_us, second.queue_p99_us) {
-            (Some(request), Some(queue)) => {
-                let _ = write!(
-                    line,
-                    " (request p99 {}, queue p99 {})",
-                    duration_text(request),
-                    duration_text(queue)
-                );
+        if let Some(request) = second.request_p99_us {
+            let _ = write!(line, " (request p99 {}", duration_text(request));
+            if let Some(queue) = second.queue_p99_us {
+                let _ = write!(line, ", queue p99 {}", duration_text(queue));
             }
-            (Some(request), None) => {
-                let _ = write!(line, " (request p99 {})", duration_text(request));
-            }
-            _ => {}
+            line.push(')');
         }
     }
     if second.consumed_msgs > 0 || second.e2e_p99_us.is_some() {

@@ -3,7 +3,7 @@
 //! flag. All tasks of a run live on one executor, so this is plain `Cell`s and
 //! `RefCell`s; no borrow is held across an `.await`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -77,6 +77,32 @@ pub struct Latency {
 impl Default for Latency {
     fn default() -> Self {
         Self { total: RefCell::new(new_histogram()), second: RefCell::new(new_histogram()) }
+    }
+}
+
+impl Latency {
+    /// Both histograms, borrowed to record a run of values; `measuring` is whether the
+    /// warm-up is over. Drop it before the next `.await`.
+    pub fn recorder(&self, measuring: bool) -> Recorder<'_> {
+        Recorder { total: self.total.borrow_mut(), second: self.second.borrow_mut(), measuring }
+    }
+}
+
+/// See [`Latency::recorder`].
+pub struct Recorder<'a> {
+    total: RefMut<'a, Histogram<u64>>,
+    second: RefMut<'a, Histogram<u64>>,
+    measuring: bool,
+}
+
+impl Recorder<'_> {
+    /// Records `us` in the current second, and in the whole run's histogram once the
+    /// warm-up is over.
+    pub fn record(&mut self, us: u64) {
+        if self.measuring {
+            self.total.saturating_record(us);
+        }
+        self.second.saturating_record(us);
     }
 }
 
