@@ -16,7 +16,7 @@
 # Environment: MODES (default "buffered direct"), BENCH_DIR (where data goes; default
 # /tmp), SKIP_BASELINE=1 (keep perf/out/bench/baseline.json), SKIP_MAX=1 (reuse existing
 # max-throughput produce runs), BROKER_ARGS (more `sluice serve` arguments, e.g.
-# "--set log.page.cache.window.bytes=268435456"), BENCH_ARGS (more sluice-bench
+# "--set log.page.cache.window.bytes=67108864"), BENCH_ARGS (more sluice-bench
 # arguments, e.g. "--idle-poll-us 200").
 set -euo pipefail
 cd "$(dirname "$0")/.."
