@@ -116,15 +116,16 @@ pub async fn connect<T: Send + 'static>(
 mod tests {
     use super::*;
 
-    /// Every message is sent before any receive starts, so a receive waits only for its
-    /// executor to notice the message. Longer than this is a lost wake-up.
+    /// Each shard sends right after it connects, so a receive waits at most for its peer
+    /// to finish connecting and for its own executor to notice the message: milliseconds.
+    /// Ten seconds is a hang.
     const RECV_BOUND: Duration = Duration::from_secs(10);
 
     /// Receives one message, or fails the test after `RECV_BOUND` saying whether the
     /// message had arrived (the executor was never woken: a lost wake-up) or not. Seen
     /// once in CI as a hang of this test (an executor asleep in `io_uring_enter`); not
-    /// reproduced in 16 000 mesh starts under load since. The timer is polled first, so
-    /// its own wake-up cannot hide the lost one.
+    /// reproduced in about 22 000 mesh starts under load since. The timer is polled
+    /// first, so its own wake-up cannot hide the lost one.
     async fn recv_within(
         id: usize,
         peer: usize,
