@@ -7,7 +7,9 @@
 # 2. For each I/O mode (buffered, direct), each repeat on a fresh broker (one shard,
 #    pinned to CPU 0) and a fresh data dir; sluice-bench pinned to CPU 1:
 #    - produce: acks=1, 1000-byte messages, 1 partition, 1 MiB batches, unlimited, 10 s;
-#    - consume: 3 GB produced first, then read from the page cache, 3 times;
+#    - consume: 3 GB produced first, then read from the page cache, 3 times (this broker
+#      runs with the page-cache window off whatever BROKER_ARGS say, so that the 3 GB
+#      stay in the page cache);
 #    - produce at half the median maximum rate of that mode, 10 s: the latency figures;
 #    - e2e: produce and consume together, 10 s.
 # Every run starts after a `sync`, so the previous run's writeback does not compete with it.
@@ -32,11 +34,13 @@ fi
 
 broker=""
 data=""
-start_broker() { # $1 io mode
+start_broker() { # $1 io mode, rest: more `sluice serve` arguments (after BROKER_ARGS)
+  local io=$1
+  shift
   data=$(mktemp -d "${BENCH_DIR:-/tmp}/sluice-bench-XXXX")
   port=$((20000 + RANDOM % 20000))
   taskset -c 0 target/release/sluice serve --listen "127.0.0.1:$port" --data-dir "$data" \
-    --cores 1 --io "$1" ${BROKER_ARGS:-} >"$data.log" 2>&1 &
+    --cores 1 --io "$io" ${BROKER_ARGS:-} "$@" >"$data.log" 2>&1 &
   broker=$!
   for _ in $(seq 100); do
     grep -q "listening" "$data.log" && return 0
@@ -98,7 +102,7 @@ rates = [json.load(open(f"{out}/{io}-produce-{i}.json"))["runs"][0]["produce"]["
 print(int(statistics.median(rates) / 2))
 EOF
 )
-  start_broker "$io"
+  start_broker "$io" --set log.page.cache.window.bytes=0
   target/release/sluice-bench produce --brokers "127.0.0.1:$port" --cpu 1 "${common[@]}" \
     --topic fill --messages 3000000 >/dev/null 2>&1
   for i in $(seq "$repeats"); do

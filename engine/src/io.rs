@@ -509,6 +509,18 @@ pub struct SegmentFile {
     /// dropped starts.
     cache_window: Cell<u64>,
     dropped_to: Cell<u64>,
+    /// Buffered mode, with a cache window: the pages of the log's previous segment that
+    /// were still inside the window when this file became the active one (the window is
+    /// the log's, so it spans a roll). See [`SegmentFile::follow`].
+    predecessor: RefCell<Option<CachedTail>>,
+}
+
+/// A sealed segment's pages still in the page cache: `dropped_to..end` of the file `fd`.
+#[derive(Debug)]
+struct CachedTail {
+    fd: Arc<OwnedFd>,
+    dropped_to: u64,
+    end: u64,
 }
 
 impl std::fmt::Debug for SegmentFile {
@@ -606,6 +618,7 @@ impl SegmentFile {
             buffered_write: Cell::new(BufferedWrite::default()),
             cache_window: Cell::new(0),
             dropped_to: Cell::new(0),
+            predecessor: RefCell::new(None),
         })
     }
 
@@ -636,8 +649,49 @@ impl SegmentFile {
         }
     }
 
+    /// Buffered mode, with a cache window: this file is the log's new active segment and
+    /// `previous` the one it replaces. The window covers the last bytes of the log, not of
+    /// one segment: `previous`'s pages still inside it are dropped as this file's appends
+    /// push them out, all of them once this file holds a window of bytes. Without this,
+    /// every roll would leave up to a window of pages cached for good, and with segments
+    /// no longer than the window nothing would ever be dropped. A predecessor `previous`
+    /// still had (segments shorter than the window) is dropped now.
+    pub fn follow(&self, previous: &SegmentFile) {
+        if self.cache_window.get() == 0 {
+            return;
+        }
+        if let Some(older) = previous.predecessor.borrow_mut().take() {
+            crate::writeback::request(
+                older.fd,
+                None,
+                Some((older.dropped_to, older.end - older.dropped_to)),
+            );
+        }
+        let (dropped_to, end) = (previous.dropped_to.get(), previous.len.get());
+        if end <= dropped_to {
+            return;
+        }
+        match previous.shared_fd() {
+            Ok(Some(fd)) => {
+                previous.dropped_to.set(end);
+                *self.predecessor.borrow_mut() = Some(CachedTail { fd, dropped_to, end });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                debug!(path = %previous.path.display(), %error, "no descriptor for drop-behind")
+            }
+        }
+    }
+
+    /// The predecessor's pages not yet handed to the helper to drop, as (from, end).
+    #[cfg(test)]
+    pub(crate) fn cached_predecessor(&self) -> Option<(u64, u64)> {
+        self.predecessor.borrow().as_ref().map(|tail| (tail.dropped_to, tail.end))
+    }
+
     /// Hands the bytes appended since the last writeback to the helper once there are
-    /// `writeback_every` of them, with the pages that fell out of the cache window.
+    /// `writeback_every` of them, with the pages that fell out of the cache window (this
+    /// file's, and its predecessor's: see [`SegmentFile::follow`]).
     fn maybe_start_writeback(&self, end: u64) {
         let every = self.writeback_every.get();
         let window = self.cache_window.get();
@@ -661,6 +715,22 @@ impl SegmentFile {
             Ok(None) => {}
             Err(error) => {
                 debug!(path = %self.path.display(), %error, "no descriptor for writeback")
+            }
+        }
+        let mut predecessor = self.predecessor.borrow_mut();
+        if let Some(tail) = predecessor.as_mut() {
+            // The predecessor's last `window - end` bytes are still inside the window.
+            let drop_end = match window.saturating_sub(end) {
+                0 => tail.end,
+                keep => tail.end.saturating_sub(keep) & !(PAGE_BYTES - 1),
+            };
+            if drop_end > tail.dropped_to {
+                let range = (tail.dropped_to, drop_end - tail.dropped_to);
+                crate::writeback::request(tail.fd.clone(), None, Some(range));
+                tail.dropped_to = drop_end;
+            }
+            if drop_end >= tail.end {
+                *predecessor = None;
             }
         }
     }
@@ -1500,13 +1570,15 @@ mod tests {
 
     /// With a cache window, the helper is handed, page-aligned and exactly once, every
     /// byte that fell more than the window behind the end: checked every
-    /// `log.writeback.bytes`, or every `CACHE_WINDOW_STEP` without writeback. The bytes
+    /// `log.writeback.bytes`, or every `CACHE_WINDOW_STEP` without writeback; across a
+    /// roll, the previous segment's cached tail too, as the next segment grows. The bytes
     /// dropped from the page cache read back unchanged. Direct mode ignores the window.
     #[test]
     fn pages_behind_the_cache_window_are_handed_over_once_and_read_back() {
         use std::sync::atomic::Ordering::Relaxed;
 
-        use crate::writeback::DROPPED_BEHIND_BYTES;
+        use crate::writeback::{DROPPED_BEHIND_BYTES, DROP_BEHIND_TESTS};
+        let _alone = DROP_BEHIND_TESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         run(async {
             let dir = tempfile::tempdir().unwrap();
             let direct =
@@ -1539,6 +1611,50 @@ mod tests {
                 let read = file.read_at(0, usize::MAX).await.unwrap();
                 assert_eq!(&read[..], &expected[..], "{name}");
             }
+
+            // Rolls: the window is the log's, so the pages of the previous segment that were
+            // still in it go as the next one grows, all of them once it holds a window of
+            // bytes; a segment shorter than the window (r1) takes its predecessor's pages
+            // with it when it is followed in turn. Every byte of r0 and r1 is dropped once.
+            let (window, step) = (256u64 << 10, 64u64 << 10);
+            let mut previous = None::<(SegmentFile, Vec<u8>)>;
+            for (name, size) in
+                [("r0.log", 1u64 << 20), ("r1.log", 100 << 10), ("r2.log", 600 << 10)]
+            {
+                let file = SegmentFile::open(&dir.path().join(name), IoMode::Buffered, None)
+                    .await
+                    .unwrap();
+                file.set_writeback_bytes(step);
+                file.set_cache_window(window);
+                if let Some((prior, _)) = &previous {
+                    file.follow(prior);
+                    assert_eq!(prior.dropped_to.get(), prior.len.get(), "{name}: handed over");
+                    assert!(prior.predecessor.borrow().is_none(), "{name}: older tail dropped");
+                    dropped += prior.len.get();
+                }
+                let mut expected = Vec::new();
+                while (expected.len() as u64) < size {
+                    let chunk = vec![(expected.len() / 10_000) as u8; 10_000];
+                    file.append(&chunk).await.unwrap();
+                    expected.extend_from_slice(&chunk);
+                    let end = expected.len() as u64;
+                    if let Some(tail) = file.predecessor.borrow().as_ref() {
+                        // At most what the window still covers of it, plus one step.
+                        let left = tail.end - tail.dropped_to;
+                        assert!(left <= window.saturating_sub(end) + step + 4096, "{name} {end}");
+                    }
+                }
+                assert_eq!(file.predecessor.borrow().is_none(), name != "r1.log", "{name}");
+                let read = file.read_at(0, usize::MAX).await.unwrap();
+                assert_eq!(&read[..], &expected[..], "{name}");
+                if let Some((prior, prior_bytes)) = &previous {
+                    let read = prior.read_at(0, usize::MAX).await.unwrap();
+                    assert_eq!(&read[..], &prior_bytes[..], "the one before {name}");
+                }
+                previous = Some((file, expected));
+            }
+            let (last, _) = previous.unwrap();
+            dropped += last.dropped_to.get();
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while DROPPED_BEHIND_BYTES.load(Relaxed) < before + dropped {
                 assert!(std::time::Instant::now() < deadline, "the helper never dropped them");

@@ -14,10 +14,13 @@
 //! memory.
 //!
 //! **Drop-behind** (`log.page.cache.window.bytes`): pages further than the window
-//! behind a segment's end are written back if they are not yet (`sync_file_range` with
+//! behind a log's end are written back if they are not yet (`sync_file_range` with
 //! both waits) and dropped from the page cache (`POSIX_FADV_DONTNEED`), so the page cache
-//! of an appended-to segment stays within the window, and the memory it frees is reused
-//! by the next appends. Why: on a VM whose host backs guest memory lazily and takes back
+//! of an appended-to log stays within the window, and the memory it frees is reused by
+//! the next appends. The window is the log's, not a segment's: after a roll, the old
+//! segment's last pages go as the new one grows (`SegmentFile::follow`); a window per
+//! segment left a window of pages cached at every roll, and a log whose segments were no
+//! longer than the window dropped nothing at all (perf/RESULTS.md, session 17). Why: on a VM whose host backs guest memory lazily and takes back
 //! what the guest frees (free page reporting, as in Firecracker), writing into memory the
 //! guest has not touched recently costs a host page fault per page: 12.7 us per 4 KiB
 //! here against 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to
@@ -57,6 +60,11 @@ static FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Bytes dropped from the page cache by drop-behind.
 pub static DROPPED_BEHIND_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Held by the tests that drop pages behind a cache window, so that a test counting
+/// [`DROPPED_BEHIND_BYTES`] exactly sees no other test's drops.
+#[cfg(test)]
+pub(crate) static DROP_BEHIND_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Job {
     fd: Arc<OwnedFd>,

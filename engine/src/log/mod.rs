@@ -85,8 +85,8 @@ pub struct LogOptions {
     /// [`crate::io::BufferedWrite`]).
     pub buffered_write: BufferedWrite,
     /// `log.page.cache.window.bytes` (Sluice's): in buffered mode, drop the pages of the
-    /// active segment further than this behind its end from the page cache once written
-    /// back (see [`crate::writeback`]); 0 leaves the page cache to the kernel.
+    /// log further than this behind its end from the page cache once written back,
+    /// across rolls (see [`crate::writeback`]); 0 leaves the page cache to the kernel.
     pub cache_window_bytes: u64,
     /// Faults to inject in tests; `None` in production.
     pub faults: Option<std::sync::Arc<FaultPlan>>,
@@ -942,6 +942,7 @@ impl Log {
             return Err(io_error(old_file.path())(error));
         }
         let segment = self.new_segment(base_offset).await?;
+        segment.log.follow(&old_file);
         let mut state = self.state.borrow_mut();
         assert_eq!(state.log_end_offset, base_offset);
         let old = state.active_mut();

@@ -138,6 +138,59 @@ fn invalid_batches_are_rejected_before_anything_is_written() {
     });
 }
 
+/// With a page-cache window, a roll hands the old segment's cached tail to the new active
+/// segment, which drops it as it grows past the window (the window is the log's, so a
+/// log of segments no longer than the window still keeps only a window cached).
+#[test]
+fn a_roll_hands_the_cached_tail_to_the_next_segment() {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use crate::writeback::DROPPED_BEHIND_BYTES;
+    let _alone =
+        crate::writeback::DROP_BEHIND_TESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let mut opts = options(IoMode::Buffered);
+        let one = batch_bytes(4, 1000, T0, 1);
+        let len = one.len() as u64;
+        opts.segment_bytes = len * 20;
+        opts.cache_window_bytes = len * 20;
+        opts.writeback_bytes = len * 2;
+        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
+        let active_tail = |log: &Log| log.state.borrow().active().log.cached_predecessor();
+        let dropped_before = DROPPED_BEHIND_BYTES.load(Relaxed);
+        for _ in 0..20 {
+            append_fresh(&log, &one).await;
+        }
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(active_tail(&log), None);
+        // The 21st batch rolls: nothing of the first segment was out of the window yet.
+        append_fresh(&log, &one).await;
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(active_tail(&log), Some((0, len * 20)));
+        let mut left = len * 20;
+        for i in 1..20 {
+            append_fresh(&log, &one).await;
+            let (from, end) = active_tail(&log).map_or((0, 0), |tail| tail);
+            assert!(end - from <= left, "batch {i}: the tail only shrinks");
+            left = end - from;
+            // What the window still covers of the old segment, plus a step and a page.
+            assert!(left <= len * (20 - i - 1) + len * 2 + 4096, "batch {i}: {left} left");
+        }
+        assert_eq!(active_tail(&log), None, "a window later, all of it was handed over");
+        // The helper drops the whole first segment, once (nothing of the second one is
+        // out of the window yet).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while DROPPED_BEHIND_BYTES.load(Relaxed) < dropped_before + len * 20 {
+            assert!(std::time::Instant::now() < deadline, "the helper never dropped them");
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(DROPPED_BEHIND_BYTES.load(Relaxed), dropped_before + len * 20);
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn rolls_by_size_and_time_with_kafka_file_names() {
     run(async {
