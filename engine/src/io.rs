@@ -509,11 +509,15 @@ pub struct SegmentFile {
     /// dropped starts.
     cache_window: Cell<u64>,
     dropped_to: Cell<u64>,
-    /// Buffered mode, with a cache window: the pages of the log's previous segment that
-    /// were still inside the window when this file became the active one (the window is
-    /// the log's, so it spans a roll). See [`SegmentFile::follow`].
-    predecessor: RefCell<Option<CachedTail>>,
+    /// Buffered mode, with a cache window: the sealed segments of the same log whose last
+    /// pages were still inside the window when this file became the active one, oldest
+    /// first (the window is the log's, so it spans rolls). See [`SegmentFile::follow`].
+    predecessors: RefCell<VecDeque<CachedTail>>,
 }
+
+/// Sealed segments whose cached pages an active segment keeps track of, at most (each
+/// holds a descriptor); past it, the oldest one's pages are dropped at once.
+const PREDECESSORS_MAX: usize = 64;
 
 /// A sealed segment's pages still in the page cache: `dropped_to..end` of the file `fd`.
 #[derive(Debug)]
@@ -618,7 +622,7 @@ impl SegmentFile {
             buffered_write: Cell::new(BufferedWrite::default()),
             cache_window: Cell::new(0),
             dropped_to: Cell::new(0),
-            predecessor: RefCell::new(None),
+            predecessors: RefCell::new(VecDeque::new()),
         })
     }
 
@@ -651,47 +655,73 @@ impl SegmentFile {
 
     /// Buffered mode, with a cache window: this file is the log's new active segment and
     /// `previous` the one it replaces. The window covers the last bytes of the log, not of
-    /// one segment: `previous`'s pages still inside it are dropped as this file's appends
-    /// push them out, all of them once this file holds a window of bytes. Without this,
-    /// every roll would leave up to a window of pages cached for good, and with segments
-    /// no longer than the window nothing would ever be dropped. A predecessor `previous`
-    /// still had (segments shorter than the window) is dropped now.
+    /// one segment: the pages of `previous` (and of the segments before it) still inside
+    /// it are dropped as this file's appends push them out, all of them once this file
+    /// holds a window of bytes. Without this, every roll would leave up to a window of
+    /// pages cached for good, and with segments no longer than the window nothing would
+    /// ever be dropped.
     pub fn follow(&self, previous: &SegmentFile) {
         if self.cache_window.get() == 0 {
             return;
         }
-        if let Some(older) = previous.predecessor.borrow_mut().take() {
-            crate::writeback::request(
-                older.fd,
-                None,
-                Some((older.dropped_to, older.end - older.dropped_to)),
-            );
-        }
+        let mut tails = std::mem::take(&mut *previous.predecessors.borrow_mut());
         let (dropped_to, end) = (previous.dropped_to.get(), previous.len.get());
-        if end <= dropped_to {
-            return;
+        if end > dropped_to {
+            match previous.shared_fd() {
+                Ok(Some(fd)) => {
+                    previous.dropped_to.set(end);
+                    tails.push_back(CachedTail { fd, dropped_to, end });
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    debug!(path = %previous.path.display(), %error, "no descriptor for drop-behind")
+                }
+            }
         }
-        match previous.shared_fd() {
-            Ok(Some(fd)) => {
-                previous.dropped_to.set(end);
-                *self.predecessor.borrow_mut() = Some(CachedTail { fd, dropped_to, end });
+        while tails.len() > PREDECESSORS_MAX {
+            let oldest = tails.pop_front().expect("more than the maximum");
+            let range = (oldest.dropped_to, oldest.end - oldest.dropped_to);
+            crate::writeback::request(oldest.fd, None, Some(range));
+        }
+        *self.predecessors.borrow_mut() = tails;
+    }
+
+    /// The reverse of [`follow`](Self::follow), for a truncation that deletes `successor`
+    /// (the active segment) and makes this file the active one again: the predecessors
+    /// `successor` kept come back, and this file's own pages that were handed over and
+    /// not yet dropped count as not dropped again. The caller then
+    /// [`forget`](Self::forget)s every other deleted segment.
+    pub fn take_back(&self, successor: &SegmentFile) {
+        let mut tails = std::mem::take(&mut *successor.predecessors.borrow_mut());
+        if let Some(own) = self.shared_fd.get() {
+            if let Some(at) = tails.iter().position(|tail| Arc::ptr_eq(&tail.fd, own)) {
+                let tail = tails.remove(at).expect("found");
+                self.dropped_to.set(self.dropped_to.get().min(tail.dropped_to));
             }
-            Ok(None) => {}
-            Err(error) => {
-                debug!(path = %previous.path.display(), %error, "no descriptor for drop-behind")
-            }
+        }
+        let mut mine = self.predecessors.borrow_mut();
+        tails.extend(mine.drain(..));
+        *mine = tails;
+    }
+
+    /// Stops tracking `file`'s cached pages, which go with it: `file` is being deleted
+    /// (retention, truncation), and holding its descriptor would keep its disk space.
+    pub fn forget(&self, file: &SegmentFile) {
+        if let Some(fd) = file.shared_fd.get() {
+            self.predecessors.borrow_mut().retain(|tail| !Arc::ptr_eq(&tail.fd, fd));
         }
     }
 
-    /// The predecessor's pages not yet handed to the helper to drop, as (from, end).
+    /// The predecessors' pages not yet handed to the helper to drop, as (from, end),
+    /// oldest first.
     #[cfg(test)]
-    pub(crate) fn cached_predecessor(&self) -> Option<(u64, u64)> {
-        self.predecessor.borrow().as_ref().map(|tail| (tail.dropped_to, tail.end))
+    pub(crate) fn cached_predecessors(&self) -> Vec<(u64, u64)> {
+        self.predecessors.borrow().iter().map(|tail| (tail.dropped_to, tail.end)).collect()
     }
 
     /// Hands the bytes appended since the last writeback to the helper once there are
     /// `writeback_every` of them, with the pages that fell out of the cache window (this
-    /// file's, and its predecessor's: see [`SegmentFile::follow`]).
+    /// file's, and its predecessors': see [`SegmentFile::follow`]).
     fn maybe_start_writeback(&self, end: u64) {
         let every = self.writeback_every.get();
         let window = self.cache_window.get();
@@ -717,22 +747,24 @@ impl SegmentFile {
                 debug!(path = %self.path.display(), %error, "no descriptor for writeback")
             }
         }
-        let mut predecessor = self.predecessor.borrow_mut();
-        if let Some(tail) = predecessor.as_mut() {
-            // The predecessor's last `window - end` bytes are still inside the window.
-            let drop_end = match window.saturating_sub(end) {
+        let mut predecessors = self.predecessors.borrow_mut();
+        // The last `window - end` bytes of the segments before this one are still inside
+        // the window: newest first, each keeps what is left of that.
+        let mut keep = window.saturating_sub(end);
+        for tail in predecessors.iter_mut().rev() {
+            let kept = keep.min(tail.end);
+            keep -= kept;
+            let drop_end = match kept {
                 0 => tail.end,
-                keep => tail.end.saturating_sub(keep) & !(PAGE_BYTES - 1),
+                kept => (tail.end - kept) & !(PAGE_BYTES - 1),
             };
             if drop_end > tail.dropped_to {
                 let range = (tail.dropped_to, drop_end - tail.dropped_to);
                 crate::writeback::request(tail.fd.clone(), None, Some(range));
                 tail.dropped_to = drop_end;
             }
-            if drop_end >= tail.end {
-                *predecessor = None;
-            }
         }
+        predecessors.retain(|tail| tail.dropped_to < tail.end);
     }
 
     /// In buffered mode, a descriptor of this file that may be sent to other threads and
@@ -910,6 +942,9 @@ impl SegmentFile {
             }
         }
         self.len.set(len);
+        // Writeback and drop-behind go on from the new end.
+        self.writeback_from.set(self.writeback_from.get().min(len));
+        self.dropped_to.set(self.dropped_to.get().min(len));
         Ok(())
     }
 
@@ -1612,10 +1647,10 @@ mod tests {
                 assert_eq!(&read[..], &expected[..], "{name}");
             }
 
-            // Rolls: the window is the log's, so the pages of the previous segment that were
+            // Rolls: the window is the log's, so the pages of the segments before that were
             // still in it go as the next one grows, all of them once it holds a window of
-            // bytes; a segment shorter than the window (r1) takes its predecessor's pages
-            // with it when it is followed in turn. Every byte of r0 and r1 is dropped once.
+            // bytes. r1 is shorter than the window: r2 keeps track of r0's pages and r1's.
+            // Every byte of r0 and r1 is dropped once.
             let (window, step) = (256u64 << 10, 64u64 << 10);
             let mut previous = None::<(SegmentFile, Vec<u8>)>;
             for (name, size) in
@@ -1629,22 +1664,27 @@ mod tests {
                 if let Some((prior, _)) = &previous {
                     file.follow(prior);
                     assert_eq!(prior.dropped_to.get(), prior.len.get(), "{name}: handed over");
-                    assert!(prior.predecessor.borrow().is_none(), "{name}: older tail dropped");
+                    assert!(prior.predecessors.borrow().is_empty(), "{name}: passed on");
                     dropped += prior.len.get();
                 }
+                let tracked = file.cached_predecessors().len();
+                assert_eq!(tracked, [0, 1, 2][name.as_bytes()[1] as usize - b'0' as usize]);
                 let mut expected = Vec::new();
                 while (expected.len() as u64) < size {
                     let chunk = vec![(expected.len() / 10_000) as u8; 10_000];
                     file.append(&chunk).await.unwrap();
                     expected.extend_from_slice(&chunk);
                     let end = expected.len() as u64;
-                    if let Some(tail) = file.predecessor.borrow().as_ref() {
-                        // At most what the window still covers of it, plus one step.
-                        let left = tail.end - tail.dropped_to;
-                        assert!(left <= window.saturating_sub(end) + step + 4096, "{name} {end}");
+                    if file.writeback_from.get() == end {
+                        // Just checked: what is left is what the window still covers, up
+                        // to a page per segment.
+                        let left: u64 =
+                            file.cached_predecessors().iter().map(|(from, end)| end - from).sum();
+                        let slack = 4096 * tracked as u64;
+                        assert!(left <= window.saturating_sub(end) + slack, "{name} {end}");
                     }
                 }
-                assert_eq!(file.predecessor.borrow().is_none(), name != "r1.log", "{name}");
+                assert_eq!(file.cached_predecessors().is_empty(), name != "r1.log", "{name}");
                 let read = file.read_at(0, usize::MAX).await.unwrap();
                 assert_eq!(&read[..], &expected[..], "{name}");
                 if let Some((prior, prior_bytes)) = &previous {

@@ -14,20 +14,20 @@
 //! memory.
 //!
 //! **Drop-behind** (`log.page.cache.window.bytes`): pages further than the window
-//! behind a log's end are written back if they are not yet (`sync_file_range` with
-//! both waits) and dropped from the page cache (`POSIX_FADV_DONTNEED`), so the page cache
-//! of an appended-to log stays within the window, and the memory it frees is reused by
-//! the next appends. The window is the log's, not a segment's: after a roll, the old
-//! segment's last pages go as the new one grows (`SegmentFile::follow`); a window per
-//! segment left a window of pages cached at every roll, and a log whose segments were no
-//! longer than the window dropped nothing at all (perf/RESULTS.md, session 17). Why: on a VM whose host backs guest memory lazily and takes back
-//! what the guest frees (free page reporting, as in Firecracker), writing into memory the
-//! guest has not touched recently costs a host page fault per page: 12.7 us per 4 KiB
-//! here against 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to
-//! ~250 MB/s once the page cache had grown past the ~3.7 GB recently touched
-//! (perf/RESULTS.md, sessions 14 and 15). The price: a consumer further behind than the
-//! window reads from the device, which zero-copy fetch serves off the shard
-//! (net/zerocopy.rs).
+//! behind a log's end are written back if they are not yet (`sync_file_range` with both
+//! waits) and dropped from the page cache (`POSIX_FADV_DONTNEED`), so the page cache of
+//! an appended-to log stays within the window, and the memory it frees is reused by the
+//! next appends. The window is the log's, not a segment's: after a roll, the pages of
+//! the segments before the new one go as it grows (`SegmentFile::follow`); a window per
+//! segment left a window of pages cached at every roll, and a log whose segments were
+//! no longer than the window dropped nothing at all (perf/RESULTS.md, session 17). Why:
+//! on a VM whose host backs guest memory lazily and takes back what the guest frees
+//! (free page reporting, as in Firecracker), writing into memory the guest has not
+//! touched recently costs a host page fault per page: 12.7 us per 4 KiB here against
+//! 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to ~250 MB/s
+//! once the page cache had grown past the ~3.7 GB recently touched (perf/RESULTS.md,
+//! sessions 14 and 15). The price: a consumer further behind than the window reads from
+//! the device, which zero-copy fetch serves off the shard (net/zerocopy.rs).
 //!
 //! The call runs on a helper thread, not on the shard: it submits the pages' I/O itself
 //! and can block when the device queue is full. The shard only does a non-blocking send

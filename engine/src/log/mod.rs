@@ -1236,9 +1236,20 @@ impl Log {
         // Whole segments at or above the target go; the one below holds the cut.
         let doomed: Vec<i64> =
             self.state.borrow().segments.range(offset..).map(|(base, _)| *base).collect();
+        let old_active = self.state.borrow().active().log.clone();
+        let mut deleted = Vec::new();
         for base in &doomed {
-            self.state.borrow_mut().segments.remove(base);
+            deleted.extend(self.state.borrow_mut().segments.remove(base).map(|s| s.log));
             self.delete_segment_files(*base).await?;
+        }
+        if !doomed.is_empty() {
+            // The segment holding the cut is active again: the cached pages the deleted
+            // active one kept track of come back to it, but the deleted segments'.
+            let active = self.state.borrow().active().log.clone();
+            active.take_back(&old_active);
+            for file in &deleted {
+                active.forget(file);
+            }
         }
         let (file, index_file, time_file, start, size) = {
             let state = self.state.borrow();
@@ -1362,7 +1373,10 @@ impl Log {
         for base in &doomed {
             {
                 let mut state = self.state.borrow_mut();
-                state.segments.remove(base);
+                if let Some(segment) = state.segments.remove(base) {
+                    // Its pages go with the file; the active segment stops tracking them.
+                    state.active().log.forget(&segment.log);
+                }
                 let first = *state.segments.keys().next().expect("the active segment stays");
                 state.log_start_offset = state.log_start_offset.max(first);
             }

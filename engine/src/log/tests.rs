@@ -140,7 +140,9 @@ fn invalid_batches_are_rejected_before_anything_is_written() {
 
 /// With a page-cache window, a roll hands the old segment's cached tail to the new active
 /// segment, which drops it as it grows past the window (the window is the log's, so a
-/// log of segments no longer than the window still keeps only a window cached).
+/// log of segments no longer than the window still keeps only a window cached). A
+/// truncation back into the old segment gives the tail back to it; retention deleting
+/// the old segment makes the active one forget it (and close its descriptor).
 #[test]
 fn a_roll_hands_the_cached_tail_to_the_next_segment() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -157,28 +159,37 @@ fn a_roll_hands_the_cached_tail_to_the_next_segment() {
         opts.segment_bytes = len * 20;
         opts.cache_window_bytes = len * 20;
         opts.writeback_bytes = len * 2;
-        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
-        let active_tail = |log: &Log| log.state.borrow().active().log.cached_predecessor();
+        let log = open(dir.path(), opts.clone(), OpenHints::default(), &clock).await;
+        let tails = |log: &Log| log.state.borrow().active().log.cached_predecessors();
+        let cached = |log: &Log| tails(log).iter().map(|(from, end)| end - from).sum::<u64>();
         let dropped_before = DROPPED_BEHIND_BYTES.load(Relaxed);
         for _ in 0..20 {
             append_fresh(&log, &one).await;
         }
         assert_eq!(log.segment_count(), 1);
-        assert_eq!(active_tail(&log), None);
+        assert_eq!(tails(&log), []);
         // The 21st batch rolls: nothing of the first segment was out of the window yet.
         append_fresh(&log, &one).await;
         assert_eq!(log.segment_count(), 2);
-        assert_eq!(active_tail(&log), Some((0, len * 20)));
+        assert_eq!(tails(&log), [(0, len * 20)]);
+        // Truncating back into the first segment deletes the second: the first one is
+        // active again and its pages are its own again (nothing was dropped yet).
+        assert_eq!(log.truncate_to(76).await.unwrap(), 76);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(tails(&log), []);
+        append_fresh(&log, &one).await;
+        append_fresh(&log, &one).await; // rolls again
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(tails(&log), [(0, len * 20)]);
         let mut left = len * 20;
         for i in 1..20 {
             append_fresh(&log, &one).await;
-            let (from, end) = active_tail(&log).map_or((0, 0), |tail| tail);
-            assert!(end - from <= left, "batch {i}: the tail only shrinks");
-            left = end - from;
+            assert!(cached(&log) <= left, "batch {i}: the tail only shrinks");
+            left = cached(&log);
             // What the window still covers of the old segment, plus a step and a page.
             assert!(left <= len * (20 - i - 1) + len * 2 + 4096, "batch {i}: {left} left");
         }
-        assert_eq!(active_tail(&log), None, "a window later, all of it was handed over");
+        assert_eq!(tails(&log), [], "a window later, all of it was handed over");
         // The helper drops the whole first segment, once (nothing of the second one is
         // out of the window yet).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -187,6 +198,13 @@ fn a_roll_hands_the_cached_tail_to_the_next_segment() {
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert_eq!(DROPPED_BEHIND_BYTES.load(Relaxed), dropped_before + len * 20);
+
+        // Retention deletes the segment the active one keeps track of: forgotten.
+        append_fresh(&log, &one).await; // rolls: the second segment's tail is tracked
+        assert_eq!(tails(&log).len(), 1);
+        log.set_options(LogOptions { retention_bytes: len as i64, ..opts }).unwrap();
+        assert_eq!(log.apply_retention().await.unwrap().len(), 2);
+        assert_eq!(tails(&log), []);
         log.close().await.unwrap();
     });
 }
