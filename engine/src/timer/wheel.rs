@@ -6,9 +6,11 @@
 //! and command in `perf/RESULTS.md`, "Timing wheel (issue 3)").
 //!
 //! Layout (one wheel per shard, no locks, no `Rc`):
-//! - every entry lives in one slab (`Vec<Slot<T>>`: deadline and payload) with a stamp
-//!   (generation) per slot in a dense `Vec<u32>` beside it, so a [`TimerHandle`] is
-//!   `(index, generation)` and a stale handle is harmless. The lowest free slot is reused
+//! - every entry lives in one slab (`Vec<Slot<T>>`: deadline and payload, 16 bytes for
+//!   an 8-byte payload) with a stamp per slot in a dense `Vec<u32>` beside it. A stamp is
+//!   the slot's generation and its state (free, live, or one of two kinds of tombstone),
+//!   so a [`TimerHandle`] is `(index, generation)`, a stale handle is harmless, and the
+//!   payload needs no `Option` tag of its own. The lowest free slot is reused
 //!   first (a bitmap with summaries, see `free.rs`), so adds fill the slab front to back
 //!   even after `advance` freed slots in a random order;
 //! - add is "fill a slot, push its index on the incoming list"; the next `advance` places
@@ -40,6 +42,8 @@
 //! Time is counted in ticks. A deadline `d` (ms) belongs to tick `ceil(d / tick_ms)`; the
 //! wheel's clock is `floor(now / tick_ms)`. An entry expires when the clock reaches its
 //! tick, which gives the guarantee stated on [`TimingWheel::advance`].
+
+use std::mem::MaybeUninit;
 
 use thiserror::Error;
 
@@ -122,32 +126,54 @@ impl Default for WheelOptions {
 
 /// Names one entry of one wheel. Copy it freely: once the entry has expired or been
 /// cancelled the handle is stale and `cancel` on it returns `None` (the slot's generation
-/// moved on). Generations are `u32` stamps that move by two per use of a slot and wrap: a
-/// handle kept across 2^31 reuses of the same slot could alias a newer entry, which no
-/// caller in the broker does.
+/// moved on). Generations are `u32` stamps that move by four per use of a slot (their two
+/// low bits are the slot's state) and wrap: a handle kept across 2^30 reuses of the same
+/// slot could alias a newer entry, which no caller in the broker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerHandle {
     index: u32,
     generation: u32,
 }
 
-/// One slab slot. Whether it is live is told by its stamp (kept apart, in
-/// `TimingWheel::stamps`), not by `payload`: a discarded entry keeps its payload until
-/// its slot is freed.
+/// One slab slot. What it holds is told by its stamp (kept apart, in
+/// `TimingWheel::stamps`): the payload is initialized exactly while the stamp's state is
+/// [`LIVE`] or [`DISCARDED`] ([`holds_payload`]). An `Option` would tell it twice and cost
+/// 8 more bytes per slot for an 8-byte payload (24 instead of 16), which a fresh wheel
+/// pays in page faults on every add (perf/RESULTS.md, issue 3, session 18).
 #[derive(Debug)]
 struct Slot<T> {
     /// `ceil(deadline_ms / tick_ms)`.
     deadline_tick: u64,
-    /// `Some` while live; taken by expiry and `cancel`; left by `discard` and dropped when
-    /// the slot is freed.
-    payload: Option<T>,
+    /// Written by `add`; moved out by expiry and `cancel`; left by `discard` and dropped
+    /// when the slot is freed (or the wheel is dropped).
+    payload: MaybeUninit<T>,
 }
 
-/// A stamp is odd while its slot is live, even otherwise. It moves on by one when an entry
-/// takes the slot and by one when it leaves (cancel, discard or expiry), so a handle (which
-/// carries the odd stamp of its entry) matches only while that entry is live.
+// A stamp's two low bits are its slot's state; the bits above count the slot's uses. Every
+// use goes FREE -> LIVE -> (DISCARDED | CANCELLED ->) FREE of the next use, so a handle
+// (which carries the LIVE stamp of its entry) matches only while that entry is live.
+/// No entry and no payload: the slot is on the free list.
+const FREE: u32 = 0;
+/// An entry waiting for its deadline; the slot holds its payload.
+const LIVE: u32 = 1;
+/// A tombstone left by `discard`: the payload stays until the slot is freed.
+const DISCARDED: u32 = 2;
+/// A tombstone left by `cancel`, which took the payload.
+const CANCELLED: u32 = 3;
+const STATE: u32 = 3;
+
 fn is_live(stamp: u32) -> bool {
-    stamp & 1 == 1
+    stamp & STATE == LIVE
+}
+
+/// Whether a slot with this stamp holds an initialized payload.
+fn holds_payload(stamp: u32) -> bool {
+    matches!(stamp & STATE, LIVE | DISCARDED)
+}
+
+/// The FREE stamp of the slot's next use.
+fn next_use(stamp: u32) -> u32 {
+    (stamp | STATE).wrapping_add(1)
 }
 
 /// One level of the hierarchy: `wheel_size` buckets of `tick_span` ticks each.
@@ -422,14 +448,15 @@ impl<T> TimingWheel<T> {
             Some(index) => index,
             None => self.new_slot(),
         };
+        let slot = &mut self.slots[index as usize];
+        slot.deadline_tick = deadline_tick;
+        // A free slot's payload is uninitialized (moved out or dropped): nothing is
+        // overwritten. The stamp says LIVE only once the payload is written.
+        slot.payload.write(payload);
         let stamp = &mut self.stamps[index as usize];
-        debug_assert!(!is_live(*stamp));
+        debug_assert_eq!(*stamp & STATE, FREE);
         *stamp = stamp.wrapping_add(1);
         let handle = TimerHandle { index, generation: *stamp };
-        let slot = &mut self.slots[index as usize];
-        debug_assert!(slot.payload.is_none() || !std::mem::needs_drop::<T>());
-        slot.deadline_tick = deadline_tick;
-        slot.payload = Some(payload);
         self.len += 1;
         self.incoming.push(index);
         self.incoming_min_tick = self.incoming_min_tick.min(deadline_tick);
@@ -440,13 +467,15 @@ impl<T> TimingWheel<T> {
     /// stale (the entry already expired or was cancelled). O(1): it bumps the entry's
     /// stamp and takes the payload out of its slot, and leaves its index in the bucket as a
     /// tombstone.
+    #[allow(unsafe_code)]
     pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
-        if !self.kill(handle) {
+        if !self.kill(handle, CANCELLED) {
             return None;
         }
-        let payload = self.slots[handle.index as usize].payload.take();
-        assert!(payload.is_some(), "a live entry holds its payload");
-        payload
+        let slot = &mut self.slots[handle.index as usize];
+        // SAFETY: the stamp was LIVE, so the payload is initialized; it is CANCELLED now,
+        // which holds no payload, so nothing reads or drops this one again.
+        Some(unsafe { slot.payload.assume_init_read() })
     }
 
     /// Removes the entry `handle` names without handing its payload back (it is dropped
@@ -454,7 +483,7 @@ impl<T> TimingWheel<T> {
     /// compaction). Returns whether the handle named a live entry. O(1), and cheaper than
     /// [`cancel`](Self::cancel): one write to a dense array of 4-byte stamps.
     pub fn discard(&mut self, handle: TimerHandle) -> bool {
-        self.kill(handle)
+        self.kill(handle, DISCARDED)
     }
 
     /// Whether `handle` still names a live entry.
@@ -464,15 +493,17 @@ impl<T> TimingWheel<T> {
             .is_some_and(|stamp| *stamp == handle.generation && is_live(*stamp))
     }
 
-    /// Marks the live entry `handle` names as a tombstone; false when the handle is stale.
-    fn kill(&mut self, handle: TimerHandle) -> bool {
+    /// Turns the live entry `handle` names into a tombstone of state `tombstone`
+    /// (`DISCARDED` or `CANCELLED`); false when the handle is stale.
+    #[inline]
+    fn kill(&mut self, handle: TimerHandle, tombstone: u32) -> bool {
         let Some(stamp) = self.stamps.get_mut(handle.index as usize) else {
             return false;
         };
         if *stamp != handle.generation || !is_live(*stamp) {
             return false;
         }
-        *stamp = stamp.wrapping_add(1);
+        *stamp = (*stamp & !STATE) | tombstone;
         self.len -= 1;
         self.tombstones += 1;
         true
@@ -629,8 +660,8 @@ impl<T> TimingWheel<T> {
         // The slab grows only while tombstones <= live + slack, with live < entries_max,
         // so it stays below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
         let index = u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT");
-        self.stamps.push(0);
-        self.slots.push(Slot { deadline_tick: 0, payload: None });
+        self.stamps.push(FREE);
+        self.slots.push(Slot { deadline_tick: 0, payload: MaybeUninit::uninit() });
         index
     }
 
@@ -639,13 +670,13 @@ impl<T> TimingWheel<T> {
     #[cold]
     #[inline(never)]
     fn compact(&mut self) {
-        let stamps = &self.stamps;
+        let stamps = &mut self.stamps;
         let slots = &mut self.slots;
         let free = &mut self.free;
         let mut keep = |index: &u32| {
             let live = is_live(stamps[*index as usize]);
             if !live {
-                release_payload(&mut slots[*index as usize]);
+                release(&mut stamps[*index as usize], &mut slots[*index as usize]);
                 free.push(*index);
             }
             live
@@ -673,13 +704,15 @@ impl<T> TimingWheel<T> {
 
     /// Takes an entry out of a drained level-0 bucket or the due list: a live one expires
     /// (handed to `expired`), a tombstone is dropped; either way the slot is freed.
+    #[allow(unsafe_code)]
     fn expire(&mut self, index: u32, expired: &mut Vec<(TimerHandle, T)>) {
         let stamp = &mut self.stamps[index as usize];
         if is_live(*stamp) {
             let handle = TimerHandle { index, generation: *stamp };
-            *stamp = stamp.wrapping_add(1);
-            let payload = self.slots[index as usize].payload.take();
-            let payload = payload.expect("a live entry holds its payload");
+            *stamp = next_use(*stamp);
+            // SAFETY: the stamp was LIVE, so the payload is initialized; it is FREE now,
+            // which holds no payload, so nothing reads or drops this one again.
+            let payload = unsafe { self.slots[index as usize].payload.assume_init_read() };
             self.len -= 1;
             self.free.push(index);
             expired.push((handle, payload));
@@ -689,8 +722,7 @@ impl<T> TimingWheel<T> {
     }
 
     fn free_tombstone(&mut self, index: u32) {
-        debug_assert!(!is_live(self.stamps[index as usize]));
-        release_payload(&mut self.slots[index as usize]);
+        release(&mut self.stamps[index as usize], &mut self.slots[index as usize]);
         self.tombstones -= 1;
         self.free.push(index);
     }
@@ -760,11 +792,38 @@ impl<T> TimingWheel<T> {
     }
 }
 
-/// Drops what a discarded entry left in its slot as the slot is freed. Payloads without
-/// drop glue are left to be overwritten, which spares a write to the slot.
-fn release_payload<T>(slot: &mut Slot<T>) {
-    if std::mem::needs_drop::<T>() {
-        slot.payload = None;
+/// Frees a tombstone's slot: its stamp becomes the FREE stamp of the next use, and the
+/// payload a discarded entry left is dropped. Payloads without drop glue are left to be
+/// overwritten, which spares a read of the slot.
+#[allow(unsafe_code)]
+fn release<T>(stamp: &mut u32, slot: &mut Slot<T>) {
+    let state = *stamp & STATE;
+    debug_assert!(state == DISCARDED || state == CANCELLED, "not a tombstone: {state}");
+    // The stamp moves first: should the payload's drop panic, the slot does not claim a
+    // payload it no longer holds.
+    *stamp = next_use(*stamp);
+    if state == DISCARDED && std::mem::needs_drop::<T>() {
+        // SAFETY: a DISCARDED slot holds an initialized payload (`discard` leaves it);
+        // the slot is FREE now, so nothing reads or drops it again.
+        unsafe { slot.payload.assume_init_drop() };
+    }
+}
+
+impl<T> Drop for TimingWheel<T> {
+    /// Drops the payloads still held: live entries' and discarded ones'.
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if !std::mem::needs_drop::<T>() {
+            return;
+        }
+        for (stamp, slot) in self.stamps.iter_mut().zip(&mut self.slots) {
+            if holds_payload(*stamp) {
+                *stamp = next_use(*stamp);
+                // SAFETY: the stamp said the payload is initialized, and it now says FREE,
+                // so it is dropped once.
+                unsafe { slot.payload.assume_init_drop() };
+            }
+        }
     }
 }
 
@@ -780,7 +839,9 @@ mod tests {
     use super::*;
     use crate::clock::Clock;
     use proptest::prelude::*;
+    use std::cell::RefCell;
     use std::collections::BTreeMap;
+    use std::rc::Rc;
 
     fn wheel(tick_ms: u64, wheel_size: u32, start_ms: u64) -> TimingWheel<u64> {
         TimingWheel::new(WheelOptions { tick_ms, wheel_size, entries_max: 1 << 20, start_ms })
@@ -897,7 +958,8 @@ mod tests {
             for index in 0..slots as u32 {
                 if self.free.contains(index) {
                     seen[index as usize] += 1;
-                    assert!(!is_live(self.stamps[index as usize]), "free slot {index} is live");
+                    let state = self.stamps[index as usize] & STATE;
+                    assert_eq!(state, FREE, "free slot {index} is in state {state}");
                 }
             }
             let mut listed = 0;
@@ -916,8 +978,9 @@ mod tests {
                 }
             }
             assert!(seen.iter().all(|count| *count == 1), "a slot is free or listed, once");
-            let live = self.stamps.iter().filter(|stamp| is_live(**stamp)).count();
-            assert_eq!(live, self.len);
+            let count = |state: u32| self.stamps.iter().filter(|s| **s & STATE == state).count();
+            assert_eq!(count(LIVE), self.len);
+            assert_eq!(count(DISCARDED) + count(CANCELLED), self.tombstones);
             assert_eq!(listed, self.len + self.tombstones);
             assert_eq!(self.free.len() + listed, slots);
             assert!(
@@ -1075,6 +1138,46 @@ mod tests {
         assert!(wheel.is_empty());
     }
 
+    /// A payload that counts its drops in `drops[id]`.
+    #[derive(Debug)]
+    struct Token {
+        id: u64,
+        drops: Rc<RefCell<Vec<u32>>>,
+    }
+
+    impl Token {
+        fn new(id: u64, drops: &Rc<RefCell<Vec<u32>>>) -> Self {
+            Token { id, drops: drops.clone() }
+        }
+    }
+
+    impl Drop for Token {
+        fn drop(&mut self) {
+            self.drops.borrow_mut()[self.id as usize] += 1;
+        }
+    }
+
+    #[test]
+    fn dropping_the_wheel_drops_the_payloads_it_holds_once() {
+        let drops = Rc::new(RefCell::new(vec![0u32; 5]));
+        let mut wheel = TimingWheel::new(WheelOptions::DEFAULT);
+        let handles: Vec<TimerHandle> =
+            (0..5).map(|id| wheel.add(10 + id, Token::new(id, &drops)).unwrap()).collect();
+        let mut out = Vec::new();
+        wheel.advance(0, &mut out); // Places them.
+        assert!(wheel.discard(handles[0]));
+        let cancelled = wheel.cancel(handles[1]).unwrap();
+        assert_eq!(cancelled.id, 1);
+        assert!(wheel.discard(handles[2]));
+        wheel.advance(10, &mut out); // Frees 0's tombstone: its payload is dropped.
+        assert!(out.is_empty());
+        assert_eq!(*drops.borrow(), [1, 0, 0, 0, 0]);
+        drop(wheel); // Drops 2 (discarded) and 3, 4 (live); 1 is the caller's.
+        assert_eq!(*drops.borrow(), [1, 0, 1, 1, 1]);
+        drop(cancelled);
+        assert_eq!(*drops.borrow(), [1, 1, 1, 1, 1]);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         /// Add at `now + delay` (delay may be 0 = already due).
@@ -1107,7 +1210,9 @@ mod tests {
         /// The wheel against a sorted reference (`BTreeMap<(expiry, id), ()>`): every
         /// advance returns exactly the live entries whose rounded-up deadline is at or
         /// before `now` (none early, none lost, none late by a tick or more), each once, in
-        /// tick order; cancel succeeds exactly for live entries.
+        /// tick order; cancel succeeds exactly for live entries. Payloads count their
+        /// drops: each is dropped once (by the test, or by the wheel for discarded and
+        /// never-expired ones), none while the wheel may still hand it out.
         #[test]
         fn model_matches_sorted_reference(
             tick_ms in prop_oneof![Just(1u64), 1u64..20],
@@ -1115,7 +1220,9 @@ mod tests {
             start_ms in 0u64..1_000_000,
             ops in proptest::collection::vec(op_strategy(), 1..300),
         ) {
-            let mut wheel = TimingWheel::<u64>::new(WheelOptions {
+            let drops = Rc::new(RefCell::new(Vec::new()));
+            let mut added = Vec::new();
+            let mut wheel = TimingWheel::<Token>::new(WheelOptions {
                 tick_ms, wheel_size, entries_max: 10_000, start_ms,
             });
             let mut now = start_ms;
@@ -1130,7 +1237,9 @@ mod tests {
                 match op {
                     Op::Add { delay_ms } => {
                         let deadline = now + delay_ms;
-                        let handle = wheel.add(deadline, id).unwrap();
+                        drops.borrow_mut().resize(id as usize + 1, 0u32);
+                        added.push(id);
+                        let handle = wheel.add(deadline, Token::new(id, &drops)).unwrap();
                         // An already-due entry expires at the next advance: model it as
                         // expiring at the wheel's current time.
                         let expiry = deadline.div_ceil(tick_ms) * tick_ms;
@@ -1145,7 +1254,7 @@ mod tests {
                         let cancelled = if discard {
                             wheel.discard(handle).then_some(target)
                         } else {
-                            wheel.cancel(handle)
+                            wheel.cancel(handle).map(|token| token.id)
                         };
                         match live.remove(&target) {
                             Some(expiry) => {
@@ -1168,9 +1277,9 @@ mod tests {
                         }
                         // Same set, and tick order (ties in any order).
                         let mut got: Vec<(u64, u64)> = out.iter()
-                            .map(|(_, target)| (expected.iter()
-                                .find(|(_, id)| id == target).map_or(u64::MAX, |(e, _)| *e),
-                                *target))
+                            .map(|(_, token)| (expected.iter()
+                                .find(|(_, id)| *id == token.id).map_or(u64::MAX, |(e, _)| *e),
+                                token.id))
                             .collect();
                         let expiries: Vec<u64> = got.iter().map(|(e, _)| *e).collect();
                         prop_assert!(expiries.windows(2).all(|w| w[0] <= w[1]),
@@ -1181,6 +1290,9 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(wheel.len(), live.len());
+                for &target in live.keys() {
+                    prop_assert_eq!(drops.borrow()[target as usize], 0, "live {} dropped", target);
+                }
                 peak_live = peak_live.max(live.len());
                 wheel.check_invariants(peak_live);
                 // next_deadline_ms is a safe wake-up point: nothing expires before it.
@@ -1198,6 +1310,15 @@ mod tests {
             wheel.advance(u64::MAX, &mut out);
             prop_assert_eq!(out.len(), reference.len());
             prop_assert!(wheel.is_empty());
+            // Whatever `discard` left in slots the wheel never reached goes with it.
+            drop(out);
+            drop(wheel);
+            let drops = drops.borrow();
+            let live_added = added.len();
+            for id in added {
+                prop_assert_eq!(drops[id as usize], 1, "drops of payload {}", id);
+            }
+            prop_assert_eq!(drops.iter().sum::<u32>() as usize, live_added, "drops in all");
         }
     }
 }
