@@ -29,7 +29,13 @@
 //!
 //! The shard logs the histograms as `request latency` lines, one per API, every
 //! `request.latency.log.interval.ms` and once more when it stops, and starts the next
-//! window empty. Cost: about six monotonic clock reads (vDSO, ~20 ns each) and six histogram
+//! window empty. Each line also names the window's slowest request: its phases
+//! (`slowest_phases_us`, receive/queue/local/response_queue/send) and when its first byte
+//! came (`slowest_at_ms`, from the window's start). A tail that percentiles only bound is
+//! then attributed: one request stuck in `local` is the handler's (or its disk's), one
+//! whose time went to `queue` or `response_queue` waited for the shard's CPU, and one
+//! spread over every phase, or slow on every shard at the same moment, is the machine
+//! stopping. Cost: about six monotonic clock reads (vDSO, ~20 ns each) and six histogram
 //! records per request.
 
 use std::cell::{Cell, RefCell};
@@ -60,6 +66,16 @@ pub struct RequestTimes {
 /// response_queue, send, total.
 struct ApiLatency {
     phases: [Histogram<u64>; 6],
+    /// The request with the longest total of the window.
+    slowest: Option<Slowest>,
+}
+
+/// The slowest request of a window: its phases (as `ApiLatency::phases`, microseconds; 0
+/// for the two a request without a response lacks) and its first byte's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slowest {
+    phases_us: [u64; 6],
+    first_byte: Instant,
 }
 
 impl ApiLatency {
@@ -74,6 +90,7 @@ impl ApiLatency {
                 histogram()?,
                 histogram()?,
             ],
+            slowest: None,
         })
     }
 }
@@ -117,8 +134,11 @@ impl RequestMetrics {
             return;
         };
         let end = response.map_or(times.done, |(_, sent)| sent);
+        let mut phases_us = [0u64; 6];
         let mut phase = |which: usize, from: Instant, to: Instant| {
-            api.phases[which].saturating_record(micros(from, to).max(1));
+            let us = micros(from, to).max(1);
+            phases_us[which] = us;
+            api.phases[which].saturating_record(us);
         };
         phase(0, times.first_byte, times.received);
         phase(1, times.received, times.started);
@@ -128,6 +148,9 @@ impl RequestMetrics {
             phase(4, taken, sent);
         }
         phase(5, times.first_byte, end);
+        if api.slowest.map_or(true, |slowest| phases_us[5] > slowest.phases_us[5]) {
+            api.slowest = Some(Slowest { phases_us, first_byte: times.first_byte });
+        }
     }
 
     /// Requests recorded per API key since the last report.
@@ -145,7 +168,8 @@ impl RequestMetrics {
     /// then empties the histograms for the next window.
     pub fn report(&self, shard: usize) {
         let now = Instant::now();
-        let window = now.saturating_duration_since(self.since.replace(now));
+        let since = self.since.replace(now);
+        let window = now.saturating_duration_since(since);
         let mut apis = self.apis.borrow_mut();
         for (key, api) in apis.iter_mut().enumerate() {
             let Some(api) = api else { continue };
@@ -159,6 +183,15 @@ impl RequestMetrics {
                 .map_or_else(|| format!("api-{key}"), |api| format!("{api:?}"));
             let [receive, queue, local, response_queue, send, total] = &api.phases;
             let p99 = |histogram: &Histogram<u64>| histogram.value_at_quantile(0.99);
+            let (slowest_phases, slowest_at_ms) = match api.slowest.take() {
+                Some(Slowest { phases_us: [r, q, l, rq, s, _], first_byte }) => (
+                    format!("{r}/{q}/{l}/{rq}/{s}"),
+                    // A request that began before the window (its first byte came in the
+                    // previous one) counts from the window's start.
+                    first_byte.saturating_duration_since(since).as_millis() as u64,
+                ),
+                None => (String::new(), 0),
+            };
             info!(
                 shard,
                 api = %name,
@@ -173,6 +206,8 @@ impl RequestMetrics {
                 local_p99_us = p99(local),
                 response_queue_p99_us = p99(response_queue),
                 send_p99_us = p99(send),
+                slowest_phases_us = %slowest_phases,
+                slowest_at_ms,
                 "request latency"
             );
             for histogram in &mut api.phases {
@@ -229,6 +264,31 @@ mod tests {
         assert_eq!(api.phases[3].len(), 0, "no response queue time");
         assert_eq!(api.phases[4].len(), 0, "no send time");
         assert!(api.phases[5].max().abs_diff(400) <= 4, "total {}", api.phases[5].max());
+    }
+
+    #[test]
+    fn the_slowest_request_of_a_window_keeps_its_phases() {
+        let metrics = RequestMetrics::new();
+        let base = Instant::now();
+        let at = |us: u64| base + Duration::from_micros(us);
+        metrics.record(&times(0, base, [10, 20, 400, 0]), Some((at(410), at(420))));
+        // The slowest: 5 ms waiting for the shard after it was read.
+        metrics.record(&times(0, base, [100, 5_100, 5_300, 0]), Some((at(5_350), at(5_400))));
+        metrics.record(&times(0, base, [1, 2, 3_000, 0]), None);
+        let slowest = {
+            let apis = metrics.apis.borrow();
+            apis[0].as_ref().unwrap().slowest.unwrap()
+        };
+        let close = |got: u64, want: u64| got.abs_diff(want) <= 1;
+        let want = [100, 5_000, 200, 50, 50, 5_400];
+        assert!(
+            slowest.phases_us.iter().zip(want).all(|(got, want)| close(*got, want)),
+            "{:?}",
+            slowest.phases_us
+        );
+        assert_eq!(slowest.first_byte, base);
+        metrics.report(0);
+        assert!(metrics.apis.borrow()[0].as_ref().unwrap().slowest.is_none(), "next window");
     }
 
     #[test]

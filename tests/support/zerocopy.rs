@@ -282,5 +282,20 @@ fn request_latency_is_reported_per_api() {
         let local = field(report, "local_p99_us");
         assert!(total * 101 >= local * 100, "total p99 {total} < local p99 {local}: {report}");
         assert!(field(report, "total_max_us") >= field(report, "total_p50_us"), "{report}");
+        // The slowest request's phases add up to the window's longest total (the
+        // histogram's max is within 1%; each phase is rounded down to the microsecond).
+        let at = report.find(" slowest_phases_us=").expect("slowest_phases_us");
+        let phases: Vec<u64> = report[at + " slowest_phases_us=".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split('/')
+            .map(|us| us.parse().unwrap())
+            .collect();
+        assert_eq!(phases.len(), 5, "{report}");
+        let (sum, max) = (phases.iter().sum::<u64>(), field(report, "total_max_us"));
+        assert!(sum.abs_diff(max) <= max / 50 + 6, "phases {phases:?} vs max {max}: {report}");
+        let window_ms = field(report, "window_ms");
+        assert!(field(report, "slowest_at_ms") <= window_ms, "{report}");
     }
 }
