@@ -6,6 +6,13 @@
 //! read, and the writer awaits them in arrival order, so a slow fetch never reorders the
 //! responses behind it. At most `queued.max.requests` are in flight per connection; the
 //! reader stops reading until the writer catches up.
+//!
+//! A handler whose response is next in line when it finishes sends it from its own task
+//! (see [`SendOrder`]) instead of waking the writer, so the response leaves before
+//! whatever else the shard has queued runs (another request's append, the next frame's
+//! read). Measured at half load, the response otherwise waited as long as another
+//! request's handler ran: the `response_queue` phase's p99 was as large as `local`'s
+//! (perf/RESULTS.md, issue 6, session 18).
 
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
@@ -100,7 +107,75 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
 
 /// A response still being computed, in the connection's response queue, with the
 /// request's timestamps (see [`crate::reqmetrics`]).
-type Pending = JoinHandle<(Result<Option<Frame>, ProtocolError>, RequestTimes)>;
+type Pending = JoinHandle<(Outcome, RequestTimes)>;
+
+/// What a request's task hands the writer.
+enum Outcome {
+    /// The response (or none, for acks=0; or the error that closes the connection), for
+    /// the writer to send in turn.
+    Unsent(Result<Option<Frame>, ProtocolError>),
+    /// The task sent its response itself, being next in line: when it started (`taken`)
+    /// and finished, and whether it succeeded.
+    Sent { taken: Instant, sent: Instant, result: std::io::Result<()> },
+}
+
+/// The order responses leave a connection in. Requests are numbered as they are read;
+/// `next` is the number of the first response not yet wholly in the socket, and moves
+/// only when a send finishes. So a task that finds `next` equal to its own number knows
+/// that every earlier response is out and nobody is sending: it may send its own at once,
+/// and no later response can start before it is done (theirs wait for `next` to pass it,
+/// or for the writer, which awaits the responses in order).
+#[derive(Default)]
+struct SendOrder {
+    next: std::cell::Cell<u64>,
+}
+
+impl SendOrder {
+    /// Every response before `number` is out. The writer reports the responses it went
+    /// through, in order, possibly after their tasks (and later ones) already moved
+    /// `next` further: it never goes back.
+    fn passed(&self, number: u64) {
+        self.next.set(self.next.get().max(number));
+    }
+}
+
+/// Where a request's task may send its response: the connection's socket, its order, and
+/// the request's number in it.
+struct Responder {
+    socket: RawFd,
+    order: Rc<SendOrder>,
+    number: u64,
+}
+
+impl Responder {
+    /// Sends `response` now if it is next in line (every earlier response is out);
+    /// otherwise hands it to the writer. An error response is always the writer's: it
+    /// closes the connection without sending anything more.
+    async fn respond(
+        self,
+        shard: &Shard,
+        response: Result<Option<Frame>, ProtocolError>,
+    ) -> Outcome {
+        if self.order.next.get() != self.number {
+            return Outcome::Unsent(response);
+        }
+        match response {
+            Ok(Some(frame)) => {
+                let taken = Instant::now();
+                let result = zerocopy::send_frame(self.socket, &frame, &shard.fetch_sends).await;
+                if result.is_ok() {
+                    self.order.passed(self.number + 1);
+                }
+                Outcome::Sent { taken, sent: Instant::now(), result }
+            }
+            Ok(None) => {
+                self.order.passed(self.number + 1);
+                Outcome::Unsent(Ok(None))
+            }
+            Err(error) => Outcome::Unsent(Err(error)),
+        }
+    }
+}
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let _ = stream.set_nodelay(true);
@@ -117,15 +192,23 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
     let mut reader = FrameReader::new(socket);
     let (queue, responses) =
         local_channel::new_bounded::<Pending>(shard.config.queued_max_requests.max(1));
+    let order = Rc::new(SendOrder::default());
 
     let writer_shard = shard.clone();
     let writer_peer = peer.to_string();
     let writer_stream = stream.clone();
+    let writer_order = order.clone();
     let writer_task = glommio::spawn_local(async move {
+        let mut number = 0u64;
         while let Some(pending) = responses.recv().await {
-            let Some((response, times)) = pending.await else { break };
-            match response {
-                Ok(Some(frame)) => {
+            let Some((outcome, times)) = pending.await else { break };
+            let (taken, sent) = match outcome {
+                Outcome::Sent { taken, sent, result: Ok(()) } => (taken, sent),
+                Outcome::Sent { result: Err(error), .. } => {
+                    debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
+                    break;
+                }
+                Outcome::Unsent(Ok(Some(frame))) => {
                     let taken = Instant::now();
                     let sent =
                         zerocopy::send_frame(socket, &frame, &writer_shard.fetch_sends).await;
@@ -133,17 +216,27 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
                         debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
                         break;
                     }
-                    writer_shard.request_metrics.record(&times, Some((taken, Instant::now())));
+                    (taken, Instant::now())
                 }
-                Ok(None) => writer_shard.request_metrics.record(&times, None), // acks=0
-                Err(error) => {
+                Outcome::Unsent(Ok(None)) => {
+                    // acks=0: nothing to send.
+                    writer_shard.request_metrics.record(&times, None);
+                    number += 1;
+                    writer_order.passed(number);
+                    continue;
+                }
+                Outcome::Unsent(Err(error)) => {
                     warn!(shard = writer_shard.id, peer = %writer_peer, %error, "closing connection");
                     break;
                 }
-            }
+            };
+            writer_shard.request_metrics.record(&times, Some((taken, sent)));
+            number += 1;
+            writer_order.passed(number);
         }
         let _ = writer_stream.shutdown(Shutdown::Write).await;
     });
+    let mut number = 0u64;
 
     loop {
         let frame = futures_lite::future::or(
@@ -167,7 +260,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
                 break;
             }
         };
-        let pending = match dispatch(&shard, frame, peer_addr, first_byte) {
+        let responder = Responder { socket, order: order.clone(), number };
+        number += 1;
+        let pending = match dispatch(&shard, frame, peer_addr, first_byte, responder) {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(shard = shard.id, %peer, %error, "closing connection");
@@ -357,6 +452,7 @@ fn dispatch(
     frame: Bytes,
     peer: Option<std::net::SocketAddr>,
     first_byte: Instant,
+    responder: Responder,
 ) -> Result<Pending, ProtocolError> {
     let received = Instant::now();
     // A frame too short for the header is refused by `parse` below, and never timed.
@@ -368,24 +464,25 @@ fn dispatch(
         started,
         done: Instant::now(),
     };
+    let shard = shard.clone();
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
             let response = handlers::api_versions::unsupported_version(correlation_id);
             Ok(glommio::spawn_local(async move {
                 let started = Instant::now();
-                (response.map(|b| Some(b.into())), times(started))
+                let times = times(started);
+                let response = response.map(|b| Some(b.into()));
+                (responder.respond(&shard, response).await, times)
             })
             .detach())
         }
-        Parsed::Request(request) => {
-            let shard = shard.clone();
-            Ok(glommio::spawn_local(async move {
-                let started = Instant::now();
-                let response = handlers::handle(&shard, request, peer).await;
-                (response, times(started))
-            })
-            .detach())
-        }
+        Parsed::Request(request) => Ok(glommio::spawn_local(async move {
+            let started = Instant::now();
+            let response = handlers::handle(&shard, request, peer).await;
+            let times = times(started);
+            (responder.respond(&shard, response).await, times)
+        })
+        .detach()),
     }
 }
 

@@ -523,6 +523,57 @@ fn pipelined_responses_leave_in_request_order() {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "correlation ids in order: {ids:?}");
     assert!(started.elapsed() >= Duration::from_millis(300), "the fetch waited first");
+
+    // A response that is next in line when its handler finishes is sent by the handler's
+    // own task; the others wait for the writer. Mix both, with an acks=0 produce (no
+    // response) among them: answers to everything but the acks=0 request, in order, and
+    // the acks=0 batch appended before the acks=all one that follows it.
+    let mut fire_and_forget = produce_request("ordered", 0, batch(&["a"]));
+    fire_and_forget.acks = 0;
+    let mut frames = Vec::new();
+    let mut expected = Vec::new();
+    let mut push = |frame: Vec<u8>, answered: bool| {
+        let id = i32::from_be_bytes(frame[8..12].try_into().unwrap());
+        if answered {
+            expected.push(id);
+        }
+        frames.extend(frame);
+    };
+    let frame = raw.frame(&ApiVersionsRequest::default(), 3);
+    push(frame, true);
+    let frame = raw.frame(&fire_and_forget, 9);
+    push(frame, false);
+    let frame = raw.frame(&all_topics(), 12);
+    push(frame, true);
+    let frame = raw.frame(&fetch_request("ordered", &[(1, 0)], 300), 12);
+    push(frame, true);
+    let frame = raw.frame(&ApiVersionsRequest::default(), 3);
+    push(frame, true);
+    let frame = raw.frame(&produce_request("ordered", 0, batch(&["b", "c"])), 9);
+    push(frame, true);
+    let frame = raw.frame(&all_topics(), 12);
+    push(frame, true);
+    std::io::Write::write_all(&mut raw.stream, &frames).unwrap();
+    let mut ids = Vec::new();
+    let mut produced = None;
+    for _ in 0..expected.len() {
+        let frame = raw.read_frame().unwrap();
+        let id = i32::from_be_bytes(frame[..4].try_into().unwrap());
+        if id == expected[4] {
+            use kafka_protocol::protocol::{Decodable, HeaderVersion};
+            let mut body = Bytes::from(frame);
+            let version = ProduceResponse::header_version(9);
+            let header =
+                kafka_protocol::messages::ResponseHeader::decode(&mut body, version).unwrap();
+            assert_eq!(header.correlation_id, id);
+            produced = Some(ProduceResponse::decode(&mut body, 9).unwrap());
+        }
+        ids.push(id);
+    }
+    assert_eq!(ids, expected, "every answered request, in order");
+    let produced = produced.unwrap();
+    let partition = &produced.responses[0].partition_responses[0];
+    assert_eq!((partition.error_code, partition.base_offset), (0, 1), "after the acks=0 batch");
 }
 
 /// `max.connections.per.shard` closes connections over the limit at accept; the ones
