@@ -114,9 +114,21 @@ enum Outcome {
     /// The response (or none, for acks=0; or the error that closes the connection), for
     /// the writer to send in turn.
     Unsent(Result<Option<Frame>, ProtocolError>),
-    /// The task sent its response itself, being next in line: when it started (`taken`)
-    /// and finished, and whether it succeeded.
-    Sent { taken: Instant, sent: Instant, result: std::io::Result<()> },
+    /// The task sent its response itself, being next in line: how it went (see
+    /// [`send_timed`]).
+    Sent(std::io::Result<(Instant, Instant)>),
+}
+
+/// Sends a response frame; on success, when the send started (the response was taken)
+/// and when its last byte was in the socket.
+async fn send_timed(
+    socket: RawFd,
+    frame: &Frame,
+    shard: &Shard,
+) -> std::io::Result<(Instant, Instant)> {
+    let taken = Instant::now();
+    zerocopy::send_frame(socket, frame, &shard.fetch_sends).await?;
+    Ok((taken, Instant::now()))
 }
 
 /// The order responses leave a connection in. Requests are numbered as they are read;
@@ -161,12 +173,11 @@ impl Responder {
         }
         match response {
             Ok(Some(frame)) => {
-                let taken = Instant::now();
-                let result = zerocopy::send_frame(self.socket, &frame, &shard.fetch_sends).await;
-                if result.is_ok() {
+                let sent = send_timed(self.socket, &frame, shard).await;
+                if sent.is_ok() {
                     self.order.passed(self.number + 1);
                 }
-                Outcome::Sent { taken, sent: Instant::now(), result }
+                Outcome::Sent(sent)
             }
             Ok(None) => {
                 self.order.passed(self.number + 1);
@@ -202,35 +213,25 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
         let mut number = 0u64;
         while let Some(pending) = responses.recv().await {
             let Some((outcome, times)) = pending.await else { break };
-            let (taken, sent) = match outcome {
-                Outcome::Sent { taken, sent, result: Ok(()) } => (taken, sent),
-                Outcome::Sent { result: Err(error), .. } => {
-                    debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
-                    break;
-                }
+            let sent = match outcome {
+                Outcome::Sent(sent) => sent.map(Some),
                 Outcome::Unsent(Ok(Some(frame))) => {
-                    let taken = Instant::now();
-                    let sent =
-                        zerocopy::send_frame(socket, &frame, &writer_shard.fetch_sends).await;
-                    if let Err(error) = sent {
-                        debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
-                        break;
-                    }
-                    (taken, Instant::now())
+                    send_timed(socket, &frame, &writer_shard).await.map(Some)
                 }
-                Outcome::Unsent(Ok(None)) => {
-                    // acks=0: nothing to send.
-                    writer_shard.request_metrics.record(&times, None);
-                    number += 1;
-                    writer_order.passed(number);
-                    continue;
-                }
+                Outcome::Unsent(Ok(None)) => Ok(None), // acks=0: nothing to send.
                 Outcome::Unsent(Err(error)) => {
                     warn!(shard = writer_shard.id, peer = %writer_peer, %error, "closing connection");
                     break;
                 }
             };
-            writer_shard.request_metrics.record(&times, Some((taken, sent)));
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) => {
+                    debug!(shard = writer_shard.id, peer = %writer_peer, %error, "write failed");
+                    break;
+                }
+            };
+            writer_shard.request_metrics.record(&times, response);
             number += 1;
             writer_order.passed(number);
         }
