@@ -740,11 +740,15 @@ impl SegmentFile {
         if drop.is_some() {
             self.dropped_to.set(drop_end);
         }
-        match self.shared_fd() {
-            Ok(Some(fd)) => crate::writeback::request(fd, write, drop),
-            Ok(None) => {}
-            Err(error) => {
-                debug!(path = %self.path.display(), %error, "no descriptor for writeback")
+        // Without writeback, a check inside the window's first bytes has nothing to hand
+        // over for this file.
+        if write.is_some() || drop.is_some() {
+            match self.shared_fd() {
+                Ok(Some(fd)) => crate::writeback::request(fd, write, drop),
+                Ok(None) => {}
+                Err(error) => {
+                    debug!(path = %self.path.display(), %error, "no descriptor for writeback")
+                }
             }
         }
         let mut predecessors = self.predecessors.borrow_mut();
