@@ -92,6 +92,13 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Sluice patch: completions that the kernel finishes through task work (socket
+        /// polls and receives, timeouts) do not interrupt the task with an IPI; they are
+        /// run the next time the task enters the kernel (Linux 5.19).
+        const COOP_TASKRUN = 1 << 8;
+        /// Sluice patch: with `COOP_TASKRUN`, the kernel sets `IORING_SQ_TASKRUN` in the
+        /// SQ ring's flags while such task work is pending (Linux 5.19).
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

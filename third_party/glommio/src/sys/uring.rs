@@ -903,8 +903,25 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // Sluice patch: cooperative task work. Without it, every completion the kernel
+        // finishes through task work (a socket becoming readable under a poll or a
+        // receive, a timeout) while this thread runs on its CPU is announced with an
+        // IPI from the CPU that caused it (`kick_process`), a VM exit for the sender in a
+        // guest. With it the work waits for this thread's next kernel entry: any system
+        // call, a peek that sees `IORING_SQ_TASKRUN` (liburing's `cq_ring_needs_flush`),
+        // `need_preempt`'s check, or the sleep. A sleeping thread is still woken.
+        // Kernels before 5.19 refuse the flags: plain rings then.
+        let ring = match iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+            iou::SetupFeatures::empty(),
+        ) {
+            Ok(ring) => ring,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(size as _)?,
+            Err(e) => return Err(e),
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1980,6 +1997,32 @@ impl Reactor {
         self.preempt_deadline
             .get()
             .map_or(false, |deadline| Instant::now() >= deadline)
+    }
+
+    /// Sluice patch: the SQ flags words of the main and latency rings, where the kernel
+    /// sets `IORING_SQ_TASKRUN` while their task work is pending (see `SleepableRing::new`).
+    pub(crate) fn taskrun_flag_pointers(&self) -> [*const u32; 2] {
+        let main = self.main_ring.borrow();
+        let latency = self.latency_ring.borrow();
+        [main.ring.raw().sq.kflags as *const u32, latency.ring.raw().sq.kflags as *const u32]
+    }
+
+    /// Sluice patch: enters the kernel so that pending task work runs and posts its
+    /// completions; what an IPI did before cooperative task work.
+    pub(crate) fn run_task_work(&self) {
+        let fd = self.latency_ring.borrow().ring_fd();
+        // SAFETY: io_uring_enter with nothing to submit and no completions to wait for
+        // only runs this thread's pending task work; `fd` is the latency ring's, open for
+        // the reactor's life. Errors (EINTR) leave the work for the next kernel entry.
+        unsafe {
+            uring_sys::syscalls::io_uring_enter(
+                fd,
+                0,
+                0,
+                uring_sys::IORING_ENTER_GETEVENTS,
+                std::ptr::null(),
+            );
+        }
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
