@@ -2010,13 +2010,14 @@ impl Reactor {
     /// Sluice patch: enters the kernel so that pending task work runs and posts its
     /// completions; what an IPI did before cooperative task work.
     pub(crate) fn run_task_work(&self) {
-        let fd = self.latency_ring.borrow().ring_fd();
         // SAFETY: io_uring_enter with nothing to submit and no completions to wait for
-        // only runs this thread's pending task work; `fd` is the latency ring's, open for
-        // the reactor's life. Errors (EINTR) leave the work for the next kernel entry.
+        // only runs this thread's pending task work; `link_fd` is the latency ring's fd,
+        // open for the reactor's life (taken at construction, so no RefCell borrow here:
+        // this runs from `need_preempt`, wherever a task happens to be). Errors (EINTR)
+        // leave the work for the next kernel entry.
         unsafe {
             uring_sys::syscalls::io_uring_enter(
-                fd,
+                self.link_fd,
                 0,
                 0,
                 uring_sys::IORING_ENTER_GETEVENTS,
