@@ -72,12 +72,31 @@ impl FreeSlots {
         self.len += 1;
     }
 
-    /// Takes the lowest free index, or `None` when no slot is free.
-    #[inline]
+    /// Takes the lowest free index, or `None` when no slot is free. Inlined up to the
+    /// common case, a known lowest word that keeps other free slots: no summary changes.
+    #[inline(always)]
     pub(super) fn pop(&mut self) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
+        if let Some(word) = self.levels.first_mut().and_then(|bits| bits.get_mut(self.lowest_word))
+        {
+            let bits = *word;
+            if bits & bits.wrapping_sub(1) != 0 {
+                // At least two bits set: take the lowest, the word stays non-zero.
+                *word = bits & (bits - 1);
+                self.len -= 1;
+                let index = self.lowest_word * 64 + bits.trailing_zeros() as usize;
+                return Some(u32::try_from(index).expect("free indexes are slab indexes"));
+            }
+        }
+        self.pop_slow()
+    }
+
+    /// The rest of [`pop`](Self::pop): a descent from the top summary when the lowest
+    /// known word is empty, and summary updates when the pop empties a word.
+    #[inline(never)]
+    fn pop_slow(&mut self) -> Option<u32> {
         let bits = &self.levels[0];
         let mut at = match bits[self.lowest_word] {
             0 => {

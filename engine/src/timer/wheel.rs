@@ -13,8 +13,10 @@
 //!   payload needs no `Option` tag of its own. The lowest free slot is reused
 //!   first (a bitmap with summaries, see `free.rs`), so adds fill the slab front to back
 //!   even after `advance` freed slots in a random order;
-//! - add is "fill a slot, push its index on the incoming list"; the next `advance` places
-//!   the incoming entries into their buckets before it moves time (the wheel's time has
+//! - add is "fill a slot, append its index to the incoming list" (kept as runs of
+//!   consecutive indexes: a burst of adds into lowest-first slots is one run, so most adds
+//!   write no index at all; ~3 ns less per add at 1M fresh); the next `advance` places the
+//!   incoming entries into their buckets before it moves time (the wheel's time has
 //!   not moved since they were added, so they land where an immediate placement would
 //!   have put them), and frees the ones cancelled meanwhile without placing them.
 //!   Netty's `HashedWheelTimer` defers placement the same way (its adds go to a queue the
@@ -334,8 +336,10 @@ pub struct TimingWheel<T> {
     levels: Vec<Level>,
     /// Entries added since the last `advance`, not yet in a bucket: `add` appends here and
     /// `advance` places them first (see [`TimingWheel::add`]). Tombstones among them are
-    /// freed then, without ever being placed.
-    incoming: Vec<u32>,
+    /// freed then, without ever being placed. Kept as runs of consecutive slot indexes
+    /// (`start..end`), in the order added: slots are handed out lowest first, so a burst of
+    /// adds is one run and an add usually writes no index at all.
+    incoming: Vec<(u32, u32)>,
     /// The earliest deadline tick in `incoming` (`u64::MAX` when empty), so that
     /// `next_deadline_ms` need not scan it.
     incoming_min_tick: u64,
@@ -407,7 +411,8 @@ impl<T> TimingWheel<T> {
     pub fn heap_bytes(&self) -> usize {
         let index = std::mem::size_of::<u32>();
         let slab = self.slots.capacity() * std::mem::size_of::<Slot<T>>()
-            + (self.stamps.capacity() + self.incoming.capacity() + self.due.capacity()) * index
+            + (self.stamps.capacity() + self.due.capacity()) * index
+            + self.incoming.capacity() * std::mem::size_of::<(u32, u32)>()
             + self.free.heap_bytes();
         let levels: usize = self
             .levels
@@ -444,21 +449,34 @@ impl<T> TimingWheel<T> {
             1 => deadline_ms, // Kafka's tick: no division on the hot path.
             tick_ms => deadline_ms.div_ceil(tick_ms),
         };
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => self.new_slot(),
+        let handle = if self.free.len() == 0 && self.tombstones <= self.len + TOMBSTONE_SLACK {
+            // A slot at the end of the slab (a growing wheel's every add): written once, whole,
+            // with the first LIVE stamp (FREE + 1, as below).
+            let index = self.slab_end();
+            self.slots.push(Slot { deadline_tick, payload: MaybeUninit::new(payload) });
+            self.stamps.push(FREE.wrapping_add(1));
+            TimerHandle { index, generation: FREE.wrapping_add(1) }
+        } else {
+            let index = match self.free.pop() {
+                Some(index) => index,
+                None => self.new_slot(),
+            };
+            let slot = &mut self.slots[index as usize];
+            slot.deadline_tick = deadline_tick;
+            // A free slot's payload is uninitialized (moved out or dropped): nothing is
+            // overwritten. The stamp says LIVE only once the payload is written.
+            slot.payload.write(payload);
+            let stamp = &mut self.stamps[index as usize];
+            debug_assert_eq!(*stamp & STATE, FREE);
+            *stamp = stamp.wrapping_add(1);
+            TimerHandle { index, generation: *stamp }
         };
-        let slot = &mut self.slots[index as usize];
-        slot.deadline_tick = deadline_tick;
-        // A free slot's payload is uninitialized (moved out or dropped): nothing is
-        // overwritten. The stamp says LIVE only once the payload is written.
-        slot.payload.write(payload);
-        let stamp = &mut self.stamps[index as usize];
-        debug_assert_eq!(*stamp & STATE, FREE);
-        *stamp = stamp.wrapping_add(1);
-        let handle = TimerHandle { index, generation: *stamp };
+        let index = handle.index;
         self.len += 1;
-        self.incoming.push(index);
+        match self.incoming.last_mut() {
+            Some((_, end)) if *end == index => *end += 1,
+            _ => self.incoming.push((index, index + 1)),
+        }
         self.incoming_min_tick = self.incoming_min_tick.min(deadline_tick);
         Ok(handle)
     }
@@ -657,12 +675,18 @@ impl<T> TimingWheel<T> {
                 return index;
             }
         }
-        // The slab grows only while tombstones <= live + slack, with live < entries_max,
-        // so it stays below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
-        let index = u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT");
+        let index = self.slab_end();
         self.stamps.push(FREE);
         self.slots.push(Slot { deadline_tick: 0, payload: MaybeUninit::uninit() });
         index
+    }
+
+    /// The index of the next slot the slab grows by.
+    #[inline(always)]
+    fn slab_end(&self) -> u32 {
+        // The slab grows only while tombstones <= live + slack, with live < entries_max,
+        // so it stays below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
+        u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT")
     }
 
     /// Frees every tombstone: drops cancelled indexes from the due list and every bucket
@@ -682,7 +706,15 @@ impl<T> TimingWheel<T> {
             live
         };
         self.due.retain(&mut keep);
-        self.incoming.retain(&mut keep);
+        let runs = std::mem::take(&mut self.incoming);
+        for index in runs.iter().flat_map(|&(start, end)| start..end) {
+            if keep(&index) {
+                match self.incoming.last_mut() {
+                    Some((_, end)) if *end == index => *end += 1,
+                    _ => self.incoming.push((index, index + 1)),
+                }
+            }
+        }
         for level in &mut self.levels {
             for slot in 0..level.buckets.len() {
                 let bucket = &mut level.buckets[slot];
@@ -764,7 +796,7 @@ impl<T> TimingWheel<T> {
             return;
         }
         let mut incoming = std::mem::take(&mut self.incoming);
-        for &index in &incoming {
+        for index in incoming.iter().flat_map(|&(start, end)| start..end) {
             if is_live(self.stamps[index as usize]) {
                 let deadline_tick = self.slots[index as usize].deadline_tick;
                 self.place(index, deadline_tick);
@@ -963,7 +995,8 @@ mod tests {
                 }
             }
             let mut listed = 0;
-            for &index in self.due.iter().chain(&self.incoming) {
+            let incoming = self.incoming.iter().flat_map(|&(start, end)| start..end);
+            for index in self.due.iter().copied().chain(incoming) {
                 seen[index as usize] += 1;
                 listed += 1;
             }

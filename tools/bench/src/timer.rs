@@ -19,7 +19,15 @@
 //!   the heap the issue's "a heap costs O(log n)" names, and the one a JVM broker gets
 //!   from `ScheduledThreadPoolExecutor` (its `DelayedWorkQueue` keeps a `heapIndex` per
 //!   task for exactly this): memory follows the live timers, as the wheel's does;
-//! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel.
+//! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel;
+//! - `floor`: no timer at all, the memory any timer with O(1) cancel through a handle must
+//!   touch: an add appends a 16-byte (deadline, payload) slot and a 4-byte stamp to two
+//!   vectors and returns an 8-byte (index, generation) handle, a cancel checks and bumps
+//!   the handle's stamp (one read-modify-write). Its add and cancel
+//!   say what this machine's memory costs at each size, so the wheel's figures can be read
+//!   as a ratio to it (what the wheel adds, and whether that grows with n). Its advance is
+//!   not a timer's (one sort of the survivors, then pops): it is there so that every run
+//!   checks that the floor cancelled what the others did.
 //!
 //! Which timers are cancelled makes no difference (deadlines do not depend on the index);
 //! the order does: cancels in the order of the adds walk every structure's memory
@@ -78,6 +86,10 @@ pub struct TimerArgs {
     /// and ids reused), instead of a round on a freshly built structure.
     #[arg(long)]
     pub warm: bool,
+    /// Run only these implementations (comma-separated: wheel, wheel-cancel, heap+set,
+    /// heap+vec, heap-indexed, btree, floor), e.g. to profile one; all when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -114,41 +126,48 @@ pub fn run(args: &TimerArgs) -> anyhow::Result<()> {
         [10_000, 100_000, 1_000_000].into_iter().filter(|n| *n < args.timers).collect();
     sizes.push(args.timers);
 
+    type Measure = fn(&Workload, &TimerArgs) -> anyhow::Result<Run>;
+    let all: [(&'static str, Measure); 7] = [
+        (Wheel::NAME, measure::<Wheel>),
+        (WheelCancel::NAME, measure::<WheelCancel>),
+        (HeapSet::NAME, measure::<HeapSet>),
+        (HeapVec::NAME, measure::<HeapVec>),
+        (HeapIndexed::NAME, measure::<HeapIndexed>),
+        (BTree::NAME, measure::<BTree>),
+        (Floor::NAME, measure::<Floor>),
+    ];
+    for name in &args.only {
+        ensure!(
+            all.iter().any(|(known, _)| known == name),
+            "--only: no implementation is called {name:?}"
+        );
+    }
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|(name, _)| args.only.is_empty() || args.only.iter().any(|only| only == name))
+        .collect();
+
     let mut results = Vec::new();
     for &n in &sizes {
         let workload = Workload::new(n, args.spread_ms, args.seed, args.cancel);
-        let mut runs: [Vec<Run>; 6] = Default::default();
+        let mut runs: Vec<Vec<Run>> = chosen.iter().map(|_| Vec::new()).collect();
         // One unrecorded round first: it pays for faulting in fresh memory and warming
         // the allocator, which would otherwise land on whichever implementation runs first.
-        measure::<Wheel>(&workload, args)?;
-        measure::<WheelCancel>(&workload, args)?;
-        measure::<HeapSet>(&workload, args)?;
-        measure::<HeapVec>(&workload, args)?;
-        measure::<HeapIndexed>(&workload, args)?;
-        measure::<BTree>(&workload, args)?;
+        for (_, measure) in &chosen {
+            measure(&workload, args)?;
+        }
         for _ in 0..args.repeat {
             // Interleave implementations so drift (thermal, other load) hits all alike.
-            runs[0].push(measure::<Wheel>(&workload, args)?);
-            runs[1].push(measure::<WheelCancel>(&workload, args)?);
-            runs[2].push(measure::<HeapSet>(&workload, args)?);
-            runs[3].push(measure::<HeapVec>(&workload, args)?);
-            runs[4].push(measure::<HeapIndexed>(&workload, args)?);
-            runs[5].push(measure::<BTree>(&workload, args)?);
+            for ((_, measure), runs) in chosen.iter().zip(&mut runs) {
+                runs.push(measure(&workload, args)?);
+            }
             let checksums: Vec<u64> = runs.iter().map(|r| r[r.len() - 1].checksum).collect();
             ensure!(
                 checksums.windows(2).all(|pair| pair[0] == pair[1]),
                 "implementations disagree on what expired: {checksums:?}"
             );
         }
-        let names = [
-            Wheel::NAME,
-            WheelCancel::NAME,
-            HeapSet::NAME,
-            HeapVec::NAME,
-            HeapIndexed::NAME,
-            BTree::NAME,
-        ];
-        for (name, runs) in names.into_iter().zip(runs) {
+        for ((name, _), runs) in chosen.iter().zip(runs) {
             results.push(Summary::new(name, n, &runs));
         }
     }
@@ -605,6 +624,73 @@ impl BenchTimer for BTree {
     }
 }
 
+/// The floor: what a timer with O(1) cancel through a handle cannot avoid touching,
+/// without any timer logic (see the module docs).
+#[derive(Default)]
+struct Floor {
+    slots: Vec<(u64, u64)>,
+    stamps: Vec<u32>,
+    /// The survivors, latest deadline first, once `advance` has started.
+    due: Vec<(u64, u64)>,
+}
+
+impl BenchTimer for Floor {
+    const NAME: &'static str = "floor";
+    /// (index, generation): 8 bytes like the wheel's handle, so that the caller's vector
+    /// of handles costs the same.
+    type Handle = (u32, u32);
+
+    fn with_timers(_n: usize) -> Self {
+        Floor::default()
+    }
+
+    fn add(&mut self, deadline_ms: u64, payload: u64) -> (u32, u32) {
+        let index = self.slots.len() as u32;
+        self.slots.push((deadline_ms, payload));
+        self.stamps.push(0);
+        (index, 0)
+    }
+
+    fn cancel(&mut self, (index, generation): (u32, u32)) {
+        // What a cancel through a handle cannot do less than: check the generation and
+        // bump it, one read-modify-write of the stamp.
+        let stamp = &mut self.stamps[index as usize];
+        if *stamp == generation {
+            *stamp = generation.wrapping_add(1);
+        }
+    }
+
+    fn advance(&mut self, now_ms: u64) -> (u64, u64) {
+        if !self.slots.is_empty() {
+            let live = self.slots.iter().zip(&self.stamps).filter(|(_, stamp)| **stamp == 0);
+            self.due.extend(live.map(|(slot, _)| *slot));
+            self.due.sort_unstable_by(|a, b| b.cmp(a));
+            self.slots.clear();
+            self.stamps.clear();
+        }
+        let (mut count, mut sum) = (0, 0u64);
+        while let Some(&(deadline_ms, payload)) = self.due.last() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.due.pop();
+            count += 1;
+            sum = sum.wrapping_add(payload);
+        }
+        (count, sum)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<(u64, u64)>()
+            + self.stamps.capacity() * std::mem::size_of::<u32>()
+            + self.due.capacity() * std::mem::size_of::<(u64, u64)>()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty() && self.due.is_empty()
+    }
+}
+
 /// One run of one implementation at one size.
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -788,8 +874,29 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
         );
         wheel_at.push((wheel.name, wheel.timers, wheel.add_cancel_ns_per_op.median));
     }
-    for name in [Wheel::NAME, WheelCancel::NAME] {
-        let at: Vec<_> = wheel_at.iter().filter(|(n, _, _)| *n == name).collect();
+    for wheel in results.iter().filter(|s| s.name == Wheel::NAME) {
+        if let Some(floor) =
+            results.iter().find(|s| s.name == Floor::NAME && s.timers == wheel.timers)
+        {
+            let ratio = |w: &Spread, f: &Spread| w.median / f.median;
+            let _ = writeln!(
+                out,
+                "{:>9} timers, wheel / floor (median ns/op): add {:.2}x, cancel {:.2}x, \
+                 add+cancel {:.2}x",
+                wheel.timers,
+                ratio(&wheel.add_ns_per_op, &floor.add_ns_per_op),
+                ratio(&wheel.cancel_ns_per_op, &floor.cancel_ns_per_op),
+                ratio(&wheel.add_cancel_ns_per_op, &floor.add_cancel_ns_per_op),
+            );
+        }
+    }
+    let floor_at: Vec<_> = results
+        .iter()
+        .filter(|s| s.name == Floor::NAME)
+        .map(|s| (s.name, s.timers, s.add_cancel_ns_per_op.median))
+        .collect();
+    for name in [Wheel::NAME, WheelCancel::NAME, Floor::NAME] {
+        let at: Vec<_> = wheel_at.iter().chain(&floor_at).filter(|(n, _, _)| *n == name).collect();
         if let (Some(first), Some(last)) = (at.first(), at.last()) {
             let _ = writeln!(
                 out,
@@ -853,6 +960,7 @@ mod tests {
             cancel: CancelOrder::Shuffled,
             seed: 7,
             warm: false,
+            only: Vec::new(),
             json,
         }
     }
@@ -868,9 +976,10 @@ mod tests {
             let heap_vec = measure::<HeapVec>(&workload, &args).unwrap();
             let heap_indexed = measure::<HeapIndexed>(&workload, &args).unwrap();
             let btree = measure::<BTree>(&workload, &args).unwrap();
+            let floor = measure::<Floor>(&workload, &args).unwrap();
             // The sum of the payloads (indexes) of the odd, never-cancelled timers.
             let expected: u64 = (1..1_000u64).step_by(2).sum();
-            for run in [wheel, wheel_cancel, heap_set, heap_vec, heap_indexed, btree] {
+            for run in [wheel, wheel_cancel, heap_set, heap_vec, heap_indexed, btree, floor] {
                 assert_eq!(run.checksum, expected, "warm: {warm}");
                 assert!(run.bytes_peak > 0);
             }
@@ -941,14 +1050,29 @@ mod tests {
     }
 
     #[test]
+    fn only_runs_the_implementations_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timer.json");
+        let only = vec!["floor".to_string(), "wheel".to_string()];
+        run(&TimerArgs { only, ..tiny(Some(path.clone())) }).unwrap();
+        let json = std::fs::read_to_string(path).unwrap();
+        assert_eq!(json.matches("\"impl\":").count(), 2);
+        assert!(json.contains("\"impl\":\"wheel\""));
+        assert!(json.contains("\"impl\":\"floor\""));
+        let unknown = run(&TimerArgs { only: vec!["heap".to_string()], ..tiny(None) });
+        assert!(unknown.unwrap_err().to_string().contains("no implementation"));
+    }
+
+    #[test]
     fn smoke_run_writes_json() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("timer.json");
         run(&tiny(Some(path.clone()))).unwrap();
         let json = std::fs::read_to_string(path).unwrap();
         assert!(json.starts_with("{\"bench\":\"timer\""));
-        // 2 000 is the only size below 10k: six rows.
-        assert_eq!(json.matches("\"impl\":").count(), 6);
+        // 2 000 is the only size below 10k: seven rows.
+        assert_eq!(json.matches("\"impl\":").count(), 7);
+        assert!(json.contains("\"impl\":\"floor\",\"timers\":2000"));
         assert!(json.contains("\"impl\":\"wheel\",\"timers\":2000"));
     }
 }
