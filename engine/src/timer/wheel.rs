@@ -449,27 +449,33 @@ impl<T> TimingWheel<T> {
             1 => deadline_ms, // Kafka's tick: no division on the hot path.
             tick_ms => deadline_ms.div_ceil(tick_ms),
         };
-        let handle = if self.free.len() == 0 && self.tombstones <= self.len + TOMBSTONE_SLACK {
-            // A slot at the end of the slab (a growing wheel's every add): written once, whole,
-            // with the first LIVE stamp (FREE + 1, as below).
-            let index = self.slab_end();
-            self.slots.push(Slot { deadline_tick, payload: MaybeUninit::new(payload) });
-            self.stamps.push(FREE.wrapping_add(1));
-            TimerHandle { index, generation: FREE.wrapping_add(1) }
-        } else {
-            let index = match self.free.pop() {
-                Some(index) => index,
-                None => self.new_slot(),
-            };
-            let slot = &mut self.slots[index as usize];
-            slot.deadline_tick = deadline_tick;
-            // A free slot's payload is uninitialized (moved out or dropped): nothing is
-            // overwritten. The stamp says LIVE only once the payload is written.
-            slot.payload.write(payload);
-            let stamp = &mut self.stamps[index as usize];
-            debug_assert_eq!(*stamp & STATE, FREE);
-            *stamp = stamp.wrapping_add(1);
-            TimerHandle { index, generation: *stamp }
+        if self.free.len() == 0 && self.tombstones > self.len + TOMBSTONE_SLACK {
+            // Rather than grow the slab, free the tombstones: slots to reuse below.
+            self.compact();
+        }
+        let handle = match self.free.pop() {
+            None => {
+                // A new slot at the end of the slab (a growing wheel's every add), written
+                // once, whole, with the first LIVE stamp (FREE + 1, as below). The slab grows
+                // only while tombstones <= live + slack, with live < entries_max, so it stays
+                // below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
+                let index =
+                    u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT");
+                self.slots.push(Slot { deadline_tick, payload: MaybeUninit::new(payload) });
+                self.stamps.push(FREE.wrapping_add(1));
+                TimerHandle { index, generation: FREE.wrapping_add(1) }
+            }
+            Some(index) => {
+                let slot = &mut self.slots[index as usize];
+                slot.deadline_tick = deadline_tick;
+                // A free slot's payload is uninitialized (moved out or dropped): nothing is
+                // overwritten. The stamp says LIVE only once the payload is written.
+                slot.payload.write(payload);
+                let stamp = &mut self.stamps[index as usize];
+                debug_assert_eq!(*stamp & STATE, FREE);
+                *stamp = stamp.wrapping_add(1);
+                TimerHandle { index, generation: *stamp }
+            }
         };
         let index = handle.index;
         self.len += 1;
@@ -661,32 +667,6 @@ impl<T> TimingWheel<T> {
             }
         }
         best
-    }
-
-    /// A slot for `add` when no slot is free: a new one at the end of the slab,
-    /// unless tombstones outnumber live entries (by more than the slack), in which case a
-    /// compaction frees them first. Inlined: filling a fresh wheel takes this path on every
-    /// add.
-    #[inline]
-    fn new_slot(&mut self) -> u32 {
-        if self.tombstones > self.len + TOMBSTONE_SLACK {
-            self.compact();
-            if let Some(index) = self.free.pop() {
-                return index;
-            }
-        }
-        let index = self.slab_end();
-        self.stamps.push(FREE);
-        self.slots.push(Slot { deadline_tick: 0, payload: MaybeUninit::uninit() });
-        index
-    }
-
-    /// The index of the next slot the slab grows by.
-    #[inline(always)]
-    fn slab_end(&self) -> u32 {
-        // The slab grows only while tombstones <= live + slack, with live < entries_max,
-        // so it stays below 2 * ENTRIES_MAX_LIMIT + TOMBSTONE_SLACK < u32::MAX slots.
-        u32::try_from(self.slots.len()).expect("entries_max <= ENTRIES_MAX_LIMIT")
     }
 
     /// Frees every tombstone: drops cancelled indexes from the due list and every bucket
