@@ -10,7 +10,8 @@
 #    - consume: 3 GB produced first, then read from the page cache, 3 times (this broker
 #      runs with the page-cache window off whatever BROKER_ARGS say, so that the 3 GB
 #      stay in the page cache);
-#    - produce at half the median maximum rate of that mode, 10 s: the latency figures;
+#    - produce at half the median maximum rate of that mode, 10 s, 256 KiB batches and 4
+#      in flight: the latency figures;
 #    - e2e: produce and consume together, 10 s.
 # Every run starts after a `sync`, so the previous run's writeback does not compete with it.
 # Each run writes perf/out/bench/MODE-WORKLOAD-N.json (+ .svg); the script prints one
@@ -19,7 +20,7 @@
 # /tmp), SKIP_BASELINE=1 (keep perf/out/bench/baseline.json), SKIP_MAX=1 (reuse existing
 # max-throughput produce runs), BROKER_ARGS (more `sluice serve` arguments, e.g.
 # "--set log.page.cache.window.bytes=67108864"), BENCH_ARGS (more sluice-bench
-# arguments, e.g. "--idle-poll-us 200").
+# arguments, e.g. "--idle-poll-us 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
@@ -88,6 +89,10 @@ EOF
 }
 
 common=(--partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
+# At half load, the batches a latency-minded producer would send: 256 KiB, 4 in flight.
+# At half load (640-790k msg/s here) a 1 MiB batch takes 1.3-1.6 ms to fill, and its
+# first messages wait that long.
+latency=(--partitions 1 --message-size 1000 --batch-size 256KiB --in-flight 4 --acks 1)
 for io in ${MODES:-buffered direct}; do
   for i in $(seq "$repeats"); do
     [ -n "${SKIP_MAX:-}" ] && [ -f "$out/$io-produce-$i.json" ] && continue
@@ -111,7 +116,7 @@ EOF
   stop_broker
   for i in $(seq "$repeats"); do
     start_broker "$io"
-    bench "$io-halfload-$i" produce "${common[@]}" --topic bench --duration 10 --rate "$rate"
+    bench "$io-halfload-$i" produce "${latency[@]}" --topic bench --duration 10 --rate "$rate"
     stop_broker
   done
   for i in $(seq "$repeats"); do

@@ -72,10 +72,12 @@ pub struct CommonArgs {
     /// CPU to pin the benchmark to (default: the last CPU).
     #[arg(long)]
     pub cpu: Option<usize>,
-    /// With nothing to do, keep polling for this many microseconds before sleeping, so an
-    /// acknowledgement is not also waiting for the bench's core to wake up (the broker's
-    /// `reactor.idle.poll.us`).
-    #[arg(long, value_name = "US", default_value_t = 0)]
+    /// With nothing to do, keep polling for this many microseconds before sleeping (the
+    /// broker's `reactor.idle.poll.us`; 0 = sleep at once). A sleeping bench makes an
+    /// acknowledgement wait for its core to wake up, and on a VM the broker pays for
+    /// waking it: consume carried ~1.25 GB/s with 0 and 1.6-2.1 GB/s with 200 here
+    /// (perf/RESULTS.md, issue 6, session 21).
+    #[arg(long, value_name = "US", default_value_t = 200)]
     pub idle_poll_us: u64,
     /// Timeout of each admin request and of connecting, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
