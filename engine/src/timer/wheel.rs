@@ -477,12 +477,8 @@ impl<T> TimingWheel<T> {
                 TimerHandle { index, generation: *stamp }
             }
         };
-        let index = handle.index;
         self.len += 1;
-        match self.incoming.last_mut() {
-            Some((_, end)) if *end == index => *end += 1,
-            _ => self.incoming.push((index, index + 1)),
-        }
+        push_run(&mut self.incoming, handle.index);
         self.incoming_min_tick = self.incoming_min_tick.min(deadline_tick);
         Ok(handle)
     }
@@ -687,12 +683,9 @@ impl<T> TimingWheel<T> {
         };
         self.due.retain(&mut keep);
         let runs = std::mem::take(&mut self.incoming);
-        for index in runs.iter().flat_map(|&(start, end)| start..end) {
+        for index in run_indexes(&runs) {
             if keep(&index) {
-                match self.incoming.last_mut() {
-                    Some((_, end)) if *end == index => *end += 1,
-                    _ => self.incoming.push((index, index + 1)),
-                }
+                push_run(&mut self.incoming, index);
             }
         }
         for level in &mut self.levels {
@@ -776,7 +769,7 @@ impl<T> TimingWheel<T> {
             return;
         }
         let mut incoming = std::mem::take(&mut self.incoming);
-        for index in incoming.iter().flat_map(|&(start, end)| start..end) {
+        for index in run_indexes(&incoming) {
             if is_live(self.stamps[index as usize]) {
                 let deadline_tick = self.slots[index as usize].deadline_tick;
                 self.place(index, deadline_tick);
@@ -802,6 +795,21 @@ impl<T> TimingWheel<T> {
         due.clear();
         self.due = due;
     }
+}
+
+/// Appends `index` to a list of runs of consecutive indexes (`start..end`, see
+/// `TimingWheel::incoming`): it extends the last run when it follows it.
+#[inline(always)]
+fn push_run(runs: &mut Vec<(u32, u32)>, index: u32) {
+    match runs.last_mut() {
+        Some((_, end)) if *end == index => *end += 1,
+        _ => runs.push((index, index + 1)),
+    }
+}
+
+/// The indexes of a list of runs, in order.
+fn run_indexes(runs: &[(u32, u32)]) -> impl Iterator<Item = u32> + '_ {
+    runs.iter().flat_map(|&(start, end)| start..end)
 }
 
 /// Frees a tombstone's slot: its stamp becomes the FREE stamp of the next use, and the
@@ -975,8 +983,7 @@ mod tests {
                 }
             }
             let mut listed = 0;
-            let incoming = self.incoming.iter().flat_map(|&(start, end)| start..end);
-            for index in self.due.iter().copied().chain(incoming) {
+            for index in self.due.iter().copied().chain(run_indexes(&self.incoming)) {
                 seen[index as usize] += 1;
                 listed += 1;
             }
