@@ -848,7 +848,6 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
         );
     }
     let _ = writeln!(out, "\nadd+cancel speed-up of the wheel (median ns/op ratio):");
-    let mut wheel_at = Vec::new();
     for wheel in results.iter().filter(|s| s.name == Wheel::NAME || s.name == WheelCancel::NAME) {
         let versus = |name: &str| {
             results
@@ -872,7 +871,6 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
             versus(BTree::NAME),
             BTree::NAME
         );
-        wheel_at.push((wheel.name, wheel.timers, wheel.add_cancel_ns_per_op.median));
     }
     for wheel in results.iter().filter(|s| s.name == Wheel::NAME) {
         if let Some(floor) =
@@ -890,22 +888,17 @@ fn render_table(results: &[Summary], args: &TimerArgs) -> String {
             );
         }
     }
-    let floor_at: Vec<_> = results
-        .iter()
-        .filter(|s| s.name == Floor::NAME)
-        .map(|s| (s.name, s.timers, s.add_cancel_ns_per_op.median))
-        .collect();
     for name in [Wheel::NAME, WheelCancel::NAME, Floor::NAME] {
-        let at: Vec<_> = wheel_at.iter().chain(&floor_at).filter(|(n, _, _)| *n == name).collect();
+        // `results` runs size by size, so an implementation's rows are smallest first.
+        let at: Vec<&Summary> = results.iter().filter(|s| s.name == name).collect();
         if let (Some(first), Some(last)) = (at.first(), at.last()) {
+            let (from, to) = (first.add_cancel_ns_per_op.median, last.add_cancel_ns_per_op.median);
             let _ = writeln!(
                 out,
-                "{name} add+cancel cost from {} to {} timers: {:.1} -> {:.1} ns/op ({:.2}x)",
-                first.1,
-                last.1,
-                first.2,
-                last.2,
-                last.2 / first.2
+                "{name} add+cancel cost from {} to {} timers: {from:.1} -> {to:.1} ns/op ({:.2}x)",
+                first.timers,
+                last.timers,
+                to / from
             );
         }
     }
