@@ -530,29 +530,25 @@ fn pipelined_responses_leave_in_request_order() {
     // the acks=0 batch appended before the acks=all one that follows it.
     let mut fire_and_forget = produce_request("ordered", 0, batch(&["a"]));
     fire_and_forget.acks = 0;
+    // (frame, whether it is answered)
+    let requests = [
+        (raw.frame(&ApiVersionsRequest::default(), 3), true),
+        (raw.frame(&fire_and_forget, 9), false),
+        (raw.frame(&all_topics(), 12), true),
+        (raw.frame(&fetch_request("ordered", &[(1, 0)], 300), 12), true),
+        (raw.frame(&ApiVersionsRequest::default(), 3), true),
+        (raw.frame(&produce_request("ordered", 0, batch(&["b", "c"])), 9), true),
+        (raw.frame(&all_topics(), 12), true),
+    ];
     let mut frames = Vec::new();
     let mut expected = Vec::new();
-    let mut push = |frame: Vec<u8>, answered: bool| {
+    for (frame, answered) in requests {
         let id = i32::from_be_bytes(frame[8..12].try_into().unwrap());
         if answered {
             expected.push(id);
         }
         frames.extend(frame);
-    };
-    let frame = raw.frame(&ApiVersionsRequest::default(), 3);
-    push(frame, true);
-    let frame = raw.frame(&fire_and_forget, 9);
-    push(frame, false);
-    let frame = raw.frame(&all_topics(), 12);
-    push(frame, true);
-    let frame = raw.frame(&fetch_request("ordered", &[(1, 0)], 300), 12);
-    push(frame, true);
-    let frame = raw.frame(&ApiVersionsRequest::default(), 3);
-    push(frame, true);
-    let frame = raw.frame(&produce_request("ordered", 0, batch(&["b", "c"])), 9);
-    push(frame, true);
-    let frame = raw.frame(&all_topics(), 12);
-    push(frame, true);
+    }
     std::io::Write::write_all(&mut raw.stream, &frames).unwrap();
     let mut ids = Vec::new();
     let mut produced = None;
