@@ -6,7 +6,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use thiserror::Error;
+use tracing::debug;
 
 /// Bytes of the size prefix of every frame.
 pub const SIZE_PREFIX_BYTES: usize = 4;
@@ -81,8 +84,19 @@ pub fn decode_header(
     Ok(Request { api, header, body: frame })
 }
 
-/// Decodes a request body, insisting that it uses every byte (a longer body means the
-/// client and we disagree about the version's layout).
+/// Requests whose body decoded with bytes left after it, since the process started.
+static TRAILING_BYTES_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests have decoded with bytes left after their body (see [`decode_body`]).
+pub fn trailing_bytes_requests() -> u64 {
+    TRAILING_BYTES_REQUESTS.load(Ordering::Relaxed)
+}
+
+/// Decodes a request body. A body that does not decode is malformed; bytes left after a
+/// body that did are ignored (counted, logged at debug), as Apache Kafka ignores them:
+/// librdkafka writes an all-topics Metadata request's compact array count as a 4-byte
+/// placeholder it never shrinks (`00 00 00 00`), so the body a flexible version reads
+/// ends three bytes early, and every librdkafka program relies on that leniency.
 pub fn decode_body<T: Decodable>(
     api: ApiKey,
     version: i16,
@@ -95,11 +109,8 @@ pub fn decode_body<T: Decodable>(
         reason: error.to_string(),
     })?;
     if bytes.has_remaining() {
-        return Err(ProtocolError::Malformed {
-            api,
-            version,
-            reason: format!("{} bytes left after the body", bytes.remaining()),
-        });
+        TRAILING_BYTES_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        debug!(?api, version, bytes = bytes.remaining(), "ignoring bytes after a request body");
     }
     Ok(value)
 }
@@ -156,13 +167,38 @@ mod tests {
         }
     }
 
+    /// librdkafka 2.16's all-topics Metadata v12 request: the topic array's compact
+    /// count is the four bytes `00 00 00 00`. The first is the null array; the other three
+    /// are read as the two booleans and the tagged-field count, and the real ones are
+    /// left over. Kafka answers it, so must we.
     #[test]
-    fn trailing_bytes_are_malformed() {
+    fn bytes_after_a_decoded_body_are_ignored() {
+        use kafka_protocol::messages::MetadataRequest;
+        let mut body = BytesMut::new();
+        body.put_slice(&[0, 0, 0, 0]); // the placeholder count
+        body.put_u8(1); // allow_auto_topic_creation
+        body.put_u8(0); // include_topic_authorized_operations
+        body.put_u8(0); // no tagged fields
+        let before = trailing_bytes_requests();
+        let request: MetadataRequest = decode_body(ApiKey::Metadata, 12, &body.freeze()).unwrap();
+        assert!(request.topics.is_none(), "all topics");
+        assert!(trailing_bytes_requests() > before);
+
         let mut buf = BytesMut::new();
         kafka_protocol::messages::ApiVersionsRequest::default().encode(&mut buf, 0).unwrap();
         buf.put_u8(1);
         let result: Result<kafka_protocol::messages::ApiVersionsRequest, _> =
             decode_body(ApiKey::ApiVersions, 0, &buf.freeze());
+        assert!(result.is_ok());
+    }
+
+    /// A body that does not decode is still malformed: here a topic array of one entry
+    /// with no bytes for it.
+    #[test]
+    fn a_body_that_does_not_decode_is_malformed() {
+        let body = Bytes::from_static(&[2]);
+        let result: Result<kafka_protocol::messages::MetadataRequest, _> =
+            decode_body(ApiKey::Metadata, 12, &body);
         assert!(matches!(result, Err(ProtocolError::Malformed { .. })));
     }
 }
