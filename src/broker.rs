@@ -25,6 +25,10 @@ use crate::config::Config;
 
 /// `meta.properties` in the data dir: the cluster id and node id, like Kafka's.
 const META_PROPERTIES: &str = "meta.properties";
+/// The id of the boot the broker last opened its logs in (see `machine_restarted`).
+const BOOT_ID_FILE: &str = "boot-id";
+/// The kernel's id of the running boot, new at every boot.
+const KERNEL_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// How long the other shards get to stop after one failed.
 const SHARD_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -67,11 +71,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .context("reading the recovery-point checkpoint")?;
     let log_starts = checkpoint::read(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE))
         .context("reading the log-start-offset checkpoint")?;
+    let (machine_restarted, boot_id) = machine_restarted(&config.data_dir);
     tracing::debug!(properties = ?config.properties, "broker properties");
     info!(
         listen = %listen, advertise = %format!("{advertised_host}:{advertised_port}"),
         data_dir = %config.data_dir.display(), shards = config.cores, io = %config.log.io_mode,
-        topics = image.len(), memlock, cluster_id = %cluster_id,
+        topics = image.len(), memlock, cluster_id = %cluster_id, machine_restarted,
         "starting sluice"
     );
     let broker = Arc::new(BrokerConfig {
@@ -126,6 +131,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
+    // Once every shard has opened its logs, the data dir belongs to this boot.
+    let shards_opening = Arc::new(std::sync::atomic::AtomicUsize::new(config.cores));
     let stall_threshold_ms = config.stall_threshold_ms;
     let idle_poll = Duration::from_micros(config.idle_poll_us);
     if stall_threshold_ms > 0 {
@@ -140,6 +147,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 let hints = OpenHints {
                     recovery_point: recovery_points.get(&tp).copied().unwrap_or(0),
                     log_start_offset: log_starts.get(&tp).copied().unwrap_or(0),
+                    machine_restarted,
                 };
                 (tp, hints)
             })
@@ -153,6 +161,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             hints,
             mesh: mesh_ends.next().expect("one mesh end per shard"),
             stop: stop.clone(),
+            on_opened: {
+                let (opening, data_dir, boot_id) =
+                    (shards_opening.clone(), config.data_dir.clone(), boot_id.clone());
+                Box::new(move || {
+                    if opening.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        record_boot(&data_dir, boot_id.as_deref());
+                    }
+                })
+            },
         };
         let handle = glommio::LocalExecutorBuilder::new(runtime::pinned_placement(id))
             .name(&format!("shard-{id}"))
@@ -241,6 +258,36 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// Whether the machine restarted since the logs in `data_dir` were last opened, and the
+/// id of the running boot. After a restart, writes that had not reached the device may be
+/// lost in any order, which recovery must allow for (`OpenHints::machine_restarted`);
+/// after a crash of the process alone the page cache kept them. Unknown (no boot id on
+/// record, as on the first start, or none from the kernel) counts as a restart: recovery
+/// then cuts the log at the first invalid batch above the recovery point, as Kafka does.
+fn machine_restarted(data_dir: &Path) -> (bool, Option<String>) {
+    let current = std::fs::read_to_string(KERNEL_BOOT_ID).ok().map(|id| id.trim().to_string());
+    let recorded = std::fs::read_to_string(data_dir.join(BOOT_ID_FILE)).ok();
+    let restarted = match (&current, recorded) {
+        (Some(current), Some(recorded)) => current != recorded.trim(),
+        _ => true,
+    };
+    (restarted, current)
+}
+
+/// Records the running boot's id once every log is open (not before: a crash during
+/// recovery after a restart must be recovered as after a restart again). Not fsynced: if
+/// the machine stops before the file reaches the disk, the next boot differs anyway.
+fn record_boot(data_dir: &Path, boot_id: Option<&str>) {
+    let Some(boot_id) = boot_id else { return };
+    let path = data_dir.join(BOOT_ID_FILE);
+    let temp = path.with_extension("tmp");
+    let written =
+        std::fs::write(&temp, format!("{boot_id}\n")).and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(error) = written {
+        warn!(path = %path.display(), %error, "recording the boot id failed");
+    }
 }
 
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {

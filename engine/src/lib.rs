@@ -9,6 +9,7 @@ pub mod io;
 pub mod log;
 pub mod metadata;
 pub mod producer;
+pub mod replay;
 pub mod runtime;
 pub mod shard;
 pub mod sync;

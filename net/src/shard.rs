@@ -24,15 +24,15 @@ use sluice_engine::io::IoMode;
 use sluice_engine::log::{AppendInfo, Log, LogError, OpenHints};
 use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
 use sluice_engine::producer::{
-    encode_marker, BatchIdentity, LoggedBatch, Marker, ProducerStates, ProducerView, SequenceError,
-    Verdict,
+    encode_marker, BatchIdentity, Marker, ProducerStates, ProducerView, SequenceError, Verdict,
 };
+use sluice_engine::replay;
 use sluice_engine::shard::{shard_of, ShardId};
 use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{
     DelayedOperation, DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver, Watched,
 };
-use sluice_engine::txnindex::{self, AbortedTxn, TxnIndex};
+use sluice_engine::txnindex::{AbortedTxn, TxnIndex};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerConfig, TopicSettings};
@@ -375,6 +375,8 @@ pub struct ShardStart {
     pub hints: BTreeMap<TopicPartition, OpenHints>,
     pub mesh: MeshEnds<MeshMsg>,
     pub stop: Arc<AtomicBool>,
+    /// Called once the shard has opened (recovered) every partition it owns.
+    pub on_opened: Box<dyn FnOnce() + Send>,
 }
 
 /// The mesh ends of every shard (`[i]` for shard i), built once per broker.
@@ -1142,19 +1144,21 @@ impl Shard {
         };
         match opened {
             Ok(log) => {
-                let (producers, aborted) = match self.load_producer_state(&log).await {
-                    Ok((producers, aborted, batches)) => {
+                let (producers, aborted) = match replay::rebuild_producer_state(&log).await {
+                    Ok(state) => {
                         debug!(
                             partition = %tp,
                             log_end_offset = log.log_end_offset(),
-                            producers = producers.len(),
-                            producer_batches_replayed = batches,
-                            aborted_transactions = aborted.len(),
+                            producers = state.producers.len(),
+                            snapshot_offset = ?state.snapshot_offset,
+                            producer_batches_replayed = state.batches_replayed,
+                            aborted_transactions = state.aborted.len(),
                             "partition open"
                         );
-                        (producers, aborted)
+                        (state.producers, state.aborted)
                     }
-                    Err(reason) => {
+                    Err(error) => {
+                        let reason = error.to_string();
                         error!(partition = %tp, %reason, "rebuilding producer state failed: partition offline");
                         self.offline.borrow_mut().insert(tp, reason);
                         return;
@@ -1506,7 +1510,12 @@ impl Shard {
     /// the segment holding its marker.
     fn index_aborted(partition: &Partition, entry: AbortedTxn) {
         let bases = partition.log.segment_base_offsets();
-        record_abort(partition.log.dir(), &bases, &mut partition.aborted.borrow_mut(), entry);
+        replay::record_abort(
+            partition.log.dir(),
+            &bases,
+            &mut partition.aborted.borrow_mut(),
+            entry,
+        );
     }
 
     /// Every record of a partition, oldest first, with the transaction markers: the
@@ -1516,7 +1525,7 @@ impl Shard {
         let partition = self.partition(tp).map_err(|e| e.message)?;
         let (start, end) = (partition.log.log_start_offset(), partition.high_watermark());
         let mut records = Vec::new();
-        for_each_chunk(&partition.log, start, end, |offset, chunk| {
+        replay::for_each_chunk(&partition.log, start, end, |offset, chunk| {
             let mut buffer = Bytes::copy_from_slice(chunk);
             let sets = RecordBatchDecoder::decode_all(&mut buffer).map_err(|e| e.to_string())?;
             for set in sets {
@@ -1543,7 +1552,8 @@ impl Shard {
             }
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(records)
     }
 
@@ -1568,63 +1578,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    /// Rebuilds a partition's producer state and aborted-transaction index when it opens:
-    /// from the newest producer snapshot at or below the log end (written at clean
-    /// shutdown), then every producer batch after it (the whole log without one).
-    async fn load_producer_state(
-        &self,
-        log: &Log,
-    ) -> Result<(ProducerStates, TxnIndex, usize), String> {
-        let dir = log.dir();
-        let end = log.log_end_offset();
-        let bases = log.segment_base_offsets();
-        // A corrupt aborted-transaction index is rebuilt, like the other indexes: the files
-        // go, and the whole log is replayed (which writes the entries again).
-        let (mut aborted, snapshot) = match txnindex::load(dir, &bases) {
-            Ok(aborted) => (aborted, newest_snapshot(dir, end)),
-            Err(reason) => {
-                warn!(dir = %dir.display(), %reason, "aborted-transaction index unreadable; rebuilding it from the log");
-                for &base in &bases {
-                    let path = dir.join(sluice_engine::log::segment_file_name(base, "txnindex"));
-                    let _ = std::fs::remove_file(path);
-                }
-                (TxnIndex::default(), None)
-            }
-        };
-        aborted.truncate(end);
-        let (mut states, from) = match snapshot {
-            Some((offset, states)) => (states, offset),
-            None => (ProducerStates::default(), log.log_start_offset()),
-        };
-        let mut batches = 0usize;
-        let mut fresh_aborts = Vec::new();
-        for_each_chunk(log, from.max(log.log_start_offset()), end, |_, chunk| {
-            for batch in BatchIter::new(chunk) {
-                let batch = batch.map_err(|e| e.to_string())?;
-                let next = batch.last_offset() + 1;
-                let Some(logged) = LoggedBatch::of(&batch) else { continue };
-                batches += 1;
-                if let Some(done) = states.replay(&logged) {
-                    if let (false, Some(first_offset)) = (done.committed, done.first_offset) {
-                        let lso = states.first_unstable_offset().map_or(next, |f| f.min(next));
-                        fresh_aborts.push(AbortedTxn {
-                            producer_id: done.producer_id,
-                            first_offset,
-                            last_offset: done.last_offset,
-                            last_stable_offset: lso,
-                        });
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        for entry in fresh_aborts {
-            record_abort(dir, &bases, &mut aborted, entry);
-        }
-        Ok((states, aborted, batches))
     }
 
     /// Size and log start offset of every partition on this shard (for housekeeping).
@@ -1763,48 +1716,6 @@ impl Shard {
     }
 }
 
-/// Reads `log` from `from` up to `end` in chunks of whole batches (about 1 MiB), handing
-/// each chunk and the offset it was read from to `visit`: the replays at start-up.
-async fn for_each_chunk(
-    log: &Log,
-    from: i64,
-    end: i64,
-    mut visit: impl FnMut(i64, &[u8]) -> Result<(), String>,
-) -> Result<(), String> {
-    let mut offset = from;
-    while offset < end {
-        let slice = log.read(offset, 1 << 20, end, true).await.map_err(|e| e.to_string())?;
-        let chunk = slice.read().await.map_err(|e| e.to_string())?;
-        if chunk.is_empty() {
-            break;
-        }
-        let mut next = offset;
-        for batch in BatchIter::new(&chunk) {
-            next = batch.map_err(|e| e.to_string())?.last_offset() + 1;
-        }
-        visit(offset, &chunk)?;
-        if next <= offset {
-            break;
-        }
-        offset = next;
-    }
-    Ok(())
-}
-
-/// Adds an aborted transaction to `index` under the segment (of `bases`) that holds its
-/// marker, and appends it to that segment's `.txnindex` file unless the index had it.
-/// One small write per aborted transaction and partition (see `engine::txnindex`).
-fn record_abort(dir: &std::path::Path, bases: &[i64], index: &mut TxnIndex, entry: AbortedTxn) {
-    let at = bases.partition_point(|&base| base <= entry.last_offset);
-    let base = bases.get(at.saturating_sub(1)).copied().unwrap_or(0);
-    if !index.add(base, entry) {
-        return;
-    }
-    if let Err(error) = txnindex::append_entry(dir, base, &entry) {
-        error!(dir = %dir.display(), %error, "writing the aborted-transaction index failed");
-    }
-}
-
 /// What a coordinator replays from its internal topic.
 #[derive(Debug, Clone)]
 pub enum Replayed {
@@ -1814,59 +1725,13 @@ pub enum Replayed {
     Marker { producer_id: i64, commit: bool },
 }
 
-/// The producer snapshots in `dir` (`<offset>.snapshot`), by offset.
-fn snapshot_offsets(dir: &std::path::Path) -> Vec<i64> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut offsets: Vec<i64> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".snapshot").and_then(|stem| stem.parse().ok())
-        })
-        .collect();
-    offsets.sort_unstable();
-    offsets
-}
-
-/// The newest readable producer snapshot at or below `end`, and its offset. Snapshots
-/// past the end (the log was cut) and unreadable ones are skipped with a log line.
-fn newest_snapshot(dir: &std::path::Path, end: i64) -> Option<(i64, ProducerStates)> {
-    for offset in snapshot_offsets(dir).into_iter().rev().filter(|&o| o <= end) {
-        let path = dir.join(sluice_engine::log::segment_file_name(offset, "snapshot"));
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| ProducerStates::decode_snapshot(&bytes))
-        {
-            Ok(states) => return Some((offset, states)),
-            Err(error) => warn!(path = %path.display(), %error, "producer snapshot skipped"),
-        }
-    }
-    None
-}
-
-/// Writes the partition's producer state as `<log end>.snapshot` (temp file, rename) and
-/// removes older snapshots. At shutdown only, after every request finished, so the state
-/// is exactly that of the log end. Not fsynced: a snapshot lost or torn by a crash fails
-/// its CRC or is missing, and the next start replays the log instead (slower, not wrong).
+/// Writes the partition's producer snapshot at its log end (see
+/// [`replay::write_snapshot`]); a failure only costs the next start a longer replay.
 fn write_snapshot(partition: &Partition) {
-    let dir = partition.log.dir();
     let end = partition.log.log_end_offset();
-    let bytes = partition.producers.borrow().encode_snapshot();
-    let path = dir.join(sluice_engine::log::segment_file_name(end, "snapshot"));
-    let temp = path.with_extension("snapshot.tmp");
-    let written = (|| -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
-        std::fs::rename(&temp, &path)
-    })();
-    if let Err(error) = written {
+    let producers = partition.producers.borrow();
+    if let Err(error) = replay::write_snapshot(partition.log.dir(), end, &producers) {
         warn!(partition = %partition.tp, %error, "writing the producer snapshot failed");
-        return;
-    }
-    for offset in snapshot_offsets(dir).into_iter().filter(|&o| o != end) {
-        let old = dir.join(sluice_engine::log::segment_file_name(offset, "snapshot"));
-        let _ = std::fs::remove_file(old);
     }
 }
 
@@ -1939,6 +1804,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         offline = shard.offline.borrow().len(),
         "shard ready"
     );
+    (start.on_opened)();
 
     shard.load_coordinators().await;
 

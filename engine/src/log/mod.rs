@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
 use crate::clock::Clock;
@@ -120,6 +120,13 @@ pub struct OpenHints {
     pub recovery_point: i64,
     /// From `log-start-offset-checkpoint`.
     pub log_start_offset: i64,
+    /// The machine restarted since the log was last open (a power loss or a kernel crash,
+    /// unless the broker stopped cleanly first). Writes not yet on the device may then be
+    /// lost in any order, so above the recovery point damage followed by valid batches
+    /// is a torn tail, cut as Kafka cuts it. Without a restart only the process stopped:
+    /// the page cache kept every write it had taken, and such damage takes the log
+    /// offline instead of cutting away the valid batches after it.
+    pub machine_restarted: bool,
 }
 
 #[derive(Debug, Error)]
@@ -478,25 +485,15 @@ impl Log {
             .copied()
             .unwrap_or(0);
         let interval = self.options.borrow().index_interval_bytes;
+        // Where writes may have been lost out of order (see `OpenHints`).
+        let reordered_from =
+            if hints.machine_restarted { hints.recovery_point.max(0) } else { i64::MAX };
         let mut segments: BTreeMap<i64, Segment> = BTreeMap::new();
         let mut cut = false;
         for (at, &base) in bases.iter().enumerate() {
             if cut {
                 self.delete_segment_files(base).await?;
                 continue;
-            }
-            // Segments must follow each other without a gap: a segment starting past the
-            // previous one's end (a lost or emptied file before it) ends the log.
-            if let Some(previous) = segments.values().next_back() {
-                if previous.next_offset != base {
-                    warn!(
-                        dir = %self.dir.display(), segment = base, expected = previous.next_offset,
-                        "segment does not start where the previous one ends; dropping it and the rest"
-                    );
-                    cut = true;
-                    self.delete_segment_files(base).await?;
-                    continue;
-                }
             }
             let (log, index_file, time_file) = self.open_segment_files(base).await?;
             let mut segment = Segment {
@@ -524,18 +521,74 @@ impl Log {
                 continue;
             }
             let expected_first = segments.values().next_back().map_or(base, |s| s.next_offset);
-            let outcome = self.recover_segment(&mut segment, expected_first, interval).await?;
+            let outcome = self
+                .recover_segment(&mut segment, expected_first, interval, reordered_from)
+                .await?;
+            let path = self.dir.join(segment_file_name(base, "log"));
+            let damaged = |position: u64, offset: i64, reason: String| {
+                error!(
+                    segment = %path.display(), position, offset, %reason,
+                    "damaged log followed by valid batches: not a torn tail; the partition stays offline with its files as they are"
+                );
+                LogError::Corrupt { path: path.clone(), position, reason }
+            };
+            // Segments follow each other without a gap. One that ends short of where the
+            // next begins lost batches; with valid batches after them (the next segment)
+            // that is damage, not a torn tail, unless the machine restarted.
+            let lost_before_next = next_base.filter(|next| *next != segment.next_offset);
+            if let Some(next) = lost_before_next {
+                if !matches!(outcome, Recovered::Damaged { .. })
+                    && segment.next_offset < reordered_from
+                    && self.starts_with_valid_batch(next).await?
+                {
+                    let (position, reason) = match &outcome {
+                        Recovered::Cut { reason, position, .. } => (*position, reason.clone()),
+                        _ => (segment.size, "the segment ends early".to_string()),
+                    };
+                    let offset = segment.next_offset;
+                    return Err(damaged(
+                        position,
+                        offset,
+                        format!(
+                            "batches from offset {offset} are missing ({reason}) before segment {next}"
+                        ),
+                    ));
+                }
+            }
+            match &outcome {
+                Recovered::Damaged { reason, position, offset } => {
+                    return Err(damaged(
+                        *position,
+                        *offset,
+                        format!(
+                            "the batch at offset {offset} is damaged ({reason}) and valid batches follow it"
+                        ),
+                    ));
+                }
+                Recovered::Cut { reason, position, bytes } => warn!(
+                    segment = %path.display(), position, bytes_cut = bytes, %reason,
+                    "torn tail: segment cut at its last whole batch during recovery"
+                ),
+                Recovered::Clean | Recovered::Padding { .. } => {}
+            }
+            let position = match outcome {
+                Recovered::Clean => segment.size,
+                Recovered::Padding { position } | Recovered::Cut { position, .. } => position,
+                Recovered::Damaged { .. } => unreachable!("returned above"),
+            };
+            self.finish_scan(&mut segment, position).await?;
+            if let Some(next) = lost_before_next {
+                warn!(
+                    dir = %self.dir.display(), segment = next, expected = segment.next_offset,
+                    later_segments = bases.len() - at - 1,
+                    "the log ends before the next segment begins; dropping it and the rest"
+                );
+                cut = true;
+            }
             if segment.size == 0 {
                 segment.rolling_since_ms = None;
             }
             segments.insert(base, segment);
-            if let Recovered::Cut { reason, position } = outcome {
-                warn!(
-                    dir = %self.dir.display(), segment = base, position, %reason,
-                    "log truncated at the first invalid batch during recovery"
-                );
-                cut = true;
-            }
         }
         let first_base = bases.first().copied().unwrap_or(hints.log_start_offset.max(0));
         if segments.is_empty() {
@@ -596,14 +649,29 @@ impl Log {
         Ok(true)
     }
 
-    /// Walks every batch of a segment: validates it and rebuilds the indexes. Cuts the
-    /// segment at the first invalid batch, except for zero padding after the last batch
-    /// (direct mode writes whole blocks; the padding is trimmed, not a sign of damage).
+    /// Walks every batch of a segment: validates it and rebuilds the indexes, up to the
+    /// first invalid batch. Zeros from there to the end are padding (direct mode writes
+    /// whole blocks and allocates ahead; not a sign of damage); anything else there is a
+    /// torn tail, the bytes a crash left half-written (a partial batch at the end of a
+    /// file, zeros where a direct-mode write had not landed, a batch whose header reached
+    /// the disk and whose body did not). Nothing is cut here: the caller cuts
+    /// (`finish_scan`) once it has checked that no valid batches follow in the next
+    /// segment.
+    ///
+    /// When a valid batch follows the invalid one right after it, the damage is not what
+    /// a crash leaves, and the segment is reported `Damaged` so the log stays offline with
+    /// its bytes intact; except from offset `reordered_from` on, where the machine may
+    /// have lost writes in any order (see `OpenHints::machine_restarted`). Direct mode
+    /// acknowledges an append only once every earlier write of the file has landed, and
+    /// rolls only once the old segment's writes have, so a hole followed by landed data
+    /// holds only unacknowledged appends; such a hole reads as zeros, whose batch length
+    /// is not a length, so it is a tail, not damage.
     async fn recover_segment(
         &self,
         segment: &mut Segment,
         expected_first: i64,
         interval: u64,
+        reordered_from: i64,
     ) -> Result<Recovered, LogError> {
         let file = segment.log.clone();
         let file_len = file.len();
@@ -618,6 +686,8 @@ impl Log {
             }
             // Make sure the buffer holds the header, then the whole batch.
             let mut need = HEADER_BYTES as u64;
+            // The batch's size, once its length field is read and the batch fits the file.
+            let mut intact_size: Option<u64> = None;
             let checked = loop {
                 let have = buffer.as_ref().map_or(0, |(start, bytes)| {
                     if *start <= position && position < *start + bytes.len() as u64 {
@@ -639,6 +709,7 @@ impl Log {
                                         "batch of {size} bytes runs past the end of the file"
                                     ));
                                 }
+                                intact_size = Some(need);
                                 continue;
                             }
                             Ok(_) => break Err("truncated batch header".to_string()),
@@ -679,8 +750,18 @@ impl Log {
                     // Zeros to the end are what a direct-mode file has after its last
                     // batch until it is sealed, whichever mode opens it now. (Batches
                     // lost from the end of a segment with segments after it leave a
-                    // gap in the offsets, which the caller reports and cuts.)
-                    if zeros_to_end(&file, position).await? {
+                    // gap in the offsets, which the caller checks.)
+                    let padding = zeros_to_end(&file, position).await?;
+                    if !padding && expected < reordered_from {
+                        let followed = match intact_size {
+                            Some(size) => valid_batch_at(&file, position + size).await?,
+                            None => false,
+                        };
+                        if followed {
+                            return Ok(Recovered::Damaged { reason, position, offset: expected });
+                        }
+                    }
+                    if padding {
                         if file_len - position > PADDING_QUIET_BYTES {
                             info!(
                                 segment = %file.path().display(), position,
@@ -688,21 +769,37 @@ impl Log {
                                 "trimming zeros after the last batch (unsealed segment)"
                             );
                         }
-                        break Recovered::Padding;
+                        break Recovered::Padding { position };
                     }
-                    break Recovered::Cut { reason, position };
+                    break Recovered::Cut { reason, position, bytes: file_len - position };
                 }
             }
         };
-        if position < file_len {
+        segment.size = position;
+        Ok(outcome)
+    }
+
+    /// Ends the recovery of a scanned segment: cuts the file at `position` (a torn tail or
+    /// padding) and empties its index files (the flush at the end of recovery rewrites
+    /// them from memory).
+    async fn finish_scan(&self, segment: &mut Segment, position: u64) -> Result<(), LogError> {
+        let file = segment.log.clone();
+        if position < file.len() {
             file.truncate(position).await.map_err(io_error(file.path()))?;
         }
         segment.size = position;
-        // Everything is rewritten by the flush at the end of recovery.
         for index_file in [&segment.index_file, &segment.time_file] {
             index_file.truncate(0).await.map_err(io_error(index_file.path()))?;
         }
-        Ok(outcome)
+        Ok(())
+    }
+
+    /// True when the segment `base` starts with a whole, valid batch.
+    async fn starts_with_valid_batch(&self, base: i64) -> Result<bool, LogError> {
+        let path = self.dir.join(segment_file_name(base, "log"));
+        let file =
+            SegmentFile::open(&path, IoMode::Buffered, None).await.map_err(io_error(&path))?;
+        valid_batch_at(&file, 0).await
     }
 
     async fn delete_segment_files(&self, base_offset: i64) -> Result<(), LogError> {
@@ -1435,9 +1532,30 @@ async fn zeros_to_end(file: &SegmentFile, mut position: u64) -> Result<bool, Log
 const INDEX_REBUILD_FREE: u64 = 2 * INDEX_INTERVAL_BYTES_DEFAULT;
 
 enum Recovered {
+    /// Every byte is a valid batch.
     Clean,
-    Padding,
-    Cut { reason: String, position: u64 },
+    /// Valid batches up to `position`, zeros after it.
+    Padding { position: u64 },
+    /// A torn tail, cut at `position`: `bytes` were dropped from this segment.
+    Cut { reason: String, position: u64, bytes: u64 },
+    /// An invalid batch at `position` (offset `offset` expected there) with a valid batch
+    /// after it: left as it is.
+    Damaged { reason: String, position: u64, offset: i64 },
+}
+
+/// True when a whole batch with a valid CRC starts at `position` of `file`.
+async fn valid_batch_at(file: &SegmentFile, position: u64) -> Result<bool, LogError> {
+    let file_len = file.len();
+    if file_len.saturating_sub(position) < HEADER_BYTES as u64 {
+        return Ok(false);
+    }
+    let header = file.read_at(position, HEADER_BYTES).await.map_err(io_error(file.path()))?;
+    let Ok(size) = batch::batch_size(&header) else { return Ok(false) };
+    if size as u64 > file_len - position {
+        return Ok(false);
+    }
+    let bytes = file.read_at(position, size).await.map_err(io_error(file.path()))?;
+    Ok(Batch::parse(&bytes).is_ok_and(|(one, _)| one.validate(usize::MAX).is_ok()))
 }
 
 async fn read_whole(file: &SegmentFile) -> Result<FileBytes, LogError> {

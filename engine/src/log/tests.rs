@@ -422,7 +422,11 @@ fn clean_reopen_and_crash_reopen_keep_every_batch() {
             let before = read_all(&log).await;
             log.close().await.unwrap();
             assert_eq!(log.recovery_point(), log.log_end_offset());
-            let hints = OpenHints { recovery_point: log.recovery_point(), log_start_offset: 0 };
+            let hints = OpenHints {
+                recovery_point: log.recovery_point(),
+                log_start_offset: 0,
+                machine_restarted: false,
+            };
             drop(log);
             let log = open(dir.path(), opts.clone(), hints, &clock).await;
             assert_eq!(read_all(&log).await, before);
@@ -481,7 +485,7 @@ fn unsealed_direct_segment_with_space_allocated_ahead_keeps_later_segments() {
             drop(file);
             let mut opts = opts.clone();
             opts.io_mode = mode;
-            let hints = OpenHints { recovery_point, log_start_offset: 0 };
+            let hints = OpenHints { recovery_point, log_start_offset: 0, machine_restarted: false };
             let log = open(dir.path(), opts, hints, &clock).await;
             assert_eq!(read_all(&log).await, before, "{mode:?} from {recovery_point}");
             assert_eq!(log.segment_base_offsets(), bases);
@@ -504,7 +508,11 @@ fn lost_index_files_are_rebuilt() {
             append_fresh(&log, &batch_bytes(1, 700, T0 + i, 5)).await;
         }
         log.close().await.unwrap();
-        let hints = OpenHints { recovery_point: log.log_end_offset(), log_start_offset: 0 };
+        let hints = OpenHints {
+            recovery_point: log.log_end_offset(),
+            log_start_offset: 0,
+            machine_restarted: false,
+        };
         let before = read_all(&log).await;
         let first_index = dir.path().join(segment_file_name(0, "index"));
         let good_index = std::fs::read(&first_index).unwrap();
@@ -588,7 +596,7 @@ fn failed_direct_write_takes_the_log_offline() {
         drop(log);
         crate::io::writes_landed().await;
         opts.faults = None;
-        let hints = OpenHints { recovery_point: 1, log_start_offset: 0 };
+        let hints = OpenHints { recovery_point: 1, log_start_offset: 0, machine_restarted: false };
         let log = open(dir.path(), opts, hints, &clock).await;
         assert_eq!(log.log_end_offset(), 1);
         assert_dense(&read_all(&log).await, 0, 1);
@@ -655,9 +663,15 @@ fn flush_messages_and_flush_ms_policies() {
 // ---------------------------------------------------------------------------------------
 
 /// Writes a log of several segments, damages it at `damage_at` (a fraction of the total
-/// bytes), reopens with recovery from the start, and checks: every batch wholly before the
-/// damage is intact, nothing from the damaged batch on is returned, offsets stay dense.
-fn crash_case(mode: IoMode, damage_at: f64, flip: Option<u8>) {
+/// bytes: a cut of the file there, or a flipped byte), reopens with recovery from the
+/// start, and checks what recovery kept.
+///
+/// After a restart of the machine (`machine_restarted`) anything unflushed may be lost in
+/// any order, so every batch wholly before the damage is kept and nothing from the damaged
+/// batch on. After a crash of the process alone, only a torn tail is cut: damage with valid
+/// batches after it (a later segment, or the batch right after a damaged batch whose length
+/// field survived) takes the log offline and leaves its files as they are.
+fn crash_case(mode: IoMode, damage_at: f64, flip: Option<u8>, machine_restarted: bool) {
     run(async move {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
@@ -706,14 +720,17 @@ fn crash_case(mode: IoMode, damage_at: f64, flip: Option<u8>) {
             None => content.truncate(position as usize),
         }
         std::fs::write(&path, &content).unwrap();
+        let last_segment = damaged_base == *segments.last().unwrap();
 
-        // What must survive: batches wholly before the damage. A flip inside a batch's
-        // leader epoch (outside the CRC, by Kafka's design) is undetectable: that batch
-        // survives changed, and so does everything after it.
+        // What must survive a cut: batches wholly before the damage. A flip inside a
+        // batch's leader epoch (outside the CRC, by Kafka's design) is undetectable: that
+        // batch survives changed, and so does everything after it.
         let mut expected = Vec::new();
         let mut epoch_flipped = false;
+        // Whether valid batches follow the damaged one where recovery looks for them.
+        let mut followed = false;
         let mut at = 0u64;
-        for (base, bytes) in &before {
+        for (index, (base, bytes)) in before.iter().enumerate() {
             let segment = *segments.iter().rev().find(|s| **s <= *base).unwrap();
             if segment != damaged_base || epoch_flipped {
                 if segment < damaged_base || epoch_flipped {
@@ -731,11 +748,31 @@ fn crash_case(mode: IoMode, damage_at: f64, flip: Option<u8>) {
                 expected.push((*base, changed));
                 epoch_flipped = true;
             } else {
+                let length_field = (8..12).contains(&(position - at));
+                followed =
+                    !last_segment || (flip.is_some() && !length_field && index + 1 < before.len());
                 break;
             }
             at = end;
         }
-        let log = open(dir.path(), opts, OpenHints::default(), &clock).await;
+        let hints = OpenHints { machine_restarted, ..OpenHints::default() };
+        if followed && !machine_restarted {
+            let opened = Log::open(dir.path(), opts, hints, Rc::new(clock.clone())).await;
+            let Err(error) = opened else { panic!("damage followed by valid batches is cut") };
+            assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
+            let on_disk = std::fs::read(&path).unwrap();
+            assert!(
+                on_disk == content,
+                "the damaged file is left as it is: {} bytes on disk, {} written",
+                on_disk.len(),
+                content.len()
+            );
+            for (base, path, _) in &files {
+                assert!(path.exists() || *base < damaged_base, "segment {base} is kept");
+            }
+            return;
+        }
+        let log = open(dir.path(), opts, hints, &clock).await;
         let after = read_all(&log).await;
         assert_eq!(after.len(), expected.len(), "damage at {position} of {damaged_base}");
         assert_eq!(after, expected);
@@ -754,13 +791,23 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn crash_cut_at_random_position(at in 0.0f64..1.0, direct in any::<bool>()) {
-        crash_case(if direct { IoMode::Direct } else { IoMode::Buffered }, at, None);
+    fn crash_cut_at_random_position(
+        at in 0.0f64..1.0,
+        direct in any::<bool>(),
+        restarted in any::<bool>(),
+    ) {
+        crash_case(if direct { IoMode::Direct } else { IoMode::Buffered }, at, None, restarted);
     }
 
     #[test]
-    fn crash_flip_random_byte(at in 0.0f64..1.0, mask in any::<u8>(), direct in any::<bool>()) {
-        crash_case(if direct { IoMode::Direct } else { IoMode::Buffered }, at, Some(mask));
+    fn crash_flip_random_byte(
+        at in 0.0f64..1.0,
+        mask in any::<u8>(),
+        direct in any::<bool>(),
+        restarted in any::<bool>(),
+    ) {
+        let mode = if direct { IoMode::Direct } else { IoMode::Buffered };
+        crash_case(mode, at, Some(mask), restarted);
     }
 }
 
@@ -936,6 +983,7 @@ fn run_model(mode: IoMode, ops: Vec<Op>) {
                     let hints = OpenHints {
                         recovery_point: log.recovery_point(),
                         log_start_offset: log.log_start_offset(),
+                        machine_restarted: false,
                     };
                     drop(log);
                     // A crash: writes the kernel accepted still land.

@@ -243,7 +243,7 @@ pub fn lookup(args: &LookupArgs) -> anyhow::Result<()> {
         // is recovered from offset 0 (as after an unclean stop), which also rebuilds the
         // in-memory batch extents a live partition has.
         let recovery_point = if trusted { i64::MAX } else { 0 };
-        let hints = OpenHints { recovery_point, log_start_offset: 0 };
+        let hints = OpenHints { recovery_point, log_start_offset: 0, machine_restarted: false };
         let opened = Instant::now();
         let log = Log::open(&dir, options, hints, clock).await?;
         eprintln!(
