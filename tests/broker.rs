@@ -6,6 +6,8 @@
 
 #[path = "support/admin.rs"]
 mod admin;
+#[path = "support/crash.rs"]
+mod crash;
 #[path = "support/groups.rs"]
 mod groups;
 #[path = "support/harness.rs"]
