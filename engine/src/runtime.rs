@@ -135,4 +135,27 @@ mod tests {
         executor.join().expect("executor ends");
         assert!(STALLS_REPORTED.load(Ordering::Relaxed) > before, "the stall was not reported");
     }
+
+    /// `reactor.idle.poll.us` is the most an idle shard spins before it sleeps; the
+    /// patched executor adapts the spin to how long its idle periods last.
+    #[test]
+    fn idle_spin_grows_with_short_idle_periods_and_shrinks_with_long_ones() {
+        let max = Duration::from_micros(200);
+        let mut spin = glommio::SpinWindow::new(max);
+        assert_eq!(spin.window(), Duration::ZERO, "an idle shard sleeps at once");
+        // Idle periods that a spin of the most would have caught: the window grows.
+        for expected in [25, 50, 100, 200, 200] {
+            let idle = Duration::from_micros(150).max(spin.window() + Duration::from_micros(1));
+            spin.idle_ended(idle.min(max));
+            assert_eq!(spin.window(), Duration::from_micros(expected).min(max));
+        }
+        // An idle period that ends within the window changes nothing.
+        spin.idle_ended(Duration::from_micros(10));
+        assert_eq!(spin.window(), max);
+        // Idle periods longer than the most halve it, down to nothing.
+        for expected in [100, 50, 25, 0, 0] {
+            spin.idle_ended(Duration::from_millis(5));
+            assert_eq!(spin.window(), Duration::from_micros(expected));
+        }
+    }
 }

@@ -343,6 +343,50 @@ impl TaskQueueStats {
     }
 }
 
+/// Sluice patch: how long an idle executor spins before it parks, adapted to how long
+/// its idle periods last, as Linux's haltpoll cpuidle governor adapts a guest's halt
+/// polling (`drivers/cpuidle/governors/haltpoll.c`). Spinning pays when the next event
+/// comes within the spin (waking a parked vCPU costs tens of microseconds), and is only
+/// burnt CPU when it does not. The window starts at zero; an idle period that ended
+/// after the window but within `max` (a spin would have caught it) doubles it, from
+/// `GROW_START` up to `max`; one that lasted longer than `max` halves it. So an idle
+/// shard parks at once and a busy one spins `max`, where a fixed `spin_before_park`
+/// spins after every event, however rare.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct SpinWindow {
+    max: Duration,
+    window: Duration,
+}
+
+impl SpinWindow {
+    const GROW_START: Duration = Duration::from_micros(25);
+
+    /// A window of zero that may grow to `max`.
+    pub fn new(max: Duration) -> Self {
+        Self { max, window: Duration::ZERO }
+    }
+
+    /// How long to spin before parking now.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// An idle period (spin and park) of `idle` has ended.
+    pub fn idle_ended(&mut self, idle: Duration) {
+        if idle <= self.window {
+            return;
+        }
+        self.window = if idle <= self.max {
+            (self.window * 2).max(Self::GROW_START).min(self.max)
+        } else if self.window / 2 >= Self::GROW_START {
+            self.window / 2
+        } else {
+            Duration::ZERO
+        };
+    }
+}
+
 #[derive(Debug)]
 struct ExecutorQueues {
     active_executors: BinaryHeap<Rc<RefCell<TaskQueue>>>,
@@ -1454,7 +1498,7 @@ impl LocalExecutor {
             let waker = dummy_waker();
             let cx = &mut Context::from_waker(&waker);
 
-            let spin_before_park = self.spin_before_park().unwrap_or_default();
+            let mut spin = SpinWindow::new(self.spin_before_park().unwrap_or_default());
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1496,14 +1540,18 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
+                        // Sluice patch: spin for an adaptive window of at most
+                        // `spin_before_park`, not for all of it (see `SpinWindow`).
+                        let window = spin.window();
                         while !this.reactor.spin_poll_io().unwrap() {
-                            if pre_time.elapsed() > spin_before_park {
+                            if pre_time.elapsed() > window {
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;
                             }
                         }
+                        spin.idle_ended(pre_time.elapsed());
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
                     }
