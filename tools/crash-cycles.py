@@ -264,65 +264,74 @@ def main():
     with tempfile.TemporaryDirectory(prefix="crash-cycles-") as scratch:
         data_dir = args.data_dir or os.path.join(scratch, "data")
         broker = Broker(os.path.abspath(args.broker), data_dir, free_port(), args.io, args.cores, scratch)
-        broker.start()
-        admin = AdminClient({"bootstrap.servers": broker.address})
-        for future in admin.create_topics([NewTopic(TOPIC, args.partitions, 1)]).values():
-            future.result(30)
-        ledger = Ledger(args.partitions)
-        producer = Producer({
-            "bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all",
-            "linger.ms": 2, "max.in.flight.requests.per.connection": 5,
-            "message.timeout.ms": 180000, "queue.buffering.max.messages": 1000000,
-            "reconnect.backoff.max.ms": 200, "log_level": 3,
-            "error_cb": lambda error: setattr(ledger, "fatal", str(error)) if error.fatal() else None,
-        })
-        next_seq = 0
-        failed = []
-        started = time.time()
-        for cycle in range(1, args.cycles + 1):
-            at_rest = cycle % 2 == 0
-            run = rng.uniform(0.2, args.seconds)
-            if at_rest:
-                next_seq = produce(producer, ledger, next_seq, time.time() + run, args.value_bytes,
-                                   args.partitions, rng)
-                producer.flush(120)
-                time.sleep(rng.uniform(0.5, 2.0))
+        try:
+            run_cycles(args, rng, seed, broker)
+        finally:
+            if broker.process and broker.process.poll() is None:
                 broker.kill()
-            else:
-                killer = threading.Timer(rng.uniform(0.05, run), broker.kill)
-                killer.start()
-                next_seq = produce(producer, ledger, next_seq, time.time() + run, args.value_bytes,
-                                   args.partitions, rng)
-                killer.join()
-            broker.start()
-            remaining = producer.flush(120)
-            problems = check(broker, ledger, args.partitions)
-            if remaining:
-                problems.append(f"{remaining} messages still undelivered 120 s after the restart")
-            if ledger.fatal:
-                problems.append(f"the producer failed: {ledger.fatal}")
-            kind = "at rest" if at_rest else "mid-stream"
-            print(f"cycle {cycle} ({kind}): produced {next_seq} acked {len(ledger.acked)} "
-                  f"log {sum(len(p) for p in ledger.log)} lost {ledger.lost} "
-                  f"duplicated {ledger.duplicated} offline {ledger.offline}", flush=True)
-            if problems:
-                failed.append(cycle)
-                for problem in problems:
-                    print(f"  cycle {cycle}: {problem}", flush=True)
-                if ledger.fatal or ledger.offline:
-                    alarms = [line for line in broker.log().splitlines() if "ERROR" in line or "WARN" in line]
-                    print("\n".join(alarms[-20:]), flush=True)
-                    break
-        problems = check(broker, ledger, args.partitions, full=True)
-        for problem in problems:
-            print(f"  final check: {problem}", flush=True)
-        broker.stop()
-        print(f"cycles={cycle} acked={len(ledger.acked)} lost={ledger.lost} "
-              f"duplicated={ledger.duplicated} offline={ledger.offline} shrunk={ledger.shrunk} "
-              f"produced={next_seq} delivery_failures={ledger.delivery_failures} io={args.io} "
-              f"seed={seed} seconds={time.time() - started:.0f}", flush=True)
-        bad = ledger.lost or ledger.duplicated or ledger.offline or ledger.shrunk or ledger.fatal or problems
-        sys.exit(1 if bad or failed else 0)
+
+
+def run_cycles(args, rng, seed, broker):
+    """The cycles, the final check and the summary; exits with the verdict."""
+    broker.start()
+    admin = AdminClient({"bootstrap.servers": broker.address})
+    for future in admin.create_topics([NewTopic(TOPIC, args.partitions, 1)]).values():
+        future.result(30)
+    ledger = Ledger(args.partitions)
+    producer = Producer({
+        "bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all",
+        "linger.ms": 2, "max.in.flight.requests.per.connection": 5,
+        "message.timeout.ms": 180000, "queue.buffering.max.messages": 1000000,
+        "reconnect.backoff.max.ms": 200, "log_level": 3,
+        "error_cb": lambda error: setattr(ledger, "fatal", str(error)) if error.fatal() else None,
+    })
+    next_seq = 0
+    failed = []
+    started = time.time()
+    for cycle in range(1, args.cycles + 1):
+        at_rest = cycle % 2 == 0
+        run = rng.uniform(0.2, args.seconds)
+        if at_rest:
+            next_seq = produce(producer, ledger, next_seq, time.time() + run, args.value_bytes,
+                               args.partitions, rng)
+            producer.flush(120)
+            time.sleep(rng.uniform(0.5, 2.0))
+            broker.kill()
+        else:
+            killer = threading.Timer(rng.uniform(0.05, run), broker.kill)
+            killer.start()
+            next_seq = produce(producer, ledger, next_seq, time.time() + run, args.value_bytes,
+                               args.partitions, rng)
+            killer.join()
+        broker.start()
+        remaining = producer.flush(120)
+        problems = check(broker, ledger, args.partitions)
+        if remaining:
+            problems.append(f"{remaining} messages still undelivered 120 s after the restart")
+        if ledger.fatal:
+            problems.append(f"the producer failed: {ledger.fatal}")
+        kind = "at rest" if at_rest else "mid-stream"
+        print(f"cycle {cycle} ({kind}): produced {next_seq} acked {len(ledger.acked)} "
+              f"log {sum(len(p) for p in ledger.log)} lost {ledger.lost} "
+              f"duplicated {ledger.duplicated} offline {ledger.offline}", flush=True)
+        if problems:
+            failed.append(cycle)
+            for problem in problems:
+                print(f"  cycle {cycle}: {problem}", flush=True)
+            if ledger.fatal or ledger.offline:
+                alarms = [line for line in broker.log().splitlines() if "ERROR" in line or "WARN" in line]
+                print("\n".join(alarms[-20:]), flush=True)
+                break
+    problems = check(broker, ledger, args.partitions, full=True)
+    for problem in problems:
+        print(f"  final check: {problem}", flush=True)
+    broker.stop()
+    print(f"cycles={cycle} acked={len(ledger.acked)} lost={ledger.lost} "
+          f"duplicated={ledger.duplicated} offline={ledger.offline} shrunk={ledger.shrunk} "
+          f"produced={next_seq} delivery_failures={ledger.delivery_failures} io={args.io} "
+          f"seed={seed} seconds={time.time() - started:.0f}", flush=True)
+    bad = ledger.lost or ledger.duplicated or ledger.offline or ledger.shrunk or ledger.fatal or problems
+    sys.exit(1 if bad or failed else 0)
 
 
 if __name__ == "__main__":
