@@ -17,6 +17,7 @@ use sluice_engine::log::OpenHints;
 use sluice_engine::metadata::{self, MetadataLog, MetadataRecord};
 use sluice_engine::runtime;
 use sluice_engine::shard::shard_of;
+use sluice_engine::writeback;
 use sluice_net::config::BrokerConfig;
 use sluice_net::shard::{self, ShardStart};
 use tracing::{error, info, warn};
@@ -72,11 +73,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let log_starts = checkpoint::read(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE))
         .context("reading the log-start-offset checkpoint")?;
     let (machine_restarted, boot_id) = machine_restarted(&config.data_dir);
+    // `log.page.cache.window.bytes=auto`: the page cache kept for appends, shared by shards.
+    let cache_budget =
+        config.cache_window_auto.then(|| writeback::auto_budget_bytes(memory_bytes().unwrap_or(0)));
     tracing::debug!(properties = ?config.properties, "broker properties");
     info!(
         listen = %listen, advertise = %format!("{advertised_host}:{advertised_port}"),
         data_dir = %config.data_dir.display(), shards = config.cores, io = %config.log.io_mode,
         topics = image.len(), memlock, cluster_id = %cluster_id, machine_restarted,
+        page_cache_budget_bytes = ?cache_budget,
         "starting sluice"
     );
     let broker = Arc::new(BrokerConfig {
@@ -88,6 +93,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         shards: config.cores,
         log: config.log.clone(),
+        cache_window_budget_bytes: cache_budget
+            .map(|budget| budget / u64::try_from(config.cores).unwrap_or(1).max(1)),
         retention_check_interval_ms: config.retention_check_interval_ms,
         num_partitions: config.num_partitions,
         default_replication_factor: config.default_replication_factor,
@@ -288,6 +295,14 @@ fn record_boot(data_dir: &Path, boot_id: Option<&str>) {
     if let Err(error) = written {
         warn!(path = %path.display(), %error, "recording the boot id failed");
     }
+}
+
+/// The machine's memory (`MemTotal` in /proc/meminfo).
+fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -48,6 +48,9 @@ pub struct Config {
     pub log: LogOptions,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `log.page.cache.window.bytes=auto`: the windows follow the broker's page-cache
+    /// budget (`engine::writeback::auto_budget_bytes`) instead of `log.cache_window_bytes`.
+    pub cache_window_auto: bool,
     /// Every property as given (file, then `--set`), for DescribeConfigs later.
     pub properties: BTreeMap<String, String>,
     pub num_partitions: i32,
@@ -93,7 +96,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("log.flush.interval.ms", "9223372036854775807"),
     ("log.writeback.bytes", "1048576"),
     ("log.buffered.write", "inline"),
-    ("log.page.cache.window.bytes", "0"),
+    ("log.page.cache.window.bytes", "auto"),
     ("log.retention.check.interval.ms", "300000"),
     ("message.max.bytes", "1048588"),
     ("num.partitions", "1"),
@@ -186,10 +189,10 @@ impl Config {
             buffered_write: get("log.buffered.write")
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("log.buffered.write: {e}"))?,
-            cache_window_bytes: parse_number(
-                "log.page.cache.window.bytes",
-                get("log.page.cache.window.bytes"),
-            )?,
+            cache_window_bytes: match get("log.page.cache.window.bytes") {
+                "auto" => sluice_engine::writeback::AUTO_WINDOW_BYTES_MAX,
+                bytes => parse_number("log.page.cache.window.bytes", bytes)?,
+            },
             faults: None,
         };
         if log.segment_bytes > log::SEGMENT_BYTES_MAX || log.segment_bytes < 1024 {
@@ -342,6 +345,7 @@ impl Config {
             cores,
             log,
             retention_check_interval_ms,
+            cache_window_auto: get("log.page.cache.window.bytes") == "auto",
             properties,
         })
     }
@@ -381,7 +385,7 @@ mod tests {
         assert_eq!(config.request_latency_log_interval_ms, 0, "latency logged at stop only");
         assert_eq!(config.log.writeback_bytes, 1 << 20, "early writeback per MiB");
         assert_eq!(config.log.buffered_write, BufferedWrite::Inline);
-        assert_eq!(config.log.cache_window_bytes, 0, "the page cache is the kernel's");
+        assert!(config.cache_window_auto, "windows share a page-cache budget");
         assert_eq!(config.idle_poll_us, 0, "shards sleep when idle");
         let config = self::config(&[
             "--set",
@@ -400,6 +404,7 @@ mod tests {
         assert_eq!(config.request_latency_log_interval_ms, 1000);
         assert_eq!(config.log.buffered_write, BufferedWrite::Uring);
         assert_eq!(config.log.cache_window_bytes, 256 << 20);
+        assert!(!config.cache_window_auto);
         assert_eq!(config.idle_poll_us, 200);
         assert!(self::config(&["--set", "log.writeback.bytes=-1"]).is_err());
         assert!(self::config(&["--set", "log.buffered.write=uring"]).is_err());

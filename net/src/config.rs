@@ -23,6 +23,10 @@ pub struct BrokerConfig {
     pub shards: usize,
     /// Defaults for every partition log; topic configs override them.
     pub log: LogOptions,
+    /// `log.page.cache.window.bytes=auto`: this shard's page-cache budget for appends,
+    /// shared by the logs appended to lately (`engine::writeback::auto_window_bytes`);
+    /// `None`: every log keeps `log.cache_window_bytes`.
+    pub cache_window_budget_bytes: Option<u64>,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
     /// `num.partitions`: partitions of an auto-created topic or a CreateTopics with -1.
@@ -291,6 +295,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         data_dir: PathBuf::from("."),
         shards: 1,
         log: LogOptions::default(),
+        cache_window_budget_bytes: None,
         retention_check_interval_ms: 300_000,
         num_partitions: 1,
         default_replication_factor: 1,

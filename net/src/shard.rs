@@ -1596,10 +1596,18 @@ impl Shard {
         // `None`: reported only when the shard stops (0, or too far out to add).
         let mut latency_window_ends =
             (!latency_every.is_zero()).then(|| Instant::now().checked_add(latency_every)).flatten();
+        let mut cache_windows = CacheWindows::default();
+        let mut ticks = 0u64;
         while !self.stopping() {
             glommio::timer::sleep(tick).await;
+            ticks += 1;
             since_retention += tick;
             since_expiry += tick;
+            if let Some(budget) = self.config.cache_window_budget_bytes {
+                if ticks % CACHE_WINDOW_TICKS == 0 {
+                    cache_windows.adapt(&self.partition_list(), budget, Instant::now());
+                }
+            }
             // By the clock, not by counting ticks: the windows should line up with a
             // client's per-second figures.
             if let Some(ends) = latency_window_ends.filter(|ends| Instant::now() >= *ends) {
@@ -1712,6 +1720,46 @@ impl Shard {
         }
         for task in tasks {
             task.await;
+        }
+    }
+}
+
+/// Housekeeping ticks (100 ms) between two adaptations of the auto page-cache windows.
+const CACHE_WINDOW_TICKS: u64 = 10;
+/// A log appended to within this long shares the page-cache budget.
+const CACHE_WINDOW_ACTIVE: Duration = Duration::from_secs(10);
+
+/// `log.page.cache.window.bytes=auto` on one shard: which logs were appended to lately,
+/// and the window each of them gets, its share of the shard's budget.
+#[derive(Default)]
+struct CacheWindows {
+    /// Per partition: the log end offset last seen, and when it last moved.
+    seen: HashMap<TopicPartition, (i64, Instant)>,
+}
+
+impl CacheWindows {
+    fn adapt(&mut self, partitions: &[Rc<Partition>], budget: u64, now: Instant) {
+        let mut seen = HashMap::with_capacity(partitions.len());
+        let mut active = 0usize;
+        for partition in partitions {
+            let end = partition.log.log_end_offset();
+            let moved = match self.seen.get(&partition.tp) {
+                Some(&(last, at)) if last == end => at,
+                Some(_) => now,
+                // A log opened since the last look counts once it is appended to.
+                None => now.checked_sub(CACHE_WINDOW_ACTIVE).unwrap_or(now),
+            };
+            if now.saturating_duration_since(moved) < CACHE_WINDOW_ACTIVE {
+                active += 1;
+            }
+            seen.insert(partition.tp.clone(), (end, moved));
+        }
+        self.seen = seen;
+        let window = sluice_engine::writeback::auto_window_bytes(budget, active);
+        for partition in partitions {
+            if partition.log.cache_window() != window {
+                partition.log.set_cache_window(window);
+            }
         }
     }
 }

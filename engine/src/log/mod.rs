@@ -850,11 +850,28 @@ impl Log {
         self.options.borrow().clone()
     }
 
-    /// Changes settings at run time (AlterConfigs). The I/O mode of open files stays.
-    pub fn set_options(&self, options: LogOptions) -> Result<(), LogError> {
+    /// Changes settings at run time (AlterConfigs). The I/O mode of open files stays, and
+    /// so does the page-cache window (a broker setting the shard may adapt; see
+    /// [`set_cache_window`](Self::set_cache_window)).
+    pub fn set_options(&self, mut options: LogOptions) -> Result<(), LogError> {
         validate_options(&options)?;
-        *self.options.borrow_mut() = options;
+        let mut current = self.options.borrow_mut();
+        options.cache_window_bytes = current.cache_window_bytes;
+        *current = options;
         Ok(())
+    }
+
+    /// The page-cache window (`log.page.cache.window.bytes`) in bytes; 0 = none.
+    pub fn cache_window(&self) -> u64 {
+        self.options.borrow().cache_window_bytes
+    }
+
+    /// Buffered mode: the page-cache window from now on, for the active segment and the
+    /// ones after it (`log.page.cache.window.bytes=auto` moves it with the number of logs
+    /// appended to). No effect in direct mode.
+    pub fn set_cache_window(&self, bytes: u64) {
+        self.options.borrow_mut().cache_window_bytes = bytes;
+        self.state.borrow().active().log.set_cache_window(bytes);
     }
 
     /// The reason the log is offline, if it is.
