@@ -67,8 +67,9 @@ pub struct Config {
     /// `reactor.stall.threshold.ms`: log a shard whose task queue runs this long past its
     /// 1 ms budget without yielding, with a backtrace of where it was; 0 = off.
     pub stall_threshold_ms: u64,
-    /// `reactor.idle.poll.us`: a shard with nothing to do keeps polling for this long
-    /// before it sleeps (Seastar's `--idle-poll-time-us`); 0 = sleep at once.
+    /// `reactor.idle.poll.us`: the longest a shard with nothing to do keeps polling before
+    /// it sleeps (Seastar's `--idle-poll-time-us`), adapted to how long its idle periods
+    /// last (see the glommio patch's `SpinWindow`); 0 = sleep at once.
     pub idle_poll_us: u64,
     /// `request.latency.log.interval.ms`: how often every shard logs its request latency
     /// by phase and API; 0 = only when it stops.
@@ -112,7 +113,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("queued.max.requests", "500"),
     ("max.connections.per.shard", "10000"),
     ("reactor.stall.threshold.ms", "0"),
-    ("reactor.idle.poll.us", "0"),
+    ("reactor.idle.poll.us", "200"),
     ("request.latency.log.interval.ms", "0"),
     ("offsets.topic.num.partitions", "50"),
     ("offsets.topic.segment.bytes", "104857600"),
@@ -386,7 +387,7 @@ mod tests {
         assert_eq!(config.log.writeback_bytes, 1 << 20, "early writeback per MiB");
         assert_eq!(config.log.buffered_write, BufferedWrite::Inline);
         assert!(config.cache_window_auto, "windows share a page-cache budget");
-        assert_eq!(config.idle_poll_us, 0, "shards sleep when idle");
+        assert_eq!(config.idle_poll_us, 200, "busy shards poll before they sleep");
         let config = self::config(&[
             "--set",
             "log.writeback.bytes=0",
@@ -397,7 +398,7 @@ mod tests {
             "--set",
             "log.page.cache.window.bytes=268435456",
             "--set",
-            "reactor.idle.poll.us=200",
+            "reactor.idle.poll.us=0",
         ])
         .unwrap();
         assert_eq!(config.log.writeback_bytes, 0);
@@ -405,7 +406,7 @@ mod tests {
         assert_eq!(config.log.buffered_write, BufferedWrite::Uring);
         assert_eq!(config.log.cache_window_bytes, 256 << 20);
         assert!(!config.cache_window_auto);
-        assert_eq!(config.idle_poll_us, 200);
+        assert_eq!(config.idle_poll_us, 0);
         assert!(self::config(&["--set", "log.writeback.bytes=-1"]).is_err());
         assert!(self::config(&["--set", "log.buffered.write=uring"]).is_err());
         assert!(self::config(&["--set", "log.page.cache.window.bytes=-1"]).is_err());
