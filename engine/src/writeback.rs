@@ -38,7 +38,8 @@
 //! One helper serves every shard. It is spawned by the first shard that asks and so
 //! inherits that shard's CPU affinity: with several shards, all of the helper's work runs
 //! on the first one's core. Early writeback is on by default (`log.writeback.bytes`, 1
-//! MiB), drop-behind is off (`log.page.cache.window.bytes`); spreading the helper over
+//! MiB), and so is drop-behind, with windows from a page-cache budget
+//! (`log.page.cache.window.bytes=auto`, [`auto_window_bytes`]); spreading the helper over
 //! cores is for when it is shown to help.
 
 use std::os::fd::{AsRawFd, OwnedFd};
