@@ -6,6 +6,8 @@
 
 #[path = "support/admin.rs"]
 mod admin;
+#[path = "support/clients.rs"]
+mod clients;
 #[path = "support/groups.rs"]
 mod groups;
 #[path = "support/harness.rs"]
