@@ -1,11 +1,14 @@
 //! Integration tests: the real `sluice` binary, started on a free loopback port in a temp
-//! data dir, driven by real clients (librdkafka through the `rdkafka` crate, kafka-python)
-//! and by a raw protocol client for exact wire-level cases. One test binary: the modules
+//! data dir, driven by real clients (librdkafka through the `rdkafka` crate and through
+//! confluent-kafka, kafka-python, aiokafka, KafkaJS, kcat) and by a raw protocol client
+//! for exact wire-level cases. One test binary: the modules
 //! under `tests/support/` are parts of it.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/admin.rs"]
 mod admin;
+#[path = "support/clients.rs"]
+mod clients;
 #[path = "support/crash.rs"]
 mod crash;
 #[path = "support/groups.rs"]

@@ -95,6 +95,22 @@ pub const SERVED: &[Served] = &[
     Served { api: ApiKey::ListTransactions, min: 0, max: 0 },
 ];
 
+/// The lowest Produce version ApiVersions advertises, below the v3 we serve: Kafka 4.0
+/// does the same (KAFKA-18659). librdkafka before its fix for issue 4956 (Debian's 2.0.2,
+/// under kcat, is one) compresses with gzip, snappy or lz4 only for a broker that lists
+/// Produce v0, and sends those batches uncompressed otherwise. Clients use the highest
+/// version both sides speak, so none sends v0-2; one that does is refused as any version we
+/// do not serve (the connection closes).
+pub const PRODUCE_ADVERTISED_MIN: i16 = 0;
+
+/// The (min, max) versions ApiVersions lists for `served`.
+pub fn advertised(served: Served) -> (i16, i16) {
+    match served.api {
+        ApiKey::Produce => (PRODUCE_ADVERTISED_MIN, served.max),
+        _ => (served.min, served.max),
+    }
+}
+
 pub fn served(api: ApiKey) -> Option<Served> {
     SERVED.iter().copied().find(|s| s.api == api)
 }
