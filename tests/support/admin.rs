@@ -66,18 +66,44 @@ const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
 /// The topic configs the broker knows, as it lists them.
+/// Every topic config Kafka 3.x and 4.x know, as the broker lists them.
 const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
     "flush.messages",
     "flush.ms",
+    "follower.replication.throttled.replicas",
     "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
     "max.message.bytes",
+    "message.downconversion.enable",
+    "message.format.version",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms",
     "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "min.insync.replicas",
+    "preallocate",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
+    "remote.storage.enable",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 // ---- helpers ----
@@ -947,4 +973,80 @@ fn offset_for_leader_epoch_ends_epoch_zero_at_the_log_end() {
     }
     let unknown = epoch_end_offsets(&mut raw, "no-such-topic", &[(0, -1, 0)], 4);
     assert_eq!(unknown[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+}
+
+/// Kafka's topic configs that Sluice only stores are accepted as Kafka accepts them
+/// (CreateTopics, AlterConfigs, IncrementalAlterConfigs), shown by DescribeConfigs as set
+/// (with documentation saying Sluice does not act on them, when asked) and kept across a
+/// restart; values Kafka refuses, unknown names and tiered storage are INVALID_CONFIG.
+#[test]
+fn kafka_topic_configs_are_stored_as_kafka_stores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic(
+        "kafkaish",
+        1,
+        &[
+            ("message.format.version", "2.8"),
+            ("compression.type", "zstd"),
+            ("unclean.leader.election.enable", "true"),
+            ("retention.ms", "600000"),
+        ],
+    );
+    let added = incremental_alter(
+        &mut raw,
+        "kafkaish",
+        &[
+            ("preallocate", OP_SET, Some("true")),
+            ("leader.replication.throttled.replicas", OP_APPEND, Some("0:1")),
+        ],
+        1,
+    );
+    assert_eq!(added.responses[0].error_code, NONE, "{:?}", added.responses[0].error_message);
+
+    for (name, value, error) in [
+        ("compression.type", "brotli", INVALID_CONFIG),
+        ("message.format.version", "9.9", INVALID_CONFIG),
+        ("remote.storage.enable", "true", INVALID_CONFIG),
+        ("min.cleanable.dirty.ratio", "2", INVALID_CONFIG),
+        ("no.such.config", "1", INVALID_CONFIG),
+    ] {
+        let refused = incremental_alter(&mut raw, "kafkaish", &[(name, OP_SET, Some(value))], 1);
+        assert_eq!(refused.responses[0].error_code, error, "{name}={value}");
+        let message = refused.responses[0].error_message.as_ref().unwrap().to_string();
+        assert!(message.contains(name), "{message}");
+    }
+
+    let check = |raw: &mut Raw| {
+        let mut request = describe_request(RESOURCE_TOPIC, "kafkaish", None, false);
+        request.include_documentation = true;
+        let response = raw.send(&request, 4);
+        let result = &response.results[0];
+        assert_eq!(result.error_code, NONE);
+        let value = |name: &str| {
+            let found = entry(result, name);
+            (found.value.as_ref().map(|v| v.to_string()), found.config_source)
+        };
+        for (name, expected) in [
+            ("message.format.version", "2.8"),
+            ("compression.type", "zstd"),
+            ("unclean.leader.election.enable", "true"),
+            ("preallocate", "true"),
+            ("leader.replication.throttled.replicas", "0:1"),
+            ("retention.ms", "600000"),
+        ] {
+            assert_eq!(value(name), (Some(expected.to_string()), SOURCE_DYNAMIC_TOPIC), "{name}");
+        }
+        assert_eq!(value("message.downconversion.enable"), (Some("true".into()), SOURCE_DEFAULT));
+        assert_eq!(value("remote.storage.enable"), (Some("false".into()), SOURCE_DEFAULT));
+        let stored = entry(result, "compression.type").documentation.as_ref().unwrap();
+        assert!(stored.contains("does not act on it"), "{stored}");
+        assert_eq!(entry(result, "retention.ms").documentation, None, "acted on");
+    };
+    check(&mut raw);
+    broker.stop();
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+    check(&mut raw);
 }
