@@ -32,6 +32,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
 
+use std::io::Write;
+
 use crate::harness::{Broker, Raw};
 
 // ---- Kafka's numbers, as a client sees them ----
@@ -1049,4 +1051,42 @@ fn kafka_topic_configs_are_stored_as_kafka_stores_them() {
     broker.restart();
     let mut raw = Raw::connect(&broker.address());
     check(&mut raw);
+}
+
+/// What Kafka accepts from clients that Sluice once refused: FindCoordinator with an
+/// empty key (Kafka answers the coordinator of the partition "" hashes to), and a request
+/// header whose client id is not UTF-8 (Kafka decodes it with replacement characters).
+#[test]
+fn requests_kafka_accepts_are_answered() {
+    use kafka_protocol::messages::{ApiVersionsResponse, FindCoordinatorRequest};
+    use kafka_protocol::protocol::Decodable;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+
+    let mut request = FindCoordinatorRequest::default();
+    request.key = text("");
+    let response = raw.send(&request, 3);
+    assert_eq!(response.error_code, NONE, "{:?}", response.error_message);
+    assert_eq!(response.port, i32::from(broker.port));
+    let mut request = FindCoordinatorRequest::default();
+    request.coordinator_keys = vec![text(""), text("real-group")];
+    let response = raw.send(&request, 4);
+    let codes: Vec<i16> = response.coordinators.iter().map(|c| c.error_code).collect();
+    assert_eq!(codes, [NONE, NONE]);
+    let mut request = FindCoordinatorRequest::default();
+    request.key = text("g");
+    request.key_type = 9;
+    assert_eq!(raw.send(&request, 3).error_code, INVALID_REQUEST, "unknown key type");
+
+    // ApiVersions v0 (header v1) with the client id bytes "caf\xe9" (ISO-8859-1).
+    let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 42, 0, 4, b'c', b'a', b'f', 0xe9];
+    frame.splice(0..0, (frame.len() as i32).to_be_bytes());
+    raw.stream.write_all(&frame).unwrap();
+    let mut answer = bytes::Bytes::from(raw.read_frame().unwrap());
+    assert_eq!(&answer[..4], 42i32.to_be_bytes(), "correlation id");
+    let _ = answer.split_to(4);
+    let versions = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
+    assert_eq!(versions.error_code, NONE);
+    assert!(!versions.api_keys.is_empty());
 }
