@@ -1090,3 +1090,117 @@ fn requests_kafka_accepts_are_answered() {
     assert_eq!(versions.error_code, NONE);
     assert!(!versions.api_keys.is_empty());
 }
+
+/// Starts the sluice binary with `args` only (no --listen or --data-dir from the
+/// harness), logging to `log`.
+fn spawn_sluice(args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(args)
+        .env("SLUICE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+/// A Kafka KRaft `server.properties` starts the broker as it is: it listens on the
+/// `listeners` address (port 0: any), advertises `advertised.listeners`, keeps its data in
+/// `log.dirs`, takes `node.id`, `num.partitions` and `log.retention.hours`, and logs one
+/// warning naming the Kafka settings it ignores. A misspelt name stops it with a hint.
+#[test]
+fn kafka_server_properties_start_the_broker() {
+    use kafka_protocol::messages::MetadataRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("kafka-logs");
+    let properties = dir.path().join("server.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "# KRaft, combined mode\n\
+             process.roles=broker,controller\n\
+             node.id=3\n\
+             controller.quorum.voters=3@localhost:19093\n\
+             listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://:19093\n\
+             advertised.listeners=PLAINTEXT://localhost:0,CONTROLLER://localhost:19093\n\
+             controller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+             num.network.threads=3\n\
+             num.io.threads=8\n\
+             log.dirs={}\n\
+             num.partitions=2\n\
+             log.retention.hours=1\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("broker.log");
+    let mut child =
+        spawn_sluice(&["--config", properties.to_str().unwrap(), "--cores", "2"], &log_path);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let address = loop {
+        let text = log();
+        let listening: Vec<&str> =
+            text.lines().filter(|l| l.contains("sluice_net::server: listening")).collect();
+        if listening.len() == 2 {
+            let line = listening[0];
+            let at = line.find("address=").unwrap() + "address=".len();
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "broker exited:\n{text}");
+        assert!(std::time::Instant::now() < deadline, "broker did not listen:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let port: i32 = address.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_ne!(port, 0);
+
+    let mut raw = Raw::connect(&address);
+    let mut request = MetadataRequest::default();
+    let mut topic = MetadataRequestTopic::default();
+    topic.name = Some(name_of("auto"));
+    request.topics = Some(vec![topic]);
+    request.allow_auto_topic_creation = true;
+    let metadata = raw.send(&request, 12);
+    assert_eq!(metadata.brokers.len(), 1);
+    assert_eq!(metadata.brokers[0].node_id.0, 3);
+    assert_eq!(metadata.brokers[0].host.as_str(), "localhost", "advertised.listeners");
+    assert_eq!(metadata.brokers[0].port, port, "the bound port");
+    assert_eq!(metadata.topics[0].partitions.len(), 2, "num.partitions");
+    let broker_configs = describe(&mut raw, RESOURCE_BROKER, "3");
+    assert_eq!(entry(&broker_configs, "log.retention.ms").value.as_deref(), Some("3600000"));
+    let meta = std::fs::read_to_string(logs.join("meta.properties")).unwrap();
+    assert!(meta.contains("node.id=3"), "{meta}");
+
+    let text = log();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].ends_with(
+            "Kafka broker properties accepted but ignored: controller.quorum.voters, \
+             num.io.threads, num.network.threads; also ignored: the controller role of \
+             process.roles, listener CONTROLLER://:19093 (Sluice has no controller quorum)"
+        ),
+        "{}",
+        warnings[0]
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "{}", log());
+
+    // A misspelt name is a start-up error naming the line and the likely name.
+    std::fs::write(&properties, format!("log.dirs={}\nnum.partition=2\n", logs.display())).unwrap();
+    let typo_log = dir.path().join("typo.log");
+    let status =
+        spawn_sluice(&["--config", properties.to_str().unwrap()], &typo_log).wait().unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&typo_log).unwrap();
+    assert!(text.contains("line 2: unknown broker property \"num.partition\""), "{text}");
+    assert!(text.contains("did you mean \"num.partitions\"?"), "{text}");
+}
