@@ -22,7 +22,7 @@ use sluice_net::config::BrokerConfig;
 use sluice_net::shard::{self, ShardStart};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{AdvertisedHost, Config};
 
 /// `meta.properties` in the data dir: the cluster id and node id, like Kafka's.
 const META_PROPERTIES: &str = "meta.properties";
@@ -377,18 +377,28 @@ fn probe_bind(listen: SocketAddr) -> std::io::Result<SocketAddr> {
     Err(std::io::Error::other("unexpected socket address family"))
 }
 
+/// The host and port clients are told to connect to; the port the broker listens on
+/// unless one was configured.
 fn advertised(config: &Config, listen: SocketAddr) -> anyhow::Result<(String, i32)> {
-    let Some(text) = &config.advertise else {
-        return Ok((listen.ip().to_string(), i32::from(listen.port())));
+    let host = match &config.advertise.host {
+        AdvertisedHost::ListenIp => listen.ip().to_string(),
+        AdvertisedHost::MachineName => machine_name()?,
+        AdvertisedHost::Name(host) => host.clone(),
     };
-    let Some((host, port)) = text.rsplit_once(':') else {
-        bail!("--advertise {text:?}: expected HOST:PORT");
-    };
-    let port: u16 = port.parse().with_context(|| format!("--advertise {text:?}: bad port"))?;
-    if host.is_empty() {
-        bail!("--advertise {text:?}: empty host");
+    Ok((host, i32::from(config.advertise.port.unwrap_or(listen.port()))))
+}
+
+/// This machine's host name, which Kafka advertises for a listener with an empty host
+/// (Kafka takes the canonical name from DNS; we take the kernel's).
+fn machine_name() -> anyhow::Result<String> {
+    const HOSTNAME: &str = "/proc/sys/kernel/hostname";
+    let name = std::fs::read_to_string(HOSTNAME)
+        .with_context(|| format!("reading the host name to advertise from {HOSTNAME}"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("the host name is empty: set advertised.listeners or --advertise");
     }
-    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), i32::from(port)))
+    Ok(name.to_string())
 }
 
 /// The cluster id from `meta.properties`, created on first start (22 characters of

@@ -4,6 +4,8 @@ mod broker;
 mod client;
 mod config;
 mod group_cli;
+mod kafka_names;
+mod properties;
 
 use clap::{Parser, Subcommand};
 
@@ -41,7 +43,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging();
-            config::Config::from_args(&args).and_then(broker::serve)
+            config::Config::from_args(&args).and_then(|config| {
+                if let Some(line) = &config.ignored {
+                    tracing::warn!("{line}");
+                }
+                broker::serve(config)
+            })
         }
         // No log lines in an admin command's output: errors go to stderr below.
         Command::Group(args) => group_cli::run(args),

@@ -129,20 +129,244 @@ impl Default for GroupConfig {
     }
 }
 
-/// Topic-level config names we accept, and the broker property each one defaults to.
-pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
-    ("cleanup.policy", "log.cleanup.policy"),
-    ("flush.messages", "log.flush.interval.messages"),
-    ("flush.ms", "log.flush.interval.ms"),
-    ("index.interval.bytes", "log.index.interval.bytes"),
-    ("max.message.bytes", "message.max.bytes"),
-    ("message.timestamp.type", "log.message.timestamp.type"),
-    ("min.insync.replicas", "min.insync.replicas"),
-    ("retention.bytes", "log.retention.bytes"),
-    ("retention.ms", "log.retention.ms"),
-    ("segment.bytes", "log.segment.bytes"),
-    ("segment.ms", "log.roll.ms"),
+/// The Kafka type of a config, as DescribeConfigs reports it and as Kafka's `ConfigDef`
+/// parses a value of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    Boolean,
+    String,
+    Int,
+    Long,
+    Double,
+    List,
+}
+
+/// A topic-level config Kafka knows (`LogConfig`, Kafka 3.0 to 4.1).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicConfig {
+    pub name: &'static str,
+    /// The broker property its default comes from (Kafka's `ServerTopicConfigSynonyms`).
+    pub broker_name: Option<&'static str>,
+    pub kind: ConfigKind,
+    /// Kafka's default, reported for a config Sluice does not act on (one Sluice acts on
+    /// reports its broker property's value instead).
+    pub default: &'static str,
+    /// Sluice acts on the value. The others are validated as Kafka validates them and
+    /// stored, so clients that set them (Kafka's tools, Connect, Streams) keep working
+    /// and DescribeConfigs shows what was set, but nothing changes because of them.
+    pub honoured: bool,
+}
+
+const fn honoured(name: &'static str, broker: &'static str, kind: ConfigKind) -> TopicConfig {
+    TopicConfig { name, broker_name: Some(broker), kind, default: "", honoured: true }
+}
+
+const fn stored(
+    name: &'static str,
+    broker: Option<&'static str>,
+    kind: ConfigKind,
+    default: &'static str,
+) -> TopicConfig {
+    TopicConfig { name, broker_name: broker, kind, default, honoured: false }
+}
+
+/// Every topic config name Kafka 3.x and 4.x accept, sorted (DescribeConfigs lists them in
+/// this order). The 3.x names 4.0 removed (`message.format.version`,
+/// `message.downconversion.enable`, `message.timestamp.difference.max.ms`) are kept:
+/// 3.x clients still send them. Defaults of the stored-only configs are Kafka's, except
+/// the timestamp bounds, which report what Sluice does: no bound.
+pub const TOPIC_CONFIGS: &[TopicConfig] = &[
+    honoured("cleanup.policy", "log.cleanup.policy", ConfigKind::List),
+    stored("compression.gzip.level", Some("compression.gzip.level"), ConfigKind::Int, "-1"),
+    stored("compression.lz4.level", Some("compression.lz4.level"), ConfigKind::Int, "9"),
+    stored("compression.type", Some("compression.type"), ConfigKind::String, "producer"),
+    stored("compression.zstd.level", Some("compression.zstd.level"), ConfigKind::Int, "3"),
+    stored(
+        "delete.retention.ms",
+        Some("log.cleaner.delete.retention.ms"),
+        ConfigKind::Long,
+        "86400000",
+    ),
+    stored("file.delete.delay.ms", Some("log.segment.delete.delay.ms"), ConfigKind::Long, "60000"),
+    honoured("flush.messages", "log.flush.interval.messages", ConfigKind::Long),
+    honoured("flush.ms", "log.flush.interval.ms", ConfigKind::Long),
+    stored("follower.replication.throttled.replicas", None, ConfigKind::List, ""),
+    honoured("index.interval.bytes", "log.index.interval.bytes", ConfigKind::Int),
+    stored("leader.replication.throttled.replicas", None, ConfigKind::List, ""),
+    stored("local.retention.bytes", Some("log.local.retention.bytes"), ConfigKind::Long, "-2"),
+    stored("local.retention.ms", Some("log.local.retention.ms"), ConfigKind::Long, "-2"),
+    stored(
+        "max.compaction.lag.ms",
+        Some("log.cleaner.max.compaction.lag.ms"),
+        ConfigKind::Long,
+        "9223372036854775807",
+    ),
+    honoured("max.message.bytes", "message.max.bytes", ConfigKind::Int),
+    stored(
+        "message.downconversion.enable",
+        Some("log.message.downconversion.enable"),
+        ConfigKind::Boolean,
+        "true",
+    ),
+    stored(
+        "message.format.version",
+        Some("log.message.format.version"),
+        ConfigKind::String,
+        "3.0-IV1",
+    ),
+    stored(
+        "message.timestamp.after.max.ms",
+        Some("log.message.timestamp.after.max.ms"),
+        ConfigKind::Long,
+        "9223372036854775807",
+    ),
+    stored(
+        "message.timestamp.before.max.ms",
+        Some("log.message.timestamp.before.max.ms"),
+        ConfigKind::Long,
+        "9223372036854775807",
+    ),
+    stored(
+        "message.timestamp.difference.max.ms",
+        Some("log.message.timestamp.difference.max.ms"),
+        ConfigKind::Long,
+        "9223372036854775807",
+    ),
+    honoured("message.timestamp.type", "log.message.timestamp.type", ConfigKind::String),
+    stored(
+        "min.cleanable.dirty.ratio",
+        Some("log.cleaner.min.cleanable.ratio"),
+        ConfigKind::Double,
+        "0.5",
+    ),
+    stored(
+        "min.compaction.lag.ms",
+        Some("log.cleaner.min.compaction.lag.ms"),
+        ConfigKind::Long,
+        "0",
+    ),
+    honoured("min.insync.replicas", "min.insync.replicas", ConfigKind::Int),
+    stored("preallocate", Some("log.preallocate"), ConfigKind::Boolean, "false"),
+    stored("remote.log.copy.disable", None, ConfigKind::Boolean, "false"),
+    stored("remote.log.delete.on.disable", None, ConfigKind::Boolean, "false"),
+    stored("remote.storage.enable", None, ConfigKind::Boolean, "false"),
+    honoured("retention.bytes", "log.retention.bytes", ConfigKind::Long),
+    honoured("retention.ms", "log.retention.ms", ConfigKind::Long),
+    honoured("segment.bytes", "log.segment.bytes", ConfigKind::Int),
+    stored("segment.index.bytes", Some("log.index.size.max.bytes"), ConfigKind::Int, "10485760"),
+    stored("segment.jitter.ms", Some("log.roll.jitter.ms"), ConfigKind::Long, "0"),
+    honoured("segment.ms", "log.roll.ms", ConfigKind::Long),
+    stored(
+        "unclean.leader.election.enable",
+        Some("unclean.leader.election.enable"),
+        ConfigKind::Boolean,
+        "false",
+    ),
 ];
+
+/// The topic config named `name`.
+pub fn topic_config(name: &str) -> Option<&'static TopicConfig> {
+    TOPIC_CONFIGS.iter().find(|config| config.name == name)
+}
+
+/// Kafka's `message.format.version` values (`MetadataVersion`: each release's short
+/// version and its inter-broker versions); `3.0-IV1` and later mean "the current format".
+const MESSAGE_FORMAT_VERSIONS: &[&str] = &[
+    "0.8.0",
+    "0.8.1",
+    "0.8.2",
+    "0.9.0",
+    "0.10.0",
+    "0.10.0-IV0",
+    "0.10.0-IV1",
+    "0.10.1",
+    "0.10.1-IV0",
+    "0.10.1-IV1",
+    "0.10.1-IV2",
+    "0.10.2",
+    "0.10.2-IV0",
+    "0.11.0",
+    "0.11.0-IV0",
+    "0.11.0-IV1",
+    "0.11.0-IV2",
+    "1.0",
+    "1.0-IV0",
+    "1.1",
+    "1.1-IV0",
+    "2.0",
+    "2.0-IV0",
+    "2.0-IV1",
+    "2.1",
+    "2.1-IV0",
+    "2.1-IV1",
+    "2.1-IV2",
+    "2.2",
+    "2.2-IV0",
+    "2.2-IV1",
+    "2.3",
+    "2.3-IV0",
+    "2.3-IV1",
+    "2.4",
+    "2.4-IV0",
+    "2.4-IV1",
+    "2.5",
+    "2.5-IV0",
+    "2.6",
+    "2.6-IV0",
+    "2.7",
+    "2.7-IV0",
+    "2.7-IV1",
+    "2.7-IV2",
+    "2.8",
+    "2.8-IV0",
+    "2.8-IV1",
+    "3.0",
+    "3.0-IV0",
+    "3.0-IV1",
+    "3.1",
+    "3.1-IV0",
+    "3.2",
+    "3.2-IV0",
+    "3.3",
+    "3.3-IV0",
+    "3.3-IV1",
+    "3.3-IV2",
+    "3.3-IV3",
+    "3.4",
+    "3.4-IV0",
+    "3.5",
+    "3.5-IV0",
+    "3.5-IV1",
+    "3.5-IV2",
+    "3.6",
+    "3.6-IV0",
+    "3.6-IV1",
+    "3.6-IV2",
+    "3.7",
+    "3.7-IV0",
+    "3.7-IV1",
+    "3.7-IV2",
+    "3.7-IV3",
+    "3.7-IV4",
+    "3.8",
+    "3.8-IV0",
+    "3.9",
+    "3.9-IV0",
+    "4.0",
+    "4.0-IV0",
+    "4.0-IV1",
+    "4.0-IV2",
+    "4.0-IV3",
+];
+
+/// Kafka's `MetadataVersion.fromVersionString`: `0.x` versions keep three segments, later
+/// ones two (`2.8.1` is `2.8`), and the result must be a known version.
+fn is_message_format_version(value: &str) -> bool {
+    let segments: Vec<&str> = value.split('.').collect();
+    let keep = if value.starts_with("0.") { 3 } else { 2 };
+    let key = if keep >= segments.len() { value.to_string() } else { segments[..keep].join(".") };
+    MESSAGE_FORMAT_VERSIONS.contains(&key.as_str())
+}
 
 /// A topic config value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,14 +389,19 @@ pub struct TopicSettings {
 }
 
 impl BrokerConfig {
-    /// The broker default for a topic config name (`None` for unknown names).
+    /// The default of a topic config (`None` for unknown names): the broker property's
+    /// value for a config Sluice acts on, Kafka's default for one it only stores.
     pub fn topic_default(&self, name: &str) -> Option<String> {
-        let (_, broker_name) = TOPIC_CONFIGS.iter().find(|(topic_name, _)| *topic_name == name)?;
+        let config = topic_config(name)?;
+        let broker_name = match config.broker_name {
+            Some(broker_name) if config.honoured => broker_name,
+            _ => return Some(config.default.to_string()),
+        };
         Some(match name {
             // Kafka's topic-level names are in milliseconds / messages where the broker
             // defaults may say "Long.MAX_VALUE"; both print as numbers.
             "segment.ms" => self.log.segment_ms.to_string(),
-            _ => self.properties.get(*broker_name).cloned().unwrap_or_default(),
+            _ => self.properties.get(broker_name).cloned().unwrap_or_default(),
         })
     }
 
@@ -191,10 +420,65 @@ impl BrokerConfig {
         for (name, value) in overrides {
             apply_topic_config(&mut settings, name, value)?;
         }
+        // Kafka's one check across configs (`LogConfig.validateValues`).
+        let lag = |name: &str| -> i64 {
+            overrides
+                .get(name)
+                .and_then(|value| value.trim().parse().ok())
+                .or_else(|| topic_config(name).and_then(|config| config.default.parse().ok()))
+                .unwrap_or_default()
+        };
+        let (min_lag, max_lag) = (lag("min.compaction.lag.ms"), lag("max.compaction.lag.ms"));
+        if min_lag > max_lag {
+            return Err(ConfigError {
+                name: "min.compaction.lag.ms".to_string(),
+                value: min_lag.to_string(),
+                reason: format!("conflicts with max.compaction.lag.ms ({max_lag}), which is lower"),
+            });
+        }
         // Like Kafka, a batch larger than segment.bytes is allowed: it gets a segment
         // of its own (the log rolls before it and never splits a batch).
         Ok(settings)
     }
+}
+
+/// A config value parsed as Kafka's `ConfigDef.parseType` parses it: trimmed; booleans
+/// in any case; lists split at commas with the blanks around them, empty text an empty
+/// list.
+#[derive(Debug, Clone, PartialEq)]
+enum Parsed<'a> {
+    Boolean(bool),
+    Text(&'a str),
+    Number(i64),
+    Double(f64),
+    List(Vec<&'a str>),
+}
+
+fn parse_kind(kind: ConfigKind, value: &str) -> Result<Parsed<'_>, &'static str> {
+    let trimmed = value.trim();
+    Ok(match kind {
+        ConfigKind::Boolean => {
+            if trimmed.eq_ignore_ascii_case("true") {
+                Parsed::Boolean(true)
+            } else if trimmed.eq_ignore_ascii_case("false") {
+                Parsed::Boolean(false)
+            } else {
+                return Err("expected true or false");
+            }
+        }
+        ConfigKind::String => Parsed::Text(trimmed),
+        ConfigKind::Int => {
+            Parsed::Number(trimmed.parse::<i32>().map_err(|_| "not a number of type INT")?.into())
+        }
+        ConfigKind::Long => {
+            Parsed::Number(trimmed.parse::<i64>().map_err(|_| "not a number of type LONG")?)
+        }
+        ConfigKind::Double => {
+            Parsed::Double(trimmed.parse::<f64>().map_err(|_| "not a number of type DOUBLE")?)
+        }
+        ConfigKind::List if trimmed.is_empty() => Parsed::List(Vec::new()),
+        ConfigKind::List => Parsed::List(trimmed.split(',').map(str::trim).collect()),
+    })
 }
 
 fn apply_topic_config(
@@ -207,79 +491,136 @@ fn apply_topic_config(
         value: value.to_string(),
         reason: reason.to_string(),
     };
-    let number = || value.trim().parse::<i64>().map_err(|_| error("not a number"));
+    let Some(config) = topic_config(name) else {
+        return Err(error("unknown topic config"));
+    };
+    let parsed = parse_kind(config.kind, value).map_err(error)?;
+    let number = match parsed {
+        Parsed::Number(n) => n,
+        _ => 0,
+    };
+    let at_least = |min: i64| {
+        if number < min {
+            Err(error(&format!("must be at least {min}")))
+        } else {
+            Ok(())
+        }
+    };
     let log = &mut settings.log;
     match name {
+        // Configs Sluice acts on.
         "cleanup.policy" => {
-            let policies: Vec<&str> = value.split(',').map(str::trim).collect();
+            let Parsed::List(policies) = parsed else { return Err(error("not a list")) };
+            // Stricter than Kafka, which takes an empty list and then neither deletes nor
+            // compacts: an empty policy is refused rather than silently keeping the log.
             if policies.is_empty() || policies.iter().any(|p| *p != "delete" && *p != "compact") {
                 return Err(error("expected delete, compact or both"));
             }
-            settings.cleanup_policy = value.to_string();
+            settings.cleanup_policy = policies.join(",");
         }
         "flush.messages" => {
-            let n = number()?;
-            if n < 1 {
-                return Err(error("must be at least 1"));
-            }
-            log.flush_messages = if n == i64::MAX { u64::MAX } else { n as u64 };
+            at_least(1)?;
+            log.flush_messages = if number == i64::MAX { u64::MAX } else { number as u64 };
         }
         "flush.ms" => {
-            let n = number()?;
-            if n < 0 {
-                return Err(error("must not be negative"));
-            }
-            log.flush_ms = if n == i64::MAX { u64::MAX } else { n as u64 };
+            at_least(0)?;
+            log.flush_ms = if number == i64::MAX { u64::MAX } else { number as u64 };
         }
         "index.interval.bytes" => {
-            let n = number()?;
-            if n < 0 {
-                return Err(error("must not be negative"));
-            }
-            log.index_interval_bytes = n as u64;
+            at_least(0)?;
+            log.index_interval_bytes = number as u64;
         }
         "max.message.bytes" => {
-            let n = number()?;
-            if !(0..=i64::from(i32::MAX)).contains(&n) {
-                return Err(error("must be in [0, 2147483647]"));
-            }
-            log.max_message_bytes = n as usize;
+            at_least(0)?;
+            log.max_message_bytes = number as usize;
         }
-        "message.timestamp.type" => match value {
-            "CreateTime" => settings.log_append_time = false,
-            "LogAppendTime" => settings.log_append_time = true,
+        "message.timestamp.type" => match parsed {
+            Parsed::Text("CreateTime") => settings.log_append_time = false,
+            Parsed::Text("LogAppendTime") => settings.log_append_time = true,
             _ => return Err(error("expected CreateTime or LogAppendTime")),
         },
         "min.insync.replicas" => {
-            let n = number()?;
-            if !(1..=i64::from(i32::MAX)).contains(&n) {
-                return Err(error("must be at least 1"));
-            }
-            settings.min_insync_replicas = n as i32;
+            at_least(1)?;
+            settings.min_insync_replicas = number as i32;
         }
-        "retention.bytes" => log.retention_bytes = number()?,
+        "retention.bytes" => log.retention_bytes = number,
         "retention.ms" => {
-            let n = number()?;
-            if n < -1 {
-                return Err(error("must be -1 or more"));
-            }
-            log.retention_ms = n;
+            at_least(-1)?;
+            log.retention_ms = number;
         }
         "segment.bytes" => {
-            let n = number()?;
-            if !(14..=log::SEGMENT_BYTES_MAX as i64).contains(&n) {
+            if !(14..=log::SEGMENT_BYTES_MAX as i64).contains(&number) {
                 return Err(error(&format!("must be in [14, {}]", log::SEGMENT_BYTES_MAX)));
             }
-            log.segment_bytes = n as u64;
+            log.segment_bytes = number as u64;
         }
         "segment.ms" => {
-            let n = number()?;
-            if n < 1 {
-                return Err(error("must be at least 1"));
-            }
-            log.segment_ms = n;
+            at_least(1)?;
+            log.segment_ms = number;
         }
-        _ => return Err(error("unknown topic config")),
+        // Configs Sluice only stores, validated as Kafka validates them.
+        "compression.type" => {
+            const TYPES: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
+            if !matches!(parsed, Parsed::Text(text) if TYPES.contains(&text)) {
+                return Err(error(
+                    "expected one of uncompressed, zstd, lz4, snappy, gzip, producer",
+                ));
+            }
+        }
+        "compression.gzip.level" if number != -1 && !(1..=9).contains(&number) => {
+            return Err(error("must be in [1, 9] or -1"));
+        }
+        "compression.lz4.level" if !(1..=17).contains(&number) => {
+            return Err(error("must be in [1, 17]"));
+        }
+        "compression.zstd.level" if !(-131_072..=22).contains(&number) => {
+            return Err(error("must be in [-131072, 22]"));
+        }
+        "delete.retention.ms"
+        | "file.delete.delay.ms"
+        | "min.compaction.lag.ms"
+        | "message.timestamp.after.max.ms"
+        | "message.timestamp.before.max.ms"
+        | "message.timestamp.difference.max.ms"
+        | "segment.jitter.ms" => at_least(0)?,
+        "local.retention.bytes" | "local.retention.ms" => at_least(-2)?,
+        "max.compaction.lag.ms" => at_least(1)?,
+        "segment.index.bytes" => at_least(4)?,
+        "min.cleanable.dirty.ratio" if !matches!(parsed, Parsed::Double(ratio) if (0.0..=1.0).contains(&ratio)) =>
+        {
+            return Err(error("must be in [0, 1]"));
+        }
+        "message.format.version" if !matches!(parsed, Parsed::Text(version) if is_message_format_version(version)) =>
+        {
+            return Err(error("not a Kafka version (such as 2.8 or 3.0-IV1)"));
+        }
+        "leader.replication.throttled.replicas" | "follower.replication.throttled.replicas" => {
+            let Parsed::List(replicas) = parsed else { return Err(error("not a list")) };
+            let replica = |item: &&str| {
+                item.is_empty()
+                    || item.split_once(':').is_some_and(|(partition, broker)| {
+                        [partition, broker].iter().all(|part| {
+                            !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())
+                        })
+                    })
+            };
+            if !(replicas.iter().all(replica) || replicas.concat() == "*") {
+                return Err(error(
+                    "must be the literal '*' or a list of replicas in the form \
+                     [partitionId]:[brokerId],[partitionId]:[brokerId],...",
+                ));
+            }
+        }
+        // Kafka without tiered storage (remote.log.storage.system.enable=false) refuses
+        // this the same way.
+        "remote.storage.enable" if parsed == Parsed::Boolean(true) => {
+            return Err(error(
+                "Tiered Storage functionality is disabled in the broker. Topic cannot be \
+                 configured with remote log storage.",
+            ));
+        }
+        // The rest (booleans, levels in range) only had to parse.
+        _ => {}
     }
     Ok(())
 }
@@ -350,5 +691,132 @@ mod tests {
             let error = config.topic_settings(&overrides(&[(name, value)])).unwrap_err();
             assert_eq!(error.name, name);
         }
+    }
+
+    /// Every Kafka topic config is accepted with a value Kafka accepts; the ones Sluice
+    /// only stores leave the settings as they were.
+    #[test]
+    fn every_kafka_topic_config_is_accepted() {
+        let config = test_config();
+        let defaults = config.topic_settings(&BTreeMap::new()).unwrap();
+        let values: &[(&str, &str)] = &[
+            ("cleanup.policy", "compact, delete"),
+            ("compression.gzip.level", "-1"),
+            ("compression.lz4.level", "17"),
+            ("compression.type", "zstd"),
+            ("compression.zstd.level", "-131072"),
+            ("delete.retention.ms", "0"),
+            ("file.delete.delay.ms", "60000"),
+            ("flush.messages", "1"),
+            ("flush.ms", "0"),
+            ("follower.replication.throttled.replicas", "0:1, 1:2"),
+            ("index.interval.bytes", "0"),
+            ("leader.replication.throttled.replicas", "*"),
+            ("local.retention.bytes", "-2"),
+            ("local.retention.ms", "-2"),
+            ("max.compaction.lag.ms", "1"),
+            ("max.message.bytes", "0"),
+            ("message.downconversion.enable", "FALSE"),
+            ("message.format.version", "2.8.1"),
+            ("message.timestamp.after.max.ms", "3600000"),
+            ("message.timestamp.before.max.ms", "0"),
+            ("message.timestamp.difference.max.ms", "9223372036854775807"),
+            ("message.timestamp.type", " LogAppendTime "),
+            ("min.cleanable.dirty.ratio", "1"),
+            ("min.compaction.lag.ms", "0"),
+            ("min.insync.replicas", "1"),
+            ("preallocate", "true"),
+            ("remote.log.copy.disable", "false"),
+            ("remote.log.delete.on.disable", "true"),
+            ("remote.storage.enable", "false"),
+            ("retention.bytes", "-5"),
+            ("retention.ms", "-1"),
+            ("segment.bytes", "14"),
+            ("segment.index.bytes", "4"),
+            ("segment.jitter.ms", "0"),
+            ("segment.ms", "1"),
+            ("unclean.leader.election.enable", "true"),
+        ];
+        let names: Vec<&str> = values.iter().map(|(name, _)| *name).collect();
+        let known: Vec<&str> = TOPIC_CONFIGS.iter().map(|c| c.name).collect();
+        assert_eq!(names, known, "one value per topic config, in order");
+        for (name, value) in values {
+            let settings = config.topic_settings(&overrides(&[(name, value)]));
+            let settings = settings.unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+            if !topic_config(name).unwrap().honoured {
+                assert_eq!(format!("{:?}", settings.log), format!("{:?}", defaults.log), "{name}");
+                assert_eq!(settings.log_append_time, defaults.log_append_time, "{name}");
+            }
+        }
+        assert!(
+            config
+                .topic_settings(&overrides(&[("message.timestamp.type", " LogAppendTime")]))
+                .unwrap()
+                .log_append_time
+        );
+        // All at once too: the cross-config check sees min <= max here.
+        assert!(config.topic_settings(&overrides(values)).is_ok());
+    }
+
+    /// Values Kafka refuses, we refuse, with the config named in the error.
+    #[test]
+    fn values_kafka_refuses_are_refused() {
+        let config = test_config();
+        for (name, value) in [
+            ("compression.type", "brotli"),
+            ("compression.type", "GZIP"),
+            ("compression.gzip.level", "0"),
+            ("compression.lz4.level", "18"),
+            ("compression.zstd.level", "23"),
+            ("delete.retention.ms", "-1"),
+            ("local.retention.ms", "-3"),
+            ("max.compaction.lag.ms", "0"),
+            ("message.downconversion.enable", "yes"),
+            ("message.format.version", "9.9"),
+            ("message.format.version", "0.7"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "half"),
+            ("leader.replication.throttled.replicas", "0:x"),
+            ("leader.replication.throttled.replicas", "*,0:1"),
+            ("preallocate", "1"),
+            ("segment.index.bytes", "3"),
+            ("segment.bytes", "2147483648"),
+            ("max.message.bytes", "2147483648"),
+            ("remote.storage.enable", "true"),
+        ] {
+            let error = config.topic_settings(&overrides(&[(name, value)])).unwrap_err();
+            assert_eq!(error.name, name, "{name}={value}");
+        }
+        let remote = config.topic_settings(&overrides(&[("remote.storage.enable", "TRUE")]));
+        assert!(remote.unwrap_err().reason.contains("Tiered Storage"));
+        let lag = config
+            .topic_settings(&overrides(&[
+                ("min.compaction.lag.ms", "10"),
+                ("max.compaction.lag.ms", "5"),
+            ]))
+            .unwrap_err();
+        assert_eq!(lag.name, "min.compaction.lag.ms");
+        assert!(lag.reason.contains("max.compaction.lag.ms"), "{}", lag.reason);
+    }
+
+    #[test]
+    fn message_format_versions_parse_as_kafka_parses_them() {
+        for version in ["0.8.0", "0.10.0-IV1", "0.10.2.1", "1.0", "2.8", "2.8.2", "3.0-IV1", "3.9"]
+        {
+            assert!(is_message_format_version(version), "{version}");
+        }
+        for version in ["", "0.7", "0.10", "3", "3.10", "2.8-IV9", "latest"] {
+            assert!(!is_message_format_version(version), "{version}");
+        }
+    }
+
+    #[test]
+    fn stored_only_configs_default_to_kafkas_defaults() {
+        let mut config = test_config();
+        config.properties.insert("log.retention.ms".into(), "1234".into());
+        assert_eq!(config.topic_default("retention.ms").as_deref(), Some("1234"));
+        assert_eq!(config.topic_default("compression.type").as_deref(), Some("producer"));
+        assert_eq!(config.topic_default("message.format.version").as_deref(), Some("3.0-IV1"));
+        assert_eq!(config.topic_default("no.such.config"), None);
     }
 }

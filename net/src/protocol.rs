@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
@@ -72,16 +72,68 @@ pub struct Request {
 
 /// Decodes the header of a request frame (the bytes after the size prefix). The caller
 /// has checked the version against what it serves.
-pub fn decode_header(
-    api: ApiKey,
-    version: i16,
-    mut frame: Bytes,
-) -> Result<Request, ProtocolError> {
+///
+/// As lenient as Kafka: a null client id (header v1+) and tagged fields in header v2 are
+/// the crate's decoding; a client id that is not UTF-8, which the crate refuses, is read
+/// as Kafka's `readString` reads it (`new String(bytes, UTF_8)`: invalid sequences become
+/// U+FFFD) instead of closing the connection.
+pub fn decode_header(api: ApiKey, version: i16, frame: Bytes) -> Result<Request, ProtocolError> {
     let header_version = api.request_header_version(version);
-    let header = RequestHeader::decode(&mut frame, header_version).map_err(|error| {
-        ProtocolError::Malformed { api, version, reason: format!("header: {error}") }
-    })?;
-    Ok(Request { api, header, body: frame })
+    let mut body = frame.clone();
+    let header = match RequestHeader::decode(&mut body, header_version) {
+        Ok(header) => header,
+        Err(error) => {
+            body = frame;
+            decode_header_lossy(&mut body, header_version).ok_or_else(|| {
+                ProtocolError::Malformed { api, version, reason: format!("header: {error}") }
+            })?
+        }
+    };
+    Ok(Request { api, header, body })
+}
+
+/// A request header (v1 or v2) whose client id may be any bytes; `None` when the header
+/// is cut short.
+fn decode_header_lossy(frame: &mut Bytes, header_version: i16) -> Option<RequestHeader> {
+    if frame.remaining() < FIXED_HEADER_BYTES + 2 || header_version < 1 {
+        return None;
+    }
+    let mut header = RequestHeader::default();
+    header.request_api_key = frame.get_i16();
+    header.request_api_version = frame.get_i16();
+    header.correlation_id = frame.get_i32();
+    let length = frame.get_i16();
+    if length >= 0 {
+        let length = usize::try_from(length).ok().filter(|&n| n <= frame.remaining())?;
+        let raw = frame.split_to(length);
+        header.client_id = Some(StrBytes::from_string(String::from_utf8_lossy(&raw).into_owned()));
+    }
+    if header_version >= 2 {
+        let count: u32 = unsigned_varint(frame)?;
+        for _ in 0..count {
+            let tag: u32 = unsigned_varint(frame)?;
+            let size: u32 = unsigned_varint(frame)?;
+            let size = usize::try_from(size).ok().filter(|&n| n <= frame.remaining())?;
+            header.unknown_tagged_fields.insert(tag as i32, frame.split_to(size));
+        }
+    }
+    Some(header)
+}
+
+/// An unsigned varint (at most five bytes, as the protocol's are).
+fn unsigned_varint(buf: &mut Bytes) -> Option<u32> {
+    let mut value = 0u32;
+    for shift in (0..35).step_by(7) {
+        if !buf.has_remaining() {
+            return None;
+        }
+        let byte = buf.get_u8();
+        value |= u32::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Requests whose body decoded with bytes left after it, since the process started.
@@ -190,6 +242,84 @@ mod tests {
         let result: Result<kafka_protocol::messages::ApiVersionsRequest, _> =
             decode_body(ApiKey::ApiVersions, 0, &buf.freeze());
         assert!(result.is_ok());
+    }
+
+    /// A v1 or v2 request header as a client writes it: `client_id` of `None` is the
+    /// null string (length -1); `raw_client_id` replaces it with arbitrary bytes; `tags`
+    /// are tagged fields (v2 only).
+    fn header_bytes(
+        api: ApiKey,
+        version: i16,
+        client_id: Option<&[u8]>,
+        tags: &[(u8, &[u8])],
+    ) -> Bytes {
+        let mut frame = BytesMut::new();
+        frame.put_i16(api as i16);
+        frame.put_i16(version);
+        frame.put_i32(77);
+        match client_id {
+            Some(id) => {
+                frame.put_i16(id.len() as i16);
+                frame.put_slice(id);
+            }
+            None => frame.put_i16(-1),
+        }
+        if api.request_header_version(version) >= 2 {
+            frame.put_u8(tags.len() as u8);
+            for (tag, value) in tags {
+                frame.put_u8(*tag);
+                frame.put_u8(value.len() as u8);
+                frame.put_slice(value);
+            }
+        }
+        frame.put_slice(b"body");
+        frame.freeze()
+    }
+
+    /// Kafka accepts a null client id, unknown tagged fields in header v2, and a client id
+    /// that is not UTF-8 (read with replacement characters); so do we, and the body
+    /// starts right after the header in every case.
+    #[test]
+    fn request_headers_are_read_as_leniently_as_kafka_reads_them() {
+        // Metadata v9+ and ApiVersions v3+ have header v2; Metadata v8 header v1.
+        for (api, version) in
+            [(ApiKey::Metadata, 8), (ApiKey::Metadata, 12), (ApiKey::ApiVersions, 3)]
+        {
+            let null_id =
+                decode_header(api, version, header_bytes(api, version, None, &[])).unwrap();
+            assert_eq!(null_id.header.client_id, None);
+            assert_eq!(null_id.header.correlation_id, 77);
+            assert_eq!(&null_id.body[..], b"body");
+
+            let latin1 =
+                decode_header(api, version, header_bytes(api, version, Some(b"caf\xe9"), &[]))
+                    .unwrap();
+            assert_eq!(latin1.header.client_id.as_deref(), Some("caf\u{fffd}"));
+            assert_eq!(latin1.header.request_api_version, version);
+            assert_eq!(&latin1.body[..], b"body");
+        }
+        let tagged = header_bytes(ApiKey::Metadata, 12, Some(b"app"), &[(5, b"xyz"), (9, b"")]);
+        let tagged = decode_header(ApiKey::Metadata, 12, tagged).unwrap();
+        assert_eq!(tagged.header.client_id.as_deref(), Some("app"));
+        assert_eq!(tagged.header.unknown_tagged_fields.len(), 2);
+        assert_eq!(&tagged.header.unknown_tagged_fields[&5][..], b"xyz");
+        assert_eq!(&tagged.body[..], b"body");
+        // The same with a client id that is not UTF-8: the lossy path reads the tags too.
+        let both = header_bytes(ApiKey::Metadata, 12, Some(&[0xff, 0x41]), &[(5, b"xyz")]);
+        let both = decode_header(ApiKey::Metadata, 12, both).unwrap();
+        assert_eq!(both.header.client_id.as_deref(), Some("\u{fffd}A"));
+        assert_eq!(&both.header.unknown_tagged_fields[&5][..], b"xyz");
+        assert_eq!(&both.body[..], b"body");
+    }
+
+    /// A header cut short is malformed, lossy path or not.
+    #[test]
+    fn a_truncated_header_is_malformed() {
+        let whole = header_bytes(ApiKey::Metadata, 12, Some(&[0xff, 0x41, 0x42]), &[(5, b"xyz")]);
+        for cut in [9, 12, 14, 16] {
+            let result = decode_header(ApiKey::Metadata, 12, whole.slice(..cut));
+            assert!(matches!(result, Err(ProtocolError::Malformed { .. })), "cut at {cut}");
+        }
     }
 
     /// A body that does not decode is still malformed: here a topic array of one entry

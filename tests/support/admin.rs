@@ -32,6 +32,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
 
+use std::io::Write;
+
 use crate::harness::{Broker, Raw};
 
 // ---- Kafka's numbers, as a client sees them ----
@@ -66,18 +68,44 @@ const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
 /// The topic configs the broker knows, as it lists them.
+/// Every topic config Kafka 3.x and 4.x know, as the broker lists them.
 const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
     "flush.messages",
     "flush.ms",
+    "follower.replication.throttled.replicas",
     "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
     "max.message.bytes",
+    "message.downconversion.enable",
+    "message.format.version",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms",
     "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "min.insync.replicas",
+    "preallocate",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
+    "remote.storage.enable",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 // ---- helpers ----
@@ -947,4 +975,232 @@ fn offset_for_leader_epoch_ends_epoch_zero_at_the_log_end() {
     }
     let unknown = epoch_end_offsets(&mut raw, "no-such-topic", &[(0, -1, 0)], 4);
     assert_eq!(unknown[0].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+}
+
+/// Kafka's topic configs that Sluice only stores are accepted as Kafka accepts them
+/// (CreateTopics, AlterConfigs, IncrementalAlterConfigs), shown by DescribeConfigs as set
+/// (with documentation saying Sluice does not act on them, when asked) and kept across a
+/// restart; values Kafka refuses, unknown names and tiered storage are INVALID_CONFIG.
+#[test]
+fn kafka_topic_configs_are_stored_as_kafka_stores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+    raw.create_topic(
+        "kafkaish",
+        1,
+        &[
+            ("message.format.version", "2.8"),
+            ("compression.type", "zstd"),
+            ("unclean.leader.election.enable", "true"),
+            ("retention.ms", "600000"),
+        ],
+    );
+    let added = incremental_alter(
+        &mut raw,
+        "kafkaish",
+        &[
+            ("preallocate", OP_SET, Some("true")),
+            ("leader.replication.throttled.replicas", OP_APPEND, Some("0:1")),
+        ],
+        1,
+    );
+    assert_eq!(added.responses[0].error_code, NONE, "{:?}", added.responses[0].error_message);
+
+    for (name, value, error) in [
+        ("compression.type", "brotli", INVALID_CONFIG),
+        ("message.format.version", "9.9", INVALID_CONFIG),
+        ("remote.storage.enable", "true", INVALID_CONFIG),
+        ("min.cleanable.dirty.ratio", "2", INVALID_CONFIG),
+        ("no.such.config", "1", INVALID_CONFIG),
+    ] {
+        let refused = incremental_alter(&mut raw, "kafkaish", &[(name, OP_SET, Some(value))], 1);
+        assert_eq!(refused.responses[0].error_code, error, "{name}={value}");
+        let message = refused.responses[0].error_message.as_ref().unwrap().to_string();
+        assert!(message.contains(name), "{message}");
+    }
+
+    let check = |raw: &mut Raw| {
+        let mut request = describe_request(RESOURCE_TOPIC, "kafkaish", None, false);
+        request.include_documentation = true;
+        let response = raw.send(&request, 4);
+        let result = &response.results[0];
+        assert_eq!(result.error_code, NONE);
+        let value = |name: &str| {
+            let found = entry(result, name);
+            (found.value.as_ref().map(|v| v.to_string()), found.config_source)
+        };
+        for (name, expected) in [
+            ("message.format.version", "2.8"),
+            ("compression.type", "zstd"),
+            ("unclean.leader.election.enable", "true"),
+            ("preallocate", "true"),
+            ("leader.replication.throttled.replicas", "0:1"),
+            ("retention.ms", "600000"),
+        ] {
+            assert_eq!(value(name), (Some(expected.to_string()), SOURCE_DYNAMIC_TOPIC), "{name}");
+        }
+        assert_eq!(value("message.downconversion.enable"), (Some("true".into()), SOURCE_DEFAULT));
+        assert_eq!(value("remote.storage.enable"), (Some("false".into()), SOURCE_DEFAULT));
+        let stored = entry(result, "compression.type").documentation.as_ref().unwrap();
+        assert!(stored.contains("does not act on it"), "{stored}");
+        assert_eq!(entry(result, "retention.ms").documentation, None, "acted on");
+    };
+    check(&mut raw);
+    broker.stop();
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+    check(&mut raw);
+}
+
+/// What Kafka accepts from clients that Sluice once refused: FindCoordinator with an
+/// empty key (Kafka answers the coordinator of the partition "" hashes to), and a request
+/// header whose client id is not UTF-8 (Kafka decodes it with replacement characters).
+#[test]
+fn requests_kafka_accepts_are_answered() {
+    use kafka_protocol::messages::{ApiVersionsResponse, FindCoordinatorRequest};
+    use kafka_protocol::protocol::Decodable;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut raw = Raw::connect(&broker.address());
+
+    let mut request = FindCoordinatorRequest::default();
+    request.key = text("");
+    let response = raw.send(&request, 3);
+    assert_eq!(response.error_code, NONE, "{:?}", response.error_message);
+    assert_eq!(response.port, i32::from(broker.port));
+    let mut request = FindCoordinatorRequest::default();
+    request.coordinator_keys = vec![text(""), text("real-group")];
+    let response = raw.send(&request, 4);
+    let codes: Vec<i16> = response.coordinators.iter().map(|c| c.error_code).collect();
+    assert_eq!(codes, [NONE, NONE]);
+    let mut request = FindCoordinatorRequest::default();
+    request.key = text("g");
+    request.key_type = 9;
+    assert_eq!(raw.send(&request, 3).error_code, INVALID_REQUEST, "unknown key type");
+
+    // ApiVersions v0 (header v1) with the client id bytes "caf\xe9" (ISO-8859-1).
+    let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 42, 0, 4, b'c', b'a', b'f', 0xe9];
+    frame.splice(0..0, (frame.len() as i32).to_be_bytes());
+    raw.stream.write_all(&frame).unwrap();
+    let mut answer = bytes::Bytes::from(raw.read_frame().unwrap());
+    assert_eq!(&answer[..4], 42i32.to_be_bytes(), "correlation id");
+    let _ = answer.split_to(4);
+    let versions = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
+    assert_eq!(versions.error_code, NONE);
+    assert!(!versions.api_keys.is_empty());
+}
+
+/// Starts the sluice binary with `args` only (no --listen or --data-dir from the
+/// harness), logging to `log`.
+fn spawn_sluice(args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(args)
+        .env("SLUICE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+/// A Kafka KRaft `server.properties` starts the broker as it is: it listens on the
+/// `listeners` address (port 0: any), advertises `advertised.listeners`, keeps its data in
+/// `log.dirs`, takes `node.id`, `num.partitions` and `log.retention.hours`, and logs one
+/// warning naming the Kafka settings it ignores. A misspelt name stops it with a hint.
+#[test]
+fn kafka_server_properties_start_the_broker() {
+    use kafka_protocol::messages::MetadataRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("kafka-logs");
+    let properties = dir.path().join("server.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "# KRaft, combined mode\n\
+             process.roles=broker,controller\n\
+             node.id=3\n\
+             controller.quorum.voters=3@localhost:19093\n\
+             listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://:19093\n\
+             advertised.listeners=PLAINTEXT://localhost:0,CONTROLLER://localhost:19093\n\
+             controller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+             num.network.threads=3\n\
+             num.io.threads=8\n\
+             log.dirs={}\n\
+             num.partitions=2\n\
+             log.retention.hours=1\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("broker.log");
+    let mut child =
+        spawn_sluice(&["--config", properties.to_str().unwrap(), "--cores", "2"], &log_path);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let address = loop {
+        let text = log();
+        let listening: Vec<&str> =
+            text.lines().filter(|l| l.contains("sluice_net::server: listening")).collect();
+        if listening.len() == 2 {
+            let line = listening[0];
+            let at = line.find("address=").unwrap() + "address=".len();
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "broker exited:\n{text}");
+        assert!(std::time::Instant::now() < deadline, "broker did not listen:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let port: i32 = address.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_ne!(port, 0);
+
+    let mut raw = Raw::connect(&address);
+    let mut request = MetadataRequest::default();
+    let mut topic = MetadataRequestTopic::default();
+    topic.name = Some(name_of("auto"));
+    request.topics = Some(vec![topic]);
+    request.allow_auto_topic_creation = true;
+    let metadata = raw.send(&request, 12);
+    assert_eq!(metadata.brokers.len(), 1);
+    assert_eq!(metadata.brokers[0].node_id.0, 3);
+    assert_eq!(metadata.brokers[0].host.as_str(), "localhost", "advertised.listeners");
+    assert_eq!(metadata.brokers[0].port, port, "the bound port");
+    assert_eq!(metadata.topics[0].partitions.len(), 2, "num.partitions");
+    let broker_configs = describe(&mut raw, RESOURCE_BROKER, "3");
+    assert_eq!(entry(&broker_configs, "log.retention.ms").value.as_deref(), Some("3600000"));
+    let meta = std::fs::read_to_string(logs.join("meta.properties")).unwrap();
+    assert!(meta.contains("node.id=3"), "{meta}");
+
+    let text = log();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].ends_with(
+            "Kafka broker properties accepted but ignored: controller.quorum.voters, \
+             num.io.threads, num.network.threads; also ignored: the controller role of \
+             process.roles, listener CONTROLLER://:19093 (Sluice has no controller quorum)"
+        ),
+        "{}",
+        warnings[0]
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "{}", log());
+
+    // A misspelt name is a start-up error naming the line and the likely name.
+    std::fs::write(&properties, format!("log.dirs={}\nnum.partition=2\n", logs.display())).unwrap();
+    let typo_log = dir.path().join("typo.log");
+    let status =
+        spawn_sluice(&["--config", properties.to_str().unwrap()], &typo_log).wait().unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&typo_log).unwrap();
+    assert!(text.contains("line 2: unknown broker property \"num.partition\""), "{text}");
+    assert!(text.contains("did you mean \"num.partitions\"?"), "{text}");
 }

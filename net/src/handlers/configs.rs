@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use sluice_engine::metadata::MetadataRecord;
 
-use crate::config::{BrokerConfig, TOPIC_CONFIGS};
+use crate::config::{topic_config, BrokerConfig, ConfigKind, TOPIC_CONFIGS};
 use crate::error::{code, KafkaError};
 use crate::shard::Shard;
 
@@ -28,25 +28,13 @@ pub mod config_type {
     pub const STRING: i8 = 2;
     pub const INT: i8 = 3;
     pub const LONG: i8 = 5;
+    pub const DOUBLE: i8 = 6;
     pub const LIST: i8 = 7;
 }
 
-/// The Kafka type of every topic config and broker property we know. A name missing here
-/// reports UNKNOWN; `config_types_cover_topic_configs` keeps the topic half complete.
-const CONFIG_TYPES: &[(&str, i8)] = &[
-    // Topic configs.
-    ("cleanup.policy", config_type::LIST),
-    ("flush.messages", config_type::LONG),
-    ("flush.ms", config_type::LONG),
-    ("index.interval.bytes", config_type::INT),
-    ("max.message.bytes", config_type::INT),
-    ("message.timestamp.type", config_type::STRING),
-    ("min.insync.replicas", config_type::INT),
-    ("retention.bytes", config_type::LONG),
-    ("retention.ms", config_type::LONG),
-    ("segment.bytes", config_type::INT),
-    ("segment.ms", config_type::LONG),
-    // Broker properties.
+/// The Kafka type of every broker property we know (topic configs carry theirs in
+/// `TOPIC_CONFIGS`). A name missing here reports UNKNOWN.
+const BROKER_PROPERTY_TYPES: &[(&str, i8)] = &[
     ("auto.create.topics.enable", config_type::BOOLEAN),
     ("default.replication.factor", config_type::INT),
     ("delete.topic.enable", config_type::BOOLEAN),
@@ -63,15 +51,31 @@ const CONFIG_TYPES: &[(&str, i8)] = &[
     ("log.segment.bytes", config_type::INT),
     ("max.connections.per.shard", config_type::INT),
     ("message.max.bytes", config_type::INT),
+    ("min.insync.replicas", config_type::INT),
     ("node.id", config_type::INT),
     ("num.partitions", config_type::INT),
     ("queued.max.requests", config_type::INT),
     ("socket.request.max.bytes", config_type::INT),
 ];
 
+/// The wire id of a config kind.
+fn wire_type(kind: ConfigKind) -> i8 {
+    match kind {
+        ConfigKind::Boolean => config_type::BOOLEAN,
+        ConfigKind::String => config_type::STRING,
+        ConfigKind::Int => config_type::INT,
+        ConfigKind::Long => config_type::LONG,
+        ConfigKind::Double => config_type::DOUBLE,
+        ConfigKind::List => config_type::LIST,
+    }
+}
+
 /// The Kafka config type of a topic config or broker property.
 pub fn config_type_of(name: &str) -> i8 {
-    CONFIG_TYPES
+    if let Some(config) = topic_config(name) {
+        return wire_type(config.kind);
+    }
+    BROKER_PROPERTY_TYPES
         .iter()
         .find(|(known, _)| *known == name)
         .map_or(config_type::UNKNOWN, |(_, kind)| *kind)
@@ -100,7 +104,13 @@ pub struct ConfigEntry {
     pub source: i8,
     pub config_type: i8,
     pub synonyms: Vec<Synonym>,
+    /// Set for a topic config Sluice stores without acting on it, for DescribeConfigs'
+    /// documentation field: a client that asks is told so.
+    pub documentation: Option<&'static str>,
 }
+
+/// The documentation of every topic config Sluice stores without acting on it.
+pub const STORED_ONLY: &str = "Accepted and stored as Kafka does; Sluice does not act on it.";
 
 /// The source every broker property reports. `BrokerConfig::properties` holds Kafka's
 /// defaults and configured values alike and does not say which is which, so we cannot
@@ -108,16 +118,19 @@ pub struct ConfigEntry {
 /// value is the broker's static configuration).
 const BROKER_PROPERTY_SOURCE: i8 = SOURCE_STATIC_BROKER;
 
-/// Every topic config in `TOPIC_CONFIGS` order, with its override or the broker default.
+/// Every topic config in `TOPIC_CONFIGS` order, with its override or its default. The
+/// default of a config Sluice acts on is its broker property's value (the broker's
+/// static configuration); of one it only stores, Kafka's default.
 pub fn topic_entries(
     config: &BrokerConfig,
     overrides: &BTreeMap<String, String>,
 ) -> Vec<ConfigEntry> {
     TOPIC_CONFIGS
         .iter()
-        .map(|(name, broker_name)| {
+        .map(|topic_config| {
+            let name = topic_config.name;
             let mut synonyms = Vec::new();
-            if let Some(value) = overrides.get(*name) {
+            if let Some(value) = overrides.get(name) {
                 synonyms.push(Synonym {
                     name: name.to_string(),
                     value: Some(value.clone()),
@@ -126,11 +139,11 @@ pub fn topic_entries(
             }
             let default = config.topic_default(name);
             synonyms.push(Synonym {
-                name: broker_name.to_string(),
+                name: topic_config.broker_name.unwrap_or(name).to_string(),
                 value: default.clone(),
-                source: BROKER_PROPERTY_SOURCE,
+                source: if topic_config.honoured { BROKER_PROPERTY_SOURCE } else { SOURCE_DEFAULT },
             });
-            let (value, source) = match overrides.get(*name) {
+            let (value, source) = match overrides.get(name) {
                 Some(value) => (Some(value.clone()), SOURCE_DYNAMIC_TOPIC),
                 None => (default, SOURCE_DEFAULT),
             };
@@ -138,8 +151,9 @@ pub fn topic_entries(
                 name: name.to_string(),
                 value,
                 source,
-                config_type: config_type_of(name),
+                config_type: wire_type(topic_config.kind),
                 synonyms,
+                documentation: (!topic_config.honoured).then_some(STORED_ONLY),
             }
         })
         .collect()
@@ -158,6 +172,7 @@ pub fn broker_entries(config: &BrokerConfig) -> Vec<ConfigEntry> {
                 source,
                 config_type: config_type_of(name),
                 synonyms: vec![Synonym { name: name.clone(), value: Some(value.clone()), source }],
+                documentation: None,
             }
         })
         .collect()
@@ -217,10 +232,15 @@ mod tests {
 
     #[test]
     fn config_types_cover_topic_configs() {
-        for (name, broker_name) in TOPIC_CONFIGS {
+        for topic_config in TOPIC_CONFIGS.iter().filter(|c| c.honoured) {
+            let (name, broker_name) = (topic_config.name, topic_config.broker_name.unwrap());
             assert_ne!(config_type_of(name), config_type::UNKNOWN, "{name}");
             assert_eq!(config_type_of(name), config_type_of(broker_name), "{name}");
         }
+        assert!(TOPIC_CONFIGS.windows(2).all(|pair| pair[0].name < pair[1].name), "sorted");
+        assert!(is_list("leader.replication.throttled.replicas"));
+        assert_eq!(config_type_of("min.cleanable.dirty.ratio"), config_type::DOUBLE);
+        assert_eq!(config_type_of("preallocate"), config_type::BOOLEAN);
         assert!(is_list("cleanup.policy"));
         assert!(!is_list("retention.ms"));
         assert_eq!(config_type_of("no.such.config"), config_type::UNKNOWN);

@@ -8,6 +8,7 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::protocol::StrBytes;
 use sluice_engine::metadata;
 
 use super::configs::{self, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC};
@@ -18,8 +19,10 @@ use crate::shard::Shard;
 pub async fn handle(
     shard: &Rc<Shard>,
     request: DescribeConfigsRequest,
-    _version: i16,
+    version: i16,
 ) -> DescribeConfigsResponse {
+    // Fields a version does not have must keep their defaults to encode.
+    let include_documentation = version >= 3 && request.include_documentation;
     let mut response = DescribeConfigsResponse::default();
     for resource in &request.resources {
         let mut result = DescribeConfigsResult::default();
@@ -33,7 +36,7 @@ pub async fn handle(
                         Some(keys) => keys.iter().any(|key| key.as_str() == entry.name),
                         None => true,
                     })
-                    .map(|entry| answer(entry, request.include_synonyms))
+                    .map(|entry| answer(entry, request.include_synonyms, include_documentation))
                     .collect();
             }
             Err(error) => {
@@ -82,9 +85,14 @@ fn describe(
     }
 }
 
-/// One config as the response carries it. `documentation` (v3+) is null: we do not ship
-/// Kafka's config docs.
-fn answer(entry: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {
+/// One config as the response carries it. `documentation` (v3+, when asked for) is null,
+/// as we do not ship Kafka's config docs, except for a topic config Sluice stores without
+/// acting on it, which says so.
+fn answer(
+    entry: ConfigEntry,
+    include_synonyms: bool,
+    include_documentation: bool,
+) -> DescribeConfigsResourceResult {
     let mut result = DescribeConfigsResourceResult::default();
     result.name = str_bytes(&entry.name);
     result.value = entry.value.as_deref().map(str_bytes);
@@ -92,7 +100,8 @@ fn answer(entry: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResource
     result.config_source = entry.source;
     result.is_sensitive = false;
     result.config_type = entry.config_type;
-    result.documentation = None;
+    result.documentation =
+        entry.documentation.filter(|_| include_documentation).map(StrBytes::from_static_str);
     if include_synonyms {
         result.synonyms = entry
             .synonyms

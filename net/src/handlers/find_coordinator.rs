@@ -1,7 +1,8 @@
 //! FindCoordinator (key 10): the broker that coordinates a group (key type 0) or a
 //! transactional id (key type 1). With one broker that is always this one; what a
 //! group's coordinator shard is stays inside the broker. Like Kafka, the first lookup
-//! creates `__consumer_offsets` (groups) or `__transaction_state` (transactions).
+//! creates `__consumer_offsets` (groups) or `__transaction_state` (transactions). An
+//! unknown key type is INVALID_REQUEST, as Kafka's `CoordinatorType.forId` makes it.
 
 use std::rc::Rc;
 
@@ -30,11 +31,10 @@ pub async fn handle(
     for key in keys {
         let mut answer = Coordinator::default();
         answer.key = str_bytes(&key);
+        // An empty key is answered like any other, as Kafka answers it (its coordinator is
+        // the partition "" hashes to); the group or transaction APIs judge the id itself.
         let error =
             match request.key_type {
-                KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION if key.is_empty() => {
-                    Some((code::INVALID_REQUEST, "empty coordinator key".to_string()))
-                }
                 KEY_TYPE_GROUP => shard.offsets_topic().await.err().map(|error| {
                     (error, "the consumer offsets topic is not available".to_string())
                 }),

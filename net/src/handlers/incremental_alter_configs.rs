@@ -11,7 +11,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 
 use super::configs;
 use super::str_bytes;
-use crate::config::TOPIC_CONFIGS;
+use crate::config::topic_config;
 use crate::error::{code, KafkaError};
 use crate::shard::Shard;
 
@@ -95,7 +95,7 @@ async fn alter(
             }
             OP_APPEND | OP_SUBTRACT => {
                 let value = value_needed()?;
-                if !TOPIC_CONFIGS.iter().any(|(known, _)| *known == name) {
+                if topic_config(name).is_none() {
                     return Err(KafkaError::new(
                         code::INVALID_CONFIG,
                         format!("unknown topic config {name}"),
