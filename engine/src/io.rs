@@ -573,8 +573,10 @@ pub struct SegmentFile {
     direct: Option<DirectFile>,
     /// Logical length: the bytes appended so far. Direct-mode padding is not counted.
     len: Cell<u64>,
-    /// Appended to or cut since the last successful sync. True at open: the page cache
-    /// may hold writes of a process that was killed, which recovery then trusts.
+    /// Appended to or cut since the last successful sync. True at open for a file with
+    /// bytes: the page cache may hold writes of a process that was killed, which recovery
+    /// then trusts. An empty file has nothing to sync: creating a partition costs no
+    /// fsync (10,000 of them made creating 10,000 partitions take up to 39 s here).
     unsynced: Cell<bool>,
     faults: Option<Arc<FaultPlan>>,
     /// Buffered mode: start writeback every this many appended bytes (0: never; see
@@ -775,7 +777,7 @@ impl SegmentFile {
             fds,
             direct,
             len: Cell::new(len),
-            unsynced: Cell::new(true),
+            unsynced: Cell::new(len > 0),
             faults,
             writeback_every: Cell::new(0),
             writeback_from: Cell::new(len),
