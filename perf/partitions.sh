@@ -42,8 +42,11 @@ new = [NewTopic(f"many-{t}", partitions, 1) for t in range(topics)]
 start = time.time()
 response = admin.create_topics(new, timeout_ms=600_000)
 took = time.time() - start
-errors = [t for t in response.topics if t[1] != 0] if hasattr(response, "topics") else []
-if errors:
+# kafka-python 3 answers a dict; older ones a response object of (name, code, ...) tuples.
+topics = response["topics"] if isinstance(response, dict) else response.topics
+code = lambda t: t["error_code"] if isinstance(t, dict) else t[1]
+errors = [t for t in topics if code(t) != 0]
+if len(topics) != len(new) or errors:
     sys.exit(f"CreateTopics failed: {errors}")
 print(round(took, 2))
 EOF
