@@ -1,5 +1,6 @@
 //! The one seam for file I/O. Every byte the log writes or reads goes through
-//! [`SegmentFile`], which has two implementations chosen by configuration:
+//! [`SegmentFile`] (a segment's records) or [`IndexFile`] (its offset and time indexes).
+//! A segment file has two implementations chosen by configuration:
 //!
 //! - `direct`: O_DIRECT through glommio DMA files. Writes are aligned to whole
 //!   file-system blocks, so the unaligned tail of the file (less than one block) is kept
@@ -43,6 +44,12 @@
 //! request handler thread's `FileChannel.write`. Appends are sequential: a file is only
 //! ever appended to by one task at a time (the log's append lock) and the position is the
 //! logical length.
+//!
+//! Descriptors are a bounded resource: a [`SegmentFile`] keeps its descriptor only while
+//! the shard's descriptor cache ([`crate::fdcache`]) lets it, and reopens it (never
+//! re-creating the file) on its next use; an [`IndexFile`] opens its file only while it
+//! writes or reads it. What a file knows (its length, direct mode's tail block, writes in
+//! flight and allocation) lives beside the descriptor, so closing loses nothing.
 //!
 //! A [`FaultPlan`] can be attached for tests: fail the next fsync, tear the next append
 //! after N bytes, fail the next read, fail the next write (in direct mode after the
