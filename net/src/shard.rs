@@ -2178,3 +2178,44 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
     );
     served.map(|()| checkpoints)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_partitions_are_counted_forgotten_by_topic_and_listed_sorted() {
+        let offline = OfflinePartitions::default();
+        assert!(offline.is_empty() && offline.of_topic("t").is_empty());
+        offline.insert(TopicPartition::new("t", 7), "no room".into());
+        offline.insert(TopicPartition::new("t", 2), "no room".into());
+        offline.insert(TopicPartition::new("u", 1), "in the way".into());
+        assert_eq!(offline.len(), 3);
+        assert_eq!(offline.of_topic("t"), [2, 7]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)).unwrap(), "in the way");
+        offline.remove(&TopicPartition::new("t", 7));
+        offline.forget_topic("u");
+        assert_eq!(offline.len(), 1);
+        assert_eq!(offline.of_topic("t"), [2]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)), None);
+    }
+
+    #[test]
+    fn a_storage_error_says_how_many_partitions_are_offline_and_quotes_the_first() {
+        assert!(Applied::default().storage_error().is_none());
+        let applied = Applied {
+            offline: (0..5)
+                .rev()
+                .map(|p| (TopicPartition::new("t", p), format!("reason {p}")))
+                .collect(),
+        };
+        let error = applied.storage_error().unwrap();
+        assert_eq!(error.code, code::KAFKA_STORAGE_ERROR);
+        assert_eq!(
+            error.message,
+            "the topic is stored, but 5 of its new partitions could not be opened and are \
+             offline (t-0: reason 0; t-1: reason 1; t-2: reason 2; and 2 more)"
+        );
+    }
+}
