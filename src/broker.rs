@@ -1,4 +1,5 @@
-//! Broker start-up and shutdown: raise the locked-memory limit, check the data directory
+//! Broker start-up and shutdown: raise the locked-memory and open-file limits (and share
+//! the descriptors segment files may hold among the shards), check the data directory
 //! and the listen address, replay the metadata log, start one pinned glommio shard per
 //! core (each owns the partitions `shard_of` gives it and serves Kafka clients on the
 //! shared SO_REUSEPORT address), and on SIGINT/SIGTERM let the shards drain and close
@@ -58,8 +59,41 @@ impl Drop for ShardReport {
 /// How long start-up waits for a busy listen port (see `check_listen_address`).
 const PORT_WAIT: Duration = Duration::from_secs(10);
 
+/// The fewest descriptors a shard's segment files may hold, whatever the limit says.
+const OPEN_FILES_PER_SHARD_MIN: u64 = 16;
+
+/// `log.open.files.max`: the descriptors all shards' segment files may hold together, each
+/// shard an equal share. 0 (the default) takes half the open-file limit, leaving the
+/// other half to connections, the metadata log and the runtime.
+fn open_files_per_shard(config: &Config, open_files_limit: u64) -> anyhow::Result<(u64, u64)> {
+    let value = config.properties.get("log.open.files.max").map_or("0", String::as_str);
+    let configured: u64 = value.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "log.open.files.max: {value:?} is not a valid number (0: half the open-file limit)"
+        )
+    })?;
+    let total = if configured == 0 { open_files_limit / 2 } else { configured };
+    if configured > open_files_limit {
+        warn!(
+            log_open_files_max = configured,
+            open_files_limit,
+            "log.open.files.max is above the open-file limit: opens may fail with EMFILE"
+        );
+    }
+    let shards = config.cores as u64;
+    Ok((total, (total / shards).max(OPEN_FILES_PER_SHARD_MIN)))
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let memlock = runtime::raise_memlock_limit();
+    let open_files_limit = runtime::raise_open_files_limit();
+    let (open_files_max, open_files_per_shard) = open_files_per_shard(&config, open_files_limit)?;
+    info!(
+        open_files_limit,
+        log_open_files_max = open_files_max,
+        per_shard = open_files_per_shard,
+        "open-file limit raised to the hard limit; segment files keep at most log.open.files.max descriptors open"
+    );
     check_data_dir(&config.data_dir)?;
     let listen = check_listen_address(config.listen)?;
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
@@ -110,6 +144,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         groups: config.groups.clone(),
         txns: config.txns.clone(),
         properties: config.properties.clone(),
+        open_files_per_shard: usize::try_from(open_files_per_shard).unwrap_or(usize::MAX),
     });
 
     // Block the shutdown signals in every thread; one thread waits for them.
@@ -135,6 +170,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let mut mesh_ends = shard::mesh(config.cores).into_iter();
+    let offline = Arc::new(shard::OfflinePartitions::default());
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
@@ -177,6 +213,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                     }
                 })
             },
+            offline: offline.clone(),
         };
         let handle = glommio::LocalExecutorBuilder::new(runtime::pinned_placement(id))
             .name(&format!("shard-{id}"))

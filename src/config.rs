@@ -143,6 +143,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("log.writeback.bytes", "1048576"),
     ("log.buffered.write", "inline"),
     ("log.page.cache.window.bytes", "auto"),
+    ("log.open.files.max", "0"),
     ("log.retention.check.interval.ms", "300000"),
     ("message.max.bytes", "1048588"),
     ("num.partitions", "1"),

@@ -20,6 +20,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker: one pinned io_uring shard per core over the data directory.
+    ///
+    /// Broker properties (`--set NAME=VALUE`, `--config FILE`) use Kafka's names (see the
+    /// README's Configuration section). Open files: the broker raises its open-file limit
+    /// to the hard limit at start, and its segment files keep at most
+    /// `log.open.files.max` descriptors open (0, the default: half that limit), shared
+    /// equally among the shards; idle ones are closed and reopened when next used.
     Serve(config::ServeArgs),
     /// Consumer group administration: list, describe (with lag), delete.
     ///

@@ -19,6 +19,8 @@ mod harness;
 mod idempotence;
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/partitions.rs"]
+mod partitions;
 #[path = "support/transactions.rs"]
 mod transactions;
 #[path = "support/zerocopy.rs"]

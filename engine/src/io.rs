@@ -1,5 +1,6 @@
 //! The one seam for file I/O. Every byte the log writes or reads goes through
-//! [`SegmentFile`], which has two implementations chosen by configuration:
+//! [`SegmentFile`] (a segment's records) or [`IndexFile`] (its offset and time indexes).
+//! A segment file has two implementations chosen by configuration:
 //!
 //! - `direct`: O_DIRECT through glommio DMA files. Writes are aligned to whole
 //!   file-system blocks, so the unaligned tail of the file (less than one block) is kept
@@ -44,19 +45,25 @@
 //! ever appended to by one task at a time (the log's append lock) and the position is the
 //! logical length.
 //!
+//! Descriptors are a bounded resource: a [`SegmentFile`] keeps its descriptor only while
+//! the shard's descriptor cache ([`crate::fdcache`]) lets it, and reopens it (never
+//! re-creating the file) on its next use; an [`IndexFile`] opens its file only while it
+//! writes or reads it. What a file knows (its length, direct mode's tail block, writes in
+//! flight and allocation) lives beside the descriptor, so closing loses nothing.
+//!
 //! A [`FaultPlan`] can be attached for tests: fail the next fsync, tear the next append
 //! after N bytes, fail the next read, fail the next write (in direct mode after the
 //! append returned, as a device error would). Faults hit real files, so what recovery
 //! then finds on disk is exactly what a crash would leave.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -64,6 +71,8 @@ use std::time::Duration;
 
 use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use tracing::{debug, warn};
+
+use crate::fdcache;
 
 /// How segment files do I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,14 +221,82 @@ impl Deref for FileBytes {
     }
 }
 
-enum Backend {
-    Direct(DirectFile),
-    Buffered(BufferedFile),
+/// An open descriptor of a segment file (glommio's file). An operation clones it for as
+/// long as it uses the descriptor (a direct-mode write's task until the write lands):
+/// while a clone lives, the descriptor cache does not close the file.
+#[derive(Clone)]
+enum Handle {
+    Buffered(Rc<BufferedFile>),
+    Direct(Rc<DmaFile>),
 }
 
+impl Handle {
+    fn in_use(&self) -> bool {
+        match self {
+            Handle::Buffered(file) => Rc::strong_count(file) > 1,
+            Handle::Direct(file) => Rc::strong_count(file) > 1,
+        }
+    }
+}
+
+/// The descriptors of one segment file: what the shard's descriptor cache
+/// ([`crate::fdcache`]) may close while the file is idle. The file reopens them on its
+/// next use.
+struct Descriptors {
+    handle: RefCell<Option<Handle>>,
+    /// Buffered mode: a duplicate of the descriptor for zero-copy senders and the
+    /// writeback helper on other threads, made on first use. Closing drops only this
+    /// reference: a sender still holding the `Arc` keeps the descriptor until it is done.
+    shared: RefCell<Option<Arc<OwnedFd>>>,
+    entry: Cell<Option<fdcache::Entry>>,
+    /// Set when the file is unlinked while others still hold it (retention deleted the
+    /// segment under a read): its name is gone, so it could not be reopened.
+    pinned: Cell<bool>,
+    /// Direct mode: the write state; a file with writes in flight is in use.
+    writes: Option<Rc<RefCell<DirectState>>>,
+}
+
+impl Descriptors {
+    fn held(&self) -> usize {
+        usize::from(self.handle.borrow().is_some()) + usize::from(self.shared.borrow().is_some())
+    }
+
+    /// Tells the cache what this file holds now, `opened` of it just opened, and that it
+    /// was just used. Never called with `handle` or `shared` borrowed: the cache may
+    /// close other files, and looks at this one.
+    fn account(self: &Rc<Self>, opened: usize) {
+        let weak: Weak<dyn fdcache::Holder> = Rc::downgrade(self) as Weak<dyn fdcache::Holder>;
+        fdcache::update(&self.entry, weak, self.held(), opened);
+    }
+}
+
+impl fdcache::Holder for Descriptors {
+    fn idle(&self) -> bool {
+        let handle_idle = match self.handle.try_borrow() {
+            Ok(handle) => !handle.as_ref().is_some_and(Handle::in_use),
+            Err(_) => false,
+        };
+        let writes_idle = match &self.writes {
+            None => true,
+            Some(state) => state
+                .try_borrow()
+                .is_ok_and(|state| state.in_flight.is_empty() && state.open.is_none()),
+        };
+        !self.pinned.get() && handle_idle && writes_idle
+    }
+
+    fn evicted(&self) {
+        self.entry.set(None);
+        let handle = self.handle.borrow_mut().take();
+        let shared = self.shared.borrow_mut().take();
+        // glommio closes its file from the ring, at the shard's next I/O poll.
+        drop((handle, shared));
+    }
+}
+
+/// Direct mode's state of a file, which outlives its descriptor: the block size, the
+/// tail block, the writes in flight and the space allocated ahead.
 struct DirectFile {
-    /// Shared with the task that writes in the background.
-    file: Rc<DmaFile>,
     alignment: u64,
     state: Rc<RefCell<DirectState>>,
 }
@@ -489,15 +566,26 @@ pub async fn writes_landed() {
 
 /// A file that the log appends to and reads from. Lives on one shard; shared by `Rc`
 /// between the log and in-flight reads, so every method takes `&self`.
+///
+/// Its descriptor is opened when the file is opened and may be closed by the shard's
+/// descriptor cache ([`crate::fdcache`]) whenever no operation is using it; the next
+/// operation reopens it. What the file knows lives beside the descriptor and survives
+/// that: the logical length, direct mode's tail block, writes in flight and allocation.
 pub struct SegmentFile {
-    backend: Backend,
     path: PathBuf,
+    /// Tells files apart in drop-behind bookkeeping, whatever descriptors they hold.
+    id: u64,
+    fds: Rc<Descriptors>,
+    /// Direct mode's state; `None` in buffered mode.
+    direct: Option<DirectFile>,
     /// Logical length: the bytes appended so far. Direct-mode padding is not counted.
     len: Cell<u64>,
+    /// Appended to or cut since the last successful sync. True at open for a file with
+    /// bytes: the page cache may hold writes of a process that was killed, which recovery
+    /// then trusts. An empty file has nothing to sync: creating a partition costs no
+    /// fsync (10,000 of them made creating 10,000 partitions take up to 39 s here).
+    unsynced: Cell<bool>,
     faults: Option<Arc<FaultPlan>>,
-    /// A duplicate of the descriptor for zero-copy senders on any shard (buffered mode),
-    /// made on first use.
-    shared_fd: OnceCell<Arc<OwnedFd>>,
     /// Buffered mode: start writeback every this many appended bytes (0: never; see
     /// [`crate::writeback`]), and where the range not yet handed over starts.
     writeback_every: Cell<u64>,
@@ -516,12 +604,15 @@ pub struct SegmentFile {
 }
 
 /// Sealed segments whose cached pages an active segment keeps track of, at most (each
-/// holds a descriptor); past it, the oldest one's pages are dropped at once.
+/// holds a descriptor, outside the descriptor cache's budget); past it, the oldest one's
+/// pages are dropped at once.
 const PREDECESSORS_MAX: usize = 64;
 
-/// A sealed segment's pages still in the page cache: `dropped_to..end` of the file `fd`.
+/// A sealed segment's pages still in the page cache: `dropped_to..end` of the file `fd`
+/// (the segment file `file_id`).
 #[derive(Debug)]
 struct CachedTail {
+    file_id: u64,
     fd: Arc<OwnedFd>,
     dropped_to: u64,
     end: u64,
@@ -532,8 +623,14 @@ impl std::fmt::Debug for SegmentFile {
         f.debug_struct("SegmentFile")
             .field("path", &self.path)
             .field("len", &self.len.get())
-            .field("direct", &matches!(self.backend, Backend::Direct(_)))
+            .field("direct", &self.direct.is_some())
             .finish()
+    }
+}
+
+impl Drop for SegmentFile {
+    fn drop(&mut self) {
+        fdcache::remove(&self.fds.entry);
     }
 }
 
@@ -545,8 +642,8 @@ impl std::fmt::Debug for SegmentFile {
 #[allow(unsafe_code)]
 fn set_len(fd: std::os::fd::RawFd, len: u64) -> io::Result<()> {
     let len = i64::try_from(len).map_err(|_| io::Error::other("file length over i64"))?;
-    // SAFETY: `fd` is the descriptor of a file this `SegmentFile` owns and keeps open for
-    // the whole call; the borrow does not outlive it.
+    // SAFETY: `fd` is the descriptor of a file whose handle the caller holds for the
+    // whole call; the borrow does not outlive it.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     nix::unistd::ftruncate(fd, len).map_err(io::Error::from)
 }
@@ -558,6 +655,12 @@ fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+#[allow(unsafe_code)]
+fn borrowed(fd: &impl AsRawFd) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `fd`, which the borrow cannot outlive.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}
+
 /// Removes a file with a plain syscall (see [`set_len`] for why not glommio's).
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
@@ -567,9 +670,61 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
 pub const CACHE_WINDOW_STEP: u64 = 1 << 20;
 /// Page-cache granularity for dropping pages.
 const PAGE_BYTES: u64 = 4096;
+/// Times an open that failed for want of descriptors (EMFILE, ENFILE) is retried after
+/// closing idle files, and how many idle files each retry closes.
+const OPEN_RETRIES: usize = 3;
+const SHED_FILES: usize = 64;
 
 fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(error)
+}
+
+/// True for an error that says the process (or the system) has no descriptor left.
+fn out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
+    let errno = match error {
+        glommio::GlommioError::IoError(error) => error.raw_os_error(),
+        glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    matches!(errno, Some(nix::libc::EMFILE | nix::libc::ENFILE))
+}
+
+/// Runs `open` and, when it fails for want of descriptors, closes idle segment files
+/// (the shard's own, through its descriptor cache) and tries again: connections or a
+/// burst of reopens may have taken what the budget left free.
+async fn open_retrying<T, F, Fut>(path: &Path, open: F) -> io::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, glommio::GlommioError<()>>>,
+{
+    let mut attempt = 0;
+    loop {
+        match open().await {
+            Ok(file) => return Ok(file),
+            Err(error) if out_of_descriptors(&error) && attempt < OPEN_RETRIES => {
+                attempt += 1;
+                let closed = fdcache::shed(SHED_FILES);
+                warn!(
+                    path = %path.display(), %error, closed, attempt,
+                    "out of file descriptors; closed idle segment files and trying again"
+                );
+                // glommio closes dropped files from its ring: give it a poll first.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            Err(error) => return Err(to_io(error)),
+        }
+    }
+}
+
+thread_local! {
+    /// Numbers this thread's segment files (see `SegmentFile::id`).
+    static NEXT_FILE_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+fn options(create: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(create);
+    options
 }
 
 impl SegmentFile {
@@ -580,17 +735,18 @@ impl SegmentFile {
         mode: IoMode,
         faults: Option<Arc<FaultPlan>>,
     ) -> io::Result<SegmentFile> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true);
-        let (backend, len) = match mode {
+        let (handle, direct, len) = match mode {
             IoMode::Buffered => {
-                let file = options.buffered_open(path).await.map_err(to_io)?;
+                let file =
+                    open_retrying(path, || async { options(true).buffered_open(path).await })
+                        .await?;
                 let len = file.file_size().await.map_err(to_io)?;
-                (Backend::Buffered(file), len)
+                (Handle::Buffered(Rc::new(file)), None, len)
             }
             IoMode::Direct => {
                 probe_iopoll_once(path).await?;
-                let file = options.dma_open(path).await.map_err(to_io)?;
+                let file =
+                    open_retrying(path, || async { options(true).dma_open(path).await }).await?;
                 let len = file.file_size().await.map_err(to_io)?;
                 // Whole file-system blocks, not just device sectors: ext4 treats a write
                 // that is not block-aligned as unaligned I/O, which cannot go to
@@ -602,21 +758,34 @@ impl SegmentFile {
                     4096
                 };
                 let alignment = file.alignment().max(512).max(fs_block);
-                let direct = DirectFile {
-                    file: Rc::new(file),
-                    alignment,
-                    state: Rc::new(RefCell::new(DirectState::default())),
-                };
-                direct.load_tail(len).await?;
-                (Backend::Direct(direct), len)
+                let direct =
+                    DirectFile { alignment, state: Rc::new(RefCell::new(DirectState::default())) };
+                let file = Rc::new(file);
+                direct.load_tail(&file, len).await?;
+                (Handle::Direct(file), Some(direct), len)
             }
         };
+        let fds = Rc::new(Descriptors {
+            handle: RefCell::new(Some(handle)),
+            shared: RefCell::new(None),
+            entry: Cell::new(None),
+            pinned: Cell::new(false),
+            writes: direct.as_ref().map(|direct| direct.state.clone()),
+        });
+        fds.account(1);
+        let id = NEXT_FILE_ID.with(|next| {
+            let id = next.get();
+            next.set(id + 1);
+            id
+        });
         Ok(SegmentFile {
-            backend,
             path: path.to_path_buf(),
+            id,
+            fds,
+            direct,
             len: Cell::new(len),
+            unsynced: Cell::new(len > 0),
             faults,
-            shared_fd: OnceCell::new(),
             writeback_every: Cell::new(0),
             writeback_from: Cell::new(len),
             buffered_write: Cell::new(BufferedWrite::default()),
@@ -626,12 +795,74 @@ impl SegmentFile {
         })
     }
 
+    /// The file's descriptor, reopened if the descriptor cache closed it. The caller
+    /// holds the clone for as long as it uses the descriptor.
+    async fn handle(&self) -> io::Result<Handle> {
+        let open = self.fds.handle.borrow().clone();
+        if let Some(handle) = open {
+            fdcache::touch(&self.fds.entry);
+            return Ok(handle);
+        }
+        // Never created again: a file that is gone (deleted by retention) stays gone.
+        let path = &self.path;
+        let handle = match self.direct {
+            None => Handle::Buffered(Rc::new(
+                open_retrying(path, || async { options(false).buffered_open(path).await }).await?,
+            )),
+            Some(_) => Handle::Direct(Rc::new(
+                open_retrying(path, || async { options(false).dma_open(path).await }).await?,
+            )),
+        };
+        // Another task may have reopened it meanwhile: use that one (this one closes).
+        let opened = {
+            let mut slot = self.fds.handle.borrow_mut();
+            match &*slot {
+                Some(existing) => return Ok(existing.clone()),
+                None => {
+                    *slot = Some(handle.clone());
+                    1
+                }
+            }
+        };
+        self.fds.account(opened);
+        Ok(handle)
+    }
+
+    async fn buffered(&self) -> io::Result<Rc<BufferedFile>> {
+        match self.handle().await? {
+            Handle::Buffered(file) => Ok(file),
+            Handle::Direct(_) => Err(io::Error::other("a direct-mode file used as buffered")),
+        }
+    }
+
+    async fn dma(&self) -> io::Result<Rc<DmaFile>> {
+        match self.handle().await? {
+            Handle::Direct(file) => Ok(file),
+            Handle::Buffered(_) => Err(io::Error::other("a buffered file used as direct-mode")),
+        }
+    }
+
+    /// Whether the file holds a descriptor now (the descriptor cache may have closed it).
+    pub fn is_open(&self) -> bool {
+        self.fds.handle.borrow().is_some()
+    }
+
+    /// The file will be unlinked while others still hold it (a read in flight): from
+    /// now on its descriptor stays open (reopened first if the cache had closed it), as
+    /// the name that could reopen it is about to go. It closes when the last holder
+    /// drops the file.
+    pub async fn keep_open(&self) -> io::Result<()> {
+        self.handle().await?;
+        self.fds.pinned.set(true);
+        Ok(())
+    }
+
     /// Buffered mode: from now on, start the device write of every `bytes` appended
     /// without waiting for it (`sync_file_range` on a helper thread, see
     /// [`crate::writeback`]); 0 leaves writeback to the kernel. No effect in direct mode,
     /// whose appends are device writes already.
     pub fn set_writeback_bytes(&self, bytes: u64) {
-        if matches!(self.backend, Backend::Buffered(_)) {
+        if self.direct.is_none() {
             self.writeback_every.set(bytes);
             self.writeback_from.set(self.len.get());
         }
@@ -648,7 +879,7 @@ impl SegmentFile {
     /// [`CACHE_WINDOW_STEP`] when that is 0); 0 leaves the page cache to the kernel. No
     /// effect in direct mode.
     pub fn set_cache_window(&self, bytes: u64) {
-        if matches!(self.backend, Backend::Buffered(_)) {
+        if self.direct.is_none() {
             self.cache_window.set(bytes);
         }
     }
@@ -670,7 +901,7 @@ impl SegmentFile {
             match previous.shared_fd() {
                 Ok(Some(fd)) => {
                     previous.dropped_to.set(end);
-                    tails.push_back(CachedTail { fd, dropped_to, end });
+                    tails.push_back(CachedTail { file_id: previous.id, fd, dropped_to, end });
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -693,11 +924,9 @@ impl SegmentFile {
     /// [`forget`](Self::forget)s every other deleted segment.
     pub fn take_back(&self, successor: &SegmentFile) {
         let mut tails = std::mem::take(&mut *successor.predecessors.borrow_mut());
-        if let Some(own) = self.shared_fd.get() {
-            if let Some(at) = tails.iter().position(|tail| Arc::ptr_eq(&tail.fd, own)) {
-                let tail = tails.remove(at).expect("found");
-                self.dropped_to.set(self.dropped_to.get().min(tail.dropped_to));
-            }
+        if let Some(at) = tails.iter().position(|tail| tail.file_id == self.id) {
+            let tail = tails.remove(at).expect("found");
+            self.dropped_to.set(self.dropped_to.get().min(tail.dropped_to));
         }
         let mut mine = self.predecessors.borrow_mut();
         tails.extend(mine.drain(..));
@@ -707,9 +936,7 @@ impl SegmentFile {
     /// Stops tracking `file`'s cached pages, which go with it: `file` is being deleted
     /// (retention, truncation), and holding its descriptor would keep its disk space.
     pub fn forget(&self, file: &SegmentFile) {
-        if let Some(fd) = file.shared_fd.get() {
-            self.predecessors.borrow_mut().retain(|tail| !Arc::ptr_eq(&tail.fd, fd));
-        }
+        self.predecessors.borrow_mut().retain(|tail| tail.file_id != file.id);
     }
 
     /// The predecessors' pages not yet handed to the helper to drop, as (from, end),
@@ -774,21 +1001,45 @@ impl SegmentFile {
     /// In buffered mode, a descriptor of this file that may be sent to other threads and
     /// outlives the segment (for `sendfile` from the page cache); `None` in direct mode,
     /// whose reads bypass the page cache and must go through [`SegmentFile::read_at`].
+    /// Made on first use (a duplicate of the open descriptor, or, when the descriptor
+    /// cache closed the file, a read-only open of it) and kept until the cache closes the
+    /// file; a holder of the `Arc` keeps the descriptor open until it drops it.
     pub fn shared_fd(&self) -> io::Result<Option<Arc<OwnedFd>>> {
-        match &self.backend {
-            Backend::Buffered(file) => Ok(Some(self.buffered_fd(file)?.clone())),
-            Backend::Direct(_) => Ok(None),
+        if self.direct.is_some() {
+            return Ok(None);
         }
+        let kept = self.fds.shared.borrow().clone();
+        if let Some(fd) = kept {
+            fdcache::touch(&self.fds.entry);
+            return Ok(Some(fd));
+        }
+        let fd = match self.dup_or_open() {
+            Err(error) if error.raw_os_error() == Some(nix::libc::EMFILE) => {
+                fdcache::shed(SHED_FILES);
+                self.dup_or_open()?
+            }
+            other => other?,
+        };
+        let fd = Arc::new(fd);
+        *self.fds.shared.borrow_mut() = Some(fd.clone());
+        self.fds.account(1);
+        Ok(Some(fd))
     }
 
-    /// The duplicate descriptor of a buffered file, made on first use.
-    fn buffered_fd(&self, file: &BufferedFile) -> io::Result<&Arc<OwnedFd>> {
-        if let Some(fd) = self.shared_fd.get() {
-            return Ok(fd);
+    /// A new descriptor of this file: a duplicate of the open one, or a read-only open of
+    /// the path (a plain syscall, as short as the `ftruncate` and `unlink` above).
+    fn dup_or_open(&self) -> io::Result<OwnedFd> {
+        let raw = match &*self.fds.handle.borrow() {
+            Some(Handle::Buffered(file)) => Some(file.as_raw_fd()),
+            _ => None,
+        };
+        match raw {
+            Some(raw) => {
+                use nix::fcntl::{fcntl, FcntlArg};
+                Ok(fcntl(raw, FcntlArg::F_DUPFD_CLOEXEC(0)).map(owned)?)
+            }
+            None => Ok(std::fs::File::open(&self.path)?.into()),
         }
-        use nix::fcntl::{fcntl, FcntlArg};
-        let fd = Arc::new(fcntl(file.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(0)).map(owned)?);
-        Ok(self.shared_fd.get_or_init(|| fd))
     }
 
     pub fn path(&self) -> &Path {
@@ -805,9 +1056,9 @@ impl SegmentFile {
     }
 
     pub fn mode(&self) -> IoMode {
-        match self.backend {
-            Backend::Direct(_) => IoMode::Direct,
-            Backend::Buffered(_) => IoMode::Buffered,
+        match self.direct {
+            Some(_) => IoMode::Direct,
+            None => IoMode::Buffered,
         }
     }
 
@@ -831,21 +1082,24 @@ impl SegmentFile {
             }
             fail_write = faults.take_write();
         }
-        match &self.backend {
-            Backend::Buffered(file) => {
+        self.unsynced.set(true);
+        match &self.direct {
+            None => {
                 if fail_write {
                     return Err(injected("write"));
                 }
+                let file = self.buffered().await?;
                 match self.buffered_write.get() {
-                    BufferedWrite::Inline => {
-                        write_all_inline(self.buffered_fd(file)?, data, position)?
-                    }
-                    BufferedWrite::Uring => write_all_buffered(file, data, position).await?,
+                    BufferedWrite::Inline => write_all_inline(borrowed(&*file), data, position)?,
+                    BufferedWrite::Uring => write_all_buffered(&file, data, position).await?,
                 }
             }
             // A torn append stands for a crash in the middle of the write: what it wrote
             // must be on disk when it returns.
-            Backend::Direct(direct) => direct.append(data, position, fail_write, torn).await?,
+            Some(direct) => {
+                let file = self.dma().await?;
+                direct.append(&file, data, position, fail_write, torn).await?
+            }
         }
         if torn {
             return Err(injected("torn append"));
@@ -868,11 +1122,16 @@ impl SegmentFile {
         if len == 0 {
             return Ok(FileBytes::Owned(Vec::new()));
         }
-        let result = match &self.backend {
-            Backend::Buffered(file) => {
+        let result = match &self.direct {
+            None => {
+                let file = self.buffered().await?;
                 FileBytes::Uring(file.read_at(position, len).await.map_err(to_io)?)
             }
-            Backend::Direct(direct) => direct.read_at(position, len).await?,
+            Some(direct) => {
+                direct.check_failed()?;
+                let file = self.dma().await?;
+                direct.read_at(&file, position, len).await?
+            }
         };
         if result.len() < len {
             return Err(io::Error::new(
@@ -888,28 +1147,42 @@ impl SegmentFile {
     }
 
     /// fdatasync: everything appended so far is durable when this returns (direct mode
-    /// waits for the write in flight first, and fails if any write failed).
+    /// waits for the write in flight first, and fails if any write failed). A file with
+    /// nothing appended or cut since its last sync is not synced again (nor reopened).
+    /// Safe across a close by the descriptor cache: since Linux 4.16 a writeback error
+    /// nobody has seen yet is reported to the next fsync on the file, even through a
+    /// descriptor opened after the error.
     pub async fn sync(&self) -> io::Result<()> {
         if let Some(faults) = &self.faults {
             if faults.take_sync() {
                 return Err(injected("fsync"));
             }
         }
-        match &self.backend {
-            Backend::Buffered(file) => file.fdatasync().await.map_err(to_io),
-            Backend::Direct(direct) => {
-                direct.settle().await?;
-                direct.file.fdatasync().await.map_err(to_io)
-            }
+        if let Some(direct) = &self.direct {
+            direct.settle().await?;
         }
+        if !self.unsynced.get() {
+            return Ok(());
+        }
+        // Appends after this point are not covered by this sync.
+        self.unsynced.set(false);
+        let synced = match self.handle().await {
+            Ok(Handle::Buffered(file)) => file.fdatasync().await.map_err(to_io),
+            Ok(Handle::Direct(file)) => file.fdatasync().await.map_err(to_io),
+            Err(error) => Err(error),
+        };
+        if synced.is_err() {
+            self.unsynced.set(true);
+        }
+        synced
     }
 
     /// Waits until no write of this file is in flight (direct mode; at once in buffered
     /// mode) and fails if any write failed. No fsync.
     pub async fn writes_landed(&self) -> io::Result<()> {
-        match &self.backend {
-            Backend::Buffered(_) => Ok(()),
-            Backend::Direct(direct) => direct.settle().await,
+        match &self.direct {
+            None => Ok(()),
+            Some(direct) => direct.settle().await,
         }
     }
 
@@ -918,18 +1191,18 @@ impl SegmentFile {
     /// returns). Fails if any write failed. What the log waits for before it acknowledges
     /// an append: a process killed after the acknowledgement loses nothing.
     pub async fn wait_landed(&self, end: u64) -> io::Result<()> {
-        match &self.backend {
-            Backend::Buffered(_) => Ok(()),
-            Backend::Direct(direct) => direct.wait_landed(end).await,
+        match &self.direct {
+            None => Ok(()),
+            Some(direct) => direct.wait_landed(end).await,
         }
     }
 
     /// True once a direct-mode write failed: bytes an append returned for are lost, and
     /// every later operation on the file fails.
     pub fn write_failed(&self) -> bool {
-        match &self.backend {
-            Backend::Buffered(_) => false,
-            Backend::Direct(direct) => direct.state.borrow().failed.is_some(),
+        match &self.direct {
+            None => false,
+            Some(direct) => direct.state.borrow().failed.is_some(),
         }
     }
 
@@ -937,14 +1210,19 @@ impl SegmentFile {
     /// Fails, cutting nothing, when a direct-mode write failed: the bytes before `len`
     /// may be missing, so the file cannot be trusted until recovery has checked it.
     pub async fn truncate(&self, len: u64) -> io::Result<()> {
-        match &self.backend {
-            Backend::Buffered(file) => set_len(file.as_raw_fd(), len)?,
-            Backend::Direct(direct) => {
+        match &self.direct {
+            None => {
+                let file = self.buffered().await?;
+                set_len(file.as_raw_fd(), len)?;
+            }
+            Some(direct) => {
                 direct.settle().await?;
-                set_len(direct.file.as_raw_fd(), len)?;
-                direct.load_tail(len).await?;
+                let file = self.dma().await?;
+                set_len(file.as_raw_fd(), len)?;
+                direct.load_tail(&file, len).await?;
             }
         }
+        self.unsynced.set(true);
         self.len.set(len);
         // Writeback and drop-behind go on from the new end.
         self.writeback_from.set(self.writeback_from.get().min(len));
@@ -954,12 +1232,16 @@ impl SegmentFile {
 
     /// Makes the on-disk file exactly the logical bytes (trims direct-mode padding, once
     /// the write in flight has landed) and syncs it. Called when a segment stops being
-    /// active and on clean close.
+    /// active and on clean close. A file already sealed is left alone (not reopened).
     pub async fn seal(&self) -> io::Result<()> {
-        if let Backend::Direct(direct) = &self.backend {
+        if let Some(direct) = &self.direct {
             direct.settle().await?;
-            set_len(direct.file.as_raw_fd(), self.len.get())?;
-            direct.state.borrow_mut().set_size_on_disk(self.len.get());
+            if direct.state.borrow().allocated != self.len.get() {
+                let file = self.dma().await?;
+                set_len(file.as_raw_fd(), self.len.get())?;
+                direct.state.borrow_mut().set_size_on_disk(self.len.get());
+                self.unsynced.set(true);
+            }
         }
         self.sync().await
     }
@@ -968,6 +1250,111 @@ impl SegmentFile {
     /// until they drop the file (the inode lives while it is open).
     pub async fn remove(&self) -> io::Result<()> {
         remove_file(&self.path)
+    }
+}
+
+/// A segment's offset or time index file (`.index`, `.timeindex`). Its entries live in
+/// memory (the log's `OffsetIndex` and `TimeIndex`); the file is opened only while it is
+/// written (flush, seal, truncation) or read (a trusted segment at open), and closed at
+/// once, so an index holds no descriptor in between. Written with a `pwrite` on the
+/// shard's thread (a few entries per flush, into the page cache) and synced before
+/// [`IndexFile::write_at`] returns.
+#[derive(Debug)]
+pub struct IndexFile {
+    path: PathBuf,
+    /// Bytes on disk.
+    len: Cell<u64>,
+    /// Cut since it was last synced.
+    unsynced: Cell<bool>,
+}
+
+impl IndexFile {
+    /// The index file at `path`, created empty if missing (Kafka keeps both index files
+    /// beside every segment).
+    pub async fn open(path: &Path) -> io::Result<IndexFile> {
+        let len = match std::fs::metadata(path) {
+            Ok(meta) => meta.len(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                Self::open_file(path).await?.close().await.map_err(to_io)?;
+                0
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(IndexFile { path: path.to_path_buf(), len: Cell::new(len), unsynced: Cell::new(false) })
+    }
+
+    async fn open_file(path: &Path) -> io::Result<BufferedFile> {
+        open_retrying(path, || async { options(true).buffered_open(path).await }).await
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes on disk.
+    pub fn len(&self) -> u64 {
+        self.len.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len.get() == 0
+    }
+
+    /// Cuts the file to `len` bytes, without a sync (the next [`IndexFile::write_at`]
+    /// syncs the cut with what it writes).
+    pub async fn truncate(&self, len: u64) -> io::Result<()> {
+        if self.len.get() == len {
+            return Ok(());
+        }
+        let file = Self::open_file(&self.path).await?;
+        set_len(file.as_raw_fd(), len)?;
+        file.close().await.map_err(to_io)?;
+        self.len.set(len);
+        self.unsynced.set(true);
+        Ok(())
+    }
+
+    /// Makes the file `bytes` at `at` (its first `at` bytes are kept, anything after
+    /// them cut) and syncs it. Nothing to do (no open) when it already ends at `at`,
+    /// synced, and `bytes` is empty.
+    pub async fn write_at(&self, at: u64, bytes: &[u8]) -> io::Result<()> {
+        if self.len.get() == at && bytes.is_empty() && !self.unsynced.get() {
+            return Ok(());
+        }
+        let file = Self::open_file(&self.path).await?;
+        if self.len.get() != at {
+            set_len(file.as_raw_fd(), at)?;
+            self.len.set(at);
+            self.unsynced.set(true);
+        }
+        if !bytes.is_empty() {
+            write_all_inline(borrowed(&file), bytes, at)?;
+            self.len.set(at + u64::try_from(bytes.len()).expect("usize fits u64"));
+        }
+        file.fdatasync().await.map_err(to_io)?;
+        self.unsynced.set(false);
+        file.close().await.map_err(to_io)
+    }
+
+    /// The whole file.
+    pub async fn read_all(&self) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.len.get()).expect("index < 2 GiB");
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let file = open_retrying(&self.path, || async {
+            OpenOptions::new().read(true).buffered_open(&self.path).await
+        })
+        .await?;
+        let bytes = file.read_at(0, len).await.map_err(to_io)?.to_vec();
+        file.close().await.map_err(to_io)?;
+        if bytes.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read of {}: {} of {len} bytes", self.path.display(), bytes.len()),
+            ));
+        }
+        Ok(bytes)
     }
 }
 
@@ -1006,7 +1393,7 @@ async fn probe_iopoll_once(path: &Path) -> io::Result<()> {
 }
 
 /// `pwrite` until `data` is written: the copy into the page cache, on this thread.
-fn write_all_inline(fd: &OwnedFd, data: &[u8], position: u64) -> io::Result<()> {
+fn write_all_inline(fd: std::os::fd::BorrowedFd<'_>, data: &[u8], position: u64) -> io::Result<()> {
     let mut written = 0usize;
     while written < data.len() {
         let at = position + u64::try_from(written).expect("usize fits u64");
@@ -1045,13 +1432,12 @@ impl DirectFile {
     }
 
     /// Reloads the partial last block of a file of logical length `len` into memory.
-    async fn load_tail(&self, len: u64) -> io::Result<()> {
+    async fn load_tail(&self, file: &DmaFile, len: u64) -> io::Result<()> {
         let start = self.align_down(len);
         let tail_len = usize::try_from(len - start).expect("tail < alignment");
         let mut tail = Vec::with_capacity(tail_len);
         if tail_len > 0 {
-            let block = self
-                .file
+            let block = file
                 .read_at_aligned(start, usize::try_from(self.alignment).expect("small"))
                 .await
                 .map_err(to_io)?;
@@ -1112,7 +1498,14 @@ impl DirectFile {
     ///
     /// The copy into the DMA buffers runs while earlier writes are in flight. An append
     /// has landed once its bytes and every byte before them are on the device.
-    async fn append(&self, data: &[u8], position: u64, fail: bool, wait: bool) -> io::Result<()> {
+    async fn append(
+        &self,
+        file: &Rc<DmaFile>,
+        data: &[u8],
+        position: u64,
+        fail: bool,
+        wait: bool,
+    ) -> io::Result<()> {
         let end = position + data.len() as u64;
         let padded_end = self.align_up(end);
         // Injected faults and torn appends take a write of their own.
@@ -1121,7 +1514,7 @@ impl DirectFile {
         // (see `place`): an append within one block has no body to gather into.
         let can_open = gather && end > self.align_down(position) + self.alignment;
         self.check_failed()?;
-        self.allocate_for(padded_end).await;
+        self.allocate_for(file, padded_end).await;
         loop {
             self.check_failed()?;
             let step = self.state.borrow().step(padded_end, gather, can_open);
@@ -1131,14 +1524,14 @@ impl DirectFile {
                     break;
                 }
                 Step::Place => {
-                    let (id, jobs) = self.place(data, position, fail, false);
-                    spawn_pieces(&self.file, &self.state, id, jobs, fail);
+                    let (id, jobs) = self.place(file, data, position, fail, false);
+                    spawn_pieces(file, &self.state, id, jobs, fail);
                     break;
                 }
                 Step::Open => {
-                    let (id, jobs) = self.place(data, position, false, true);
-                    spawn_pieces(&self.file, &self.state, id, jobs, false);
-                    spawn_open(&self.file, &self.state, id, self.alignment);
+                    let (id, jobs) = self.place(file, data, position, false, true);
+                    spawn_pieces(file, &self.state, id, jobs, false);
+                    spawn_open(file, &self.state, id, self.alignment);
                     break;
                 }
                 Step::Wait => {
@@ -1182,6 +1575,7 @@ impl DirectFile {
     /// piece, and its partial last block stays in that body (the next append joins it).
     fn place(
         &self,
+        file: &DmaFile,
         data: &[u8],
         position: u64,
         fail: bool,
@@ -1227,7 +1621,7 @@ impl DirectFile {
         let mut gathers = false;
         if body_end > at {
             if gathering {
-                let mut buffer = self.file.alloc_dma_buffer(GATHER_BYTES.max(body_end - at));
+                let mut buffer = file.alloc_dma_buffer(GATHER_BYTES.max(body_end - at));
                 fill(&mut buffer.as_bytes_mut()[..body_end - at], &tail, data, at);
                 state.open = Some(OpenWrite { id, at: start + at as u64, buffer });
                 gathers = true;
@@ -1242,7 +1636,7 @@ impl DirectFile {
         let pieces: Vec<Piece> = cuts
             .iter()
             .map(|&(from, until, state)| {
-                let mut buffer = self.file.alloc_dma_buffer(until - from);
+                let mut buffer = file.alloc_dma_buffer(until - from);
                 fill(buffer.as_bytes_mut(), &tail, data, from);
                 Piece { at: start + from as u64, buffer: Rc::new(buffer), state }
             })
@@ -1271,7 +1665,7 @@ impl DirectFile {
     /// Best effort: where the file system refuses (no `fallocate`, or no room for the
     /// space ahead), the write extends the file as it would without this, and fails
     /// only if the write itself does.
-    async fn allocate_for(&self, end: u64) {
+    async fn allocate_for(&self, file: &DmaFile, end: u64) {
         let (allocated, resized, cannot) = {
             let state = self.state.borrow();
             (state.allocated, state.resized, state.cannot_allocate)
@@ -1283,7 +1677,7 @@ impl DirectFile {
         let ahead = ahead - ahead % self.alignment;
         let mut allocated_to = None;
         for target in [ahead, end] {
-            match self.file.pre_allocate(target, false).await.map_err(to_io) {
+            match file.pre_allocate(target, false).await.map_err(to_io) {
                 Ok(()) => {
                     allocated_to = Some(target);
                     break;
@@ -1312,7 +1706,7 @@ impl DirectFile {
 
     /// A copy of the open write's body, with its file offset, if it reaches past
     /// `position`.
-    fn open_copy(&self, position: u64) -> Option<(u64, Rc<DmaBuffer>)> {
+    fn open_copy(&self, file: &DmaFile, position: u64) -> Option<(u64, Rc<DmaBuffer>)> {
         let state = self.state.borrow();
         let open = state.open.as_ref()?;
         let end = state.in_flight.back().expect("the open write is in flight").end;
@@ -1320,14 +1714,14 @@ impl DirectFile {
         if open.at + len as u64 <= position {
             return None;
         }
-        let mut copy = self.file.alloc_dma_buffer(len);
+        let mut copy = file.alloc_dma_buffer(len);
         copy.as_bytes_mut().copy_from_slice(&open.buffer.as_bytes()[..len]);
         Some((open.at, Rc::new(copy)))
     }
 
     /// Reads `len` bytes at `position` (within the logical length): from disk up to the
     /// first piece not yet landed, from the pieces' buffers after.
-    async fn read_at(&self, position: u64, len: usize) -> io::Result<FileBytes> {
+    async fn read_at(&self, file: &DmaFile, position: u64, len: usize) -> io::Result<FileBytes> {
         self.check_failed()?;
         let end = position + len as u64;
         let mut pieces: Vec<(u64, Rc<DmaBuffer>)> = self
@@ -1341,17 +1735,17 @@ impl DirectFile {
             .collect();
         // The open write's body comes last in file order; its buffer keeps growing, so
         // the read takes a copy of what it holds now.
-        if let Some(copy) = self.open_copy(position) {
+        if let Some(copy) = self.open_copy(file, position) {
             pieces.push(copy);
         }
         let Some(from) = pieces.first().map(|(at, _)| (*at).max(position)).filter(|at| end > *at)
         else {
-            return Ok(FileBytes::Uring(self.file.read_at(position, len).await.map_err(to_io)?));
+            return Ok(FileBytes::Uring(file.read_at(position, len).await.map_err(to_io)?));
         };
         let mut bytes = Vec::with_capacity(len);
         if position < from {
             let on_disk = usize::try_from(from - position).expect("read < 2 GiB");
-            let read = self.file.read_at(position, on_disk).await.map_err(to_io)?;
+            let read = file.read_at(position, on_disk).await.map_err(to_io)?;
             if read.len() < on_disk {
                 return Ok(FileBytes::Owned(read.to_vec()));
             }
@@ -1529,7 +1923,7 @@ async fn write_whole(file: &DmaFile, buffer: Rc<DmaBuffer>, at: u64) -> io::Resu
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_support::run;
 
@@ -1801,7 +2195,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("p.log");
             let file = SegmentFile::open(&path, IoMode::Direct, None).await.unwrap();
-            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let Some(direct) = &file.direct else { unreachable!() };
             let mut expected = Vec::new();
             let (mut most_in_flight, mut split) = (0, false);
             let sizes = [700usize, 1 << 20, 33, 9000, 4096, 300_001, 1, 5000, 65_536, 123_457];
@@ -1851,10 +2245,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let file =
                 SegmentFile::open(&dir.path().join("h.log"), IoMode::Direct, None).await.unwrap();
-            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let dma = file.dma().await.unwrap();
             let piece = |at: u64, state: PieceState| Piece {
                 at,
-                buffer: Rc::new(direct.file.alloc_dma_buffer(4096)),
+                buffer: Rc::new(dma.alloc_dma_buffer(4096)),
                 state,
             };
             let mut state = DirectState::default();
@@ -1912,7 +2306,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("l.log");
             let file = SegmentFile::open(&path, IoMode::Direct, None).await.unwrap();
-            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let Some(direct) = &file.direct else { unreachable!() };
             let mut expected = Vec::new();
             let mut held = 0;
             for round in 0..200usize {
@@ -1997,7 +2391,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("g.log");
             let file = SegmentFile::open(&path, IoMode::Direct, None).await.unwrap();
-            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let Some(direct) = &file.direct else { unreachable!() };
             let mut expected = Vec::new();
             let (mut appends, mut joined) = (0u64, 0u64);
             // Unaligned sizes, so that appends share blocks; 400 appends back to back
@@ -2047,7 +2441,7 @@ mod tests {
             let path = dir.path().join("h.log");
             let file =
                 SegmentFile::open(&path, IoMode::Direct, Some(faults.clone())).await.unwrap();
-            let Backend::Direct(direct) = &file.backend else { unreachable!() };
+            let Some(direct) = &file.direct else { unreachable!() };
             file.append(&[1u8; 5000]).await.unwrap();
             file.wait_landed(5000).await.unwrap();
             let mut len = 5000u64;
@@ -2134,6 +2528,143 @@ mod tests {
             faults.fail_next_read();
             assert!(file.read_at(0, 4).await.is_err());
             assert_eq!(&file.read_at(0, 4).await.unwrap()[..], b"0123");
+        });
+    }
+
+    /// Descriptors of this process that point into `dir`, once glommio has closed the
+    /// files dropped before (it closes them from its ring, at the next poll).
+    pub(crate) async fn open_fds_under(dir: &Path) -> usize {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let dir = dir.canonicalize().unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|entry| std::fs::read_link(entry.path()).is_ok_and(|to| to.starts_with(&dir)))
+            .count()
+    }
+
+    /// With a budget of two descriptors, files beyond it are closed while idle and
+    /// reopened on their next use: reads return the same bytes, appends go on where the
+    /// file ends (direct mode: from the tail block kept in memory, into the space
+    /// allocated ahead), and the process never holds more than the budget.
+    async fn evicted_files_reopen_with_the_same_bytes(mode: IoMode) {
+        crate::fdcache::set_budget(2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut expected: Vec<Vec<u8>> = Vec::new();
+        for i in 0..6u8 {
+            let file =
+                SegmentFile::open(&dir.path().join(format!("{i}.log")), mode, None).await.unwrap();
+            // Not block-aligned, so direct mode keeps a partial tail block.
+            let data: Vec<u8> = (0..5000 + usize::from(i) * 777).map(|b| b as u8 ^ i).collect();
+            file.append(&data).await.unwrap();
+            file.writes_landed().await.unwrap();
+            files.push(file);
+            expected.push(data);
+        }
+        assert!(crate::fdcache::stats().held <= 2);
+        assert!(!files[0].is_open(), "the oldest file was closed");
+        assert!(open_fds_under(dir.path()).await <= 2);
+        for round in 0..2u8 {
+            for (i, file) in files.iter().enumerate() {
+                let read = file.read_at(0, usize::MAX).await.unwrap();
+                assert_eq!(&read[..], &expected[i][..], "file {i} reads back");
+                // Append to a file that was closed: the next bytes follow the old ones.
+                let more: Vec<u8> = (0..3000).map(|b| (b as u8).wrapping_mul(round + 3)).collect();
+                file.append(&more).await.unwrap();
+                file.writes_landed().await.unwrap();
+                expected[i].extend_from_slice(&more);
+                assert!(crate::fdcache::stats().held <= 2);
+            }
+        }
+        assert!(open_fds_under(dir.path()).await <= 2);
+        for (i, file) in files.iter().enumerate() {
+            file.seal().await.unwrap();
+            let on_disk = std::fs::read(file.path()).unwrap();
+            assert_eq!(on_disk, expected[i], "file {i} on disk after the seal");
+        }
+        let stats = crate::fdcache::stats();
+        assert!(stats.evictions >= 20, "files were closed and reopened: {stats:?}");
+        assert_eq!(stats.over_budget, 0, "{stats:?}");
+        drop(files);
+        assert_eq!(crate::fdcache::stats().held, 0);
+        assert_eq!(open_fds_under(dir.path()).await, 0);
+    }
+
+    #[test]
+    fn buffered_evicted_files_reopen_with_the_same_bytes() {
+        run(evicted_files_reopen_with_the_same_bytes(IoMode::Buffered));
+    }
+
+    #[test]
+    fn direct_evicted_files_reopen_with_the_same_bytes() {
+        run(evicted_files_reopen_with_the_same_bytes(IoMode::Direct));
+    }
+
+    /// A file whose descriptor an operation holds is not closed, however far over the
+    /// budget the shard goes; it is closed once idle, by the next file that opens.
+    #[test]
+    fn a_file_in_use_is_not_closed() {
+        run(async {
+            crate::fdcache::set_budget(1);
+            let dir = tempfile::tempdir().unwrap();
+            let path = |name: &str| dir.path().join(name);
+            let open = |path: PathBuf| async move {
+                SegmentFile::open(&path, IoMode::Buffered, None).await
+            };
+            let a = open(path("a.log")).await.unwrap();
+            a.append(b"held by a read").await.unwrap();
+            let in_use = a.handle().await.unwrap();
+            let b = open(path("b.log")).await.unwrap();
+            assert!(a.is_open(), "a read holds a: it stays open");
+            assert_eq!(crate::fdcache::stats().over_budget, 1);
+            assert_eq!(open_fds_under(dir.path()).await, 2);
+            drop(in_use);
+            let c = open(path("c.log")).await.unwrap();
+            assert!(!a.is_open() && !b.is_open() && c.is_open());
+            assert_eq!(open_fds_under(dir.path()).await, 1);
+            assert_eq!(&a.read_at(0, 100).await.unwrap()[..], b"held by a read");
+        });
+    }
+
+    /// A descriptor handed out for sendfile stays valid when the cache closes the file,
+    /// and one of a file that was deleted stays readable while kept open.
+    #[test]
+    fn shared_descriptors_outlive_the_close_and_deleted_files_stay_readable() {
+        run(async {
+            crate::fdcache::set_budget(2);
+            let dir = tempfile::tempdir().unwrap();
+            let path = |name: &str| dir.path().join(name);
+            let open = |path: PathBuf| async move {
+                SegmentFile::open(&path, IoMode::Buffered, None).await
+            };
+            let a = open(path("a.log")).await.unwrap();
+            a.append(b"sent with sendfile").await.unwrap();
+            let shared = a.shared_fd().unwrap().unwrap();
+            assert_eq!(crate::fdcache::stats().held, 2, "the file and its duplicate");
+            let b = open(path("b.log")).await.unwrap();
+            b.append(b"deleted under a read").await.unwrap();
+            assert!(!a.is_open(), "a closed for b");
+            let mut bytes = [0u8; 18];
+            nix::sys::uio::pread(&*shared, &mut bytes, 0).unwrap();
+            assert_eq!(&bytes, b"sent with sendfile");
+            drop(shared);
+            // b is deleted while a read still holds it: it stays open, whatever the budget.
+            b.keep_open().await.unwrap();
+            remove_file(b.path()).unwrap();
+            let mut others = Vec::new();
+            for name in ["c.log", "d.log", "e.log"] {
+                others.push(open(path(name)).await.unwrap());
+            }
+            assert!(!others[0].is_open(), "the budget holds for the others");
+            assert!(b.is_open());
+            assert_eq!(&b.read_at(0, 100).await.unwrap()[..], b"deleted under a read");
+            // A closed file whose name is gone cannot come back: an error, never an empty
+            // file of that name.
+            assert!(!a.is_open());
+            remove_file(a.path()).unwrap();
+            assert!(a.read_at(0, 1).await.is_err());
+            assert!(!a.path().exists());
         });
     }
 }

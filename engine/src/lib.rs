@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clock;
+pub mod fdcache;
 pub mod io;
 pub mod log;
 pub mod metadata;

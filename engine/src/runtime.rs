@@ -1,6 +1,9 @@
 //! Start-up helpers for glommio executors: io_uring needs locked memory for its rings and
 //! registered buffers, and a too-small `RLIMIT_MEMLOCK` is the most common reason a shard
 //! fails to start. We raise the limit when we may, and say clearly what failed when not.
+//! The open-file limit is raised to its hard limit the same way: partitions and
+//! connections need descriptors, and the usual soft limit (1024) is far below what a
+//! broker with thousands of partitions holds.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
@@ -18,6 +21,18 @@ pub fn raise_memlock_limit() -> u64 {
         return RLIM_INFINITY;
     }
     if soft < hard && setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (not past it: the hard limit is
+/// the administrator's word, also for root). Returns the soft limit in force afterwards.
+pub fn raise_open_files_limit() -> u64 {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         return hard;
     }
     soft

@@ -62,6 +62,9 @@ pub struct BrokerConfig {
     pub txns: TxnConfig,
     /// Every broker property with its value (defaults included), for DescribeConfigs.
     pub properties: BTreeMap<String, String>,
+    /// Each shard's share of `log.open.files.max`: the descriptors its segment files may
+    /// hold (see `sluice_engine::fdcache`).
+    pub open_files_per_shard: usize,
 }
 
 /// The transaction coordinator's settings, under Kafka's names.
@@ -652,6 +655,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         groups: GroupConfig::default(),
         txns: TxnConfig::default(),
         properties: BTreeMap::new(),
+        open_files_per_shard: 1000,
     }
 }
 

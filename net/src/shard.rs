@@ -11,7 +11,7 @@ use std::cell::{Cell, Ref, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,117 @@ const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The leader epoch of every partition while the broker is a single node. Replication
 /// will bump it on leader changes; batches are stamped with it on append.
 pub const LEADER_EPOCH: i32 = 0;
+
+/// The partitions of the broker that could not be opened, with why. The owning shard
+/// writes an entry when an open fails (start-up, CreateTopics, CreatePartitions) and
+/// removes it when one succeeds; every shard reads them for its Metadata answers, where
+/// an offline partition has no leader (Kafka's answer for a partition whose only replica
+/// is offline). Shared by the shards (a lock and a count): it changes only when
+/// partitions open, and a Metadata answer looks only while the count is not zero.
+#[derive(Debug, Default)]
+pub struct OfflinePartitions {
+    reasons: std::sync::RwLock<HashMap<TopicPartition, String>>,
+    count: AtomicUsize,
+}
+
+impl OfflinePartitions {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<TopicPartition, String>> {
+        // A panic while holding the lock leaves a plain map behind: still usable.
+        self.reasons.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TopicPartition, String>> {
+        self.reasons.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, tp: TopicPartition, reason: String) {
+        let mut reasons = self.write();
+        reasons.insert(tp, reason);
+        self.count.store(reasons.len(), Ordering::Release);
+    }
+
+    pub fn remove(&self, tp: &TopicPartition) {
+        if self.is_empty() {
+            return;
+        }
+        let mut reasons = self.write();
+        reasons.remove(tp);
+        self.count.store(reasons.len(), Ordering::Release);
+    }
+
+    /// Forgets every partition of a deleted topic.
+    pub fn forget_topic(&self, topic: &str) {
+        if self.is_empty() {
+            return;
+        }
+        let mut reasons = self.write();
+        reasons.retain(|tp, _| tp.topic != topic);
+        self.count.store(reasons.len(), Ordering::Release);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Why `tp` is offline, if it is.
+    pub fn reason(&self, tp: &TopicPartition) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        self.read().get(tp).cloned()
+    }
+
+    /// The offline partitions of `topic`, sorted.
+    pub fn of_topic(&self, topic: &str) -> Vec<i32> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut partitions: Vec<i32> =
+            self.read().keys().filter(|tp| tp.topic == topic).map(|tp| tp.partition).collect();
+        partitions.sort_unstable();
+        partitions
+    }
+}
+
+/// What applying a stored metadata change did: the partitions it created that could not
+/// be opened, with why (they exist, offline).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub offline: Vec<(TopicPartition, String)>,
+}
+
+/// Reasons quoted in a CreateTopics or CreatePartitions error message; the log has all.
+const OFFLINE_REASONS_QUOTED: usize = 3;
+
+impl Applied {
+    /// The error CreateTopics and CreatePartitions answer for a topic some of whose new
+    /// partitions could not be opened: KAFKA_STORAGE_ERROR ("disk error when trying to
+    /// access log file on the disk"), with how many and why in the message.
+    pub fn storage_error(&self) -> Option<KafkaError> {
+        if self.offline.is_empty() {
+            return None;
+        }
+        let mut offline: Vec<&(TopicPartition, String)> = self.offline.iter().collect();
+        offline.sort_by_key(|(tp, _)| tp.partition);
+        let quoted: Vec<String> = offline
+            .iter()
+            .take(OFFLINE_REASONS_QUOTED)
+            .map(|(tp, reason)| format!("{tp}: {reason}"))
+            .collect();
+        let more = offline.len().saturating_sub(OFFLINE_REASONS_QUOTED);
+        let message = format!(
+            "the topic is stored, but {} of its new partitions could not be opened and are offline ({}{})",
+            offline.len(),
+            quoted.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() },
+        );
+        Some(KafkaError::new(code::KAFKA_STORAGE_ERROR, message))
+    }
+}
 
 /// One partition this shard leads. Lives on the shard `shard_of(topic, partition)`.
 pub struct Partition {
@@ -147,8 +258,8 @@ pub enum ShardResponse {
     ListOffsets(Vec<ListOffsetsResult>),
     DeleteRecords(Vec<Result<i64, KafkaError>>),
     OffsetForLeaderEpoch(Vec<Result<(i32, i64), KafkaError>>),
-    Controller(Result<(), KafkaError>),
-    Applied,
+    Controller(Result<Applied, KafkaError>),
+    Applied(Applied),
     Group(GroupAnswer),
     ProducerId(Result<i64, KafkaError>),
     Txn(TxnAnswer),
@@ -377,6 +488,8 @@ pub struct ShardStart {
     pub stop: Arc<AtomicBool>,
     /// Called once the shard has opened (recovered) every partition it owns.
     pub on_opened: Box<dyn FnOnce() + Send>,
+    /// The broker's partitions that could not be opened (shared by all shards).
+    pub offline: Arc<OfflinePartitions>,
 }
 
 /// The mesh ends of every shard (`[i]` for shard i), built once per broker.
@@ -394,8 +507,9 @@ pub struct Shard {
     log_clock: Rc<dyn Clock>,
     metadata: RefCell<MetadataImage>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
-    /// Partitions this shard owns but could not open, with the reason.
-    offline: RefCell<HashMap<TopicPartition, String>>,
+    /// Partitions of the broker that could not be opened, with the reason: this shard
+    /// writes its own, and reads all for Metadata answers.
+    offline: Arc<OfflinePartitions>,
     mesh: Mesh<MeshMsg>,
     pending: RefCell<HashMap<u64, LocalSender<ShardResponse>>>,
     next_call_id: Cell<u64>,
@@ -429,6 +543,11 @@ impl Shard {
         shard_of(&tp.topic, tp.partition, self.config.shards)
     }
 
+    /// The broker's partitions that could not be opened (all shards').
+    pub fn offline_partitions(&self) -> &OfflinePartitions {
+        &self.offline
+    }
+
     /// This shard's copy of the cluster metadata. Do not hold across an `await`.
     pub fn metadata(&self) -> Ref<'_, MetadataImage> {
         self.metadata.borrow()
@@ -459,8 +578,8 @@ impl Shard {
         if let Some(partition) = self.partitions.borrow().get(tp) {
             return Ok(partition.clone());
         }
-        if let Some(reason) = self.offline.borrow().get(tp) {
-            return Err(KafkaError::new(code::KAFKA_STORAGE_ERROR, reason.clone()));
+        if let Some(reason) = self.offline.reason(tp) {
+            return Err(KafkaError::new(code::KAFKA_STORAGE_ERROR, reason));
         }
         let known = self.metadata().topic(&tp.topic).is_some_and(|t| tp.partition < t.partitions);
         if known && self.owner_of(tp) != self.id {
@@ -596,8 +715,7 @@ impl Shard {
                 ShardResponse::Controller(self.controller_change(record, validate_only).await)
             }
             ShardRequest::Apply(record) => {
-                self.apply_metadata(&record).await;
-                ShardResponse::Applied
+                ShardResponse::Applied(self.apply_metadata(&record).await)
             }
             ShardRequest::Group(call) => ShardResponse::Group(self.groups.call(self, call).await),
             ShardRequest::AllocateProducerId => {
@@ -1004,14 +1122,14 @@ impl Shard {
         self: &Rc<Self>,
         record: MetadataRecord,
         validate_only: bool,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Applied, KafkaError> {
         let Some(controller) = &self.controller else {
             return Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard"));
         };
         let _permit = controller.lock.lock().await;
         self.metadata().check(&record).map_err(|e| from_metadata_error(&e))?;
         if validate_only {
-            return Ok(());
+            return Ok(Applied::default());
         }
         // Metadata changes are rare admin operations; the log is a plain file with an
         // fdatasync per record (see MetadataLog::append).
@@ -1020,29 +1138,36 @@ impl Shard {
             from_metadata_error(&error)
         })?;
         info!(?record, "metadata change stored");
+        // Every shard applies it, and says which of its partitions it could not open.
+        let mut applied = Applied::default();
         for target in 0..self.shards() {
             if target == self.id {
-                self.apply_metadata(&record).await;
-            } else if let ShardResponse::Unavailable =
-                self.remote(target, ShardRequest::Apply(record.clone())).await
-            {
-                warn!(shard = target, "shard did not apply a metadata change (stopping?)");
+                applied.offline.extend(self.apply_metadata(&record).await.offline);
+                continue;
+            }
+            match self.remote(target, ShardRequest::Apply(record.clone())).await {
+                ShardResponse::Applied(answer) => applied.offline.extend(answer.offline),
+                _ => warn!(shard = target, "shard did not apply a metadata change (stopping?)"),
             }
         }
-        Ok(())
+        Ok(applied)
     }
 
-    /// Applies a stored metadata change to this shard's image and partitions.
-    pub async fn apply_metadata(&self, record: &MetadataRecord) {
+    /// Applies a stored metadata change to this shard's image and partitions, and returns
+    /// the partitions it could not open.
+    pub async fn apply_metadata(&self, record: &MetadataRecord) -> Applied {
+        let mut applied = Applied::default();
         if let Err(error) = self.metadata.borrow_mut().apply(record) {
             error!(%error, ?record, "metadata change does not apply; image unchanged");
-            return;
+            return applied;
         }
         match record {
             MetadataRecord::CreateTopic { name, partitions, .. } => {
                 for partition in 0..*partitions {
                     let tp = TopicPartition::new(name.clone(), partition);
-                    self.open_partition(tp.clone(), None).await;
+                    if let Err(reason) = self.open_partition(tp.clone(), None).await {
+                        applied.offline.push((tp.clone(), reason));
+                    }
                     // A new coordinator topic is empty: nothing to load.
                     if name == OFFSETS_TOPIC && self.partitions.borrow().contains_key(&tp) {
                         self.groups.mark_loaded(partition);
@@ -1056,7 +1181,9 @@ impl Shard {
                 for partition in 0..*partitions {
                     let tp = TopicPartition::new(name.clone(), partition);
                     if !self.partitions.borrow().contains_key(&tp) {
-                        self.open_partition(tp, None).await;
+                        if let Err(reason) = self.open_partition(tp.clone(), None).await {
+                            applied.offline.push((tp, reason));
+                        }
                     }
                 }
             }
@@ -1067,7 +1194,7 @@ impl Shard {
                         partitions.keys().filter(|tp| &tp.topic == name).cloned().collect();
                     tps.iter().filter_map(|tp| partitions.remove(tp)).collect()
                 };
-                self.offline.borrow_mut().retain(|tp, _| &tp.topic != name);
+                self.offline.forget_topic(name);
                 if name == OFFSETS_TOPIC {
                     for partition in &doomed {
                         self.groups.forget_partition(partition.tp.partition, i32::MAX);
@@ -1102,6 +1229,7 @@ impl Shard {
                 }
             }
         }
+        applied
     }
 
     /// The settings of `topic` from its stored overrides. Overrides were validated before
@@ -1124,10 +1252,15 @@ impl Shard {
     }
 
     /// Opens (creating if needed) a partition this shard owns. Failure takes the
-    /// partition offline with a log line; the shard serves the others.
-    async fn open_partition(&self, tp: TopicPartition, hints: Option<OpenHints>) {
+    /// partition offline with a log line (Metadata answers it without a leader) and
+    /// returns the reason; the shard serves the others.
+    async fn open_partition(
+        &self,
+        tp: TopicPartition,
+        hints: Option<OpenHints>,
+    ) -> Result<(), String> {
         if self.owner_of(&tp) != self.id {
-            return;
+            return Ok(());
         }
         let settings = self.topic_settings(&tp.topic);
         let dir: PathBuf = self.config.data_dir.join(tp.dir_name());
@@ -1160,8 +1293,8 @@ impl Shard {
                     Err(error) => {
                         let reason = error.to_string();
                         error!(partition = %tp, %reason, "rebuilding producer state failed: partition offline");
-                        self.offline.borrow_mut().insert(tp, reason);
-                        return;
+                        self.offline.insert(tp, reason.clone());
+                        return Err(reason);
                     }
                 };
                 let partition = Rc::new(Partition {
@@ -1172,12 +1305,14 @@ impl Shard {
                     recent: RecentBatches::default(),
                     aborted: RefCell::new(aborted),
                 });
-                self.offline.borrow_mut().remove(&tp);
+                self.offline.remove(&tp);
                 self.partitions.borrow_mut().insert(tp, partition);
+                Ok(())
             }
             Err(reason) => {
-                error!(partition = %tp, %reason, "partition offline");
-                self.offline.borrow_mut().insert(tp, reason);
+                error!(partition = %tp, %reason, "partition offline: its log could not be opened");
+                self.offline.insert(tp, reason.clone());
+                Err(reason)
             }
         }
     }
@@ -1207,12 +1342,13 @@ impl Shard {
     }
 
     /// Routes a metadata change to the controller shard and waits for it to be applied
-    /// everywhere.
+    /// everywhere. `Ok` once it is stored and applied, with the partitions it created that
+    /// could not be opened (they exist, offline).
     pub async fn change_metadata(
         self: &Rc<Self>,
         record: MetadataRecord,
         validate_only: bool,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<Applied, KafkaError> {
         match self.call(0, ShardRequest::Controller { record, validate_only }).await {
             ShardResponse::Controller(result) => result,
             _ => Err(KafkaError::new(code::NOT_CONTROLLER, "controller unavailable")),
@@ -1324,7 +1460,10 @@ impl Shard {
             ],
         };
         match self.change_metadata(record, false).await {
-            Ok(()) => info!(partitions, "created {name}"),
+            Ok(applied) => match applied.storage_error() {
+                None => info!(partitions, "created {name}"),
+                Some(error) => warn!(message = %error.message, "created {name}"),
+            },
             // Another request created it first (the controller's lock is held until every
             // shard applied that change, so this shard knows the topic now).
             Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
@@ -1814,7 +1953,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         log_clock: Rc::new(clock),
         metadata: RefCell::new(start.image),
         partitions: RefCell::new(HashMap::new()),
-        offline: RefCell::new(HashMap::new()),
+        offline: start.offline.clone(),
         mesh: senders,
         pending: RefCell::new(HashMap::new()),
         next_call_id: Cell::new(0),
@@ -1842,14 +1981,23 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
             .filter(|tp| shard.owner_of(tp) == id)
             .collect()
     };
+    // Segment files keep descriptors within this shard's share of `log.open.files.max`.
+    sluice_engine::fdcache::set_budget(start.config.open_files_per_shard);
+    let mut offline = 0usize;
     for tp in owned {
         let hints = start.hints.get(&tp).copied().unwrap_or_default();
-        shard.open_partition(tp, Some(hints)).await;
+        // A failure is logged, and the partition is offline (Metadata shows it).
+        if shard.open_partition(tp, Some(hints)).await.is_err() {
+            offline += 1;
+        }
     }
+    let files = sluice_engine::fdcache::stats();
     info!(
         shard = id,
         partitions = shard.partitions.borrow().len(),
-        offline = shard.offline.borrow().len(),
+        offline,
+        open_segment_files = files.held,
+        open_files_budget = files.budget,
         "shard ready"
     );
     (start.on_opened)();
@@ -1931,6 +2079,57 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
             }
         }
     }
-    info!(shard = id, "shard stopped");
+    let files = sluice_engine::fdcache::stats();
+    info!(
+        shard = id,
+        open_segment_files = files.held,
+        open_segment_files_peak = files.peak,
+        open_files_budget = files.budget,
+        segment_files_opened = files.opened,
+        segment_files_closed_for_budget = files.evictions,
+        over_budget = files.over_budget,
+        "shard stopped"
+    );
     served.map(|()| checkpoints)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_partitions_are_counted_forgotten_by_topic_and_listed_sorted() {
+        let offline = OfflinePartitions::default();
+        assert!(offline.is_empty() && offline.of_topic("t").is_empty());
+        offline.insert(TopicPartition::new("t", 7), "no room".into());
+        offline.insert(TopicPartition::new("t", 2), "no room".into());
+        offline.insert(TopicPartition::new("u", 1), "in the way".into());
+        assert_eq!(offline.len(), 3);
+        assert_eq!(offline.of_topic("t"), [2, 7]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)).unwrap(), "in the way");
+        offline.remove(&TopicPartition::new("t", 7));
+        offline.forget_topic("u");
+        assert_eq!(offline.len(), 1);
+        assert_eq!(offline.of_topic("t"), [2]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)), None);
+    }
+
+    #[test]
+    fn a_storage_error_says_how_many_partitions_are_offline_and_quotes_the_first() {
+        assert!(Applied::default().storage_error().is_none());
+        let applied = Applied {
+            offline: (0..5)
+                .rev()
+                .map(|p| (TopicPartition::new("t", p), format!("reason {p}")))
+                .collect(),
+        };
+        let error = applied.storage_error().unwrap();
+        assert_eq!(error.code, code::KAFKA_STORAGE_ERROR);
+        assert_eq!(
+            error.message,
+            "the topic is stored, but 5 of its new partitions could not be opened and are \
+             offline (t-0: reason 0; t-1: reason 1; t-2: reason 2; and 2 more)"
+        );
+    }
 }

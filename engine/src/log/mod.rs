@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::batch::{self, Batch, BatchError, HEADER_BYTES};
 use crate::clock::Clock;
-use crate::io::{BufferedWrite, FaultPlan, FileBytes, IoMode, SegmentFile};
+use crate::io::{BufferedWrite, FaultPlan, FileBytes, IndexFile, IoMode, SegmentFile};
 use crate::sync::{FifoGuard, FifoLock};
 use index::{BatchExtent, Located, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 
@@ -203,9 +203,11 @@ pub struct TimestampOffset {
 
 struct Segment {
     base_offset: i64,
+    /// Its descriptor comes and goes with the shard's descriptor cache.
     log: Rc<SegmentFile>,
-    index_file: Rc<SegmentFile>,
-    time_file: Rc<SegmentFile>,
+    /// Opened only to be written or read (the entries are in memory).
+    index_file: Rc<IndexFile>,
+    time_file: Rc<IndexFile>,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
     /// Logical bytes whose append completed.
@@ -422,7 +424,7 @@ impl Log {
     async fn open_segment_files(
         &self,
         base_offset: i64,
-    ) -> Result<(Rc<SegmentFile>, Rc<SegmentFile>, Rc<SegmentFile>), LogError> {
+    ) -> Result<(Rc<SegmentFile>, Rc<IndexFile>, Rc<IndexFile>), LogError> {
         let (mode, faults, writeback_bytes, buffered_write, cache_window) = {
             let options = self.options.borrow();
             (
@@ -440,25 +442,20 @@ impl Log {
         log.set_buffered_write(buffered_write);
         log.set_writeback_bytes(writeback_bytes);
         log.set_cache_window(cache_window);
-        // Index files are small and written once per flush: the page cache suits them.
-        let index = SegmentFile::open(&index_path, IoMode::Buffered, None)
-            .await
-            .map_err(io_error(&index_path))?;
-        let time = SegmentFile::open(&time_path, IoMode::Buffered, None)
-            .await
-            .map_err(io_error(&time_path))?;
-        index.set_buffered_write(buffered_write);
-        time.set_buffered_write(buffered_write);
+        // Index files hold no descriptor: they are opened when written or read.
+        let index = IndexFile::open(&index_path).await.map_err(io_error(&index_path))?;
+        let time = IndexFile::open(&time_path).await.map_err(io_error(&time_path))?;
         Ok((Rc::new(log), Rc::new(index), Rc::new(time)))
     }
 
     async fn new_segment(&self, base_offset: i64) -> Result<Segment, LogError> {
         let (log, index_file, time_file) = self.open_segment_files(base_offset).await?;
         // A fresh segment: any stale files of the same name (truncation, crash) go.
-        for file in [&log, &index_file, &time_file] {
-            if !file.is_empty() {
-                file.truncate(0).await.map_err(io_error(file.path()))?;
-            }
+        if !log.is_empty() {
+            log.truncate(0).await.map_err(io_error(log.path()))?;
+        }
+        for file in [&index_file, &time_file] {
+            file.truncate(0).await.map_err(io_error(file.path()))?;
         }
         Ok(Segment {
             base_offset,
@@ -624,8 +621,10 @@ impl Log {
         segment: &mut Segment,
         next_base: Option<i64>,
     ) -> Result<bool, LogError> {
-        let index_bytes = read_whole(&segment.index_file).await?;
-        let time_bytes = read_whole(&segment.time_file).await?;
+        let index_file = &segment.index_file;
+        let index_bytes = index_file.read_all().await.map_err(io_error(index_file.path()))?;
+        let time_file = &segment.time_file;
+        let time_bytes = time_file.read_all().await.map_err(io_error(time_file.path()))?;
         let Ok(offset_index) = OffsetIndex::decode(&index_bytes, segment.size) else {
             warn!(segment = %segment.log.path().display(), "offset index corrupt, rebuilding");
             return Ok(false);
@@ -1104,8 +1103,8 @@ impl Log {
             base: i64,
             active: bool,
             log: Rc<SegmentFile>,
-            index: (Rc<SegmentFile>, u64, Vec<u8>),
-            time: (Rc<SegmentFile>, u64, Vec<u8>),
+            index: (Rc<IndexFile>, u64, Vec<u8>),
+            time: (Rc<IndexFile>, u64, Vec<u8>),
         }
         let (target, pending) = {
             let state = self.state.borrow();
@@ -1138,14 +1137,9 @@ impl Log {
         };
         let result: Result<(), LogError> = async {
             for one in &pending {
+                // Open, write, sync, close: an index file holds no descriptor after.
                 for (file, at, bytes) in [&one.index, &one.time] {
-                    if file.len() != *at {
-                        file.truncate(*at).await.map_err(io_error(file.path()))?;
-                    }
-                    if !bytes.is_empty() {
-                        file.append(bytes).await.map_err(io_error(file.path()))?;
-                    }
-                    file.sync().await.map_err(io_error(file.path()))?;
+                    file.write_at(*at, bytes).await.map_err(io_error(file.path()))?;
                 }
                 // A rolled segment is sealed (direct-mode padding trimmed) before the
                 // recovery point passes it: recovery trusts the size of such segments.
@@ -1354,6 +1348,9 @@ impl Log {
         let mut deleted = Vec::new();
         for base in &doomed {
             deleted.extend(self.state.borrow_mut().segments.remove(base).map(|s| s.log));
+            if let Some(file) = deleted.last() {
+                keep_open_for_readers(file.clone()).await;
+            }
             self.delete_segment_files(*base).await?;
         }
         if !doomed.is_empty() {
@@ -1420,7 +1417,10 @@ impl Log {
     async fn truncate_fully_locked(&self, start: i64) -> Result<i64, LogError> {
         let bases: Vec<i64> = self.state.borrow().segments.keys().copied().collect();
         for base in &bases {
-            self.state.borrow_mut().segments.remove(base);
+            let removed = self.state.borrow_mut().segments.remove(base);
+            if let Some(segment) = removed {
+                keep_open_for_readers(segment.log).await;
+            }
             self.delete_segment_files(*base).await?;
         }
         let segment = self.new_segment(start).await?;
@@ -1485,14 +1485,19 @@ impl Log {
             doomed
         };
         for base in &doomed {
-            {
+            let removed = {
                 let mut state = self.state.borrow_mut();
-                if let Some(segment) = state.segments.remove(base) {
+                let removed = state.segments.remove(base).map(|segment| segment.log);
+                if let Some(file) = &removed {
                     // Its pages go with the file; the active segment stops tracking them.
-                    state.active().log.forget(&segment.log);
+                    state.active().log.forget(file);
                 }
                 let first = *state.segments.keys().next().expect("the active segment stays");
                 state.log_start_offset = state.log_start_offset.max(first);
+                removed
+            };
+            if let Some(file) = removed {
+                keep_open_for_readers(file).await;
             }
             self.delete_segment_files(*base).await?;
             info!(dir = %self.dir.display(), segment = base, "deleted segment by retention");
@@ -1514,6 +1519,17 @@ impl Log {
             file.seal().await.map_err(io_error(file.path()))?;
         }
         Ok(())
+    }
+}
+
+/// A segment file about to be deleted keeps its descriptor while reads still hold it
+/// (reopened first if the descriptor cache had closed it), as its name is about to go.
+/// A file nobody else holds just closes.
+async fn keep_open_for_readers(file: Rc<SegmentFile>) {
+    if Rc::strong_count(&file) > 1 {
+        if let Err(error) = file.keep_open().await {
+            warn!(path = %file.path().display(), %error, "a read of a deleted segment may fail");
+        }
     }
 }
 
@@ -1573,11 +1589,6 @@ async fn valid_batch_at(file: &SegmentFile, position: u64) -> Result<bool, LogEr
     }
     let bytes = file.read_at(position, size).await.map_err(io_error(file.path()))?;
     Ok(Batch::parse(&bytes).is_ok_and(|(one, _)| one.validate(usize::MAX).is_ok()))
-}
-
-async fn read_whole(file: &SegmentFile) -> Result<FileBytes, LogError> {
-    let len = usize::try_from(file.len()).expect("index < 2 GiB");
-    file.read_at(0, len).await.map_err(io_error(file.path()))
 }
 
 /// The batch header fields the read path needs.

@@ -44,6 +44,7 @@ const BROKER_PROPERTY_TYPES: &[(&str, i8)] = &[
     ("log.flush.interval.ms", config_type::LONG),
     ("log.index.interval.bytes", config_type::INT),
     ("log.message.timestamp.type", config_type::STRING),
+    ("log.open.files.max", config_type::LONG),
     ("log.retention.bytes", config_type::LONG),
     ("log.retention.check.interval.ms", config_type::LONG),
     ("log.retention.ms", config_type::LONG),

@@ -1,6 +1,8 @@
 //! CreatePartitions (key 37): grows a topic to a new total partition count. Kafka never
 //! shrinks a topic (keys would move between partitions); the controller stores the new
-//! count and every shard opens the new partitions it owns before the answer.
+//! count and every shard opens the new partitions it owns before the answer. New
+//! partitions that could not be opened (they exist, offline) make the topic's answer
+//! KAFKA_STORAGE_ERROR, with why in its message.
 
 use std::rc::Rc;
 
@@ -99,5 +101,7 @@ async fn create(
     }
     let record =
         MetadataRecord::CreatePartitions { name: name.to_string(), partitions: topic.count };
-    shard.change_metadata(record, validate_only).await
+    // Stored and applied; new partitions that could not be opened make it an error.
+    let applied = shard.change_metadata(record, validate_only).await?;
+    applied.storage_error().map_or(Ok(()), Err)
 }

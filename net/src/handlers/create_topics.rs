@@ -1,6 +1,9 @@
 //! CreateTopics (key 19): validated (name, partitions, replication factor 1 while we are
 //! one node, configs), stored in the metadata log by the controller shard and applied on
-//! every shard before the answer; `validate_only` stops after validation.
+//! every shard before the answer; `validate_only` stops after validation. A topic some of
+//! whose partitions could not be opened (they exist, offline) is answered
+//! KAFKA_STORAGE_ERROR with how many and why; the other topics of the request are not
+//! affected.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -36,8 +39,12 @@ pub async fn handle(
         };
         let outcome = match prepared {
             Ok(record) => {
-                let created = shard.change_metadata(record.clone(), request.validate_only).await;
-                created.map(|()| record)
+                match shard.change_metadata(record.clone(), request.validate_only).await {
+                    // Stored; partitions that could not be opened are offline, and the
+                    // client is told so rather than that all went well.
+                    Ok(applied) => applied.storage_error().map_or(Ok(record), Err),
+                    Err(error) => Err(error),
+                }
             }
             Err(error) => Err(error),
         };
@@ -63,7 +70,7 @@ pub async fn handle(
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::info!(topic = %name, code = error.code, message = %error.message, "CreateTopics refused");
+                tracing::info!(topic = %name, code = error.code, message = %error.message, "CreateTopics failed");
                 result.error_code = error.code;
                 result.error_message = Some(str_bytes(&error.message));
                 result.num_partitions = -1;

@@ -1,6 +1,8 @@
 //! Metadata (key 3): brokers, controller, and topics with their partitions, leaders and
 //! replicas. Unknown topics asked for by name are created when the client allows it and
-//! `auto.create.topics.enable` is on, like Kafka.
+//! `auto.create.topics.enable` is on, like Kafka. A partition whose log could not be
+//! opened is answered LEADER_NOT_AVAILABLE without a leader, as Kafka answers an offline
+//! partition.
 
 use std::rc::Rc;
 
@@ -77,7 +79,12 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
                 configs: Vec::new(),
             };
             match shard.change_metadata(record, false).await {
-                Ok(()) => tracing::info!(topic = %name, "auto-created topic"),
+                Ok(applied) => match applied.storage_error() {
+                    None => tracing::info!(topic = %name, "auto-created topic"),
+                    Some(error) => {
+                        tracing::warn!(topic = %name, message = %error.message, "auto-created topic")
+                    }
+                },
                 Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
                 Err(error) => tracing::warn!(topic = %name, ?error, "auto-create failed"),
             }
@@ -101,6 +108,10 @@ fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataR
     if version >= 1 {
         answer.is_internal = topic.name.starts_with("__");
     }
+    // Partitions whose log could not be opened: Kafka answers a partition whose only
+    // replica is offline with LEADER_NOT_AVAILABLE, no leader (-1), and the replica among
+    // the offline ones (v5+). Clients then wait and retry instead of sending to it.
+    let offline = shard.offline_partitions().of_topic(&topic.name);
     answer.partitions = (0..topic.partitions)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();
@@ -111,6 +122,13 @@ fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataR
             }
             partition.replica_nodes = vec![node];
             partition.isr_nodes = vec![node];
+            if offline.binary_search(&index).is_ok() {
+                partition.error_code = code::LEADER_NOT_AVAILABLE;
+                partition.leader_id = BrokerId(-1);
+                if version >= 5 {
+                    partition.offline_replicas = vec![node];
+                }
+            }
             partition
         })
         .collect();
