@@ -5,6 +5,8 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clock;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod log;
 pub mod metadata;
