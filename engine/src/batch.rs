@@ -39,6 +39,10 @@ pub const OFFSET_PRODUCER_EPOCH: usize = 51;
 pub const OFFSET_BASE_SEQUENCE: usize = 53;
 pub const OFFSET_RECORD_COUNT: usize = 57;
 
+/// The smallest record Kafka encodes (`DefaultRecord`): length, attributes, timestamp
+/// delta, offset delta, key length, value length and header count, one byte each.
+pub const RECORD_BYTES_MIN: usize = 7;
+
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
@@ -293,7 +297,9 @@ impl<'a> Batch<'a> {
         if self.compression() != Compression::None {
             return None;
         }
-        let mut out = Vec::with_capacity(usize::try_from(self.record_count()).ok()?);
+        // The count is the producer's word: reserve no more than the bytes can hold.
+        let count = usize::try_from(self.record_count()).ok()?;
+        let mut out = Vec::with_capacity(count.min(self.records_bytes().len() / RECORD_BYTES_MIN));
         let mut rest = self.records_bytes();
         for _ in 0..self.record_count() {
             let (length, used) = read_varint(rest)?;
@@ -304,7 +310,7 @@ impl<'a> Batch<'a> {
             let (timestamp_delta, used_ts) = read_varint(after_attributes)?;
             let (offset_delta, _) = read_varint(after_attributes.get(used_ts..)?)?;
             out.push((
-                self.base_offset() + offset_delta,
+                self.base_offset().checked_add(offset_delta)?,
                 self.base_timestamp().wrapping_add(timestamp_delta),
             ));
             rest = &rest[used + length..];
@@ -581,6 +587,40 @@ mod tests {
         let results: Vec<_> = BatchIter::new(&buffer).collect();
         assert_eq!(results.len(), 3);
         assert!(results[2].is_err());
+    }
+
+    /// Rewrites header fields of an encoded batch and recomputes its CRC.
+    fn with_header(mut bytes: Vec<u8>, fields: &[(usize, &[u8])]) -> Vec<u8> {
+        for (at, value) in fields {
+            bytes[*at..*at + value.len()].copy_from_slice(value);
+        }
+        let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..]);
+        bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// Found by the `record_batch` fuzz target: a valid 80-byte batch claiming 2^31 - 1
+    /// records made the record walk (ListOffsets by timestamp) reserve 32 GiB and abort.
+    #[test]
+    fn a_huge_record_count_reserves_only_what_the_bytes_hold() {
+        let count = i32::MAX.to_be_bytes();
+        let bytes = with_header(
+            sample(1),
+            &[(OFFSET_RECORD_COUNT, &count), (OFFSET_LAST_OFFSET_DELTA, &count)],
+        );
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        batch.validate(1 << 20).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
+    }
+
+    /// A base offset near `i64::MAX` plus a record's offset delta overflowed (a panic in
+    /// debug builds, a wrapped offset in release).
+    #[test]
+    fn an_offset_past_i64_max_is_no_record() {
+        let mut bytes = sample(2);
+        set_base_offset(&mut bytes, i64::MAX);
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
     }
 
     #[test]
