@@ -833,6 +833,40 @@ mod tests {
         assert_eq!(decode_offset_value(&trailing).unwrap(), offset_value());
     }
 
+    /// A `__consumer_offsets` batch with a record count or a header count of 2^31 - 1,
+    /// as the coordinators' replay decodes it (kafka-protocol's `RecordBatchDecoder`).
+    /// Found by the `record_set` fuzz target: the decoder reserved room for every counted
+    /// record (and header) up front, hundreds of GiB, and the broker aborted at start-up.
+    /// Now both are errors: the records are not there.
+    #[test]
+    fn replayed_batches_with_huge_counts_are_errors() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let record = Record { key: Some(b"k".to_vec()), value: None, timestamp: 5 };
+        let fix_crc = |bytes: &mut Vec<u8>| {
+            let crc = crc32c::crc32c(&bytes[batch::OFFSET_ATTRIBUTES..]);
+            bytes[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        };
+        let mut many_records =
+            batch::encode_batch(std::slice::from_ref(&record), EncodeOptions::default());
+        let count = i32::MAX.to_be_bytes();
+        many_records[batch::OFFSET_RECORD_COUNT..batch::HEADER_BYTES].copy_from_slice(&count);
+        fix_crc(&mut many_records);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(many_records)).is_err());
+
+        let mut many_headers = batch::encode_batch(&[record], EncodeOptions::default());
+        // The record's last byte is its header count (0): make it 2^31 - 1 (zig-zag
+        // varint), and the record and batch lengths cover the 4 extra bytes.
+        many_headers.pop();
+        many_headers.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        many_headers[batch::HEADER_BYTES] += 8; // record length varint: 2 * (n + 4)
+        let length = (many_headers.len() - batch::LOG_OVERHEAD) as i32;
+        many_headers[batch::OFFSET_LENGTH..batch::OFFSET_LEADER_EPOCH]
+            .copy_from_slice(&length.to_be_bytes());
+        fix_crc(&mut many_headers);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(many_headers)).is_err());
+    }
+
     #[test]
     fn overlong_strings_are_cut_at_a_char_boundary() {
         let metadata = "é".repeat(20_000); // 40000 bytes
