@@ -500,6 +500,11 @@ impl ProducerStates {
                     offsets: Some((last_offset - i64::from(delta), last_offset)),
                 });
             }
+            // One entry per producer: a second would replace the first in the map but
+            // leave the first's open transaction behind, holding the last stable offset.
+            if states.producers.contains_key(&producer_id) {
+                return Err(format!("producer id {producer_id} twice"));
+            }
             if let Some(first) = producer.txn_first_offset {
                 states.ongoing.insert((first, producer_id));
             }
@@ -703,5 +708,26 @@ mod tests {
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
         assert!(ProducerStates::decode_snapshot(&corrupt).is_err());
+    }
+
+    /// Found by the `producer_snapshot` fuzz target: a snapshot (with a good CRC) naming a
+    /// producer twice, each entry with an open transaction, decoded to one producer and
+    /// two open transactions; the first never ends, so the last stable offset stuck there.
+    #[test]
+    fn a_snapshot_naming_a_producer_twice_is_refused() {
+        let mut states = ProducerStates::default();
+        states.begin_txn(7, 0, 100);
+        let one = states.encode_snapshot();
+        let entry = &one[10..];
+        let mut entries = 2i32.to_be_bytes().to_vec();
+        entries.extend_from_slice(entry);
+        let mut second = entry.to_vec();
+        second[38..46].copy_from_slice(&200i64.to_be_bytes()); // another first offset
+        entries.extend_from_slice(&second);
+        let mut twice = SNAPSHOT_VERSION.to_be_bytes().to_vec();
+        twice.extend_from_slice(&crc32c::crc32c(&entries).to_be_bytes());
+        twice.extend_from_slice(&entries);
+        let error = ProducerStates::decode_snapshot(&twice).err();
+        assert_eq!(error.as_deref(), Some("producer id 7 twice"));
     }
 }
