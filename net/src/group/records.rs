@@ -867,6 +867,30 @@ mod tests {
         assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(many_headers)).is_err());
     }
 
+    /// Found by the `record_set` fuzz target: the replay's decoder added a record's
+    /// deltas to the batch's base timestamp and offset with `+`, a panic on overflow in
+    /// debug builds. A timestamp wraps (as in Kafka); an offset past i64::MAX is an error.
+    #[test]
+    fn replayed_records_past_i64_max_do_not_panic() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let records: Vec<Record> = (0..2)
+            .map(|t| Record { key: Some(b"k".to_vec()), value: None, timestamp: t })
+            .collect();
+        let mut late = batch::encode_batch(&records, EncodeOptions::default());
+        late[batch::OFFSET_BASE_TIMESTAMP..batch::OFFSET_MAX_TIMESTAMP]
+            .copy_from_slice(&i64::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&late[batch::OFFSET_ATTRIBUTES..]);
+        late[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let sets = RecordBatchDecoder::decode_all(&mut Bytes::from(late)).unwrap();
+        let timestamps: Vec<i64> = sets[0].records.iter().map(|r| r.timestamp).collect();
+        assert_eq!(timestamps, vec![i64::MAX, i64::MIN]);
+
+        let mut far = batch::encode_batch(&records, EncodeOptions::default());
+        batch::set_base_offset(&mut far, i64::MAX);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(far)).is_err());
+    }
+
     #[test]
     fn overlong_strings_are_cut_at_a_char_boundary() {
         let metadata = "é".repeat(20_000); // 40000 bytes

@@ -861,11 +861,16 @@ impl Record {
 
         // Timestamp delta
         let timestamp_delta: i64 = types::VarLong.decode(buf)?;
-        let timestamp = batch_decode_info.min_timestamp + timestamp_delta;
+        // Sluice patch: both are untrusted; `+` panicked on overflow in debug builds.
+        // A timestamp wraps, as Kafka's long arithmetic does; an offset past i64::MAX
+        // is no record.
+        let timestamp = batch_decode_info.min_timestamp.wrapping_add(timestamp_delta);
 
         // Offset delta
         let offset_delta: i32 = types::VarInt.decode(buf)?;
-        let offset = batch_decode_info.min_offset + offset_delta as i64;
+        let Some(offset) = batch_decode_info.min_offset.checked_add(offset_delta as i64) else {
+            bail!("Record offset overflows: {} + {offset_delta}", batch_decode_info.min_offset);
+        };
         let sequence = batch_decode_info.base_sequence.wrapping_add(offset_delta);
 
         // Key
