@@ -891,6 +891,36 @@ mod tests {
         assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(far)).is_err());
     }
 
+    /// Found by the `record_set` fuzz target: a batch claiming snappy whose records are a
+    /// raw snappy header announcing 4 GiB made the replay's decoder allocate that much
+    /// before decompressing anything. It is an error now. (kafka-protocol decodes snappy
+    /// when its `snappy` feature is on, as in a `--workspace` build such as CI's tests;
+    /// without it every snappy batch is an error.)
+    #[test]
+    fn replayed_snappy_claiming_gigabytes_is_an_error() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let record = Record { key: Some(b"k".to_vec()), value: None, timestamp: 5 };
+        let mut bytes =
+            batch::encode_batch(std::slice::from_ref(&record), EncodeOptions::default());
+        bytes.truncate(batch::HEADER_BYTES);
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x01]);
+        let length = (bytes.len() - batch::LOG_OVERHEAD) as i32;
+        bytes[batch::OFFSET_LENGTH..batch::OFFSET_LEADER_EPOCH]
+            .copy_from_slice(&length.to_be_bytes());
+        bytes[batch::OFFSET_ATTRIBUTES + 1] |= 2; // snappy
+        let crc = crc32c::crc32c(&bytes[batch::OFFSET_ATTRIBUTES..]);
+        bytes[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let error = RecordBatchDecoder::decode_all(&mut Bytes::from(bytes)).unwrap_err();
+        // Refused for its claim, before the allocation (which the machine may well grant
+        // lazily, so the error is what shows the difference).
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("claims 4294967295 uncompressed bytes") || error.contains("not enabled"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn overlong_strings_are_cut_at_a_char_boundary() {
         let metadata = "é".repeat(20_000); // 40000 bytes
