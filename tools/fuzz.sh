@@ -38,8 +38,14 @@ for target in "${targets[@]}"; do
         runs=$(awk '/^stat::number_of_executed_units:/ { print $2 }' "$log")
         echo "fuzz $target: ${runs:-?} inputs in ${seconds} s, corpus $(ls "corpus/$target" | wc -l) files, no crash"
     else
-        # libFuzzer's report: the crash, its stack and where the input was saved.
-        tail -n 60 "$log"
+        # What failed (a panic's message, a sanitizer's or libFuzzer's verdict), where
+        # the input was saved and how to replay it; the whole log only for a build error.
+        if grep -qE 'panicked at|ERROR: |^SUMMARY' "$log"; then
+            grep -E -A2 'panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|^SUMMARY' "$log" | head -n 30
+            grep -E -A2 '^(Failing input|Reproduce with):' "$log"
+        else
+            cat "$log"
+        fi
         echo "fuzz $target: FAILED (log above)"
         failed+=("$target")
     fi
