@@ -310,9 +310,9 @@ impl<'a> Batch<'a> {
             // Record: attributes i8, timestampDelta varlong, offsetDelta varint, ...
             let after_attributes = body.get(1..)?;
             let (timestamp_delta, used_ts) = read_varint(after_attributes)?;
-            let (offset_delta, _) = read_varint(after_attributes.get(used_ts..)?)?;
+            let (offset_delta, _) = read_varint32(after_attributes.get(used_ts..)?)?;
             out.push((
-                self.base_offset().checked_add(offset_delta)?,
+                self.base_offset().checked_add(i64::from(offset_delta))?,
                 self.base_timestamp().wrapping_add(timestamp_delta),
             ));
             rest = &rest[used + length..];
@@ -352,6 +352,21 @@ pub fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
         raw |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Reads a zig-zag varint that Kafka's format declares an int (a record's offset delta)
+/// as Kafka's `ByteUtils.readVarint` does: at most 5 bytes, bits past 32 dropped; `None`
+/// on truncation or a sixth byte.
+pub fn read_varint32(bytes: &[u8]) -> Option<(i32, usize)> {
+    let mut raw: u32 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(5) {
+        raw |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i32) ^ -((raw & 1) as i32);
             return Some((value, i + 1));
         }
     }
@@ -633,6 +648,35 @@ mod tests {
         set_base_offset(&mut bytes, i64::MAX);
         let (batch, _) = Batch::parse(&bytes).unwrap();
         assert_eq!(batch.last_offset(), i64::MIN + 1);
+    }
+
+    /// A one-record batch whose record is `body` (after its length varint).
+    fn one_record(body: &[u8]) -> Vec<u8> {
+        let mut bytes = sample(1);
+        bytes.truncate(HEADER_BYTES);
+        write_varint(&mut bytes, body.len() as i64);
+        bytes.extend_from_slice(body);
+        let length = ((bytes.len() - LOG_OVERHEAD) as i32).to_be_bytes();
+        with_header(bytes, &[(OFFSET_LENGTH, &length)])
+    }
+
+    /// Found by the `record_set` fuzz target (the engine and kafka-protocol disagreed): a
+    /// record's offset delta is an int varint in Kafka's format, but the engine read a
+    /// long one, so ListOffsets by timestamp could answer an offset 2^32 past its batch.
+    /// Now read as Kafka does: five bytes at most, bits past 32 dropped.
+    #[test]
+    fn offset_deltas_are_int_varints() {
+        // attributes, timestamp delta 0, offset delta, key -1, value -1, no headers.
+        let record = |delta: &[u8]| [&[0u8, 0][..], delta, &[1, 1, 0]].concat();
+        let bytes = one_record(&record(&[0x80, 0x80, 0x80, 0x80, 0x20])); // 2^33 raw
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        batch.validate(1 << 20).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), Some(vec![(0, 1_000)]));
+        let bytes = one_record(&record(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]));
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
+        assert_eq!(read_varint32(&[0xfe, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MAX, 5)));
+        assert_eq!(read_varint32(&[0xff, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MIN, 5)));
     }
 
     #[test]
