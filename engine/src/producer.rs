@@ -493,11 +493,18 @@ impl ProducerStates {
                 last_timestamp: i64_at(26),
             };
             if last_sequence >= 0 && last_offset >= 0 {
+                // The batch's first offset, last offset - delta, is never negative.
+                if delta < 0 || i64::from(delta) > last_offset {
+                    return Err(format!(
+                        "producer id {producer_id}: offset delta {delta} for last offset {last_offset}"
+                    ));
+                }
+                let first_offset = last_offset - i64::from(delta);
                 let first = (i64::from(last_sequence) - i64::from(delta)).rem_euclid(1 << 31);
                 producer.batches.push_back(CachedBatch {
                     first_sequence: first as i32,
                     last_sequence,
-                    offsets: Some((last_offset - i64::from(delta), last_offset)),
+                    offsets: Some((first_offset, last_offset)),
                 });
             }
             // One entry per producer: a second would replace the first in the map but
@@ -729,5 +736,26 @@ mod tests {
         twice.extend_from_slice(&entries);
         let error = ProducerStates::decode_snapshot(&twice).err();
         assert_eq!(error.as_deref(), Some("producer id 7 twice"));
+    }
+
+    /// Found by the `producer_snapshot` fuzz target: an entry whose offset delta is
+    /// negative (Kafka writes last offset - first offset) and whose last offset is near
+    /// i64::MAX panicked the decoder with an overflow in debug builds.
+    #[test]
+    fn a_negative_offset_delta_is_refused() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(7, 0, 0, 1)), Ok(Verdict::Append));
+        states.appended(batch(7, 0, 0, 1), 5, 5);
+        let mut bytes = states.encode_snapshot();
+        // Entry fields after the 10-byte header: last offset at 14, offset delta at 22.
+        bytes[10 + 14..10 + 22].copy_from_slice(&i64::MAX.to_be_bytes());
+        bytes[10 + 22..10 + 26].copy_from_slice(&(-1i32).to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[6..]);
+        bytes[2..6].copy_from_slice(&crc.to_be_bytes());
+        let error = ProducerStates::decode_snapshot(&bytes).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("producer id 7: offset delta -1 for last offset 9223372036854775807")
+        );
     }
 }
