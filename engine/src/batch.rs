@@ -39,6 +39,10 @@ pub const OFFSET_PRODUCER_EPOCH: usize = 51;
 pub const OFFSET_BASE_SEQUENCE: usize = 53;
 pub const OFFSET_RECORD_COUNT: usize = 57;
 
+/// The smallest record Kafka encodes (`DefaultRecord`): length, attributes, timestamp
+/// delta, offset delta, key length, value length and header count, one byte each.
+pub const RECORD_BYTES_MIN: usize = 7;
+
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
@@ -253,9 +257,11 @@ impl<'a> Batch<'a> {
         read_i32(self.bytes, OFFSET_LAST_OFFSET_DELTA)
     }
 
-    /// Offset of the last record: `baseOffset + lastOffsetDelta`.
+    /// Offset of the last record: `baseOffset + lastOffsetDelta`, wrapping as Kafka's long
+    /// arithmetic does (the base offset is outside the CRC; a stored batch's is checked
+    /// against the log, but a reader may meet any value first).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.last_offset_delta())
+        self.base_offset().wrapping_add(i64::from(self.last_offset_delta()))
     }
 
     pub fn base_timestamp(&self) -> i64 {
@@ -293,7 +299,9 @@ impl<'a> Batch<'a> {
         if self.compression() != Compression::None {
             return None;
         }
-        let mut out = Vec::with_capacity(usize::try_from(self.record_count()).ok()?);
+        // The count is the producer's word: reserve no more than the bytes can hold.
+        let count = usize::try_from(self.record_count()).ok()?;
+        let mut out = Vec::with_capacity(count.min(self.records_bytes().len() / RECORD_BYTES_MIN));
         let mut rest = self.records_bytes();
         for _ in 0..self.record_count() {
             let (length, used) = read_varint(rest)?;
@@ -302,9 +310,9 @@ impl<'a> Batch<'a> {
             // Record: attributes i8, timestampDelta varlong, offsetDelta varint, ...
             let after_attributes = body.get(1..)?;
             let (timestamp_delta, used_ts) = read_varint(after_attributes)?;
-            let (offset_delta, _) = read_varint(after_attributes.get(used_ts..)?)?;
+            let (offset_delta, _) = read_varint32(after_attributes.get(used_ts..)?)?;
             out.push((
-                self.base_offset() + offset_delta,
+                self.base_offset().checked_add(i64::from(offset_delta))?,
                 self.base_timestamp().wrapping_add(timestamp_delta),
             ));
             rest = &rest[used + length..];
@@ -344,6 +352,21 @@ pub fn read_varint(bytes: &[u8]) -> Option<(i64, usize)> {
         raw |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
             let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Reads a zig-zag varint that Kafka's format declares an int (a record's offset delta)
+/// as Kafka's `ByteUtils.readVarint` does: at most 5 bytes, bits past 32 dropped; `None`
+/// on truncation or a sixth byte.
+pub fn read_varint32(bytes: &[u8]) -> Option<(i32, usize)> {
+    let mut raw: u32 = 0;
+    for (i, byte) in bytes.iter().enumerate().take(5) {
+        raw |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i32) ^ -((raw & 1) as i32);
             return Some((value, i + 1));
         }
     }
@@ -581,6 +604,79 @@ mod tests {
         let results: Vec<_> = BatchIter::new(&buffer).collect();
         assert_eq!(results.len(), 3);
         assert!(results[2].is_err());
+    }
+
+    /// Rewrites header fields of an encoded batch and recomputes its CRC.
+    fn with_header(mut bytes: Vec<u8>, fields: &[(usize, &[u8])]) -> Vec<u8> {
+        for (at, value) in fields {
+            bytes[*at..*at + value.len()].copy_from_slice(value);
+        }
+        let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..]);
+        bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// Found by the `record_batch` fuzz target: a valid 80-byte batch claiming 2^31 - 1
+    /// records made the record walk (ListOffsets by timestamp) reserve 32 GiB and abort.
+    #[test]
+    fn a_huge_record_count_reserves_only_what_the_bytes_hold() {
+        let count = i32::MAX.to_be_bytes();
+        let bytes = with_header(
+            sample(1),
+            &[(OFFSET_RECORD_COUNT, &count), (OFFSET_LAST_OFFSET_DELTA, &count)],
+        );
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        batch.validate(1 << 20).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
+    }
+
+    /// A base offset near `i64::MAX` plus a record's offset delta overflowed (a panic in
+    /// debug builds, a wrapped offset in release).
+    #[test]
+    fn an_offset_past_i64_max_is_no_record() {
+        let mut bytes = sample(2);
+        set_base_offset(&mut bytes, i64::MAX);
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
+    }
+
+    /// Found by the `record_batch` fuzz target: a batch whose base offset is near i64::MAX
+    /// panicked `last_offset` (and `LoggedBatch::of`) with an overflow in debug builds.
+    #[test]
+    fn last_offset_wraps_past_i64_max() {
+        let mut bytes = sample(3);
+        set_base_offset(&mut bytes, i64::MAX);
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        assert_eq!(batch.last_offset(), i64::MIN + 1);
+    }
+
+    /// A one-record batch whose record is `body` (after its length varint).
+    fn one_record(body: &[u8]) -> Vec<u8> {
+        let mut bytes = sample(1);
+        bytes.truncate(HEADER_BYTES);
+        write_varint(&mut bytes, body.len() as i64);
+        bytes.extend_from_slice(body);
+        let length = ((bytes.len() - LOG_OVERHEAD) as i32).to_be_bytes();
+        with_header(bytes, &[(OFFSET_LENGTH, &length)])
+    }
+
+    /// Found by the `record_set` fuzz target (the engine and kafka-protocol disagreed): a
+    /// record's offset delta is an int varint in Kafka's format, but the engine read a
+    /// long one, so ListOffsets by timestamp could answer an offset 2^32 past its batch.
+    /// Now read as Kafka does: five bytes at most, bits past 32 dropped.
+    #[test]
+    fn offset_deltas_are_int_varints() {
+        // attributes, timestamp delta 0, offset delta, key -1, value -1, no headers.
+        let record = |delta: &[u8]| [&[0u8, 0][..], delta, &[1, 1, 0]].concat();
+        let bytes = one_record(&record(&[0x80, 0x80, 0x80, 0x80, 0x20])); // 2^33 raw
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        batch.validate(1 << 20).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), Some(vec![(0, 1_000)]));
+        let bytes = one_record(&record(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]));
+        let (batch, _) = Batch::parse(&bytes).unwrap();
+        assert_eq!(batch.record_offsets_and_timestamps(), None);
+        assert_eq!(read_varint32(&[0xfe, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MAX, 5)));
+        assert_eq!(read_varint32(&[0xff, 0xff, 0xff, 0xff, 0x0f]), Some((i32::MIN, 5)));
     }
 
     #[test]

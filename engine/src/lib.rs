@@ -6,6 +6,8 @@ pub mod batch;
 pub mod checkpoint;
 pub mod clock;
 pub mod fdcache;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod log;
 pub mod metadata;

@@ -423,18 +423,18 @@ fn sync_dir(dir: &Path) -> Result<(), MetadataError> {
 
 /// What replaying a log's bytes produced.
 #[derive(Debug)]
-struct Replay {
-    image: MetadataImage,
-    records: usize,
+pub(crate) struct Replay {
+    pub(crate) image: MetadataImage,
+    pub(crate) records: usize,
     /// End of the last good frame: the whole input unless `cut` is set.
-    end: u64,
+    pub(crate) end: u64,
     /// Why replay stopped before the end of the input.
-    cut: Option<String>,
+    pub(crate) cut: Option<String>,
 }
 
 /// Replays frames from the start of `bytes` until the end or the first bad frame. Pure, so
-/// that tests (and later a fuzz target) drive it without files.
-fn replay(bytes: &[u8]) -> Replay {
+/// that tests and the fuzz target (through [`crate::fuzzing`]) drive it without files.
+pub(crate) fn replay(bytes: &[u8]) -> Replay {
     let mut image = MetadataImage::default();
     let mut records = 0;
     let mut position = 0;
@@ -457,7 +457,7 @@ fn replay(bytes: &[u8]) -> Replay {
 
 /// Encodes one frame, and decodes it again before it can be written: a record the reader
 /// would reject must not become durable.
-fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataError> {
+pub(crate) fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataError> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record)
         .map_err(|source| MetadataError::Encode { source })?;
     let length = u32::try_from(payload.len())
@@ -477,7 +477,7 @@ fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataError> {
 
 /// Decodes the frame at the start of `bytes`: the record and the frame's length, or why
 /// the bytes hold no valid frame.
-fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), String> {
+pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), String> {
     let Some((header, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return Err(format!("torn frame header: {} of {FRAME_HEADER_BYTES} bytes", bytes.len()));
     };

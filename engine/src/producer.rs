@@ -493,12 +493,24 @@ impl ProducerStates {
                 last_timestamp: i64_at(26),
             };
             if last_sequence >= 0 && last_offset >= 0 {
+                // The batch's first offset, last offset - delta, is never negative.
+                if delta < 0 || i64::from(delta) > last_offset {
+                    return Err(format!(
+                        "producer id {producer_id}: offset delta {delta} for last offset {last_offset}"
+                    ));
+                }
+                let first_offset = last_offset - i64::from(delta);
                 let first = (i64::from(last_sequence) - i64::from(delta)).rem_euclid(1 << 31);
                 producer.batches.push_back(CachedBatch {
                     first_sequence: first as i32,
                     last_sequence,
-                    offsets: Some((last_offset - i64::from(delta), last_offset)),
+                    offsets: Some((first_offset, last_offset)),
                 });
+            }
+            // One entry per producer: a second would replace the first in the map but
+            // leave the first's open transaction behind, holding the last stable offset.
+            if states.producers.contains_key(&producer_id) {
+                return Err(format!("producer id {producer_id} twice"));
             }
             if let Some(first) = producer.txn_first_offset {
                 states.ongoing.insert((first, producer_id));
@@ -703,5 +715,47 @@ mod tests {
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
         assert!(ProducerStates::decode_snapshot(&corrupt).is_err());
+    }
+
+    /// Found by the `producer_snapshot` fuzz target: a snapshot (with a good CRC) naming a
+    /// producer twice, each entry with an open transaction, decoded to one producer and
+    /// two open transactions; the first never ends, so the last stable offset stuck there.
+    #[test]
+    fn a_snapshot_naming_a_producer_twice_is_refused() {
+        let mut states = ProducerStates::default();
+        states.begin_txn(7, 0, 100);
+        let one = states.encode_snapshot();
+        let entry = &one[10..];
+        let mut entries = 2i32.to_be_bytes().to_vec();
+        entries.extend_from_slice(entry);
+        let mut second = entry.to_vec();
+        second[38..46].copy_from_slice(&200i64.to_be_bytes()); // another first offset
+        entries.extend_from_slice(&second);
+        let mut twice = SNAPSHOT_VERSION.to_be_bytes().to_vec();
+        twice.extend_from_slice(&crc32c::crc32c(&entries).to_be_bytes());
+        twice.extend_from_slice(&entries);
+        let error = ProducerStates::decode_snapshot(&twice).err();
+        assert_eq!(error.as_deref(), Some("producer id 7 twice"));
+    }
+
+    /// Found by the `producer_snapshot` fuzz target: an entry whose offset delta is
+    /// negative (Kafka writes last offset - first offset) and whose last offset is near
+    /// i64::MAX panicked the decoder with an overflow in debug builds.
+    #[test]
+    fn a_negative_offset_delta_is_refused() {
+        let mut states = ProducerStates::default();
+        assert_eq!(states.check(batch(7, 0, 0, 1)), Ok(Verdict::Append));
+        states.appended(batch(7, 0, 0, 1), 5, 5);
+        let mut bytes = states.encode_snapshot();
+        // Entry fields after the 10-byte header: last offset at 14, offset delta at 22.
+        bytes[10 + 14..10 + 22].copy_from_slice(&i64::MAX.to_be_bytes());
+        bytes[10 + 22..10 + 26].copy_from_slice(&(-1i32).to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[6..]);
+        bytes[2..6].copy_from_slice(&crc.to_be_bytes());
+        let error = ProducerStates::decode_snapshot(&bytes).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("producer id 7: offset delta -1 for last offset 9223372036854775807")
+        );
     }
 }

@@ -12,9 +12,9 @@
 //! ```
 
 use sluice_engine::batch::{
-    write_varint as put_varint, Batch, BatchError, Compression, HEADER_BYTES, LOG_OVERHEAD,
-    MAGIC_V2, OFFSET_ATTRIBUTES, OFFSET_BASE_SEQUENCE, OFFSET_BASE_TIMESTAMP, OFFSET_CRC,
-    OFFSET_LAST_OFFSET_DELTA, OFFSET_LEADER_EPOCH, OFFSET_LENGTH, OFFSET_MAGIC,
+    read_varint32, write_varint as put_varint, Batch, BatchError, Compression, HEADER_BYTES,
+    LOG_OVERHEAD, MAGIC_V2, OFFSET_ATTRIBUTES, OFFSET_BASE_SEQUENCE, OFFSET_BASE_TIMESTAMP,
+    OFFSET_CRC, OFFSET_LAST_OFFSET_DELTA, OFFSET_LEADER_EPOCH, OFFSET_LENGTH, OFFSET_MAGIC,
     OFFSET_MAX_TIMESTAMP, OFFSET_PRODUCER_EPOCH, OFFSET_PRODUCER_ID, OFFSET_RECORD_COUNT,
 };
 use thiserror::Error;
@@ -370,13 +370,17 @@ impl<'a> Records<'a> {
         let mut at = 1;
         let (timestamp_delta, used) = read_varint(body.get(at..).ok_or(RecordError::Truncated)?)?;
         at += used;
-        let (offset_delta, used) = read_varint(&body[at..])?;
+        // An int varint in Kafka's format (the engine's reading, `read_varint32`).
+        let (offset_delta, used) = match body.get(at..) {
+            Some([]) | None => return Err(RecordError::Truncated),
+            Some(rest) => read_varint32(rest).ok_or(RecordError::BadVarint)?,
+        };
         at += used;
         let (key, used) = read_bytes(&body[at..])?;
         at += used;
         let (value, _) = read_bytes(&body[at..])?;
         Ok(RecordView {
-            offset_delta,
+            offset_delta: i64::from(offset_delta),
             timestamp: self.base_timestamp.wrapping_add(timestamp_delta),
             key,
             value,

@@ -833,6 +833,94 @@ mod tests {
         assert_eq!(decode_offset_value(&trailing).unwrap(), offset_value());
     }
 
+    /// A `__consumer_offsets` batch with a record count or a header count of 2^31 - 1,
+    /// as the coordinators' replay decodes it (kafka-protocol's `RecordBatchDecoder`).
+    /// Found by the `record_set` fuzz target: the decoder reserved room for every counted
+    /// record (and header) up front, hundreds of GiB, and the broker aborted at start-up.
+    /// Now both are errors: the records are not there.
+    #[test]
+    fn replayed_batches_with_huge_counts_are_errors() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let record = Record { key: Some(b"k".to_vec()), value: None, timestamp: 5 };
+        let fix_crc = |bytes: &mut Vec<u8>| {
+            let crc = crc32c::crc32c(&bytes[batch::OFFSET_ATTRIBUTES..]);
+            bytes[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        };
+        let mut many_records =
+            batch::encode_batch(std::slice::from_ref(&record), EncodeOptions::default());
+        let count = i32::MAX.to_be_bytes();
+        many_records[batch::OFFSET_RECORD_COUNT..batch::HEADER_BYTES].copy_from_slice(&count);
+        fix_crc(&mut many_records);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(many_records)).is_err());
+
+        let mut many_headers = batch::encode_batch(&[record], EncodeOptions::default());
+        // The record's last byte is its header count (0): make it 2^31 - 1 (zig-zag
+        // varint), and the record and batch lengths cover the 4 extra bytes.
+        many_headers.pop();
+        many_headers.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+        many_headers[batch::HEADER_BYTES] += 8; // record length varint: 2 * (n + 4)
+        let length = (many_headers.len() - batch::LOG_OVERHEAD) as i32;
+        many_headers[batch::OFFSET_LENGTH..batch::OFFSET_LEADER_EPOCH]
+            .copy_from_slice(&length.to_be_bytes());
+        fix_crc(&mut many_headers);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(many_headers)).is_err());
+    }
+
+    /// Found by the `record_set` fuzz target: the replay's decoder added a record's
+    /// deltas to the batch's base timestamp and offset with `+`, a panic on overflow in
+    /// debug builds. A timestamp wraps (as in Kafka); an offset past i64::MAX is an error.
+    #[test]
+    fn replayed_records_past_i64_max_do_not_panic() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let records: Vec<Record> = (0..2)
+            .map(|t| Record { key: Some(b"k".to_vec()), value: None, timestamp: t })
+            .collect();
+        let mut late = batch::encode_batch(&records, EncodeOptions::default());
+        late[batch::OFFSET_BASE_TIMESTAMP..batch::OFFSET_MAX_TIMESTAMP]
+            .copy_from_slice(&i64::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&late[batch::OFFSET_ATTRIBUTES..]);
+        late[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let sets = RecordBatchDecoder::decode_all(&mut Bytes::from(late)).unwrap();
+        let timestamps: Vec<i64> = sets[0].records.iter().map(|r| r.timestamp).collect();
+        assert_eq!(timestamps, vec![i64::MAX, i64::MIN]);
+
+        let mut far = batch::encode_batch(&records, EncodeOptions::default());
+        batch::set_base_offset(&mut far, i64::MAX);
+        assert!(RecordBatchDecoder::decode_all(&mut Bytes::from(far)).is_err());
+    }
+
+    /// Found by the `record_set` fuzz target: a batch claiming snappy whose records are a
+    /// raw snappy header announcing 4 GiB made the replay's decoder allocate that much
+    /// before decompressing anything. It is an error now. (kafka-protocol decodes snappy
+    /// when its `snappy` feature is on, as in a `--workspace` build such as CI's tests;
+    /// without it every snappy batch is an error.)
+    #[test]
+    fn replayed_snappy_claiming_gigabytes_is_an_error() {
+        use kafka_protocol::records::RecordBatchDecoder;
+        use sluice_engine::batch::{self, EncodeOptions, Record};
+        let record = Record { key: Some(b"k".to_vec()), value: None, timestamp: 5 };
+        let mut bytes =
+            batch::encode_batch(std::slice::from_ref(&record), EncodeOptions::default());
+        bytes.truncate(batch::HEADER_BYTES);
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x01]);
+        let length = (bytes.len() - batch::LOG_OVERHEAD) as i32;
+        bytes[batch::OFFSET_LENGTH..batch::OFFSET_LEADER_EPOCH]
+            .copy_from_slice(&length.to_be_bytes());
+        bytes[batch::OFFSET_ATTRIBUTES + 1] |= 2; // snappy
+        let crc = crc32c::crc32c(&bytes[batch::OFFSET_ATTRIBUTES..]);
+        bytes[batch::OFFSET_CRC..batch::OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        let error = RecordBatchDecoder::decode_all(&mut Bytes::from(bytes)).unwrap_err();
+        // Refused for its claim, before the allocation (which the machine may well grant
+        // lazily, so the error is what shows the difference).
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("claims 4294967295 uncompressed bytes") || error.contains("not enabled"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn overlong_strings_are_cut_at_a_char_boundary() {
         let metadata = "é".repeat(20_000); // 40000 bytes

@@ -18,6 +18,22 @@ const DEFAULT_BLOCK_SIZE: usize = 32 * 1024;
 
 const LENGTH_FIELD_LENGTH: usize = std::mem::size_of::<u32>();
 
+/// Sluice patch: the uncompressed length a snappy block starts with is untrusted, and
+/// the decoder allocates it up front (4 GiB for a 5-byte claim). Snappy expands at most
+/// ~21x (a 3-byte copy writes 64 bytes), so a claim past 32x the block is corrupt.
+const EXPANSION_MAX: usize = 32;
+
+fn checked_decompress_len(compressed: &[u8]) -> Result<usize> {
+    let len = decompress_len(compressed).context("failed to read snappy header")?;
+    if len > compressed.len().saturating_mul(EXPANSION_MAX) {
+        anyhow::bail!(
+            "snappy block of {} bytes claims {len} uncompressed bytes",
+            compressed.len()
+        );
+    }
+    Ok(len)
+}
+
 impl<B: ByteBufMut> Compressor<B> for Snappy {
     type BufMut = BytesMut;
     fn compress<R, F>(compressed: &mut B, f: F) -> Result<R>
@@ -80,7 +96,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             .is_none_or(|magic| *magic != MAGIC_HEADER[..])
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
-            let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            let actual_len = checked_decompress_len(&compressed)?;
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -102,7 +118,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
                 .try_get_bytes(compressed_block_size)
                 .context("not enough bytes for block")?;
 
-            let uncompressed_block_length = decompress_len(&compressed_block)
+            let uncompressed_block_length = checked_decompress_len(&compressed_block)
                 .context("failed to get snappy uncompressed length")?;
             let uncompressed_block_start = uncompressed.len();
             uncompressed.resize(
