@@ -14,7 +14,8 @@
 #    - consume: 3 GB produced, then read from the earliest offset once.
 #    The configurations: "default" (`sluice serve` with no properties: what users run)
 #    and "tuned" (TUNED_ARGS, default: a fixed 256 MiB page-cache window and a 200 us
-#    idle poll, the settings that measured best before they were the defaults).
+#    idle poll, the settings that measured best before they were the defaults), named
+#    TUNED_NAME in the output (default "tuned").
 # Each run writes perf/out/defaults/CONFIG-WORKLOAD-N.json (+ .txt); one summary line per
 # run goes to stdout.
 set -euo pipefail
@@ -22,6 +23,7 @@ cd "$(dirname "$0")/.."
 repeats=${1:-3}
 rate=${RATE:-400000}
 tuned=${TUNED_ARGS:---set log.page.cache.window.bytes=268435456 --set reactor.idle.poll.us=200}
+name=${TUNED_NAME:-tuned}
 out=perf/out/defaults
 mkdir -p "$out"
 ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
@@ -37,7 +39,7 @@ fi
 max=(--partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
 latency=(--partitions 1 --message-size 1000 --batch-size 256KiB --in-flight 4 --acks 1)
 for i in $(seq "$repeats"); do
-  for config in default tuned; do
+  for config in default "$name"; do
     if [ "$config" = default ]; then BROKER_ARGS=""; else BROKER_ARGS=$tuned; fi
     # The latency run first: after the unlimited one, its 10 GB are still being written
     # back and discarded, which took request p99 from ~0.3 to ~4 ms here.
