@@ -552,26 +552,25 @@ impl Log {
                     ));
                 }
             }
-            match &outcome {
+            let position = match outcome {
                 Recovered::Damaged { reason, position, offset } => {
                     return Err(damaged(
-                        *position,
-                        *offset,
+                        position,
+                        offset,
                         format!(
                             "the batch at offset {offset} is damaged ({reason}) and valid batches follow it"
                         ),
                     ));
                 }
-                Recovered::Cut { reason, position, bytes } => warn!(
-                    segment = %path.display(), position, bytes_cut = bytes, %reason,
-                    "torn tail: segment cut at its last whole batch during recovery"
-                ),
-                Recovered::Clean | Recovered::Padding { .. } => {}
-            }
-            let position = match outcome {
+                Recovered::Cut { reason, position, bytes } => {
+                    warn!(
+                        segment = %path.display(), position, bytes_cut = bytes, %reason,
+                        "torn tail: segment cut at its last whole batch during recovery"
+                    );
+                    position
+                }
+                Recovered::Padding { position } => position,
                 Recovered::Clean => segment.size,
-                Recovered::Padding { position } | Recovered::Cut { position, .. } => position,
-                Recovered::Damaged { .. } => unreachable!("returned above"),
             };
             self.finish_scan(&mut segment, position).await?;
             if let Some(next) = lost_before_next {
