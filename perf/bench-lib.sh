@@ -2,9 +2,21 @@
 # repository's top directory, after `out` is set): a release broker on one shard pinned
 # to CPU 0 with a fresh data dir, and sluice-bench runs pinned to CPU 1 that write
 # $out/NAME.json and print one summary line each.
+#   bench_prepare                 makes $out, builds the release binaries, and unless
+#                                 SKIP_BASELINE is set runs perf/baseline.sh into
+#                                 $out/baseline.json (data in BENCH_DIR)
 #   start_broker MODE [ARGS...]   BROKER_ARGS, then ARGS, are more `sluice serve` arguments
 #   stop_broker
 #   bench NAME SUBCOMMAND [ARGS...]   BENCH_ARGS are more sluice-bench arguments
+bench_prepare() {
+  mkdir -p "$out"
+  ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
+  cargo build --release -p sluice -p sluice-bench >&2
+  if [ -z "${SKIP_BASELINE:-}" ]; then
+    BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
+  fi
+}
+
 broker=""
 data=""
 start_broker() { # $1 io mode, rest: more `sluice serve` arguments (after BROKER_ARGS)

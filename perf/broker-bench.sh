@@ -25,16 +25,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
 out=perf/out/bench
-mkdir -p "$out"
-ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
-cargo build --release -p sluice -p sluice-bench >&2
-
-if [ -z "${SKIP_BASELINE:-}" ]; then
-  BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
-fi
-
 # shellcheck source=perf/bench-lib.sh
 . perf/bench-lib.sh
+bench_prepare
 
 common=(--partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
 # At half load, the batches a latency-minded producer would send: 256 KiB, 4 in flight.

@@ -25,16 +25,9 @@ rate=${RATE:-400000}
 tuned=${TUNED_ARGS:---set log.page.cache.window.bytes=268435456 --set reactor.idle.poll.us=200}
 name=${TUNED_NAME:-tuned}
 out=perf/out/defaults
-mkdir -p "$out"
-ulimit -l unlimited 2>/dev/null || echo "note: cannot raise ulimit -l (io_uring may need it)" >&2
-cargo build --release -p sluice -p sluice-bench >&2
-
-if [ -z "${SKIP_BASELINE:-}" ]; then
-  BASELINE_MIB=${BASELINE_MIB:-1024} perf/baseline.sh "${BENCH_DIR:-./bench-data}" | tee "$out/baseline.json"
-fi
-
 # shellcheck source=perf/bench-lib.sh
 . perf/bench-lib.sh
+bench_prepare
 
 max=(--partitions 1 --message-size 1000 --batch-size 1MiB --acks 1)
 latency=(--partitions 1 --message-size 1000 --batch-size 256KiB --in-flight 4 --acks 1)

@@ -14,7 +14,6 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::incremental_alter_configs_request as incremental;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -25,7 +24,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset;
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, ApiKey, ApiVersionsRequest, BrokerId,
     CreatePartitionsRequest, CreatePartitionsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DescribeClusterRequest, DescribeConfigsRequest, FetchRequest, IncrementalAlterConfigsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, ListOffsetsRequest, MetadataRequest,
     OffsetForLeaderEpochRequest, TopicName,
 };
@@ -308,23 +307,7 @@ fn earliest(raw: &mut Raw, topic: &str, partition: i32) -> i64 {
 
 /// Fetch of one partition at `offset`: (error code, record bytes, log start offset).
 fn fetch(raw: &mut Raw, topic: &str, partition: i32, offset: i64) -> (i16, usize, i64) {
-    let mut wanted = FetchPartition::default();
-    wanted.partition = partition;
-    wanted.fetch_offset = offset;
-    wanted.partition_max_bytes = 1 << 20;
-    wanted.current_leader_epoch = -1;
-    wanted.log_start_offset = -1;
-    let mut fetch_topic = FetchTopic::default();
-    fetch_topic.topic = name_of(topic);
-    fetch_topic.partitions = vec![wanted];
-    let mut request = FetchRequest::default();
-    request.replica_id = BrokerId(-1);
-    request.max_wait_ms = 0;
-    request.min_bytes = 1;
-    request.max_bytes = 50 << 20;
-    request.session_epoch = -1;
-    request.topics = vec![fetch_topic];
-    let response = raw.send(&request, 12);
+    let response = raw.send(&crate::kafka::fetch_request(topic, &[(partition, offset)], 0), 12);
     let answer = &response.responses[0].partitions[0];
     (answer.error_code, answer.records.as_ref().map_or(0, |r| r.len()), answer.log_start_offset)
 }

@@ -227,7 +227,13 @@ pub(crate) fn batch(values: &[&str]) -> Vec<u8> {
     encode_batch(&records, EncodeOptions::default())
 }
 
-fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> FetchRequest {
+/// A Fetch (v4+) of `partitions` (index, offset) of `topic`: 1 MiB per partition, 50 MiB
+/// in all, at least one byte, waiting up to `max_wait_ms`.
+pub(crate) fn fetch_request(
+    topic: &str,
+    partitions: &[(i32, i64)],
+    max_wait_ms: i32,
+) -> FetchRequest {
     let mut fetch_topic = FetchTopic::default();
     fetch_topic.topic = TopicName(StrBytes::from_string(topic.to_string()));
     fetch_topic.partitions = partitions

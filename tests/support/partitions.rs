@@ -12,11 +12,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, FetchRequest, MetadataRequest,
-    TopicName,
+    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -120,22 +118,7 @@ fn produce(raw: &mut Raw, topic: &str, partition: i32, index: usize) {
 
 /// Fetches partition from offset 0 and returns (offset, value) of every record.
 fn fetch_all(raw: &mut Raw, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    let mut wanted = FetchPartition::default();
-    wanted.partition = partition;
-    wanted.fetch_offset = 0;
-    wanted.partition_max_bytes = 1 << 20;
-    wanted.current_leader_epoch = -1;
-    wanted.log_start_offset = -1;
-    let mut fetch_topic = FetchTopic::default();
-    fetch_topic.topic = name_of(topic);
-    fetch_topic.partitions = vec![wanted];
-    let mut request = FetchRequest::default();
-    request.replica_id = BrokerId(-1);
-    request.max_wait_ms = 0;
-    request.min_bytes = 1;
-    request.max_bytes = 50 << 20;
-    request.session_epoch = -1;
-    request.topics = vec![fetch_topic];
+    let request = crate::kafka::fetch_request(topic, &[(partition, 0)], 0);
     let response = raw.send(&request, 12);
     let answer = &response.responses[0].partitions[0];
     assert_eq!(answer.error_code, NONE, "fetch {topic}-{partition}");
