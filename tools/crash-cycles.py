@@ -5,9 +5,10 @@ producer was told is stored must be there, at its offset, exactly once.
 
 Each cycle starts the broker on the same data dir and port and produces small keyed
 messages to a multi-partition topic at full speed (confluent-kafka, librdkafka: acks=all,
-idempotence on, 5 requests in flight, linger.ms=2). Then the broker is killed: half the
-cycles mid-stream, at a random moment of the produce run, and half at rest (the producer
-flushed, the broker idle for a while). After the restart the producer, which lives on
+idempotence on, 5 requests in flight, linger.ms=2 and batch.size 1 MB unless told
+otherwise). Then the broker is killed: half the cycles mid-stream, at a random moment
+of the produce run, and half at rest (the producer flushed, the broker idle for a
+while). After the restart the producer, which lives on
 across cycles as an application's would, delivers what it still holds (its retries must
 not duplicate what the killed broker had written), and the new part of every partition is
 read back and checked:
@@ -255,6 +256,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="longest produce run per cycle (the kill comes at a random moment of it)")
     parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--batch-bytes", type=int, default=1000000,
+                        help="the producer's batch.size (librdkafka's default)")
+    parser.add_argument("--linger-ms", type=float, default=2.0, help="the producer's linger.ms")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data-dir", default=None, help="default: a temporary directory")
     args = parser.parse_args()
@@ -280,7 +284,8 @@ def run_cycles(args, rng, seed, broker):
     ledger = Ledger(args.partitions)
     producer = Producer({
         "bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all",
-        "linger.ms": 2, "max.in.flight.requests.per.connection": 5,
+        "linger.ms": args.linger_ms, "batch.size": args.batch_bytes,
+        "max.in.flight.requests.per.connection": 5,
         "message.timeout.ms": 180000, "queue.buffering.max.messages": 1000000,
         "reconnect.backoff.max.ms": 200, "log_level": 3,
         "error_cb": lambda error: setattr(ledger, "fatal", str(error)) if error.fatal() else None,

@@ -36,6 +36,7 @@ const NONE: i16 = 0;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_GROUP_ID: i16 = 24;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
@@ -740,6 +741,22 @@ fn group_protocol_errors_are_kafkas() {
     fetch.group_id = GroupId(sb(group));
     let fetched: OffsetFetchResponse = raw.send(&fetch, 7);
     assert_eq!(fetched.topics[0].partitions[0].committed_offset, -1, "offsets went with the group");
+
+    // The empty group id, as Kafka takes it: offsets can be committed under it, fetched,
+    // and deleted with it; JoinGroup refuses it.
+    let committed: kafka_protocol::messages::OffsetCommitResponse =
+        raw.send(&commit_request("", -1, "", "raw-topic", 7), 8);
+    assert_eq!(committed.topics[0].partitions[0].error_code, NONE, "{}", broker.log());
+    fetch.group_id = GroupId(sb(""));
+    let fetched: OffsetFetchResponse = raw.send(&fetch, 7);
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 7);
+    let refused: JoinGroupResponse = raw.send(&join_request("", "", None), 5);
+    assert_eq!(refused.error_code, INVALID_GROUP_ID);
+    delete.groups_names = vec![GroupId(sb(""))];
+    let deleted: kafka_protocol::messages::DeleteGroupsResponse = raw.send(&delete, 2);
+    assert_eq!(deleted.results[0].error_code, NONE);
+    let fetched: OffsetFetchResponse = raw.send(&fetch, 7);
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, -1);
 
     // Static membership (KIP-345): a second join with the same instance id fences the
     // first member id.

@@ -1085,7 +1085,10 @@ impl Coordinator {
 
     async fn commit(&self, shard: &Rc<Shard>, args: CommitArgs) -> Vec<i16> {
         let all = |error| vec![error; args.partitions.len()];
-        if args.group.is_empty() {
+        // Kafka accepts the empty group id in OffsetCommit "for backwards compatibility"
+        // (a consumer of the days before KIP-289 committed under it), but not in
+        // TxnOffsetCommit (`GroupCoordinator.isValidGroupId`).
+        if args.group.is_empty() && args.txn.is_some() {
             return all(code::INVALID_GROUP_ID);
         }
         if let Err(error) = self.check_serving(shard, &args.group) {
@@ -1347,10 +1350,9 @@ impl Coordinator {
         listings
     }
 
+    /// The empty group id is a group like any other here, as in Kafka: it is where
+    /// OffsetCommit puts offsets committed under it.
     async fn delete_group(&self, shard: &Rc<Shard>, group_id: &str) -> i16 {
-        if group_id.is_empty() {
-            return code::INVALID_GROUP_ID;
-        }
         if let Err(error) = self.check_serving(shard, group_id) {
             return error;
         }

@@ -18,11 +18,9 @@ pub async fn handle(
     _version: i16,
 ) -> AddOffsetsToTxnResponse {
     let mut response = AddOffsetsToTxnResponse::default();
+    // An empty group id is not refused here: Kafka adds its offsets partition and fails
+    // the TxnOffsetCommit that follows with INVALID_GROUP_ID, and so do we.
     let group = request.group_id.0.as_str();
-    if group.is_empty() {
-        response.error_code = code::INVALID_GROUP_ID;
-        return response;
-    }
     let partitions = match shard.offsets_topic().await {
         Ok(partitions) => partitions,
         Err(error) => {
