@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
@@ -73,67 +73,16 @@ pub struct Request {
 /// Decodes the header of a request frame (the bytes after the size prefix). The caller
 /// has checked the version against what it serves.
 ///
-/// As lenient as Kafka: a null client id (header v1+) and tagged fields in header v2 are
-/// the crate's decoding; a client id that is not UTF-8, which the crate refuses, is read
-/// as Kafka's `readString` reads it (`new String(bytes, UTF_8)`: invalid sequences become
-/// U+FFFD) instead of closing the connection.
+/// As lenient as Kafka: a null client id (header v1+), tagged fields in header v2, and a
+/// client id that is not UTF-8 (read as Kafka's `readString` reads it, `new String(bytes,
+/// UTF_8)`: invalid sequences become U+FFFD; the vendored crate's patch) are accepted.
 pub fn decode_header(api: ApiKey, version: i16, frame: Bytes) -> Result<Request, ProtocolError> {
     let header_version = api.request_header_version(version);
-    let mut body = frame.clone();
-    let header = match RequestHeader::decode(&mut body, header_version) {
-        Ok(header) => header,
-        Err(error) => {
-            body = frame;
-            decode_header_lossy(&mut body, header_version).ok_or_else(|| {
-                ProtocolError::Malformed { api, version, reason: format!("header: {error}") }
-            })?
-        }
-    };
+    let mut body = frame;
+    let header = RequestHeader::decode(&mut body, header_version).map_err(|error| {
+        ProtocolError::Malformed { api, version, reason: format!("header: {error}") }
+    })?;
     Ok(Request { api, header, body })
-}
-
-/// A request header (v1 or v2) whose client id may be any bytes; `None` when the header
-/// is cut short.
-fn decode_header_lossy(frame: &mut Bytes, header_version: i16) -> Option<RequestHeader> {
-    if frame.remaining() < FIXED_HEADER_BYTES + 2 || header_version < 1 {
-        return None;
-    }
-    let mut header = RequestHeader::default();
-    header.request_api_key = frame.get_i16();
-    header.request_api_version = frame.get_i16();
-    header.correlation_id = frame.get_i32();
-    let length = frame.get_i16();
-    if length >= 0 {
-        let length = usize::try_from(length).ok().filter(|&n| n <= frame.remaining())?;
-        let raw = frame.split_to(length);
-        header.client_id = Some(StrBytes::from_string(String::from_utf8_lossy(&raw).into_owned()));
-    }
-    if header_version >= 2 {
-        let count: u32 = unsigned_varint(frame)?;
-        for _ in 0..count {
-            let tag: u32 = unsigned_varint(frame)?;
-            let size: u32 = unsigned_varint(frame)?;
-            let size = usize::try_from(size).ok().filter(|&n| n <= frame.remaining())?;
-            header.unknown_tagged_fields.insert(tag as i32, frame.split_to(size));
-        }
-    }
-    Some(header)
-}
-
-/// An unsigned varint (at most five bytes, as the protocol's are).
-fn unsigned_varint(buf: &mut Bytes) -> Option<u32> {
-    let mut value = 0u32;
-    for shift in (0..35).step_by(7) {
-        if !buf.has_remaining() {
-            return None;
-        }
-        let byte = buf.get_u8();
-        value |= u32::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
 }
 
 /// Requests whose body decoded with bytes left after it, since the process started.
@@ -304,7 +253,7 @@ mod tests {
         assert_eq!(tagged.header.unknown_tagged_fields.len(), 2);
         assert_eq!(&tagged.header.unknown_tagged_fields[&5][..], b"xyz");
         assert_eq!(&tagged.body[..], b"body");
-        // The same with a client id that is not UTF-8: the lossy path reads the tags too.
+        // The same with a client id that is not UTF-8: the tags after it are read too.
         let both = header_bytes(ApiKey::Metadata, 12, Some(&[0xff, 0x41]), &[(5, b"xyz")]);
         let both = decode_header(ApiKey::Metadata, 12, both).unwrap();
         assert_eq!(both.header.client_id.as_deref(), Some("\u{fffd}A"));
@@ -312,7 +261,7 @@ mod tests {
         assert_eq!(&both.body[..], b"body");
     }
 
-    /// A header cut short is malformed, lossy path or not.
+    /// A header cut short is malformed, whatever its client id holds.
     #[test]
     fn a_truncated_header_is_malformed() {
         let whole = header_bytes(ApiKey::Metadata, 12, Some(&[0xff, 0x41, 0x42]), &[(5, b"xyz")]);

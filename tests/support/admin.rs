@@ -41,6 +41,7 @@ const NONE: i16 = 0;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const MESSAGE_TOO_LARGE: i16 = 10;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const INVALID_PARTITIONS: i16 = 37;
 const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_CONFIG: i16 = 40;
@@ -1037,8 +1038,9 @@ fn kafka_topic_configs_are_stored_as_kafka_stores_them() {
 }
 
 /// What Kafka accepts from clients that Sluice once refused: FindCoordinator with an
-/// empty key (Kafka answers the coordinator of the partition "" hashes to), and a request
-/// header whose client id is not UTF-8 (Kafka decodes it with replacement characters).
+/// empty key (Kafka answers the coordinator of the partition "" hashes to), and strings
+/// that are not UTF-8, in a request header's client id or in a body (Kafka decodes them
+/// with replacement characters).
 #[test]
 fn requests_kafka_accepts_are_answered() {
     use kafka_protocol::messages::{ApiVersionsResponse, FindCoordinatorRequest};
@@ -1072,6 +1074,31 @@ fn requests_kafka_accepts_are_answered() {
     let versions = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
     assert_eq!(versions.error_code, NONE);
     assert!(!versions.api_keys.is_empty());
+
+    // CreateTopics whose first topic name is not UTF-8 ("caf\xe9-topic"): Kafka reads it
+    // with a replacement character, which fails that topic's validation alone.
+    let mut request = kafka_protocol::messages::CreateTopicsRequest::default();
+    for name in ["caf#-topic", "utf8-neighbour"] {
+        let mut topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
+        topic.name = kafka_protocol::messages::TopicName(text(name));
+        topic.num_partitions = 1;
+        topic.replication_factor = 1;
+        request.topics.push(topic);
+    }
+    request.timeout_ms = 10_000;
+    let mut frame = raw.frame(&request, 7);
+    let at = frame.windows(4).position(|w| w == b"caf#").unwrap() + 3;
+    frame[at] = 0xe9;
+    raw.stream.write_all(&frame).unwrap();
+    let created = raw.receive::<kafka_protocol::messages::CreateTopicsRequest>(7);
+    let answers: Vec<(&str, i16)> =
+        created.topics.iter().map(|t| (t.name.as_str(), t.error_code)).collect();
+    assert_eq!(
+        answers,
+        [("caf\u{fffd}-topic", INVALID_TOPIC_EXCEPTION), ("utf8-neighbour", NONE)],
+        "{}",
+        broker.log()
+    );
 }
 
 /// Starts the sluice binary with `args` only (no --listen or --data-dir from the

@@ -7,7 +7,6 @@
 use super::{Decodable, Decoder, Encodable, Encoder, NewType, StrBytes};
 use crate::protocol::buf::{ByteBuf, ByteBufMut};
 use anyhow::{bail, Result};
-use std::convert::TryFrom;
 use std::string::String as StdString;
 
 macro_rules! define_copy_impl {
@@ -361,7 +360,7 @@ impl Decoder<Option<StdString>> for String {
             n if n >= 0 => {
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
-                Ok(Some(std::string::String::from_utf8(strbuf)?))
+                Ok(Some(utf8_lossy(strbuf)))
             }
             n => {
                 bail!("String length is negative ({n})");
@@ -375,7 +374,7 @@ impl<T: NewType<StrBytes>> Decoder<Option<T>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let strbuf = StrBytes::try_from(buf.try_get_bytes(n as usize)?)?;
+                let strbuf = str_bytes_lossy(buf.try_get_bytes(n as usize)?);
                 Ok(Some(strbuf.into()))
             }
             n => {
@@ -407,6 +406,23 @@ impl<T: NewType<StrBytes>> Decoder<T> for String {
             Err(e) => Err(e),
         }
     }
+}
+
+// Sluice patch: strings that are not UTF-8 are read with U+FFFD in place of each
+// malformed sequence, as Kafka reads them (`new String(bytes, UTF_8)` in its generated
+// readers), instead of failing the whole message. A topic name read this way then fails
+// validation on its own, as in Kafka.
+fn utf8_lossy(bytes: Vec<u8>) -> StdString {
+    match StdString::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => StdString::from_utf8_lossy(error.as_bytes()).into_owned(),
+    }
+}
+
+// Sluice patch: the `StrBytes` form of `utf8_lossy`; valid UTF-8 stays zero-copy.
+fn str_bytes_lossy(bytes: bytes::Bytes) -> StrBytes {
+    StrBytes::from_utf8(bytes.clone())
+        .unwrap_or_else(|_| StrBytes::from_string(StdString::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// A string whose length is encoded with a `u32` or varint.
@@ -513,7 +529,7 @@ impl Decoder<Option<StdString>> for CompactString {
             n => {
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
-                Ok(Some(std::string::String::from_utf8(strbuf)?))
+                Ok(Some(utf8_lossy(strbuf)))
             }
         }
     }
@@ -524,7 +540,7 @@ impl<T: NewType<StrBytes>> Decoder<Option<T>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let strbuf = StrBytes::try_from(buf.try_get_bytes((n - 1) as usize)?)?;
+                let strbuf = str_bytes_lossy(buf.try_get_bytes((n - 1) as usize)?);
                 Ok(Some(strbuf.into()))
             }
         }
