@@ -69,6 +69,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
+    /// The open-file limit (soft and hard) the broker process starts with, when set.
+    open_files: Option<u64>,
 }
 
 /// A free port, never the same twice in this test process: tests run in parallel, and
@@ -96,6 +98,22 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension("broker.log"),
             args: args.iter().map(|a| a.to_string()).collect(),
+            open_files: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// As [`Broker::start`], with the process's open-file limit (soft and hard) set to
+    /// `limit`, so the broker cannot raise it.
+    pub fn start_with_open_file_limit(data_dir: &Path, args: &[&str], limit: u64) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            log_path: data_dir.with_extension("broker.log"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            open_files: Some(limit),
         };
         broker.spawn();
         broker
@@ -109,7 +127,16 @@ impl Broker {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
         let log_start = self.log().len();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut command = match self.open_files {
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+            // The shell sets the limit, soft and hard, and becomes the broker.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""));
+                shell.arg(env!("CARGO_BIN_EXE_sluice"));
+                shell
+            }
+        };
         command.arg("serve").arg("--data-dir").arg(&self.data_dir);
         command.arg("--listen").arg(self.address());
         let shards = match self.args.iter().position(|a| a == "--cores") {

@@ -3,7 +3,8 @@
 //! topics, across a restart, with the broker's open descriptors within its budget
 //! (`log.open.files.max`: idle segment files are closed and reopened on demand). And
 //! CreateTopics / CreatePartitions answering an error, not success, for partitions that
-//! could not be opened, which Metadata then shows offline.
+//! could not be opened, which Metadata then shows offline. And a broker whose process
+//! runs out of descriptors altogether (EMFILE) closing idle files and going on.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,15 +75,21 @@ fn metadata(raw: &mut Raw) -> Vec<MetadataResponseTopic> {
 
 /// Asserts that every partition of the ten topics is online: no error, led by node 0.
 fn assert_all_online(raw: &mut Raw) {
+    let names: Vec<String> = (0..TOPICS).map(topic_name).collect();
+    let wanted: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), PARTITIONS)).collect();
+    assert_online(raw, &wanted);
+}
+
+/// Asserts that each topic has its partitions, all online: no error, led by node 0.
+fn assert_online(raw: &mut Raw, wanted: &[(&str, i32)]) {
     let topics = metadata(raw);
-    for index in 0..TOPICS {
-        let name = topic_name(index);
+    for &(name, partitions) in wanted {
         let topic = topics
             .iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
             .unwrap_or_else(|| panic!("{name} missing from Metadata"));
         assert_eq!(topic.error_code, NONE, "{name}");
-        assert_eq!(topic.partitions.len(), PARTITIONS as usize, "{name}");
+        assert_eq!(topic.partitions.len(), partitions as usize, "{name}");
         for (at, partition) in topic.partitions.iter().enumerate() {
             assert_eq!(partition.partition_index, at as i32);
             assert_eq!(partition.error_code, NONE, "{name}-{at} is not online");
@@ -233,6 +240,40 @@ fn ten_thousand_partitions_on_one_shard_stay_online_within_the_descriptor_budget
     let log = broker.log();
     assert!(log.contains("open-file limit raised to the hard limit"), "{log}");
     assert!(!log.contains("partition offline"), "a partition went offline");
+}
+
+/// The process's open-file limit itself runs out (here: a hard limit of 400, with
+/// `log.open.files.max` set far above it): opens that fail with EMFILE close idle segment
+/// files and try again, so 1,000 partitions are created, written and read back, none goes
+/// offline, and the broker says what happened.
+#[test]
+fn running_out_of_descriptors_closes_idle_files_and_loses_nothing() {
+    const LIMIT: u64 = 400;
+    const MANY: i32 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--cores", "1", "--set", "log.open.files.max=100000"];
+    let mut broker = Broker::start_with_open_file_limit(&data, &args, LIMIT);
+    let mut raw = Raw::connect(&broker.address());
+    let results = create_topics(&mut raw, &[("scarce", MANY)]);
+    assert_eq!(results[0].error_code, NONE, "{:?}\n{}", results[0].error_message, broker.log());
+    assert_online(&mut raw, &[("scarce", MANY)]);
+    for index in 0..2 {
+        for partition in 0..MANY {
+            produce(&mut raw, "scarce", partition, index);
+        }
+    }
+    for partition in 0..MANY {
+        assert_holds(&mut raw, "scarce", partition, 2);
+    }
+    let descriptors = open_descriptors(broker_pid(&data));
+    assert!(descriptors as u64 <= LIMIT, "{descriptors} descriptors open, limit {LIMIT}");
+    let log = broker.log();
+    assert!(log.contains("log.open.files.max is above the open-file limit"), "{log}");
+    assert!(log.contains("out of file descriptors; closed idle segment files"), "{log}");
+    assert!(!log.contains("partition offline"), "a partition went offline:\n{log}");
+    drop(raw);
+    assert!(broker.stop().success(), "{}", broker.log());
 }
 
 /// Puts a file where the directory of `topic`-`partition` would go, so its log cannot be
