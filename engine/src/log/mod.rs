@@ -147,6 +147,12 @@ pub enum LogError {
     EmptyAppend,
 }
 
+/// True for an I/O error that says the file system is full (or the quota spent).
+fn out_of_space(error: &LogError) -> bool {
+    matches!(error, LogError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)))
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
     move |source| LogError::Io { path: path.to_path_buf(), source }
 }
@@ -601,8 +607,21 @@ impl Log {
             // The hint may point past what survived; the flush below moves it to the end.
             state.recovery_point = state.recovery_point.min(log_end_offset);
         }
-        // Make the recovered state durable and indexed, then trust it.
-        self.flush_locked(true).await?;
+        // Make the recovered state durable and indexed, then trust it. On a full disk
+        // (the index files may need room) the log is served as recovered, from memory:
+        // the recovery point stays where it was, so a crash before a flush succeeds
+        // scans the same bytes again, and the next scheduled flush tries again.
+        if let Err(error) = self.flush_locked(true).await {
+            if !out_of_space(&error) || self.offline_reason().is_some() {
+                return Err(error);
+            }
+            warn!(
+                dir = %self.dir.display(), %error,
+                "the recovered log could not be made durable: no space left; serving it as recovered, the next flush tries again"
+            );
+            let now = self.clock.monotonic_ms();
+            self.state.borrow_mut().unflushed_since_ms.get_or_insert(now);
+        }
         info!(
             dir = %self.dir.display(),
             log_start_offset = self.log_start_offset(),
