@@ -1,9 +1,10 @@
 // What it costs to touch memory for the first time: maps GIGABYTES of anonymous memory
 // and writes one byte per 4 KiB page, printing the cost per page for every 256 MiB.
 // On a VM whose host backs guest memory lazily (or takes freed memory back), pages the
-// guest has not used recently cost a host page fault on top of the guest's own: in
-// session 14, 1.5 us per page for the first ~3.7 GB, then 12.7 us. The page cache grows
-// by every byte a page-cache-mode broker writes, so this bounds page-cache produce.
+// guest has not used recently cost a host page fault on top of the guest's own: 1.5 us
+// per page for the first ~3.7 GB, then 12.7 us (perf/RESULTS.md, "The broker's share of
+// the latency", 2026-11-21). The page cache grows by every byte a page-cache-mode broker
+// writes, so this bounds page-cache produce.
 //
 //   cc -O2 -o fresh-memory perf/fresh-memory.c && taskset -c 0 ./fresh-memory 12
 #include <stdio.h>

@@ -8,9 +8,10 @@
 // Sender on CPU 0, receiver (recv of 1 MiB at a time) on CPU 1, 3 s; prints MB/s.
 // SPIN=1: the receiver polls (non-blocking recv in a loop) instead of sleeping in recv.
 // A sleeping receiver's every wake-up costs the sender's CPU an interrupt to the other
-// vCPU; on this VM that halves what sendfile carries (issue 6, session 21).
-// FILE should be in the page cache (cat it to /dev/null first). perf/RESULTS.md,
-// issue 6, session 10.
+// vCPU; on this VM that halves what sendfile carries (perf/RESULTS.md, "A sleeping
+// receiver halves sendfile here", 2026-11-22).
+// FILE should be in the page cache (cat it to /dev/null first). perf/RESULTS.md, "What
+// loopback and sendfile carry here", 2026-11-21.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>

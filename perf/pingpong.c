@@ -6,7 +6,8 @@
 //   ./pingpong SPIN GAP_US      SPIN: 0 (blocking recv) or 1 (non-blocking, spinning);
 //                               GAP_US: pause between pings
 //
-// Prints p50/p90/p99/max of 2000 round trips. perf/RESULTS.md, issue 6, session 10.
+// Prints p50/p90/p99/max of 2000 round trips. perf/RESULTS.md, "What loopback and
+// sendfile carry here", 2026-11-21.
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>

@@ -221,7 +221,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // expiries by that much; the purgatory promises one tick (1 ms).
             .preempt_timer(Duration::from_millis(1))
             // Polling instead of sleeping spares the next request the wake-up of an idle
-            // core, which costs 40-60 us on a VM (perf/RESULTS.md, session 10).
+            // core, which costs 40-60 us on a VM (perf/RESULTS.md, "What loopback and
+            // sendfile carry here", 2026-11-21).
             .spin_before_park(idle_poll)
             .detect_stalls((stall_threshold_ms > 0).then(|| {
                 Box::new(runtime::StallLogger {

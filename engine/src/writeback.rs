@@ -6,12 +6,12 @@
 //! to the device without waiting for them (RocksDB's `bytes_per_sync` does the same).
 //! Left to itself, the kernel lets dirty pages pile up to `dirty_background_ratio` of
 //! memory (gigabytes here) and then writes them back in a burst from its flusher thread,
-//! which takes a core from the broker or its clients for a while (session 15: with
-//! inline appends, a half-load run had a 1-3 ms p99 second ~3 s in without it, none
-//! with it); past the midpoint to `dirty_ratio` it throttles the writers. Started early,
-//! writeback proceeds at the pace of the appends and the dirty set stays a few MiB per
-//! segment. Pages stay in the page cache (clean), so fetches still read them from
-//! memory.
+//! which takes a core from the broker or its clients for a while (with inline appends,
+//! a half-load run had a 1-3 ms p99 second ~3 s in without it, none with it;
+//! perf/RESULTS.md, "Page-cache appends inline, drop-behind, idle polling", 2026-11-21);
+//! past the midpoint to `dirty_ratio` it throttles the writers. Started early, writeback
+//! proceeds at the pace of the appends and the dirty set stays a few MiB per segment.
+//! Pages stay in the page cache (clean), so fetches still read them from memory.
 //!
 //! **Drop-behind** (`log.page.cache.window.bytes`): pages further than the window
 //! behind a log's end are written back if they are not yet (`sync_file_range` with both
@@ -20,14 +20,16 @@
 //! next appends. The window is the log's, not a segment's: after a roll, the pages of
 //! the segments before the new one go as it grows (`SegmentFile::follow`); a window per
 //! segment left a window of pages cached at every roll, and a log whose segments were
-//! no longer than the window dropped nothing at all (perf/RESULTS.md, session 17). Why:
-//! on a VM whose host backs guest memory lazily and takes back what the guest frees
-//! (free page reporting, as in Firecracker), writing into memory the guest has not
-//! touched recently costs a host page fault per page: 12.7 us per 4 KiB here against
-//! 1.5 us (`perf/fresh-memory.c`), so buffered produce at 540 MB/s fell to ~250 MB/s
-//! once the page cache had grown past the ~3.7 GB recently touched (perf/RESULTS.md,
-//! sessions 14 and 15). The price: a consumer further behind than the window reads from
-//! the device, which zero-copy fetch serves off the shard (net/zerocopy.rs).
+//! no longer than the window dropped nothing at all (perf/RESULTS.md, "The page-cache
+//! window becomes the log's", 2026-11-21). Why: on a VM whose host backs guest memory
+//! lazily and takes back what the guest frees (free page reporting, as in Firecracker),
+//! writing into memory the guest has not touched recently costs a host page fault per
+//! page: 12.7 us per 4 KiB here against 1.5 us (`perf/fresh-memory.c`), so buffered
+//! produce at 540 MB/s fell to ~250 MB/s once the page cache had grown past the ~3.7 GB
+//! recently touched (perf/RESULTS.md, "The broker's share of the latency" and "Page-cache
+//! appends inline, drop-behind, idle polling", 2026-11-21). The price: a consumer further
+//! behind than the window reads from the device, which zero-copy fetch serves off the
+//! shard (net/zerocopy.rs).
 //!
 //! The call runs on a helper thread, not on the shard: it submits the pages' I/O itself
 //! and can block when the device queue is full. The shard only does a non-blocking send

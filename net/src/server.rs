@@ -12,7 +12,7 @@
 //! whatever else the shard has queued runs (another request's append, the next frame's
 //! read). Measured at half load, the response otherwise waited as long as another
 //! request's handler ran: the `response_queue` phase's p99 was as large as `local`'s
-//! (perf/RESULTS.md, issue 6, session 18).
+//! (perf/RESULTS.md, "Where the broker's p99 went", 2026-11-21).
 
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};

@@ -38,8 +38,8 @@ pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 1_048_588;
 /// `log.writeback.bytes` (not a Kafka setting; RocksDB's `bytes_per_sync`): 1 MiB. It
 /// keeps the dirty pages of a segment under ~2 MiB, so the kernel's flusher never writes
 /// back gigabytes in a burst (which, with inline appends, made a 1-3 ms p99 second early
-/// in every half-load run; perf/RESULTS.md, session 15), and drop-behind finds the pages
-/// it drops already clean.
+/// in every half-load run; perf/RESULTS.md, "Page-cache appends inline, drop-behind,
+/// idle polling", 2026-11-21), and drop-behind finds the pages it drops already clean.
 pub const WRITEBACK_BYTES_DEFAULT: u64 = 1 << 20;
 /// `log.page.cache.window.bytes` (not a Kafka setting): 0, the page cache is left to
 /// the kernel, as in Kafka. See [`crate::writeback`] for when a window helps.

@@ -3,7 +3,7 @@
 //! writes instead of a heap's O(log n), and tests drive time by hand.
 //!
 //! Measured against a `BinaryHeap` and a `BTreeMap` timer by `sluice-bench timer` (figures
-//! and command in `perf/RESULTS.md`, "Timing wheel (issue 3)").
+//! and command in `perf/RESULTS.md`, "Timing wheel (2026-11-21)").
 //!
 //! Layout (one wheel per shard, no locks, no `Rc`):
 //! - every entry lives in one slab (`Vec<Slot<T>>`: deadline and payload, 16 bytes for
@@ -141,7 +141,8 @@ pub struct TimerHandle {
 /// `TimingWheel::stamps`): the payload is initialized exactly while the stamp's state is
 /// [`LIVE`] or [`DISCARDED`] ([`holds_payload`]). An `Option` would tell it twice and cost
 /// 8 more bytes per slot for an 8-byte payload (24 instead of 16), which a fresh wheel
-/// pays in page faults on every add (perf/RESULTS.md, issue 3, session 18).
+/// pays in page faults on every add (perf/RESULTS.md, "The slot drops its `Option`",
+/// 2026-11-21).
 #[derive(Debug)]
 struct Slot<T> {
     /// `ceil(deadline_ms / tick_ms)`.

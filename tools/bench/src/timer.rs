@@ -16,7 +16,7 @@
 //!   ids are reused once their entry is popped, so it stays bounded in steady state;
 //! - `heap-indexed`: a binary heap that really removes a cancelled timer, in O(log n),
 //!   through each timer's position in the heap (kept up to date on every move). This is
-//!   the heap the "a heap costs O(log n)" names, and the one a JVM broker gets
+//!   the heap meant by "a heap costs O(log n)", and the one a JVM broker gets
 //!   from `ScheduledThreadPoolExecutor` (its `DelayedWorkQueue` keeps a `heapIndex` per
 //!   task for exactly this): memory follows the live timers, as the wheel's does;
 //! - `btree`: a `BTreeMap<(deadline, id), payload>`: O(log n) add and exact cancel;

@@ -76,7 +76,7 @@ pub struct CommonArgs {
     /// broker's `reactor.idle.poll.us`; 0 = sleep at once). A sleeping bench makes an
     /// acknowledgement wait for its core to wake up, and on a VM the broker pays for
     /// waking it: consume carried ~1.25 GB/s with 0 and 1.6-2.1 GB/s with 200 here
-    /// (perf/RESULTS.md, issue 6, session 21).
+    /// (perf/RESULTS.md, "A sleeping receiver halves sendfile here", 2026-11-22).
     #[arg(long, value_name = "US", default_value_t = 200)]
     pub idle_poll_us: u64,
     /// Timeout of each admin request and of connecting, in milliseconds.
