@@ -96,7 +96,7 @@ pub const SERVED: &[Served] = &[
 ];
 
 /// The lowest Produce version ApiVersions advertises, below the v3 we serve: Kafka 4.0
-/// does the same (KAFKA-18659). librdkafka before its fix for issue 4956 (Debian's 2.0.2,
+/// does the same (KAFKA-18659). librdkafka before its fix of librdkafka#4956 (Debian's 2.0.2,
 /// under kcat, is one) compresses with gzip, snappy or lz4 only for a broker that lists
 /// Produce v0, and sends those batches uncompressed otherwise. Clients use the highest
 /// version both sides speak, so none sends v0-2; one that does is refused as any version we
