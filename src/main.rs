@@ -8,6 +8,7 @@ mod kafka_names;
 mod properties;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 
 /// Sluice: a Kafka-wire-compatible, shard-per-core streaming storage engine and broker.
 #[derive(Debug, Parser)]
@@ -35,12 +36,17 @@ enum Command {
     Group(group_cli::GroupArgs),
 }
 
+/// Log lines go to stdout. A line that cannot be written (the disk holding the log file
+/// is full, a closed pipe) is dropped: by default the subscriber reports that with
+/// `eprintln!`, which panics when stderr fails too, and a full disk would then stop the
+/// broker at its next log line.
 fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .log_internal_errors(false)
         .init();
 }
 
@@ -63,7 +69,8 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
-            eprintln!("sluice: {error:#}");
+            // Not eprintln!, which panics when stderr cannot be written.
+            let _ = writeln!(std::io::stderr(), "sluice: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -143,6 +143,51 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     drop(disk);
 }
 
+/// A broker whose log file is on a full disk (`sluice serve > broker.log 2>&1` on the
+/// data disk, the day it fills) drops its log lines and keeps serving.
+#[test]
+fn a_full_disk_under_the_log_file_does_not_stop_the_broker() {
+    use crate::harness::Raw;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("logs"), 64 << 10);
+    let fill = std::fs::File::create(disk.at.join("fill")).unwrap();
+    let _ = std::io::Write::write_all(&mut &fill, &vec![0u8; 128 << 10]);
+    let log = std::fs::File::create(disk.at.join("broker.log")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--cores", "1", "--listen", &address, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(broker.try_wait().unwrap().is_none(), "the broker exited at start");
+        assert!(std::time::Instant::now() < deadline, "the broker did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut raw = Raw::connect(&address);
+    raw.create_topic("logged-nowhere", 2, &[]);
+    let batch = sluice_engine::batch::encode_batch(
+        &[sluice_engine::batch::Record {
+            key: None,
+            value: Some(b"still here".to_vec()),
+            timestamp: 1_700_000_000_000,
+        }],
+        sluice_engine::batch::EncodeOptions::default(),
+    );
+    let response = raw.produce("logged-nowhere", 1, batch);
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    assert!(broker.try_wait().unwrap().is_none(), "the broker exited");
+    let _ = broker.kill();
+    let _ = broker.wait();
+    drop(disk);
+}
+
 /// Every record value of partition 0 of `topic`, fetched from offset 0 on.
 fn fetch_values(
     raw: &mut crate::harness::Raw,
