@@ -12,6 +12,7 @@ pub mod recent;
 pub mod reqmetrics;
 pub mod server;
 pub mod shard;
+pub mod throttle;
 pub mod ticker;
 pub mod txn;
 pub mod zerocopy;

@@ -42,6 +42,7 @@ use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
 use crate::recent::RecentBatches;
 use crate::reqmetrics::RequestMetrics;
+use crate::throttle::LogThrottle;
 use crate::txn::coordinator::TxnCoordinator;
 use crate::txn::{txn_partition, TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::{FileRange, RecordBytes, SendStats};
@@ -532,6 +533,8 @@ pub struct Shard {
     recent_bytes: Cell<u64>,
     stop_fired: Cell<bool>,
     stop_wakers: RefCell<HashMap<u64, std::task::Waker>>,
+    /// "append failed" lines: a full disk fails every produce the same way.
+    append_failures: LogThrottle,
 }
 
 impl Shard {
@@ -891,8 +894,11 @@ impl Shard {
             Err(error) => {
                 if matches!(error, LogError::Batch(_)) {
                     warn!(partition = %part.tp, %error, "rejected produce batch");
-                } else {
-                    error!(partition = %part.tp, %error, "append failed");
+                } else if let Some(held_back) = self.append_failures.admit(Instant::now()) {
+                    error!(
+                        partition = %part.tp, %error, failures_not_logged = held_back,
+                        "append failed (at most one such line per second per shard)"
+                    );
                 }
                 let mut producers = partition.producers.borrow_mut();
                 for identity in staged {
@@ -1969,6 +1975,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         recent_bytes: Cell::new(0),
         stop_fired: Cell::new(false),
         stop_wakers: RefCell::new(HashMap::new()),
+        append_failures: LogThrottle::new(Duration::from_secs(1)),
     });
 
     let owned: Vec<TopicPartition> = {

@@ -131,6 +131,8 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     assert_eq!(fetch_values(&mut raw, "full", &broker), expected);
     assert!(broker.is_running());
     assert!(broker.log().contains("No space left on device"), "{}", broker.log());
+    let lines = broker.log().matches("append failed").count();
+    assert!(lines < refused, "{lines} log lines for {refused} refusals: not throttled");
 
     drop(raw);
     broker.kill();
