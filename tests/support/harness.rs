@@ -92,28 +92,23 @@ impl Broker {
     /// Starts a broker on `data_dir` (2 shards unless `args` say otherwise) and waits until
     /// it accepts connections.
     pub fn start(data_dir: &Path, args: &[&str]) -> Broker {
-        let mut broker = Broker {
-            child: None,
-            port: free_port(),
-            data_dir: data_dir.to_path_buf(),
-            log_path: data_dir.with_extension("broker.log"),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            open_files: None,
-        };
-        broker.spawn();
-        broker
+        Broker::start_with(data_dir, args, None)
     }
 
     /// As [`Broker::start`], with the process's open-file limit (soft and hard) set to
     /// `limit`, so the broker cannot raise it.
     pub fn start_with_open_file_limit(data_dir: &Path, args: &[&str], limit: u64) -> Broker {
+        Broker::start_with(data_dir, args, Some(limit))
+    }
+
+    fn start_with(data_dir: &Path, args: &[&str], open_files: Option<u64>) -> Broker {
         let mut broker = Broker {
             child: None,
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
             log_path: data_dir.with_extension("broker.log"),
             args: args.iter().map(|a| a.to_string()).collect(),
-            open_files: Some(limit),
+            open_files,
         };
         broker.spawn();
         broker
