@@ -1490,4 +1490,64 @@ log.cleaner.threads=2
         )
         .is_err());
     }
+
+    /// The README's Configuration section, whose tables document every broker property.
+    const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+
+    /// The property rows of the README's Configuration section, as (name, default cell):
+    /// every table row whose first cell is one name in backticks (the flags table's rows
+    /// start with `--` and are left out).
+    fn readme_property_rows() -> Vec<(&'static str, &'static str)> {
+        let start = README.find("\n## Configuration\n").expect("a Configuration section");
+        let section = &README[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        section
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix('|')?.split('|').map(str::trim);
+                let name = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                if name.starts_with("--") || name.contains('`') {
+                    return None;
+                }
+                Some((name, cells.next()?))
+            })
+            .collect()
+    }
+
+    /// Every property in [`KNOWN`] has one row in the README's Configuration section,
+    /// `| `name` | default | meaning |`, whose default cell is the code's default in
+    /// backticks, exactly as [`KNOWN`] spells it (`1073741824`, `-1`, `auto`, `inline`,
+    /// `CreateTime`), alone or followed by a space and a parenthesised gloss: `0 (off)`,
+    /// `1073741824 (1 GiB)`. An empty default would be written `""`. Every other property
+    /// row names a Kafka name Sluice maps ([`MAPPED`]); those have no default to check.
+    #[test]
+    fn readme_documents_every_property_and_its_default() {
+        let rows = readme_property_rows();
+        for (name, default) in KNOWN {
+            let cells: Vec<&str> =
+                rows.iter().filter(|(row, _)| row == name).map(|(_, cell)| *cell).collect();
+            let [cell] = cells.as_slice() else {
+                panic!("README: {} rows for `{name}`, expected one", cells.len());
+            };
+            let shown =
+                if default.is_empty() { "`\"\"`".to_string() } else { format!("`{default}`") };
+            let rest = cell.strip_prefix(shown.as_str()).unwrap_or_else(|| {
+                panic!("README: `{name}` default cell {cell:?} does not start with {shown}")
+            });
+            assert!(
+                rest.is_empty() || (rest.starts_with(" (") && rest.ends_with(')')),
+                "README: `{name}` default cell {cell:?}: after {shown} only a \"(gloss)\""
+            );
+        }
+        for (name, _) in &rows {
+            assert!(
+                KNOWN.iter().any(|(known, _)| known == name) || MAPPED.contains(name),
+                "README: a row for `{name}`, which is neither a Sluice property nor a mapped \
+                 Kafka name"
+            );
+        }
+        for name in MAPPED {
+            assert!(rows.iter().any(|(row, _)| row == name), "README: no row for `{name}`");
+        }
+    }
 }
