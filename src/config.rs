@@ -50,7 +50,7 @@ pub struct ServeArgs {
     pub io: Option<IoMode>,
     /// Broker properties file: TOML (`"log.segment.bytes" = 1073741824`) or Java
     /// properties like Kafka's server.properties (`log.segment.bytes=1073741824`); a
-    /// `.toml` file, or one whose first setting starts with `"` or `[`, is TOML. Kafka's
+    /// `.toml` file, or one whose first setting starts with `"`, `'` or `[`, is TOML. Kafka's
     /// names are mapped (`log.dirs`, `listeners`, ...) or accepted and ignored.
     #[arg(long)]
     pub config: Option<PathBuf>,
