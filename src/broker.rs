@@ -347,10 +347,21 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("data dir {} cannot be created", dir.display()))?;
     let probe = dir.join(".sluice-write-probe");
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("data dir {} is not writable", dir.display()))?;
+    let written = std::fs::write(&probe, b"ok");
     std::fs::remove_file(&probe).ok();
-    Ok(())
+    match written {
+        Ok(()) => Ok(()),
+        // Writable, but full: the logs open and serve what they hold (produce is refused
+        // until there is room), as a full disk is no reason to refuse reads.
+        Err(error)
+            if matches!(error.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)) =>
+        {
+            tracing::warn!(dir = %dir.display(), %error, "the data dir is full: appends will fail until there is room");
+            Ok(())
+        }
+        Err(error) => Err(anyhow::Error::new(error)
+            .context(format!("data dir {} is not writable", dir.display()))),
+    }
 }
 
 /// Checks that the listen address is free and resolves port 0 to the port to use.

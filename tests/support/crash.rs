@@ -81,9 +81,28 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A full disk: produce is answered KAFKA_STORAGE_ERROR (never success) once a write
-/// fails with ENOSPC, the broker keeps serving, and every batch acknowledged before is
-/// readable at its offset, before and after a SIGKILL and restart on the still-full disk.
+/// Writes `path` until the file system has no block left.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(error) => panic!("filling {}: {error}", path.display()),
+        }
+    }
+    // A short last write may have left a partial block free: one byte at a time.
+    while file.write(&[0]).is_ok_and(|n| n == 1) {}
+}
+
+/// A full disk (page-cache mode): produce is answered KAFKA_STORAGE_ERROR, never success,
+/// once a write fails with ENOSPC; the broker keeps serving, logs the failures throttled,
+/// and takes appends again once there is room. Every batch acknowledged is readable at
+/// its offset, before and after a SIGKILL and a restart on a disk with no block free
+/// (where recovery cannot write the indexes it rebuilt).
 #[test]
 fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     use crate::harness::{Broker, Raw};
@@ -92,57 +111,89 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("disk"), 8 << 20);
     // The data dir is the mount itself, so the broker's log (beside it) is not on it.
+    // Room to make later: a file in the data dir (the broker leaves files it does not
+    // know alone).
+    let ballast = disk.at.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
     let mut broker = Broker::start(&disk.at, &["--cores", "1"]);
     let mut raw = Raw::connect(&broker.address());
     raw.create_topic("full", 1, &[]);
+    let value =
+        |batch: usize, record: usize| format!("batch {batch} record {record} {}", "x".repeat(1000));
     let batch = |index: usize| {
         let records: Vec<Record> = (0..16)
             .map(|r| Record {
                 key: None,
-                value: Some(format!("batch {index} record {r} {}", "x".repeat(1000)).into_bytes()),
+                value: Some(value(index, r).into_bytes()),
                 timestamp: 1_700_000_000_000,
             })
             .collect();
         encode_batch(&records, EncodeOptions::default())
     };
-    let mut acknowledged = 0;
-    let mut refused = 0;
-    for index in 0..2000 {
-        let response = raw.produce("full", 0, batch(index));
-        let answer = &response.responses[0].partition_responses[0];
-        match answer.error_code {
-            0 if refused == 0 => {
-                assert_eq!(answer.base_offset, 16 * index as i64);
-                acknowledged += 1;
+    // Produces from batch `next` until 20 are refused (or `limit` acknowledged);
+    // returns how many were acknowledged, each at the offset that follows the last.
+    let produce_until_full = |raw: &mut Raw, next: usize, limit: usize| -> usize {
+        let mut acknowledged = 0;
+        let mut refused = 0;
+        while refused < 20 && acknowledged < limit {
+            let index = next + acknowledged;
+            let response = raw.produce("full", 0, batch(index));
+            let answer = &response.responses[0].partition_responses[0];
+            match answer.error_code {
+                0 if refused == 0 => {
+                    assert_eq!(answer.base_offset, 16 * index as i64);
+                    acknowledged += 1;
+                }
+                0 => panic!("batch {index} was stored after an earlier one was refused"),
+                KAFKA_STORAGE_ERROR => refused += 1,
+                other => panic!("batch {index}: error {other}: {:?}", answer.error_message),
             }
-            0 => panic!("batch {index} was stored after an earlier one was refused"),
-            KAFKA_STORAGE_ERROR => refused += 1,
-            other => panic!("batch {index}: error {other}: {:?}", answer.error_message),
         }
-        if refused == 20 {
-            break;
-        }
-    }
-    assert_eq!(refused, 20, "8 MiB never filled up");
-    assert!(acknowledged > 100, "only {acknowledged} batches fit");
-    let expected: Vec<String> = (0..acknowledged)
-        .flat_map(|b| (0..16).map(move |r| format!("batch {b} record {r} {}", "x".repeat(1000))))
-        .collect();
-    assert_eq!(fetch_values(&mut raw, "full", &broker), expected);
+        acknowledged
+    };
+    let first = produce_until_full(&mut raw, 0, usize::MAX);
+    assert!(first > 100, "only {first} batches fit");
+    let expected = |batches: usize| -> Vec<String> {
+        (0..batches).flat_map(|b| (0..16).map(move |r| value(b, r))).collect()
+    };
+    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(first));
     assert!(broker.is_running());
-    assert!(broker.log().contains("No space left on device"), "{}", broker.log());
-    let lines = broker.log().matches("append failed").count();
-    assert!(lines < refused, "{lines} log lines for {refused} refusals: not throttled");
+    let log = broker.log();
+    assert!(log.contains("No space left on device"), "{log}");
+    let lines = log.matches("append failed").count();
+    assert!(lines < 20, "{lines} log lines for 20 refusals: not throttled");
 
+    // Room again: appends are taken, at the next offsets.
+    std::fs::remove_file(&ballast).unwrap();
+    let second = produce_until_full(&mut raw, first, 10);
+    assert_eq!(second, 10, "appends not taken again once there was room");
+    let stored = first + second;
+    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(stored));
+
+    // Not a block left, a SIGKILL, and a restart on that disk.
     drop(raw);
+    fill_up(&disk.at.join("filler"));
     broker.kill();
     broker.restart();
     let mut raw = Raw::connect(&broker.address());
-    assert_eq!(fetch_values(&mut raw, "full", &broker), expected, "after the restart");
-    assert!(!broker.log().contains("partition offline"), "{}", broker.log());
+    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(stored), "after the restart");
+    let log = broker.log();
+    assert!(log.contains("the data dir is full"), "{log}");
+    assert!(log.contains("indexes could not be written"), "{log}");
+    assert!(!log.contains("partition offline"), "{log}");
     drop(raw);
     drop(broker);
     drop(disk);
+}
+
+/// Kills the broker process when dropped (a failed assertion included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A broker whose log file is on a full disk (`sluice serve > broker.log 2>&1` on the
@@ -153,22 +204,23 @@ fn a_full_disk_under_the_log_file_does_not_stop_the_broker() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("logs"), 64 << 10);
-    let fill = std::fs::File::create(disk.at.join("fill")).unwrap();
-    let _ = std::io::Write::write_all(&mut &fill, &vec![0u8; 128 << 10]);
-    let log = std::fs::File::create(disk.at.join("broker.log")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
-    let mut broker = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--cores", "1", "--listen", &address, "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("SLUICE_LOG", "info")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+    fill_up(&disk.at.join("fill"));
+    let log_path = disk.at.join("broker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let address = format!("127.0.0.1:{}", crate::harness::free_port());
+    let mut broker = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--cores", "1", "--listen", &address, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(&address).is_err() {
-        assert!(broker.try_wait().unwrap().is_none(), "the broker exited at start");
+        assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited at start");
         assert!(std::time::Instant::now() < deadline, "the broker did not listen");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -184,9 +236,11 @@ fn a_full_disk_under_the_log_file_does_not_stop_the_broker() {
     );
     let response = raw.produce("logged-nowhere", 1, batch);
     assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
-    assert!(broker.try_wait().unwrap().is_none(), "the broker exited");
-    let _ = broker.kill();
-    let _ = broker.wait();
+    assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited");
+    // The broker did log (start-up, the topic), and none of it fit.
+    let written = std::fs::metadata(&log_path).unwrap().len();
+    assert_eq!(written, 0, "{written} bytes of log fit on a full disk: the test proves nothing");
+    drop(broker);
     drop(disk);
 }
 

@@ -752,6 +752,11 @@ fn group_protocol_errors_are_kafkas() {
     assert_eq!(fetched.topics[0].partitions[0].committed_offset, 7);
     let refused: JoinGroupResponse = raw.send(&join_request("", "", None), 5);
     assert_eq!(refused.error_code, INVALID_GROUP_ID);
+    let mut describe_empty = DescribeGroupsRequest::default();
+    describe_empty.groups = vec![GroupId(sb(""))];
+    let described: kafka_protocol::messages::DescribeGroupsResponse = raw.send(&describe_empty, 5);
+    let g = &described.groups[0];
+    assert_eq!((g.error_code, g.group_state.as_str()), (NONE, "Empty"));
     delete.groups_names = vec![GroupId(sb(""))];
     let deleted: kafka_protocol::messages::DeleteGroupsResponse = raw.send(&delete, 2);
     assert_eq!(deleted.results[0].error_code, NONE);

@@ -75,7 +75,7 @@ pub struct Broker {
 
 /// A free port, never the same twice in this test process: tests run in parallel, and
 /// two brokers handed the same port would both bind it (SO_REUSEPORT) and split clients.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -25,6 +25,7 @@ use crate::harness::{produce_request, Broker, Raw};
 use crate::kafka::send_waiting;
 
 const NONE: i16 = 0;
+const INVALID_GROUP_ID: i16 = 24;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_TXN_STATE: i16 = 48;
 
@@ -655,7 +656,12 @@ fn fenced_producer_cannot_commit_offsets() {
 
     assert_eq!(add_offsets(&mut raw, "zombie", new, "zgroup", 3), NONE);
     assert_eq!(txn_commit_offset(&mut raw, "zombie", new, ("zgroup", "zin", 7), 3), NONE);
+    // The empty group id, as Kafka takes it: AddOffsetsToTxn adds its offsets partition,
+    // TxnOffsetCommit refuses it (INVALID_GROUP_ID), and the transaction goes on.
+    assert_eq!(add_offsets(&mut raw, "zombie", new, "", 3), NONE);
+    assert_eq!(txn_commit_offset(&mut raw, "zombie", new, ("", "zin", 8), 3), INVALID_GROUP_ID);
     assert_eq!(end(&mut raw, "zombie", new.0, new.1, true), NONE);
+    assert_eq!(offset_fetch(&mut raw, "", "zin", true), (NONE, -1));
     assert_eq!(
         offset_fetch(&mut raw, "zgroup", "zin", true),
         (NONE, 7),

@@ -147,10 +147,14 @@ pub enum LogError {
     EmptyAppend,
 }
 
-/// True for an I/O error that says the file system is full (or the quota spent).
-fn out_of_space(error: &LogError) -> bool {
-    matches!(error, LogError::Io { source, .. }
-        if matches!(source.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)))
+/// True for a write of an index file that failed because the file system is full (or
+/// the quota spent). Not for the log file itself: a failed fsync of it may have lost
+/// acknowledged bytes (the kernel can mark the pages clean and report the error once),
+/// which no later flush can make durable.
+fn index_out_of_space(error: &LogError) -> bool {
+    matches!(error, LogError::Io { path, source }
+        if matches!(source.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT))
+            && matches!(path.extension().and_then(|e| e.to_str()), Some("index" | "timeindex")))
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -291,6 +295,9 @@ struct State {
     unflushed_records: u64,
     /// Monotonic time of the first append since the last flush.
     unflushed_since_ms: Option<u64>,
+    /// The next flush covers every segment, not only those from the recovery point on:
+    /// recovery rebuilt indexes it could not write (a full disk).
+    flush_all_segments: bool,
     offline: Option<String>,
 }
 
@@ -418,6 +425,7 @@ impl Log {
                 recovery_point: hints.recovery_point.max(0),
                 unflushed_records: 0,
                 unflushed_since_ms: None,
+                flush_all_segments: false,
                 offline: None,
             }),
             append_lock: FifoLock::new(),
@@ -608,19 +616,23 @@ impl Log {
             state.recovery_point = state.recovery_point.min(log_end_offset);
         }
         // Make the recovered state durable and indexed, then trust it. On a full disk
-        // (the index files may need room) the log is served as recovered, from memory:
-        // the recovery point stays where it was, so a crash before a flush succeeds
-        // scans the same bytes again, and the next scheduled flush tries again.
+        // the rebuilt index files may not fit: the log is served as recovered (its
+        // indexes are in memory), the recovery point stays where it was, so a crash
+        // before a flush succeeds scans the same bytes again, and the next flush (the
+        // scheduled one when `flush.ms` or `flush.messages` is set, else the one at
+        // shutdown) writes every segment's indexes again.
         if let Err(error) = self.flush_locked(true).await {
-            if !out_of_space(&error) || self.offline_reason().is_some() {
+            if !index_out_of_space(&error) || self.offline_reason().is_some() {
                 return Err(error);
             }
             warn!(
                 dir = %self.dir.display(), %error,
-                "the recovered log could not be made durable: no space left; serving it as recovered, the next flush tries again"
+                "the recovered log's indexes could not be written: no space left; serving it as recovered, the next flush writes them"
             );
             let now = self.clock.monotonic_ms();
-            self.state.borrow_mut().unflushed_since_ms.get_or_insert(now);
+            let mut state = self.state.borrow_mut();
+            state.unflushed_since_ms.get_or_insert(now);
+            state.flush_all_segments = true;
         }
         info!(
             dir = %self.dir.display(),
@@ -1124,8 +1136,9 @@ impl Log {
             index: (Rc<IndexFile>, u64, Vec<u8>),
             time: (Rc<IndexFile>, u64, Vec<u8>),
         }
-        let (target, pending) = {
+        let (target, pending, all_segments) = {
             let state = self.state.borrow();
+            let all_segments = all_segments || state.flush_all_segments;
             let from = if all_segments {
                 i64::MIN
             } else {
@@ -1151,7 +1164,7 @@ impl Log {
                     }
                 })
                 .collect();
-            (state.log_end_offset, pending)
+            (state.log_end_offset, pending, all_segments)
         };
         let result: Result<(), LogError> = async {
             for one in &pending {
@@ -1186,6 +1199,9 @@ impl Log {
             }
         }
         state.recovery_point = state.recovery_point.max(target);
+        if all_segments {
+            state.flush_all_segments = false;
+        }
         if state.log_end_offset == target {
             state.unflushed_records = 0;
             state.unflushed_since_ms = None;
