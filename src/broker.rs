@@ -353,9 +353,7 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
         Ok(()) => Ok(()),
         // Writable, but full: the logs open and serve what they hold (produce is refused
         // until there is room), as a full disk is no reason to refuse reads.
-        Err(error)
-            if matches!(error.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT)) =>
-        {
+        Err(error) if sluice_engine::io::out_of_space(&error) => {
             tracing::warn!(dir = %dir.display(), %error, "the data dir is full: appends will fail until there is room");
             Ok(())
         }

@@ -679,6 +679,11 @@ fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(error)
 }
 
+/// True for an error that says the file system is full (or the user's quota spent).
+pub fn out_of_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT))
+}
+
 /// True for an error that says the process (or the system) has no descriptor left.
 fn out_of_descriptors(error: &glommio::GlommioError<()>) -> bool {
     let errno = match error {

@@ -153,7 +153,7 @@ pub enum LogError {
 /// which no later flush can make durable.
 fn index_out_of_space(error: &LogError) -> bool {
     matches!(error, LogError::Io { path, source }
-        if matches!(source.raw_os_error(), Some(nix::libc::ENOSPC | nix::libc::EDQUOT))
+        if crate::io::out_of_space(source)
             && matches!(path.extension().and_then(|e| e.to_str()), Some("index" | "timeindex")))
 }
 
