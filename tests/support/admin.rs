@@ -1101,21 +1101,6 @@ fn requests_kafka_accepts_are_answered() {
     );
 }
 
-/// Starts the sluice binary with `args` only (no --listen or --data-dir from the
-/// harness), logging to `log`.
-fn spawn_sluice(args: &[&str], log: &std::path::Path) -> std::process::Child {
-    let log = std::fs::File::create(log).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .args(args)
-        .env("SLUICE_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
-        .stderr(std::process::Stdio::from(log))
-        .spawn()
-        .unwrap()
-}
-
 /// A Kafka KRaft `server.properties` starts the broker as it is: it listens on the
 /// `listeners` address (port 0: any), advertises `advertised.listeners`, keeps its data in
 /// `log.dirs`, takes `node.id`, `num.partitions` and `log.retention.hours`, and logs one
@@ -1147,8 +1132,10 @@ fn kafka_server_properties_start_the_broker() {
     )
     .unwrap();
     let log_path = dir.path().join("broker.log");
-    let mut child =
-        spawn_sluice(&["--config", properties.to_str().unwrap(), "--cores", "2"], &log_path);
+    let mut child = crate::harness::spawn_sluice(
+        &["--config", properties.to_str().unwrap(), "--cores", "2"],
+        &log_path,
+    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let address = loop {
@@ -1208,7 +1195,9 @@ fn kafka_server_properties_start_the_broker() {
     std::fs::write(&properties, format!("log.dirs={}\nnum.partition=2\n", logs.display())).unwrap();
     let typo_log = dir.path().join("typo.log");
     let status =
-        spawn_sluice(&["--config", properties.to_str().unwrap()], &typo_log).wait().unwrap();
+        crate::harness::spawn_sluice(&["--config", properties.to_str().unwrap()], &typo_log)
+            .wait()
+            .unwrap();
     assert!(!status.success());
     let text = std::fs::read_to_string(&typo_log).unwrap();
     assert!(text.contains("line 2: unknown broker property \"num.partition\""), "{text}");

@@ -90,7 +90,7 @@ fn fill_up(path: &Path) {
         match file.write(&chunk) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(error) if error.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(error) if sluice_engine::io::out_of_space(&error) => break,
             Err(error) => panic!("filling {}: {error}", path.display()),
         }
     }
@@ -156,7 +156,7 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     let expected = |batches: usize| -> Vec<String> {
         (0..batches).flat_map(|b| (0..16).map(move |r| value(b, r))).collect()
     };
-    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(first));
+    assert_eq!(fetch_values(&mut raw, "full"), expected(first));
     assert!(broker.is_running());
     let log = broker.log();
     assert!(log.contains("No space left on device"), "{log}");
@@ -168,7 +168,7 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     let second = produce_until_full(&mut raw, first, 10);
     assert_eq!(second, 10, "appends not taken again once there was room");
     let stored = first + second;
-    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(stored));
+    assert_eq!(fetch_values(&mut raw, "full"), expected(stored));
 
     // Not a block left, a SIGKILL, and a restart on that disk.
     drop(raw);
@@ -176,7 +176,7 @@ fn a_full_disk_fails_produce_and_keeps_what_was_acknowledged() {
     broker.kill();
     broker.restart();
     let mut raw = Raw::connect(&broker.address());
-    assert_eq!(fetch_values(&mut raw, "full", &broker), expected(stored), "after the restart");
+    assert_eq!(fetch_values(&mut raw, "full"), expected(stored), "after the restart");
     let log = broker.log();
     assert!(log.contains("the data dir is full"), "{log}");
     assert!(log.contains("indexes could not be written"), "{log}");
@@ -201,23 +201,14 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_full_disk_under_the_log_file_does_not_stop_the_broker() {
     use crate::harness::Raw;
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("logs"), 64 << 10);
     fill_up(&disk.at.join("fill"));
     let log_path = disk.at.join("broker.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     let address = format!("127.0.0.1:{}", crate::harness::free_port());
-    let mut broker = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--cores", "1", "--listen", &address, "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    let data = dir.path().join("data");
+    let args = ["--cores", "1", "--listen", &address, "--data-dir", data.to_str().unwrap()];
+    let mut broker = KillOnDrop(crate::harness::spawn_sluice(&args, &log_path));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(&address).is_err() {
         assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited at start");
@@ -245,40 +236,9 @@ fn a_full_disk_under_the_log_file_does_not_stop_the_broker() {
 }
 
 /// Every record value of partition 0 of `topic`, fetched from offset 0 on.
-fn fetch_values(
-    raw: &mut crate::harness::Raw,
-    topic: &str,
-    broker: &crate::harness::Broker,
-) -> Vec<String> {
-    use kafka_protocol::records::RecordBatchDecoder;
-    let mut values = Vec::new();
-    let mut offset = 0;
-    loop {
-        let request = crate::kafka::fetch_request(topic, &[(0, offset)], 0);
-        let response = raw.send(&request, 12);
-        let answer = &response.responses[0].partitions[0];
-        assert_eq!(answer.error_code, 0, "fetch at {offset}\n{}", broker.log());
-        let mut bytes = answer.records.clone().unwrap_or_default();
-        // The whole batches: an answer may end with part of one, as Kafka's may.
-        let mut whole = 0;
-        while bytes.len() >= whole + 12 {
-            let length = i32::from_be_bytes(bytes[whole + 8..whole + 12].try_into().unwrap());
-            let end = whole + 12 + usize::try_from(length).unwrap();
-            if end > bytes.len() {
-                break;
-            }
-            whole = end;
-        }
-        if whole == 0 {
-            return values;
-        }
-        let mut bytes = bytes.split_to(whole);
-        for set in RecordBatchDecoder::decode_all(&mut bytes).unwrap() {
-            for record in set.records {
-                assert_eq!(record.offset, offset, "offsets are dense");
-                offset += 1;
-                values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
-            }
-        }
-    }
+fn fetch_values(raw: &mut crate::harness::Raw, topic: &str) -> Vec<String> {
+    crate::kafka::fetch_records(raw, topic, 0)
+        .into_iter()
+        .map(|(_, value)| String::from_utf8(value).unwrap())
+        .collect()
 }

@@ -218,6 +218,21 @@ impl Drop for Broker {
     }
 }
 
+/// Starts the sluice binary with `args` only (no --listen or --data-dir from the
+/// harness), logging to `log`.
+pub(crate) fn spawn_sluice(args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(args)
+        .env("SLUICE_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
 /// A blocking Kafka-protocol connection speaking the `kafka-protocol` crate's messages.
 pub struct Raw {
     pub stream: TcpStream,

@@ -227,6 +227,44 @@ pub(crate) fn batch(values: &[&str]) -> Vec<u8> {
     encode_batch(&records, EncodeOptions::default())
 }
 
+/// Every record of `topic`-`partition` from offset 0 on, as (offset, value), by Fetch v12
+/// from where the last whole batch ended (an answer may end with part of a batch, as
+/// Kafka's may); asserts that fetches succeed and offsets are dense.
+pub(crate) fn fetch_records(
+    raw: &mut crate::harness::Raw,
+    topic: &str,
+    partition: i32,
+) -> Vec<(i64, Vec<u8>)> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let response = raw.send(&fetch_request(topic, &[(partition, offset)], 0), 12);
+        let answer = &response.responses[0].partitions[0];
+        assert_eq!(answer.error_code, 0, "fetch {topic}-{partition} at {offset}");
+        let mut bytes = answer.records.clone().unwrap_or_default();
+        let mut whole = 0;
+        while bytes.len() >= whole + 12 {
+            let length = i32::from_be_bytes(bytes[whole + 8..whole + 12].try_into().unwrap());
+            let end = whole + 12 + usize::try_from(length).unwrap();
+            if end > bytes.len() {
+                break;
+            }
+            whole = end;
+        }
+        if whole == 0 {
+            return records;
+        }
+        let mut bytes = bytes.split_to(whole);
+        for set in kafka_protocol::records::RecordBatchDecoder::decode_all(&mut bytes).unwrap() {
+            for record in set.records {
+                assert_eq!(record.offset, offset, "{topic}-{partition}: offsets are dense");
+                offset += 1;
+                records.push((record.offset, record.value.unwrap_or_default().to_vec()));
+            }
+        }
+    }
+}
+
 /// A Fetch (v4+) of `partitions` (index, offset) of `topic`: 1 MiB per partition, 50 MiB
 /// in all, at least one byte, waiting up to `max_wait_ms`.
 pub(crate) fn fetch_request(

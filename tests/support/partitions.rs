@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -18,7 +17,6 @@ use kafka_protocol::messages::{
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
 
 use crate::harness::{Broker, Raw};
@@ -123,26 +121,12 @@ fn produce(raw: &mut Raw, topic: &str, partition: i32, index: usize) {
     assert_eq!(answer.base_offset, 2 * index as i64, "{topic}-{partition} batch {index}");
 }
 
-/// Fetches partition from offset 0 and returns (offset, value) of every record.
-fn fetch_all(raw: &mut Raw, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    let request = crate::kafka::fetch_request(topic, &[(partition, 0)], 0);
-    let response = raw.send(&request, 12);
-    let answer = &response.responses[0].partitions[0];
-    assert_eq!(answer.error_code, NONE, "fetch {topic}-{partition}");
-    let mut bytes: Bytes = answer.records.clone().unwrap_or_default();
-    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
-    sets.into_iter()
-        .flat_map(|set| set.records)
-        .map(|record| (record.offset, record.value.unwrap_or_default().to_vec()))
-        .collect()
-}
-
 /// Asserts that the partition holds exactly `batches` batches of `produce`, in order.
 fn assert_holds(raw: &mut Raw, topic: &str, partition: i32, batches: usize) {
     let expected: Vec<(i64, Vec<u8>)> = (0..batches)
         .flat_map(|b| (0..2).map(move |r| ((2 * b + r) as i64, value(topic, partition, b, r))))
         .collect();
-    assert_eq!(fetch_all(raw, topic, partition), expected, "{topic}-{partition}");
+    assert_eq!(crate::kafka::fetch_records(raw, topic, partition), expected, "{topic}-{partition}");
 }
 
 /// The partitions the traffic goes to: 20 per topic, spread over the whole range.
@@ -231,7 +215,7 @@ fn ten_thousand_partitions_on_one_shard_stay_online_within_the_descriptor_budget
         assert_holds(&mut raw, topic, *partition, 4);
     }
     // A partition never written to is there, empty, after the restart too.
-    assert!(fetch_all(&mut raw, &topic_name(3), 999).is_empty());
+    assert!(crate::kafka::fetch_records(&mut raw, &topic_name(3), 999).is_empty());
     let descriptors = open_descriptors(broker_pid(&data));
     assert!(
         descriptors <= budget + OTHER_DESCRIPTORS,
