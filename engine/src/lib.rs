@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod io;
 pub mod log;
 pub mod metadata;
+pub mod partition;
 pub mod producer;
 pub mod replay;
 pub mod runtime;
