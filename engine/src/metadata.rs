@@ -98,6 +98,10 @@ pub struct MetadataImage {
     topic_names_by_id: BTreeMap<[u8; 16], String>,
     /// The first producer id never handed out.
     producer_ids_end: i64,
+    /// Records applied so far: the next record's offset in the metadata log. Every
+    /// shard's copy reports it, so a copy that missed a record is detected instead of
+    /// serving a history that never was.
+    next_offset: i64,
 }
 
 #[derive(Debug, Error)]
@@ -265,7 +269,18 @@ impl MetadataImage {
             MetadataRecord::ProducerIds { end } => self.producer_ids_end = *end,
         }
         assert_eq!(self.topics.len(), self.topic_names_by_id.len());
+        self.next_offset += 1;
         Ok(())
+    }
+
+    /// The offset of the last record applied (-1: none), in the metadata log's order.
+    pub fn offset(&self) -> i64 {
+        self.next_offset - 1
+    }
+
+    /// The offset the next record takes.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
     }
 
     /// The first producer id never handed out.
@@ -712,6 +727,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, image) = MetadataLog::open(dir.path()).unwrap();
         assert!(image.is_empty());
+        assert_eq!((image.offset(), image.next_offset()), (-1, 0));
         assert_eq!(log.path(), dir.path().join("__cluster_metadata").join("metadata.log"));
         assert_eq!(file_len(&log), 0);
     }
@@ -739,6 +755,7 @@ mod tests {
         }
         let (_, image) = MetadataLog::open(dir.path()).unwrap();
         assert_eq!(image, expected);
+        assert_eq!(image.offset(), records.len() as i64 - 1, "the offset of the last record");
         assert_eq!(image.topic("a").unwrap().partitions, 4);
         assert_eq!(image.topic("b").unwrap().topic_id, id(3));
         // The re-created topic starts from its own overrides, not the deleted one's.

@@ -6,6 +6,9 @@
 use sluice_engine::batch::BatchError;
 use sluice_engine::log::LogError;
 use sluice_engine::metadata::MetadataError;
+use sluice_engine::partition::state::EpochMismatch;
+use sluice_engine::partition::AppendError;
+use sluice_engine::producer::SequenceError;
 
 /// A Kafka error code with its message, as a handler answers it for one partition or topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,4 +122,35 @@ pub fn from_metadata_error(error: &MetadataError) -> KafkaError {
         _ => code::UNKNOWN_SERVER_ERROR,
     };
     KafkaError::new(code, error.to_string())
+}
+
+/// Kafka's answer for an append a partition refused or failed.
+pub fn from_append_error(error: &AppendError) -> KafkaError {
+    let code = match error {
+        AppendError::Batch(error) => return from_batch_error(error),
+        AppendError::Log(error) => return from_log_error(error),
+        AppendError::Epoch(mismatch) => return from_epoch_mismatch(*mismatch),
+        AppendError::Refused(_) => code::INVALID_RECORD,
+        AppendError::Malformed(_) => code::CORRUPT_MESSAGE,
+        AppendError::Sequence { error, .. } => match error {
+            SequenceError::InvalidProducerEpoch => code::INVALID_PRODUCER_EPOCH,
+            SequenceError::OutOfOrderSequence => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            SequenceError::UnknownProducerId => code::UNKNOWN_PRODUCER_ID,
+            // The earlier attempt is still being written: the client retries.
+            SequenceError::DuplicateInFlight => code::REQUEST_TIMED_OUT,
+        },
+        AppendError::DuplicateAmongOthers => code::DUPLICATE_SEQUENCE_NUMBER,
+        AppendError::NotContinuous(_) => code::OFFSET_OUT_OF_RANGE,
+        AppendError::WrongRole(_) => code::NOT_LEADER_OR_FOLLOWER,
+    };
+    KafkaError::new(code, error.to_string())
+}
+
+/// Kafka's answer for a request whose leader epoch is not the partition's.
+pub fn from_epoch_mismatch(mismatch: EpochMismatch) -> KafkaError {
+    let code = match mismatch {
+        EpochMismatch::FromTheFuture { .. } => code::UNKNOWN_LEADER_EPOCH,
+        EpochMismatch::Stale { .. } => code::FENCED_LEADER_EPOCH,
+    };
+    KafkaError::new(code, mismatch.to_string())
 }

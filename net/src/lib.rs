@@ -3,12 +3,15 @@
 
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod group;
 pub mod handlers;
 pub mod mesh;
+pub mod metadata_cache;
 pub mod protocol;
 pub mod recent;
+pub mod replica;
 pub mod reqmetrics;
 pub mod server;
 pub mod shard;

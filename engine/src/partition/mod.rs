@@ -64,7 +64,7 @@ pub enum AppendError {
     #[error("{0}")]
     Malformed(&'static str),
     /// A producer's sequence or epoch does not continue its state.
-    #[error("batch of producer {} epoch {} sequence {}: {error:?}", .batch.producer_id, .batch.epoch, .batch.first_sequence)]
+    #[error("batch of producer {} epoch {} sequence {}: {}", .batch.producer_id, .batch.epoch, .batch.first_sequence, sequence_reason(*.error))]
     Sequence { error: SequenceError, batch: BatchIdentity },
     /// A duplicate batch among others in one request (only a request holding just the
     /// duplicate is answered with the original offsets).
@@ -90,6 +90,15 @@ pub enum DeleteRecordsError {
     PastHighWatermark { offset: i64, high_watermark: i64 },
     #[error("{0}")]
     Log(#[from] LogError),
+}
+
+fn sequence_reason(error: SequenceError) -> &'static str {
+    match error {
+        SequenceError::InvalidProducerEpoch => "an old epoch",
+        SequenceError::OutOfOrderSequence => "a sequence out of order",
+        SequenceError::UnknownProducerId => "an unknown producer not at sequence 0",
+        SequenceError::DuplicateInFlight => "a retry of a batch in flight",
+    }
 }
 
 /// How a leader appends a client's batches.

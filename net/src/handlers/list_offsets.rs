@@ -11,9 +11,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{
-    ListOffsetsPart, ListOffsetsResult, Shard, ShardRequest, ShardResponse, LEADER_EPOCH,
-};
+use crate::shard::{ListOffsetsPart, ListOffsetsResult, Shard, ShardRequest, ShardResponse};
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -65,7 +63,7 @@ pub async fn handle(
             answer.timestamp = result.timestamp;
             answer.offset = result.offset;
             if version >= 4 && result.error.is_none() && result.offset >= 0 {
-                answer.leader_epoch = LEADER_EPOCH;
+                answer.leader_epoch = result.leader_epoch;
             }
             topic.partitions.push(answer);
         }

@@ -14,7 +14,7 @@ use sluice_engine::metadata::{self, MetadataRecord, TopicMetadata};
 
 use super::{str_bytes, topic_name, uuid};
 use crate::error::code;
-use crate::shard::{Shard, LEADER_EPOCH};
+use crate::shard::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -> MetadataResponse {
     let config = &shard.config;
@@ -118,7 +118,7 @@ fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataR
             partition.partition_index = index;
             partition.leader_id = node;
             if version >= 7 {
-                partition.leader_epoch = LEADER_EPOCH;
+                partition.leader_epoch = shard.metadata_cache.leader_epoch(&topic.name, index);
             }
             partition.replica_nodes = vec![node];
             partition.isr_nodes = vec![node];

@@ -1,0 +1,393 @@
+//! The replica manager of one shard (Kafka's `ReplicaManager`): the partitions the shard
+//! owns, and the Kafka semantics of serving them — produce (with idempotence and
+//! transactions), fetch with its purgatory of parked long polls and the zero-copy choice,
+//! ListOffsets, DeleteRecords, OffsetForLeaderEpoch, transaction markers, the
+//! coordinators' internal records, opening and closing partitions as metadata changes.
+//! The shard around it is a container (executor, mesh, listeners, housekeeping); each
+//! request part arrives here on the shard that owns its partition.
+//!
+//! Lives on one shard; never shared across threads.
+
+mod cache_windows;
+mod fetch;
+pub mod partition;
+mod produce;
+pub mod types;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_engine::checkpoint::TopicPartition;
+use sluice_engine::clock::{Clock, SystemClock};
+use sluice_engine::log::OpenHints;
+use sluice_engine::metadata::MetadataRecord;
+use sluice_engine::partition::Replica;
+use sluice_engine::shard::{shard_of, ShardId};
+use sluice_engine::timer::{DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver};
+use tracing::{error, info, warn};
+
+pub use cache_windows::{CacheWindows, CACHE_WINDOW_TICKS};
+pub use fetch::{FetchWaiter, Replayed};
+pub use partition::{OfflinePartitions, Partition};
+
+use crate::config::{BrokerConfig, TopicSettings};
+use crate::error::{code, KafkaError};
+use crate::metadata_cache::MetadataCache;
+use crate::recent::RecentBatches;
+use crate::throttle::LogThrottle;
+
+/// Delayed fetches one shard parks at once.
+const FETCH_WAITERS_MAX: usize = 100_000;
+/// Direct mode: the bytes of recently appended batches a shard keeps for tail fetches.
+const RECENT_BATCHES_BYTES: u64 = 64 << 20;
+
+type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
+
+/// What applying a stored metadata change did to this shard's partitions: those it
+/// created that could not be opened, with why (they exist, offline).
+#[derive(Debug, Default)]
+pub struct Opened {
+    pub offline: Vec<(TopicPartition, String)>,
+}
+
+/// See the module documentation.
+pub struct ReplicaManager {
+    shard: ShardId,
+    config: Arc<BrokerConfig>,
+    clock: SystemClock,
+    log_clock: Rc<dyn Clock>,
+    metadata: Rc<MetadataCache>,
+    partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    /// Partitions of the broker that could not be opened, with the reason: this shard
+    /// writes its own, and every shard reads all for Metadata answers.
+    offline: Arc<OfflinePartitions>,
+    fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
+    /// Direct mode's cache of recent batches over all partitions, oldest first:
+    /// (partition, chunk base offset, chunk bytes), and the bytes it holds.
+    recent_order: RefCell<VecDeque<(Weak<Partition>, i64, u64)>>,
+    recent_bytes: Cell<u64>,
+    /// "append failed" lines: a full disk fails every produce the same way.
+    append_failures: LogThrottle,
+}
+
+impl ReplicaManager {
+    pub fn new(
+        shard: ShardId,
+        config: Arc<BrokerConfig>,
+        clock: SystemClock,
+        metadata: Rc<MetadataCache>,
+        offline: Arc<OfflinePartitions>,
+    ) -> Self {
+        let fetch_waiters = TimerDriver::new(
+            Purgatory::new(PurgatoryOptions {
+                ops_max: FETCH_WAITERS_MAX,
+                ..PurgatoryOptions::starting_at(clock.monotonic_ms())
+            }),
+            clock.clone(),
+            DriverOptions::DEFAULT,
+        );
+        Self {
+            shard,
+            config,
+            log_clock: Rc::new(clock.clone()),
+            clock,
+            metadata,
+            partitions: RefCell::new(HashMap::new()),
+            offline,
+            fetch_waiters,
+            recent_order: RefCell::new(VecDeque::new()),
+            recent_bytes: Cell::new(0),
+            append_failures: LogThrottle::new(Duration::from_secs(1)),
+        }
+    }
+
+    fn owns(&self, tp: &TopicPartition) -> bool {
+        shard_of(&tp.topic, tp.partition, self.config.shards) == self.shard
+    }
+
+    /// The broker's partitions that could not be opened (all shards').
+    pub fn offline(&self) -> &OfflinePartitions {
+        &self.offline
+    }
+
+    /// How many partitions this shard serves.
+    pub fn len(&self) -> usize {
+        self.partitions.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitions.borrow().is_empty()
+    }
+
+    pub fn contains(&self, tp: &TopicPartition) -> bool {
+        self.partitions.borrow().contains_key(tp)
+    }
+
+    /// Every partition on this shard.
+    pub fn list(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// The partitions of `topic` on this shard (the coordinators' internal topics).
+    pub fn of_topic(&self, topic: &str) -> Vec<TopicPartition> {
+        self.partitions.borrow().keys().filter(|tp| tp.topic == topic).cloned().collect()
+    }
+
+    /// The partition, or Kafka's answer for why this shard cannot serve it.
+    pub fn get(&self, tp: &TopicPartition) -> Result<Rc<Partition>, KafkaError> {
+        if let Some(partition) = self.partitions.borrow().get(tp) {
+            return Ok(partition.clone());
+        }
+        if let Some(reason) = self.offline.reason(tp) {
+            return Err(KafkaError::new(code::KAFKA_STORAGE_ERROR, reason));
+        }
+        let known =
+            self.metadata.image().topic(&tp.topic).is_some_and(|t| tp.partition < t.partitions);
+        if known && !self.owns(tp) {
+            return Err(KafkaError::new(
+                code::NOT_LEADER_OR_FOLLOWER,
+                "partition on another shard",
+            ));
+        }
+        Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown partition {tp}")))
+    }
+
+    /// Starts the fetch purgatory's timer task: an expired parked fetch answers with
+    /// what it has.
+    pub fn spawn_timers(&self) -> Result<glommio::Task<()>, String> {
+        self.fetch_waiters
+            .spawn(|expired: Expired<FetchWaiter>| expired.op.wake())
+            .map_err(|error| format!("starting the fetch timer: {error}"))
+    }
+
+    pub fn stop_timers(&self) {
+        self.fetch_waiters.stop();
+    }
+
+    // ---- partitions open and close as metadata changes ----
+
+    /// Opens, at start-up, every partition of the image this shard owns. Returns how many
+    /// could not be opened (they are offline, each with a log line).
+    pub async fn open_owned(&self, hints: &BTreeMap<TopicPartition, OpenHints>) -> usize {
+        let owned: Vec<TopicPartition> = {
+            let image = self.metadata.image();
+            image
+                .topics()
+                .flat_map(|topic| {
+                    (0..topic.partitions).map(|p| TopicPartition::new(topic.name.clone(), p))
+                })
+                .filter(|tp| self.owns(tp))
+                .collect()
+        };
+        let mut offline = 0usize;
+        for tp in owned {
+            let hint = hints.get(&tp).copied().unwrap_or_default();
+            if self.open(tp, hint).await.is_err() {
+                offline += 1;
+            }
+        }
+        offline
+    }
+
+    /// Opens or closes this shard's partitions for a metadata change the image already
+    /// holds.
+    pub async fn apply(&self, record: &MetadataRecord) -> Opened {
+        let mut opened = Opened::default();
+        match record {
+            MetadataRecord::CreateTopic { name, partitions, .. }
+            | MetadataRecord::CreatePartitions { name, partitions } => {
+                for partition in 0..*partitions {
+                    let tp = TopicPartition::new(name.clone(), partition);
+                    if self.contains(&tp) {
+                        continue;
+                    }
+                    if let Err(reason) = self.open(tp.clone(), OpenHints::default()).await {
+                        opened.offline.push((tp, reason));
+                    }
+                }
+            }
+            MetadataRecord::DeleteTopic { name } => self.delete_topic(name).await,
+            // Only the controller hands out producer ids.
+            MetadataRecord::ProducerIds { .. } => {}
+            MetadataRecord::SetTopicConfigs { name, .. } => {
+                let settings = self.topic_settings(name);
+                for partition in self.list() {
+                    if &partition.tp().topic != name {
+                        continue;
+                    }
+                    if let Err(error) = partition.replica.log().set_options(settings.log.clone()) {
+                        error!(partition = %partition.tp(), %error, "new topic config rejected");
+                        continue;
+                    }
+                    *partition.settings.borrow_mut() = settings.clone();
+                }
+            }
+        }
+        opened
+    }
+
+    /// Closes and deletes this shard's partitions of a deleted topic; fetches parked on
+    /// them answer now.
+    async fn delete_topic(&self, name: &str) {
+        let doomed: Vec<Rc<Partition>> = {
+            let mut partitions = self.partitions.borrow_mut();
+            let tps: Vec<TopicPartition> =
+                partitions.keys().filter(|tp| tp.topic == name).cloned().collect();
+            tps.iter().filter_map(|tp| partitions.remove(tp)).collect()
+        };
+        self.offline.forget_topic(name);
+        for partition in doomed {
+            let log = partition.replica.log();
+            if let Err(error) = log.close().await {
+                warn!(partition = %partition.tp(), %error, "closing a deleted partition");
+            }
+            let dir = log.dir().to_path_buf();
+            // Deleting a directory is a blocking syscall, on the rare topic deletion only,
+            // never on the produce or fetch path.
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                warn!(dir = %dir.display(), %error, "removing a deleted partition");
+            }
+            self.on_append(partition.tp());
+        }
+    }
+
+    /// The settings of `topic` from its stored overrides. Overrides were validated before
+    /// they were stored; one that no longer validates (a broker default changed) falls
+    /// back to the broker defaults with an error line.
+    fn topic_settings(&self, topic: &str) -> TopicSettings {
+        let overrides =
+            self.metadata.image().topic(topic).map(|t| t.configs.clone()).unwrap_or_default();
+        match self.config.topic_settings(&overrides) {
+            Ok(settings) => settings,
+            Err(error) => {
+                error!(topic, %error, "stored topic config is invalid; using broker defaults");
+                self.config.topic_settings(&BTreeMap::new()).unwrap_or_else(|_| TopicSettings {
+                    log: self.config.log.clone(),
+                    log_append_time: false,
+                    min_insync_replicas: 1,
+                    cleanup_policy: "delete".into(),
+                })
+            }
+        }
+    }
+
+    /// Opens (creating if needed) a partition this shard owns. Failure takes the
+    /// partition offline with a log line (Metadata answers it without a leader) and
+    /// returns the reason; the shard serves the others.
+    async fn open(&self, tp: TopicPartition, hints: OpenHints) -> Result<(), String> {
+        if !self.owns(&tp) {
+            return Ok(());
+        }
+        let settings = self.topic_settings(&tp.topic);
+        let dir = self.config.data_dir.join(tp.dir_name());
+        let epoch = self.metadata.leader_epoch(&tp.topic, tp.partition);
+        let opened = match std::fs::create_dir_all(&dir) {
+            Ok(()) => Replica::open(
+                tp.clone(),
+                &dir,
+                settings.log.clone(),
+                hints,
+                self.log_clock.clone(),
+                epoch,
+            )
+            .await
+            .map_err(|error| error.to_string()),
+            Err(error) => Err(format!("creating {}: {error}", dir.display())),
+        };
+        match opened {
+            Ok(replica) => {
+                let partition = Rc::new(Partition {
+                    replica,
+                    settings: RefCell::new(settings),
+                    recent: RecentBatches::default(),
+                });
+                self.offline.remove(&tp);
+                self.partitions.borrow_mut().insert(tp, partition);
+                Ok(())
+            }
+            Err(reason) => {
+                error!(partition = %tp, %reason, "partition offline: it could not be opened");
+                self.offline.insert(tp, reason.clone());
+                Err(reason)
+            }
+        }
+    }
+
+    // ---- housekeeping ----
+
+    /// Flushes what is due, and applies retention when `retention_due`.
+    pub async fn housekeeping(&self, retention_due: bool) {
+        for partition in self.list() {
+            let replica = &partition.replica;
+            if let Err(error) = replica.log().maybe_flush().await {
+                warn!(partition = %partition.tp(), %error, "scheduled flush failed");
+            }
+            if retention_due {
+                match replica.apply_retention().await {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        info!(partition = %partition.tp(), segments = deleted.len(), "retention deleted segments")
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(partition = %partition.tp(), %error, "retention failed"),
+                }
+            }
+        }
+    }
+
+    /// Writes every partition's producer snapshot and closes its log; returns the
+    /// checkpoint entries (recovery point, log start) of those that closed cleanly.
+    pub async fn close_all(&self) -> Vec<(TopicPartition, i64, i64)> {
+        let mut checkpoints = Vec::new();
+        for partition in self.list() {
+            let replica = &partition.replica;
+            // Every request has finished: the producer state matches the log end.
+            replica.write_snapshot();
+            let log = replica.log();
+            match log.close().await {
+                Ok(()) => checkpoints.push((
+                    partition.tp().clone(),
+                    log.recovery_point(),
+                    log.log_start_offset(),
+                )),
+                Err(error) => {
+                    error!(shard = self.shard, partition = %partition.tp(), %error, "closing the log failed")
+                }
+            }
+        }
+        checkpoints
+    }
+
+    /// Keeps a direct-mode append's batches in the partition's cache of recent batches,
+    /// evicting the shard's oldest chunks beyond `RECENT_BATCHES_BYTES`. The bytes are
+    /// usually a piece of a produce request's frame, which stays allocated while any of
+    /// its pieces is cached: the budget counts batch bytes, so memory can exceed it by
+    /// about one request (pieces of one request are cached and evicted together).
+    fn remember(&self, partition: &Rc<Partition>, base: i64, end: i64, bytes: Bytes) {
+        let len = bytes.len() as u64;
+        if len > RECENT_BATCHES_BYTES {
+            return;
+        }
+        partition.recent.insert(base, end, bytes);
+        let mut order = self.recent_order.borrow_mut();
+        order.push_back((Rc::downgrade(partition), base, len));
+        let mut used = self.recent_bytes.get() + len;
+        while used > RECENT_BATCHES_BYTES {
+            let Some((oldest, at, size)) = order.pop_front() else { break };
+            // A partition that closed freed its chunks when it dropped.
+            if let Some(oldest) = oldest.upgrade() {
+                oldest.recent.evict(at);
+            }
+            used -= size;
+        }
+        self.recent_bytes.set(used);
+    }
+
+    /// Appends failed: one error line per second per shard at most.
+    fn append_failure_admitted(&self) -> Option<u64> {
+        self.append_failures.admit(Instant::now())
+    }
+}
