@@ -5,7 +5,8 @@
 #   bench_prepare                 makes $out, builds the release binaries, and unless
 #                                 SKIP_BASELINE is set runs perf/baseline.sh into
 #                                 $out/baseline.json (data in BENCH_DIR)
-#   start_broker MODE [ARGS...]   BROKER_ARGS, then ARGS, are more `sluice serve` arguments
+#   start_broker MODE [ARGS...]   BROKER_ARGS, then ARGS, are more `sluice serve` arguments;
+#                                 SLUICE names another broker binary (perf/ab.sh)
 #   stop_broker
 #   bench NAME SUBCOMMAND [ARGS...]   BENCH_ARGS are more sluice-bench arguments
 bench_prepare() {
@@ -24,7 +25,7 @@ start_broker() { # $1 io mode, rest: more `sluice serve` arguments (after BROKER
   shift
   data=$(mktemp -d "${BENCH_DIR:-/tmp}/sluice-bench-XXXX")
   port=$((20000 + RANDOM % 20000))
-  taskset -c 0 target/release/sluice serve --listen "127.0.0.1:$port" --data-dir "$data" \
+  taskset -c 0 "${SLUICE:-target/release/sluice}" serve --listen "127.0.0.1:$port" --data-dir "$data" \
     --cores 1 --io "$io" ${BROKER_ARGS:-} "$@" >"$data.log" 2>&1 &
   broker=$!
   for _ in $(seq 100); do
