@@ -3,16 +3,14 @@
 //! A client that sends a version newer than ours gets a v0 answer with
 //! UNSUPPORTED_VERSION and our list (KIP-511), and retries with a version we know.
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
+use super::RequestContext;
 use super::{advertised, SERVED};
 use crate::error::code;
 use crate::protocol::{encode_response, ProtocolError};
-use crate::shard::Shard;
 
 fn response() -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
@@ -28,11 +26,7 @@ fn response() -> ApiVersionsResponse {
     response
 }
 
-pub async fn handle(
-    _shard: &Rc<Shard>,
-    _request: ApiVersionsRequest,
-    _version: i16,
-) -> ApiVersionsResponse {
+pub async fn handle(_ctx: &RequestContext, _request: ApiVersionsRequest) -> ApiVersionsResponse {
     response()
 }
 

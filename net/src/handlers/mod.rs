@@ -6,6 +6,7 @@ pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod api_versions;
 pub mod configs;
+pub mod context;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -36,8 +37,6 @@ pub mod produce;
 pub mod sync_group;
 pub mod txn_offset_commit;
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -46,8 +45,8 @@ use sluice_engine::checkpoint::TopicPartition;
 
 use crate::error::KafkaError;
 use crate::protocol::{self, decode_body, encode_response, FixedHeader, ProtocolError, Request};
-use crate::shard::Shard;
 use crate::zerocopy::Frame;
+pub use context::RequestContext;
 
 /// An API we serve and the versions of it we serve.
 #[derive(Debug, Clone, Copy)]
@@ -117,19 +116,14 @@ pub fn served(api: ApiKey) -> Option<Served> {
 
 /// Decodes the request body, runs its handler, encodes the response frame. `Ok(None)`
 /// when the request gets no response (Produce with acks=0).
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: Request,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<Option<Frame>, ProtocolError> {
-    let api = request.api;
-    let version = request.header.request_api_version;
-    let correlation_id = request.header.correlation_id;
-    let body = &request.body;
+pub async fn handle(ctx: &RequestContext, body: Bytes) -> Result<Option<Frame>, ProtocolError> {
+    let api = ctx.api;
+    let version = ctx.version;
+    let correlation_id = ctx.correlation_id;
     macro_rules! serve {
         ($module:ident) => {{
-            let decoded = decode_body(api, version, body)?;
-            let response = $module::handle(shard, decoded, version).await;
+            let decoded = decode_body(api, version, &body)?;
+            let response = $module::handle(ctx, decoded).await;
             encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
         }};
     }
@@ -137,8 +131,8 @@ pub async fn handle(
         ApiKey::ApiVersions => serve!(api_versions),
         ApiKey::Metadata => serve!(metadata),
         ApiKey::Fetch => {
-            let decoded = decode_body(api, version, body)?;
-            let answer = fetch::handle(shard, decoded, version).await;
+            let decoded = decode_body(api, version, &body)?;
+            let answer = fetch::handle(ctx, decoded).await;
             Ok(Some(fetch::encode(version, correlation_id, answer)))
         }
         ApiKey::ListOffsets => serve!(list_offsets),
@@ -152,6 +146,7 @@ pub async fn handle(
         ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
         ApiKey::DescribeCluster => serve!(describe_cluster),
         ApiKey::FindCoordinator => serve!(find_coordinator),
+        ApiKey::JoinGroup => serve!(join_group),
         ApiKey::SyncGroup => serve!(sync_group),
         ApiKey::Heartbeat => serve!(heartbeat),
         ApiKey::LeaveGroup => serve!(leave_group),
@@ -169,23 +164,12 @@ pub async fn handle(
         ApiKey::DescribeProducers => serve!(describe_producers),
         ApiKey::DescribeTransactions => serve!(describe_transactions),
         ApiKey::ListTransactions => serve!(list_transactions),
-        ApiKey::JoinGroup => {
-            let decoded = decode_body(api, version, body)?;
-            let client = crate::group::Client {
-                id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-                // Kafka prints the peer's InetAddress: "/127.0.0.1".
-                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
-            };
-            let response = join_group::handle(shard, decoded, version, client).await;
-            encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
-        }
         ApiKey::Produce => {
-            let decoded = decode_body(api, version, body)?;
-            // The header goes now: its client id is a slice of the frame, and the record
-            // bytes can be taken over in place only when nothing else refers to it.
-            let Request { header, body, .. } = request;
-            drop(header);
-            match produce::handle(shard, decoded, body, version).await {
+            // The context keeps nothing of the frame (its header was consumed when the
+            // context was made), so once decoded the body alone refers to it and the
+            // record bytes can be taken over in place.
+            let decoded = decode_body(api, version, &body)?;
+            match produce::handle(ctx, decoded, body).await {
                 Some(response) => {
                     encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
                 }
