@@ -471,7 +471,7 @@ fn dispatch(
     let shard = shard.clone();
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
-            let response = handlers::api_versions::unsupported_version(correlation_id);
+            let response = handlers::unsupported_version(correlation_id);
             Ok(glommio::spawn_local(async move {
                 let started = Instant::now();
                 let times = times(started);

@@ -43,6 +43,18 @@ mod tests {
     use super::*;
     use crate::handlers::{parse, served};
 
+    /// ApiVersions lists the table, entry for entry and in its order: each API with the
+    /// versions the table gives it, and nothing else.
+    #[test]
+    fn lists_exactly_the_table() {
+        let listed: Vec<(i16, i16, i16)> =
+            response().api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        let table: Vec<(i16, i16, i16)> =
+            SERVED.iter().map(|s| (s.api as i16, s.advertised_min, s.max)).collect();
+        assert_eq!(listed, table);
+        assert!(SERVED.iter().all(|s| s.advertised_min == s.min || s.api == ApiKey::Produce));
+    }
+
     /// Produce is listed from v0 so that older librdkafka compresses (KAFKA-18659), yet a
     /// v0-2 request is refused as before; every other API is listed as served.
     #[test]
