@@ -14,7 +14,7 @@
 //! request's handler ran: the `response_queue` phase's p99 was as large as `local`'s
 //! (perf/RESULTS.md, "Where the broker's p99 went", 2026-11-21).
 
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -25,8 +25,9 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::handlers::context::Connection;
 use crate::handlers::{self, Parsed};
-use crate::protocol::{self, ProtocolError, SIZE_PREFIX_BYTES};
+use crate::protocol::{self, ProtocolError, Request, SIZE_PREFIX_BYTES};
 use crate::reqmetrics::RequestTimes;
 use crate::shard::Shard;
 use crate::zerocopy::{self, Frame};
@@ -45,6 +46,8 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
     let address = shard.config.listen;
     let listener = TcpListener::bind(address)
         .map_err(|error| format!("shard {} cannot listen on {address}: {error}", shard.id))?;
+    // The address actually bound (the configured port may be 0), for request contexts.
+    let bound = listener.local_addr().unwrap_or(address);
     info!(shard = shard.id, %address, "listening");
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -75,7 +78,7 @@ pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             debug!(shard = shard.id, %peer, "connection open");
-            serve_connection(shard.clone(), stream, &peer).await;
+            serve_connection(shard.clone(), stream, bound, &peer).await;
             shard.connections.set(shard.connections.get() - 1);
             debug!(shard = shard.id, %peer, "connection closed");
         })
@@ -188,9 +191,9 @@ impl Responder {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, listener: SocketAddr, peer: &str) {
     let _ = stream.set_nodelay(true);
-    let peer_addr = stream.peer_addr().ok();
+    let mut connection = Connection::new(listener, stream.peer_addr().ok());
     // Requests are read and responses written with our own non-blocking syscalls (recv
     // in `FrameReader`; sendmsg, and sendfile for records in page-cache files); glommio's
     // stream waits for data (peek) and shuts the connection down.
@@ -263,7 +266,7 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, peer: &str) {
         };
         let responder = Responder { socket, order: order.clone(), number };
         number += 1;
-        let pending = match dispatch(&shard, frame, peer_addr, first_byte, responder) {
+        let pending = match dispatch(&shard, &mut connection, frame, first_byte, responder) {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(shard = shard.id, %peer, %error, "closing connection");
@@ -450,8 +453,8 @@ async fn recv_at_least(
 /// could give), except ApiVersions, which answers in v0 with the versions we serve.
 fn dispatch(
     shard: &Rc<Shard>,
+    connection: &mut Connection,
     frame: Bytes,
-    peer: Option<std::net::SocketAddr>,
     first_byte: Instant,
     responder: Responder,
 ) -> Result<Pending, ProtocolError> {
@@ -468,7 +471,7 @@ fn dispatch(
     let shard = shard.clone();
     match handlers::parse(frame)? {
         Parsed::ApiVersionsFallback { correlation_id } => {
-            let response = handlers::api_versions::unsupported_version(correlation_id);
+            let response = handlers::unsupported_version(correlation_id);
             Ok(glommio::spawn_local(async move {
                 let started = Instant::now();
                 let times = times(started);
@@ -477,13 +480,18 @@ fn dispatch(
             })
             .detach())
         }
-        Parsed::Request(request) => Ok(glommio::spawn_local(async move {
-            let started = Instant::now();
-            let response = handlers::handle(&shard, request, peer).await;
-            let times = times(started);
-            (responder.respond(&shard, response).await, times)
-        })
-        .detach()),
+        Parsed::Request(Request { api, header, body }) => {
+            // The header is consumed here: the context keeps none of the frame, so a
+            // produce request's body alone refers to it (see `handlers::context`).
+            let ctx = connection.request(shard, api, header);
+            Ok(glommio::spawn_local(async move {
+                let started = Instant::now();
+                let response = handlers::handle(&ctx, body).await;
+                let times = times(started);
+                (responder.respond(&ctx.shard, response).await, times)
+            })
+            .detach())
+        }
     }
 }
 

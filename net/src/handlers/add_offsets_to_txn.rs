@@ -2,21 +2,19 @@
 //! transaction (`send_offsets_to_transaction`): the group's partition of
 //! `__consumer_offsets` joins the transaction, so the markers reach it.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{offsets_partition, OFFSETS_TOPIC};
-use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall};
 use sluice_engine::checkpoint::TopicPartition;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: AddOffsetsToTxnRequest,
-    _version: i16,
 ) -> AddOffsetsToTxnResponse {
+    let shard = &ctx.shard;
     let mut response = AddOffsetsToTxnResponse::default();
     // An empty group id is not refused here: Kafka adds its offsets partition and fails
     // the TxnOffsetCommit that follows with INVALID_GROUP_ID, and so do we.

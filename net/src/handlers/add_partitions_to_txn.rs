@@ -2,24 +2,22 @@
 //! to write in its transaction, so the coordinator knows where to write the markers.
 //! Versions 0-3 (the client's form; v4+ is the brokers' batched form of KIP-890).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 
 use super::topic_name;
+use super::RequestContext;
 use crate::error::code;
-use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall};
 use sluice_engine::checkpoint::TopicPartition;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: AddPartitionsToTxnRequest,
-    _version: i16,
 ) -> AddPartitionsToTxnResponse {
+    let shard = &ctx.shard;
     let id = request.v3_and_below_transactional_id.0.to_string();
     let partitions: Vec<TopicPartition> = request
         .v3_and_below_topics

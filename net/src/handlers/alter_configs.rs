@@ -11,14 +11,12 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::configs;
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::{code, KafkaError};
 use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: AlterConfigsRequest,
-    _version: i16,
-) -> AlterConfigsResponse {
+pub async fn handle(ctx: &RequestContext, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let shard = &ctx.shard;
     let duplicates = super::named_twice(
         request.resources.iter().map(|r| (r.resource_type, r.resource_name.as_str().to_string())),
     );

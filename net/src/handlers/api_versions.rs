@@ -3,16 +3,14 @@
 //! A client that sends a version newer than ours gets a v0 answer with
 //! UNSUPPORTED_VERSION and our list (KIP-511), and retries with a version we know.
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
+use super::RequestContext;
 use super::{advertised, SERVED};
 use crate::error::code;
 use crate::protocol::{encode_response, ProtocolError};
-use crate::shard::Shard;
 
 fn response() -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
@@ -28,11 +26,7 @@ fn response() -> ApiVersionsResponse {
     response
 }
 
-pub async fn handle(
-    _shard: &Rc<Shard>,
-    _request: ApiVersionsRequest,
-    _version: i16,
-) -> ApiVersionsResponse {
+pub async fn handle(_ctx: &RequestContext, _request: ApiVersionsRequest) -> ApiVersionsResponse {
     response()
 }
 
@@ -48,6 +42,18 @@ pub fn unsupported_version(correlation_id: i32) -> Result<Bytes, ProtocolError> 
 mod tests {
     use super::*;
     use crate::handlers::{parse, served};
+
+    /// ApiVersions lists the table, entry for entry and in its order: each API with the
+    /// versions the table gives it, and nothing else.
+    #[test]
+    fn lists_exactly_the_table() {
+        let listed: Vec<(i16, i16, i16)> =
+            response().api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        let table: Vec<(i16, i16, i16)> =
+            SERVED.iter().map(|s| (s.api as i16, s.advertised_min, s.max)).collect();
+        assert_eq!(listed, table);
+        assert!(SERVED.iter().all(|s| s.advertised_min == s.min || s.api == ApiKey::Produce));
+    }
 
     /// Produce is listed from v0 so that older librdkafka compresses (KAFKA-18659), yet a
     /// v0-2 request is refused as before; every other API is listed as served.

@@ -11,15 +11,16 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use sluice_engine::metadata::MetadataRecord;
 
+use super::RequestContext;
 use super::{str_bytes, topic_name};
 use crate::error::{code, KafkaError};
 use crate::shard::Shard;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: CreatePartitionsRequest,
-    _version: i16,
 ) -> CreatePartitionsResponse {
+    let shard = &ctx.shard;
     let duplicates =
         super::named_twice(request.topics.iter().map(|t| t.name.0.as_str().to_string()));
     let mut response = CreatePartitionsResponse::default();

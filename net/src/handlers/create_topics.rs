@@ -6,7 +6,6 @@
 //! affected.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
@@ -14,16 +13,14 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use sluice_engine::metadata::{self, MetadataRecord};
 
+use super::RequestContext;
 use super::{configs, str_bytes, topic_name, uuid};
 use crate::config::BrokerConfig;
 use crate::error::{code, from_metadata_error, KafkaError};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: CreateTopicsRequest,
-    version: i16,
-) -> CreateTopicsResponse {
+pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let config = &shard.config;
     let mut response = CreateTopicsResponse::default();
     let duplicates =

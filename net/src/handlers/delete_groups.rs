@@ -1,21 +1,16 @@
 //! DeleteGroups (key 42): deletes empty groups and their committed offsets (tombstones in
 //! `__consumer_offsets`); a group with members is NON_EMPTY_GROUP.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, GroupId};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: DeleteGroupsRequest,
-    _version: i16,
-) -> DeleteGroupsResponse {
+pub async fn handle(ctx: &RequestContext, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let shard = &ctx.shard;
     let mut response = DeleteGroupsResponse::default();
     for group_id in &request.groups_names {
         let group = group_id.0.to_string();

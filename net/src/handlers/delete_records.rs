@@ -2,22 +2,18 @@
 //! up to an offset (-1: the high watermark) on the owning shard; whole segments below it
 //! are deleted at once, and fetches below it answer OFFSET_OUT_OF_RANGE.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use super::RequestContext;
 use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{Shard, ShardRequest, ShardResponse};
+use crate::shard::{ShardRequest, ShardResponse};
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: DeleteRecordsRequest,
-    _version: i16,
-) -> DeleteRecordsResponse {
+pub async fn handle(ctx: &RequestContext, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let shard = &ctx.shard;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.name.0.as_str());

@@ -1,21 +1,17 @@
 //! DeleteTopics (key 20): by name (v0-5) or by name or id (v6). The controller stores the
 //! deletion; every shard closes and removes the partitions it owned.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
 use sluice_engine::metadata::MetadataRecord;
 
+use super::RequestContext;
 use super::{str_bytes, topic_name, uuid};
 use crate::error::{code, KafkaError};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: DeleteTopicsRequest,
-    version: i16,
-) -> DeleteTopicsResponse {
+pub async fn handle(ctx: &RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let mut wanted: Vec<(Option<String>, uuid::Uuid)> = Vec::new();
     if version >= 6 {
         for topic in &request.topics {

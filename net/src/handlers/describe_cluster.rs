@@ -1,14 +1,12 @@
 //! DescribeCluster (key 60): the cluster id, the controller and the brokers, which while
 //! we are one node is this broker, its own controller.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
-use crate::shard::Shard;
 
 /// Kafka's `EndpointType` ids (v1+).
 pub const ENDPOINT_BROKER: i8 = 1;
@@ -24,10 +22,10 @@ const CLUSTER_OPERATIONS: i32 =
     (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12);
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: DescribeClusterRequest,
-    _version: i16,
 ) -> DescribeClusterResponse {
+    let shard = &ctx.shard;
     let config = &shard.config;
     let mut response = DescribeClusterResponse::default();
     // v0 has no endpoint type on the wire; the decoder leaves the default, broker.

@@ -1,8 +1,6 @@
 //! DescribeConfigs (key 32): a topic's configs (its overrides, else the broker defaults)
 //! or the broker's properties, each with its source, and from v3 its type.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -13,14 +11,16 @@ use sluice_engine::metadata;
 
 use super::configs::{self, ConfigEntry, RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::{code, from_metadata_error, KafkaError};
 use crate::shard::Shard;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: DescribeConfigsRequest,
-    version: i16,
 ) -> DescribeConfigsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     // Fields a version does not have must keep their defaults to encode.
     let include_documentation = version >= 3 && request.include_documentation;
     let mut response = DescribeConfigsResponse::default();

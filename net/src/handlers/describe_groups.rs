@@ -1,15 +1,13 @@
 //! DescribeGroups (key 15): state, protocol, members and their assignments. An unknown
 //! group is "Dead" with no error before v6, GROUP_ID_NOT_FOUND from v6 (KIP-1043).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, GroupId};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, GroupDescription};
-use crate::shard::Shard;
 
 /// Kafka's answer for "not asked" in `authorized_operations`.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -17,10 +15,11 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 const GROUP_OPERATIONS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: DescribeGroupsRequest,
-    version: i16,
 ) -> DescribeGroupsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let mut response = DescribeGroupsResponse::default();
     for group_id in &request.groups {
         let group = group_id.0.to_string();

@@ -2,22 +2,21 @@
 //! epoch, last sequence, last timestamp, coordinator epoch, and the first offset of the
 //! open transaction), from its producer state.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
 use kafka_protocol::messages::{DescribeProducersRequest, DescribeProducersResponse, ProducerId};
 
+use super::RequestContext;
 use super::{negative_partition, str_bytes, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{Shard, ShardRequest, ShardResponse};
+use crate::shard::{ShardRequest, ShardResponse};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: DescribeProducersRequest,
-    _version: i16,
 ) -> DescribeProducersResponse {
+    let shard = &ctx.shard;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.name.0.as_str());

@@ -1,22 +1,20 @@
 //! DescribeTransactions (key 65): per transactional id, its state, timeout, start time,
 //! producer id and epoch, and the partitions of its open transaction.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::{
     DescribeTransactionsRequest, DescribeTransactionsResponse, ProducerId, TransactionalId,
 };
 
+use super::RequestContext;
 use super::{str_bytes, topic_name};
-use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall, TxnDescription};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: DescribeTransactionsRequest,
-    _version: i16,
 ) -> DescribeTransactionsResponse {
+    let shard = &ctx.shard;
     let mut response = DescribeTransactionsResponse::default();
     for id in &request.transactional_ids {
         let id = id.0.to_string();

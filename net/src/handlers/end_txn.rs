@@ -1,15 +1,14 @@
 //! EndTxn (key 26): commit or abort the producer's transaction. The coordinator writes a
 //! marker to every partition of the transaction and answers once they are all written.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
+use super::RequestContext;
 use crate::error::code;
-use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall};
 
-pub async fn handle(shard: &Rc<Shard>, request: EndTxnRequest, _version: i16) -> EndTxnResponse {
+pub async fn handle(ctx: &RequestContext, request: EndTxnRequest) -> EndTxnResponse {
+    let shard = &ctx.shard;
     let id = request.transactional_id.0.to_string();
     let call = TxnCall::End {
         id: id.clone(),

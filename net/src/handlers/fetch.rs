@@ -18,6 +18,7 @@ use glommio::channels::local_channel;
 use kafka_protocol::messages::FetchRequest;
 use sluice_engine::clock::Clock;
 
+use super::RequestContext;
 use super::{negative_partition, Layout};
 use crate::error::{code, KafkaError};
 use crate::shard::{FetchPart, FetchResult, Shard, ShardRequest, ShardResponse, Watch};
@@ -34,7 +35,9 @@ pub struct FetchAnswer {
     pub topics: Vec<(String, Vec<(i32, FetchResult)>)>,
 }
 
-pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> FetchAnswer {
+pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     // session_id 0 with epoch 0 (new session) or -1 (sessionless) is a full fetch.
     if version >= 7 && request.session_id != 0 {
         return FetchAnswer { error_code: code::FETCH_SESSION_ID_NOT_FOUND, topics: Vec::new() };

@@ -4,24 +4,23 @@
 //! creates `__consumer_offsets` (groups) or `__transaction_state` (transactions). An
 //! unknown key type is INVALID_REQUEST, as Kafka's `CoordinatorType.forId` makes it.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
-use crate::shard::Shard;
 
 /// Kafka's `CoordinatorType`.
 pub const KEY_TYPE_GROUP: i8 = 0;
 pub const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: FindCoordinatorRequest,
-    version: i16,
 ) -> FindCoordinatorResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let keys: Vec<String> = if version >= 4 {
         request.coordinator_keys.iter().map(|k| k.to_string()).collect()
     } else {

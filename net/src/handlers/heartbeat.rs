@@ -1,19 +1,14 @@
 //! Heartbeat (key 12): keeps a member's session alive; REBALANCE_IN_PROGRESS tells it to
 //! rejoin.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, HeartbeatArgs};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: HeartbeatRequest,
-    _version: i16,
-) -> HeartbeatResponse {
+pub async fn handle(ctx: &RequestContext, request: HeartbeatRequest) -> HeartbeatResponse {
+    let shard = &ctx.shard;
     let group = request.group_id.to_string();
     let args = HeartbeatArgs {
         group: group.clone(),

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 
 use super::configs;
 use super::str_bytes;
+use super::RequestContext;
 use crate::config::topic_config;
 use crate::error::{code, KafkaError};
 use crate::shard::Shard;
@@ -22,10 +23,10 @@ pub const OP_APPEND: i8 = 2;
 pub const OP_SUBTRACT: i8 = 3;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: IncrementalAlterConfigsRequest,
-    _version: i16,
 ) -> IncrementalAlterConfigsResponse {
+    let shard = &ctx.shard;
     let duplicates = super::named_twice(
         request.resources.iter().map(|r| (r.resource_type, r.resource_name.as_str().to_string())),
     );

@@ -6,19 +6,18 @@
 //! id, bumps its epoch (fencing older instances), and aborts a transaction the previous
 //! instance left open.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use super::RequestContext;
 use crate::error::code;
-use crate::shard::Shard;
 use crate::txn::{TxnAnswer, TxnCall};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: InitProducerIdRequest,
-    version: i16,
 ) -> InitProducerIdResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;

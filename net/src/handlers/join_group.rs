@@ -1,21 +1,17 @@
 //! JoinGroup (key 11): a member joins (or rejoins) a group and waits for the rebalance
 //! to complete; the leader's answer carries every member's subscription.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::group::{Client, GroupAnswer, GroupCall, JoinArgs, JoinOutcome};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: JoinGroupRequest,
-    version: i16,
-    client: Client,
-) -> JoinGroupResponse {
+pub async fn handle(ctx: &RequestContext, request: JoinGroupRequest) -> JoinGroupResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
+    let client = Client { id: ctx.client_id().to_string(), host: ctx.client_host() };
     let group = request.group_id.to_string();
     let args = JoinArgs {
         group: group.clone(),

@@ -1,21 +1,17 @@
 //! LeaveGroup (key 13): members leave at once instead of waiting for their session to
 //! time out; v3+ leaves many (static members by instance id) in one request.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, LeaveOutcome, Leaving};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: LeaveGroupRequest,
-    version: i16,
-) -> LeaveGroupResponse {
+pub async fn handle(ctx: &RequestContext, request: LeaveGroupRequest) -> LeaveGroupResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let group = request.group_id.to_string();
     let members: Vec<Leaving> = if version >= 3 {
         request

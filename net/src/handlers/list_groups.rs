@@ -1,20 +1,16 @@
 //! ListGroups (key 16): every group of every coordinator shard, optionally filtered by
 //! state (v4+) and type (v5+; all our groups are "classic").
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::group::{GroupAnswer, GroupCall};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: ListGroupsRequest,
-    version: i16,
-) -> ListGroupsResponse {
+pub async fn handle(ctx: &RequestContext, request: ListGroupsRequest) -> ListGroupsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let mut response = ListGroupsResponse::default();
     let types: Vec<String> = request.types_filter.iter().map(|t| t.to_lowercase()).collect();
     if !types.is_empty() && !types.iter().any(|t| t == "classic") {

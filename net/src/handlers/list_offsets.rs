@@ -2,22 +2,19 @@
 //! the high watermark), the offset of the largest timestamp (-3), or the first offset
 //! whose timestamp is at or after a target time (through the time index).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use super::RequestContext;
 use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{ListOffsetsPart, ListOffsetsResult, Shard, ShardRequest, ShardResponse};
+use crate::shard::{ListOffsetsPart, ListOffsetsResult, ShardRequest, ShardResponse};
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: ListOffsetsRequest,
-    version: i16,
-) -> ListOffsetsResponse {
+pub async fn handle(ctx: &RequestContext, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let read_committed = version >= 2 && request.isolation_level == 1;
     let mut layout = Layout::new();
     for topic in &request.topics {

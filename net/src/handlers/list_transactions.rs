@@ -2,15 +2,13 @@
 //! producer id and state, filtered by state names and producer ids. Version 0 only (v1's
 //! duration filter is not implemented).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::list_transactions_response::TransactionState;
 use kafka_protocol::messages::{
     ListTransactionsRequest, ListTransactionsResponse, ProducerId, TransactionalId,
 };
 
 use super::str_bytes;
-use crate::shard::Shard;
+use super::RequestContext;
 use crate::txn::records::TxnStatus;
 use crate::txn::{TxnAnswer, TxnCall};
 
@@ -26,10 +24,10 @@ const STATES: [TxnStatus; 8] = [
 ];
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: ListTransactionsRequest,
-    _version: i16,
 ) -> ListTransactionsResponse {
+    let shard = &ctx.shard;
     let mut response = ListTransactionsResponse::default();
     let mut states = Vec::new();
     for filter in &request.state_filters {

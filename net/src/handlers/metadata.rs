@@ -4,19 +4,20 @@
 //! opened is answered LEADER_NOT_AVAILABLE without a leader, as Kafka answers an offline
 //! partition.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use sluice_engine::metadata::{self, MetadataRecord, TopicMetadata};
 
+use super::RequestContext;
 use super::{str_bytes, topic_name, uuid};
 use crate::error::code;
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(ctx: &RequestContext, request: MetadataRequest) -> MetadataResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let config = &shard.config;
     let mut response = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();

@@ -1,99 +1,192 @@
-//! One file per Kafka API, and the table they are served from. ApiVersions answers from
-//! the same table, so what we advertise is exactly what a handler exists for.
+//! One file per Kafka API, and the table they are served from: `apis!` below lists each
+//! API once (its key, request type, handler module, the versions we serve and, where it
+//! differs, the lowest one we advertise) and generates from that one list [`SERVED`]
+//! (which `parse` checks versions against and ApiVersions answers from), the dispatch in
+//! [`handle`] and the decoder in [`decode_request`]. So what we advertise is exactly what
+//! a handler exists for.
+//!
+//! The handler modules are declared here rather than by the macro, because rustfmt does
+//! not expand macros and would leave the files unformatted. They are private, so one the
+//! table does not name fails the build (its `handle` is dead code), as a table entry
+//! without its module does.
 
-pub mod add_offsets_to_txn;
-pub mod add_partitions_to_txn;
-pub mod alter_configs;
-pub mod api_versions;
 pub mod configs;
-pub mod create_partitions;
-pub mod create_topics;
-pub mod delete_groups;
-pub mod delete_records;
-pub mod delete_topics;
-pub mod describe_cluster;
-pub mod describe_configs;
-pub mod describe_groups;
-pub mod describe_producers;
-pub mod describe_transactions;
-pub mod end_txn;
-pub mod fetch;
-pub mod find_coordinator;
-pub mod heartbeat;
-pub mod incremental_alter_configs;
-pub mod init_producer_id;
-pub mod join_group;
-pub mod leave_group;
-pub mod list_groups;
-pub mod list_offsets;
-pub mod list_transactions;
-pub mod metadata;
-pub mod offset_commit;
-pub mod offset_delete;
-pub mod offset_fetch;
-pub mod offset_for_leader_epoch;
-pub mod produce;
-pub mod sync_group;
-pub mod txn_offset_commit;
+pub mod context;
 
-use std::rc::Rc;
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
+mod alter_configs;
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_groups;
+mod delete_records;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod describe_groups;
+mod describe_producers;
+mod describe_transactions;
+mod end_txn;
+mod fetch;
+mod find_coordinator;
+mod heartbeat;
+mod incremental_alter_configs;
+mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
+mod list_offsets;
+mod list_transactions;
+mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
+mod offset_for_leader_epoch;
+mod produce;
+mod sync_group;
+mod txn_offset_commit;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::messages::{self as m, ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use sluice_engine::checkpoint::TopicPartition;
 
 use crate::error::KafkaError;
 use crate::protocol::{self, decode_body, encode_response, FixedHeader, ProtocolError, Request};
-use crate::shard::Shard;
 use crate::zerocopy::Frame;
+pub use api_versions::unsupported_version;
+pub use context::RequestContext;
 
-/// An API we serve and the versions of it we serve.
-#[derive(Debug, Clone, Copy)]
+/// An API we serve, the versions of it we serve, and the lowest version ApiVersions lists
+/// (below `min` only for Produce, see [`PRODUCE_ADVERTISED_MIN`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Served {
     pub api: ApiKey,
     pub min: i16,
     pub max: i16,
+    pub advertised_min: i16,
 }
 
-/// Every API we serve. Versions end where a newer one needs something we do not have yet
-/// (Produce v13 and Fetch v13+ address topics by id only).
-pub const SERVED: &[Served] = &[
-    Served { api: ApiKey::Produce, min: 3, max: 12 },
-    Served { api: ApiKey::Fetch, min: 4, max: 12 },
-    Served { api: ApiKey::ListOffsets, min: 1, max: 10 },
-    Served { api: ApiKey::Metadata, min: 0, max: 12 },
-    Served { api: ApiKey::ApiVersions, min: 0, max: 4 },
-    Served { api: ApiKey::CreateTopics, min: 2, max: 7 },
-    Served { api: ApiKey::DeleteTopics, min: 1, max: 6 },
-    Served { api: ApiKey::DeleteRecords, min: 0, max: 2 },
-    Served { api: ApiKey::OffsetForLeaderEpoch, min: 2, max: 4 },
-    Served { api: ApiKey::DescribeConfigs, min: 1, max: 4 },
-    Served { api: ApiKey::AlterConfigs, min: 0, max: 2 },
-    Served { api: ApiKey::CreatePartitions, min: 0, max: 3 },
-    Served { api: ApiKey::IncrementalAlterConfigs, min: 0, max: 1 },
-    Served { api: ApiKey::DescribeCluster, min: 0, max: 2 },
-    Served { api: ApiKey::FindCoordinator, min: 0, max: 5 },
-    Served { api: ApiKey::JoinGroup, min: 0, max: 9 },
-    Served { api: ApiKey::SyncGroup, min: 0, max: 5 },
-    Served { api: ApiKey::Heartbeat, min: 0, max: 4 },
-    Served { api: ApiKey::LeaveGroup, min: 0, max: 5 },
-    Served { api: ApiKey::OffsetCommit, min: 2, max: 9 },
-    Served { api: ApiKey::OffsetFetch, min: 1, max: 9 },
-    Served { api: ApiKey::OffsetDelete, min: 0, max: 0 },
-    Served { api: ApiKey::ListGroups, min: 0, max: 5 },
-    Served { api: ApiKey::DescribeGroups, min: 0, max: 6 },
-    Served { api: ApiKey::DeleteGroups, min: 0, max: 2 },
-    Served { api: ApiKey::InitProducerId, min: 0, max: 5 },
-    Served { api: ApiKey::AddPartitionsToTxn, min: 0, max: 3 },
-    Served { api: ApiKey::AddOffsetsToTxn, min: 0, max: 4 },
-    Served { api: ApiKey::EndTxn, min: 0, max: 4 },
-    Served { api: ApiKey::TxnOffsetCommit, min: 0, max: 4 },
-    Served { api: ApiKey::DescribeProducers, min: 0, max: 0 },
-    Served { api: ApiKey::DescribeTransactions, min: 0, max: 0 },
-    Served { api: ApiKey::ListTransactions, min: 0, max: 0 },
-];
+/// Generates everything that lists the APIs from one table. An entry is
+///
+/// `Key(RequestType) => module, min..=max (advertised from V) [shape];`
+///
+/// where the advertised minimum and the shape are optional. `module::handle(ctx,
+/// request)` serves the request, and its response is encoded as the API's response frame,
+/// unless the shape says otherwise:
+/// - `[records in place]`: the handler also takes the frame's body, whose record bytes it
+///   takes over without a copy, and answers `None` for no response at all (acks=0);
+/// - `[own frame]`: the handler's answer goes to `module::encode`, which builds the frame
+///   itself (Fetch: records go to the socket with sendfile).
+///
+/// The dispatch is a `match` inside one `async fn`, as a hand-written one would be: a
+/// request's handler future lives inline in the task the server spawns for it, with no
+/// allocation of its own. Handlers that do not take the body get it dropped before they
+/// run: the decoded request holds what it needs of the frame.
+macro_rules! apis {
+    ($(
+        $api:ident($request:ident) => $module:ident, $min:literal..=$max:literal
+            $((advertised from $advertised:expr))? $([$($shape:tt)+])?;
+    )+) => {
+        /// Every API we serve. Versions end where a newer one needs something we do not
+        /// have yet (Produce v13 and Fetch v13+ address topics by id only).
+        pub const SERVED: &[Served] = &[$(
+            Served {
+                api: ApiKey::$api,
+                min: $min,
+                max: $max,
+                advertised_min: apis!(@advertised $min $(, $advertised)?),
+            },
+        )+];
+
+        // Each entry's request type is the one of its key.
+        $(const _: () = assert!(
+            <m::$request as kafka_protocol::protocol::Request>::KEY == ApiKey::$api as i16
+        );)+
+
+        /// Decodes the request body, runs its handler, encodes the response frame.
+        /// `Ok(None)` when the request gets no response (Produce with acks=0).
+        pub async fn handle(
+            ctx: &RequestContext,
+            body: Bytes,
+        ) -> Result<Option<Frame>, ProtocolError> {
+            match ctx.api {
+                $(ApiKey::$api => {
+                    let request: m::$request = decode_body(ctx.api, ctx.version, &body)?;
+                    apis!(@serve ctx, request, body, $module $([$($shape)+])?)
+                })+
+                api => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
+            }
+        }
+
+        /// Decodes a body into the request type of `api`, without running anything.
+        fn decode_served(api: ApiKey, version: i16, body: &Bytes) -> Result<(), ProtocolError> {
+            match api {
+                $(ApiKey::$api => decode_body::<m::$request>(api, version, body).map(drop),)+
+                api => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
+            }
+        }
+    };
+    (@advertised $min:literal) => { $min };
+    (@advertised $min:literal, $advertised:expr) => { $advertised };
+    (@serve $ctx:ident, $request:ident, $body:ident, $module:ident) => {{
+        drop($body);
+        let response = $module::handle($ctx, $request).await;
+        encode_response($ctx.api, $ctx.version, $ctx.correlation_id, &response)
+            .map(|b| Some(b.into()))
+    }};
+    (@serve $ctx:ident, $request:ident, $body:ident, $module:ident [records in place]) => {{
+        match $module::handle($ctx, $request, $body).await {
+            Some(response) => encode_response($ctx.api, $ctx.version, $ctx.correlation_id, &response)
+                .map(|b| Some(b.into())),
+            None => Ok(None),
+        }
+    }};
+    (@serve $ctx:ident, $request:ident, $body:ident, $module:ident [own frame]) => {{
+        drop($body);
+        let answer = $module::handle($ctx, $request).await;
+        Ok(Some($module::encode($ctx.version, $ctx.correlation_id, answer)))
+    }};
+}
+
+apis! {
+    Produce(ProduceRequest) => produce, 3..=12
+        (advertised from PRODUCE_ADVERTISED_MIN) [records in place];
+    Fetch(FetchRequest) => fetch, 4..=12 [own frame];
+    ListOffsets(ListOffsetsRequest) => list_offsets, 1..=10;
+    Metadata(MetadataRequest) => metadata, 0..=12;
+    ApiVersions(ApiVersionsRequest) => api_versions, 0..=4;
+    CreateTopics(CreateTopicsRequest) => create_topics, 2..=7;
+    DeleteTopics(DeleteTopicsRequest) => delete_topics, 1..=6;
+    DeleteRecords(DeleteRecordsRequest) => delete_records, 0..=2;
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest) => offset_for_leader_epoch, 2..=4;
+    DescribeConfigs(DescribeConfigsRequest) => describe_configs, 1..=4;
+    AlterConfigs(AlterConfigsRequest) => alter_configs, 0..=2;
+    CreatePartitions(CreatePartitionsRequest) => create_partitions, 0..=3;
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest) => incremental_alter_configs, 0..=1;
+    DescribeCluster(DescribeClusterRequest) => describe_cluster, 0..=2;
+    FindCoordinator(FindCoordinatorRequest) => find_coordinator, 0..=5;
+    JoinGroup(JoinGroupRequest) => join_group, 0..=9;
+    SyncGroup(SyncGroupRequest) => sync_group, 0..=5;
+    Heartbeat(HeartbeatRequest) => heartbeat, 0..=4;
+    LeaveGroup(LeaveGroupRequest) => leave_group, 0..=5;
+    OffsetCommit(OffsetCommitRequest) => offset_commit, 2..=9;
+    OffsetFetch(OffsetFetchRequest) => offset_fetch, 1..=9;
+    OffsetDelete(OffsetDeleteRequest) => offset_delete, 0..=0;
+    ListGroups(ListGroupsRequest) => list_groups, 0..=5;
+    DescribeGroups(DescribeGroupsRequest) => describe_groups, 0..=6;
+    DeleteGroups(DeleteGroupsRequest) => delete_groups, 0..=2;
+    InitProducerId(InitProducerIdRequest) => init_producer_id, 0..=5;
+    AddPartitionsToTxn(AddPartitionsToTxnRequest) => add_partitions_to_txn, 0..=3;
+    AddOffsetsToTxn(AddOffsetsToTxnRequest) => add_offsets_to_txn, 0..=4;
+    EndTxn(EndTxnRequest) => end_txn, 0..=4;
+    TxnOffsetCommit(TxnOffsetCommitRequest) => txn_offset_commit, 0..=4;
+    DescribeProducers(DescribeProducersRequest) => describe_producers, 0..=0;
+    DescribeTransactions(DescribeTransactionsRequest) => describe_transactions, 0..=0;
+    ListTransactions(ListTransactionsRequest) => list_transactions, 0..=0;
+}
 
 /// The lowest Produce version ApiVersions advertises, below the v3 we serve: Kafka 4.0
 /// does the same (KAFKA-18659). librdkafka before its fix of librdkafka#4956 (Debian's 2.0.2,
@@ -105,95 +198,11 @@ pub const PRODUCE_ADVERTISED_MIN: i16 = 0;
 
 /// The (min, max) versions ApiVersions lists for `served`.
 pub fn advertised(served: Served) -> (i16, i16) {
-    match served.api {
-        ApiKey::Produce => (PRODUCE_ADVERTISED_MIN, served.max),
-        _ => (served.min, served.max),
-    }
+    (served.advertised_min, served.max)
 }
 
 pub fn served(api: ApiKey) -> Option<Served> {
     SERVED.iter().copied().find(|s| s.api == api)
-}
-
-/// Decodes the request body, runs its handler, encodes the response frame. `Ok(None)`
-/// when the request gets no response (Produce with acks=0).
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: Request,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<Option<Frame>, ProtocolError> {
-    let api = request.api;
-    let version = request.header.request_api_version;
-    let correlation_id = request.header.correlation_id;
-    let body = &request.body;
-    macro_rules! serve {
-        ($module:ident) => {{
-            let decoded = decode_body(api, version, body)?;
-            let response = $module::handle(shard, decoded, version).await;
-            encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
-        }};
-    }
-    match api {
-        ApiKey::ApiVersions => serve!(api_versions),
-        ApiKey::Metadata => serve!(metadata),
-        ApiKey::Fetch => {
-            let decoded = decode_body(api, version, body)?;
-            let answer = fetch::handle(shard, decoded, version).await;
-            Ok(Some(fetch::encode(version, correlation_id, answer)))
-        }
-        ApiKey::ListOffsets => serve!(list_offsets),
-        ApiKey::CreateTopics => serve!(create_topics),
-        ApiKey::DeleteTopics => serve!(delete_topics),
-        ApiKey::DeleteRecords => serve!(delete_records),
-        ApiKey::OffsetForLeaderEpoch => serve!(offset_for_leader_epoch),
-        ApiKey::DescribeConfigs => serve!(describe_configs),
-        ApiKey::AlterConfigs => serve!(alter_configs),
-        ApiKey::CreatePartitions => serve!(create_partitions),
-        ApiKey::IncrementalAlterConfigs => serve!(incremental_alter_configs),
-        ApiKey::DescribeCluster => serve!(describe_cluster),
-        ApiKey::FindCoordinator => serve!(find_coordinator),
-        ApiKey::SyncGroup => serve!(sync_group),
-        ApiKey::Heartbeat => serve!(heartbeat),
-        ApiKey::LeaveGroup => serve!(leave_group),
-        ApiKey::OffsetCommit => serve!(offset_commit),
-        ApiKey::OffsetFetch => serve!(offset_fetch),
-        ApiKey::OffsetDelete => serve!(offset_delete),
-        ApiKey::ListGroups => serve!(list_groups),
-        ApiKey::DescribeGroups => serve!(describe_groups),
-        ApiKey::DeleteGroups => serve!(delete_groups),
-        ApiKey::InitProducerId => serve!(init_producer_id),
-        ApiKey::AddPartitionsToTxn => serve!(add_partitions_to_txn),
-        ApiKey::AddOffsetsToTxn => serve!(add_offsets_to_txn),
-        ApiKey::EndTxn => serve!(end_txn),
-        ApiKey::TxnOffsetCommit => serve!(txn_offset_commit),
-        ApiKey::DescribeProducers => serve!(describe_producers),
-        ApiKey::DescribeTransactions => serve!(describe_transactions),
-        ApiKey::ListTransactions => serve!(list_transactions),
-        ApiKey::JoinGroup => {
-            let decoded = decode_body(api, version, body)?;
-            let client = crate::group::Client {
-                id: request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-                // Kafka prints the peer's InetAddress: "/127.0.0.1".
-                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
-            };
-            let response = join_group::handle(shard, decoded, version, client).await;
-            encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
-        }
-        ApiKey::Produce => {
-            let decoded = decode_body(api, version, body)?;
-            // The header goes now: its client id is a slice of the frame, and the record
-            // bytes can be taken over in place only when nothing else refers to it.
-            let Request { header, body, .. } = request;
-            drop(header);
-            match produce::handle(shard, decoded, body, version).await {
-                Some(response) => {
-                    encode_response(api, version, correlation_id, &response).map(|b| Some(b.into()))
-                }
-                None => Ok(None),
-            }
-        }
-        _ => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
-    }
 }
 
 /// A partitioned request flattened for `Shard::scatter`: the parts to run, and the
@@ -306,55 +315,12 @@ pub fn parse(frame: Bytes) -> Result<Parsed, ProtocolError> {
 /// Parses a frame and decodes its body into the request type of its API, without running
 /// it: the whole untrusted-input surface of the server, for the fuzz target and tests.
 pub fn decode_request(frame: Bytes) -> Result<ApiKey, ProtocolError> {
-    use kafka_protocol::messages as m;
     let request = match parse(frame)? {
         Parsed::Request(request) => request,
         Parsed::ApiVersionsFallback { .. } => return Ok(ApiKey::ApiVersions),
     };
-    let api = request.api;
-    let version = request.header.request_api_version;
-    let body = &request.body;
-    macro_rules! decode {
-        ($type:ty) => {
-            decode_body::<$type>(api, version, body).map(|_| api)
-        };
-    }
-    match api {
-        ApiKey::Produce => decode!(m::ProduceRequest),
-        ApiKey::Fetch => decode!(m::FetchRequest),
-        ApiKey::ListOffsets => decode!(m::ListOffsetsRequest),
-        ApiKey::Metadata => decode!(m::MetadataRequest),
-        ApiKey::ApiVersions => decode!(m::ApiVersionsRequest),
-        ApiKey::CreateTopics => decode!(m::CreateTopicsRequest),
-        ApiKey::DeleteTopics => decode!(m::DeleteTopicsRequest),
-        ApiKey::DeleteRecords => decode!(m::DeleteRecordsRequest),
-        ApiKey::OffsetForLeaderEpoch => decode!(m::OffsetForLeaderEpochRequest),
-        ApiKey::DescribeConfigs => decode!(m::DescribeConfigsRequest),
-        ApiKey::AlterConfigs => decode!(m::AlterConfigsRequest),
-        ApiKey::CreatePartitions => decode!(m::CreatePartitionsRequest),
-        ApiKey::IncrementalAlterConfigs => decode!(m::IncrementalAlterConfigsRequest),
-        ApiKey::DescribeCluster => decode!(m::DescribeClusterRequest),
-        ApiKey::FindCoordinator => decode!(m::FindCoordinatorRequest),
-        ApiKey::JoinGroup => decode!(m::JoinGroupRequest),
-        ApiKey::SyncGroup => decode!(m::SyncGroupRequest),
-        ApiKey::Heartbeat => decode!(m::HeartbeatRequest),
-        ApiKey::LeaveGroup => decode!(m::LeaveGroupRequest),
-        ApiKey::OffsetCommit => decode!(m::OffsetCommitRequest),
-        ApiKey::OffsetFetch => decode!(m::OffsetFetchRequest),
-        ApiKey::OffsetDelete => decode!(m::OffsetDeleteRequest),
-        ApiKey::ListGroups => decode!(m::ListGroupsRequest),
-        ApiKey::DescribeGroups => decode!(m::DescribeGroupsRequest),
-        ApiKey::DeleteGroups => decode!(m::DeleteGroupsRequest),
-        ApiKey::InitProducerId => decode!(m::InitProducerIdRequest),
-        ApiKey::AddPartitionsToTxn => decode!(m::AddPartitionsToTxnRequest),
-        ApiKey::AddOffsetsToTxn => decode!(m::AddOffsetsToTxnRequest),
-        ApiKey::EndTxn => decode!(m::EndTxnRequest),
-        ApiKey::TxnOffsetCommit => decode!(m::TxnOffsetCommitRequest),
-        ApiKey::DescribeProducers => decode!(m::DescribeProducersRequest),
-        ApiKey::DescribeTransactions => decode!(m::DescribeTransactionsRequest),
-        ApiKey::ListTransactions => decode!(m::ListTransactionsRequest),
-        _ => Err(ProtocolError::UnknownApiKey { api_key: api as i16 }),
-    }
+    decode_served(request.api, request.header.request_api_version, &request.body)
+        .map(|()| request.api)
 }
 
 pub(crate) fn str_bytes(text: &str) -> StrBytes {
@@ -397,6 +363,41 @@ mod tests {
         let mut frame = vec![0, 18, 0, 0, 0, 0, 0, 9, 0xff, 0xff];
         frame.extend_from_slice(&body);
         assert_eq!(decode_request(Bytes::from(frame)).unwrap(), ApiKey::ApiVersions);
+    }
+
+    /// The table is the only list of APIs: every key it names, and no other, decodes (the
+    /// decoder and the dispatch in `handle` are generated from the same entries); no key is
+    /// listed twice; and `parse` takes exactly the versions listed, refusing the others.
+    #[test]
+    fn only_the_tables_apis_are_dispatched_at_its_versions() {
+        let listed: std::collections::HashSet<ApiKey> = SERVED.iter().map(|s| s.api).collect();
+        assert_eq!(listed.len(), SERVED.len(), "an API listed twice");
+        let mut known = 0;
+        for key in i16::MIN..=i16::MAX {
+            let Ok(api) = ApiKey::try_from(key) else { continue };
+            known += 1;
+            let decoded = decode_served(api, 0, &Bytes::new());
+            let unknown = matches!(decoded, Err(ProtocolError::UnknownApiKey { .. }));
+            assert_eq!(unknown, !listed.contains(&api), "{api:?}: {decoded:?}");
+        }
+        assert!(known > SERVED.len(), "the crate knows more APIs than we serve");
+        for served in SERVED {
+            assert!(served.min <= served.max && served.advertised_min <= served.min);
+            for version in served.min - 3..=served.max + 3 {
+                let mut frame = Vec::new();
+                frame.extend_from_slice(&(served.api as i16).to_be_bytes());
+                frame.extend_from_slice(&version.to_be_bytes());
+                frame.extend_from_slice(&1i32.to_be_bytes());
+                let parsed = parse(Bytes::from(frame));
+                let refused = matches!(
+                    parsed,
+                    Err(ProtocolError::UnsupportedVersion { .. })
+                        | Ok(Parsed::ApiVersionsFallback { .. })
+                );
+                let in_range = (served.min..=served.max).contains(&version);
+                assert_eq!(refused, !in_range, "{:?} v{version}: {parsed:?}", served.api);
+            }
+        }
     }
 
     #[test]

@@ -2,24 +2,20 @@
 //! `__consumer_offsets` partition, with the member's generation checked (or none, for a
 //! consumer outside group management).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::topic_name;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{CommitArgs, CommitPart, GroupAnswer, GroupCall};
-use crate::shard::Shard;
 use sluice_engine::checkpoint::TopicPartition;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: OffsetCommitRequest,
-    version: i16,
-) -> OffsetCommitResponse {
+pub async fn handle(ctx: &RequestContext, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let group = request.group_id.to_string();
     let mut partitions = Vec::new();
     for topic in &request.topics {

@@ -1,24 +1,19 @@
 //! OffsetDelete (key 47): removes committed offsets of a group, except for topics its
 //! live members still subscribe to.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::topic_name;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall};
-use crate::shard::Shard;
 use sluice_engine::checkpoint::TopicPartition;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: OffsetDeleteRequest,
-    _version: i16,
-) -> OffsetDeleteResponse {
+pub async fn handle(ctx: &RequestContext, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let shard = &ctx.shard;
     let group = request.group_id.to_string();
     let partitions: Vec<TopicPartition> = request
         .topics

@@ -11,6 +11,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
 
+use super::RequestContext;
 use super::{str_bytes, topic_name};
 use crate::error::code;
 use crate::group::{Committed, CommittedOrError, GroupAnswer, GroupCall};
@@ -56,11 +57,9 @@ fn asked<'a>(topics: impl Iterator<Item = (&'a str, &'a [i32])>) -> Vec<TopicPar
         .collect()
 }
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: OffsetFetchRequest,
-    version: i16,
-) -> OffsetFetchResponse {
+pub async fn handle(ctx: &RequestContext, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let mut response = OffsetFetchResponse::default();
     if version >= 8 {
         for group in &request.groups {

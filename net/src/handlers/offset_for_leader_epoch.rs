@@ -2,22 +2,21 @@
 //! consumer uses after a leader change to detect log truncation. The owning shard
 //! answers; `replica_id` (v3+, for followers) is ignored while we have no followers.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
+use super::RequestContext;
 use super::{negative_partition, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{EpochPart, Shard, ShardRequest, ShardResponse};
+use crate::shard::{EpochPart, ShardRequest, ShardResponse};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: OffsetForLeaderEpochRequest,
-    _version: i16,
 ) -> OffsetForLeaderEpochResponse {
+    let shard = &ctx.shard;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.topic.0.as_str());

@@ -5,24 +5,24 @@
 //! watermark is the log end offset), and acks=all fails with NOT_ENOUGH_REPLICAS when
 //! the topic's `min.insync.replicas` asks for more replicas than exist.
 
-use std::rc::Rc;
-
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use sluice_engine::checkpoint::TopicPartition;
 
+use super::RequestContext;
 use super::{negative_partition, str_bytes, topic_name, Layout};
 use crate::error::{code, KafkaError};
-use crate::shard::{ProducePart, ProduceResult, Shard, ShardRequest, ShardResponse};
+use crate::shard::{ProducePart, ProduceResult, ShardRequest, ShardResponse};
 
 /// Serves a produce request decoded from `body`, the frame's body.
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: ProduceRequest,
     body: Bytes,
-    version: i16,
 ) -> Option<ProduceResponse> {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let acks = request.acks;
     let (layout, parts) = split(request, body);
     let results: Vec<ProduceResult> = if !matches!(acks, -1..=1) {

@@ -1,20 +1,16 @@
 //! SyncGroup (key 14): the leader hands in the assignment; every member gets its part
 //! once it is stored.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::str_bytes;
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, SyncArgs, SyncOutcome};
-use crate::shard::Shard;
 
-pub async fn handle(
-    shard: &Rc<Shard>,
-    request: SyncGroupRequest,
-    version: i16,
-) -> SyncGroupResponse {
+pub async fn handle(ctx: &RequestContext, request: SyncGroupRequest) -> SyncGroupResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let group = request.group_id.to_string();
     let args = SyncArgs {
         group: group.clone(),

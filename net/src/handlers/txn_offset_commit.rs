@@ -3,23 +3,22 @@
 //! they take effect when the transaction's commit marker reaches that partition, and are
 //! dropped on abort.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
+use super::RequestContext;
 use crate::error::code;
 use crate::group::{CommitArgs, CommitPart, GroupAnswer, GroupCall};
-use crate::shard::Shard;
 use sluice_engine::checkpoint::TopicPartition;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    ctx: &RequestContext,
     request: TxnOffsetCommitRequest,
-    version: i16,
 ) -> TxnOffsetCommitResponse {
+    let shard = &ctx.shard;
+    let version = ctx.version;
     let group = request.group_id.0.to_string();
     let mut partitions = Vec::new();
     for topic in &request.topics {
