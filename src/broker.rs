@@ -20,7 +20,8 @@ use sluice_engine::runtime;
 use sluice_engine::shard::shard_of;
 use sluice_engine::writeback;
 use sluice_net::config::BrokerConfig;
-use sluice_net::shard::{self, ShardStart};
+use sluice_net::replica::OfflinePartitions;
+use sluice_net::runner::{self, ShardStart};
 use tracing::{error, info, warn};
 
 use crate::config::{AdvertisedHost, Config};
@@ -37,12 +38,12 @@ const SHARD_STOP_WAIT: Duration = Duration::from_secs(10);
 /// A shard's result, sent to the main thread when the shard ends, also by panic (drop).
 struct ShardReport {
     id: usize,
-    done: std::sync::mpsc::Sender<(usize, Result<shard::ShardCheckpoints, String>)>,
+    done: std::sync::mpsc::Sender<(usize, Result<runner::ShardCheckpoints, String>)>,
     sent: bool,
 }
 
 impl ShardReport {
-    fn send(mut self, result: Result<shard::ShardCheckpoints, String>) {
+    fn send(mut self, result: Result<runner::ShardCheckpoints, String>) {
         self.sent = true;
         let _ = self.done.send((self.id, result));
     }
@@ -169,8 +170,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .context("starting the signal thread")?;
     }
 
-    let mut mesh_ends = shard::mesh(config.cores).into_iter();
-    let offline = Arc::new(shard::OfflinePartitions::default());
+    let mut mesh_ends = runner::mesh(config.cores).into_iter();
+    let offline = Arc::new(OfflinePartitions::default());
     let mut metadata_log = Some(metadata_log);
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
@@ -232,7 +233,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }))
             .spawn(move || async move {
                 let report = ShardReport { id, done, sent: false };
-                report.send(shard::run(start).await);
+                report.send(runner::run(start).await);
             })
             .map_err(|error| {
                 anyhow::anyhow!(runtime::explain_executor_error(&error, config.cores as u64))

@@ -12,12 +12,50 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::metadata::{MetadataLog, MetadataRecord};
 use sluice_engine::sync::FifoLock;
 use tracing::{error, info, warn};
 
 use crate::error::{code, from_metadata_error, KafkaError};
-use crate::shard::{Applied, Shard, ShardRequest, ShardResponse};
+
+use crate::shard::{Shard, ShardRequest, ShardResponse};
+
+/// What applying a stored metadata change did: the partitions it created that could not
+/// be opened, with why (they exist, offline).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub offline: Vec<(TopicPartition, String)>,
+}
+
+/// Reasons quoted in a CreateTopics or CreatePartitions error message; the log has all.
+const OFFLINE_REASONS_QUOTED: usize = 3;
+
+impl Applied {
+    /// The error CreateTopics and CreatePartitions answer for a topic some of whose new
+    /// partitions could not be opened: KAFKA_STORAGE_ERROR ("disk error when trying to
+    /// access log file on the disk"), with how many and why in the message.
+    pub fn storage_error(&self) -> Option<KafkaError> {
+        if self.offline.is_empty() {
+            return None;
+        }
+        let mut offline: Vec<&(TopicPartition, String)> = self.offline.iter().collect();
+        offline.sort_by_key(|(tp, _)| tp.partition);
+        let quoted: Vec<String> = offline
+            .iter()
+            .take(OFFLINE_REASONS_QUOTED)
+            .map(|(tp, reason)| format!("{tp}: {reason}"))
+            .collect();
+        let more = offline.len().saturating_sub(OFFLINE_REASONS_QUOTED);
+        let message = format!(
+            "the topic is stored, but {} of its new partitions could not be opened and are offline ({}{})",
+            offline.len(),
+            quoted.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() },
+        );
+        Some(KafkaError::new(code::KAFKA_STORAGE_ERROR, message))
+    }
+}
 
 /// Producer ids stored per metadata record.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -113,5 +151,29 @@ impl Controller {
         }
         self.next_producer_id.set(next + 1);
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_error_says_how_many_partitions_are_offline_and_quotes_the_first() {
+        assert!(Applied::default().storage_error().is_none());
+        let applied = Applied {
+            offline: (0..5)
+                .rev()
+                .map(|p| (TopicPartition::new("t", p), format!("reason {p}")))
+                .collect(),
+        };
+        let error = applied.storage_error().unwrap();
+        assert_eq!(error.code, code::KAFKA_STORAGE_ERROR);
+        assert_eq!(
+            error.message,
+            "the topic is stored, but 5 of its new partitions could not be opened and are \
+             offline (t-0: reason 0; t-1: reason 1; t-2: reason 2; and 2 more)"
+        );
     }
 }

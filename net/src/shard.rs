@@ -9,30 +9,28 @@
 //! metadata log; every shard applies its records in order.
 
 use std::cell::{Cell, Ref, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel::{self, LocalSender};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::SystemClock;
-use sluice_engine::log::OpenHints;
-use sluice_engine::metadata::{MetadataImage, MetadataLog, MetadataRecord};
+use sluice_engine::metadata::{MetadataImage, MetadataRecord};
 use sluice_engine::producer::ProducerView;
 use sluice_engine::shard::{shard_of, ShardId};
 use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
-use crate::controller::Controller;
+use crate::controller::{Applied, Controller};
 use crate::error::{code, KafkaError};
 use crate::group::coordinator::{Coordinator, Write};
 use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
-use crate::mesh::{Mesh, MeshEnds, MeshReceivers};
+use crate::mesh::{Mesh, MeshReceivers};
 use crate::metadata_cache::MetadataCache;
 pub use crate::replica::types::*;
-use crate::replica::{CacheWindows, ReplicaManager};
+use crate::replica::ReplicaManager;
 pub use crate::replica::{OfflinePartitions, Replayed};
 use crate::reqmetrics::RequestMetrics;
 use crate::txn::coordinator::TxnCoordinator;
@@ -41,44 +39,6 @@ use crate::zerocopy::SendStats;
 
 /// Messages between shards waiting in one mesh channel before senders wait.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
-/// How long a shard waits for its peers to join the mesh at start-up.
-const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What applying a stored metadata change did: the partitions it created that could not
-/// be opened, with why (they exist, offline).
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub offline: Vec<(TopicPartition, String)>,
-}
-
-/// Reasons quoted in a CreateTopics or CreatePartitions error message; the log has all.
-const OFFLINE_REASONS_QUOTED: usize = 3;
-
-impl Applied {
-    /// The error CreateTopics and CreatePartitions answer for a topic some of whose new
-    /// partitions could not be opened: KAFKA_STORAGE_ERROR ("disk error when trying to
-    /// access log file on the disk"), with how many and why in the message.
-    pub fn storage_error(&self) -> Option<KafkaError> {
-        if self.offline.is_empty() {
-            return None;
-        }
-        let mut offline: Vec<&(TopicPartition, String)> = self.offline.iter().collect();
-        offline.sort_by_key(|(tp, _)| tp.partition);
-        let quoted: Vec<String> = offline
-            .iter()
-            .take(OFFLINE_REASONS_QUOTED)
-            .map(|(tp, reason)| format!("{tp}: {reason}"))
-            .collect();
-        let more = offline.len().saturating_sub(OFFLINE_REASONS_QUOTED);
-        let message = format!(
-            "the topic is stored, but {} of its new partitions could not be opened and are offline ({}{})",
-            offline.len(),
-            quoted.join("; "),
-            if more > 0 { format!("; and {more} more") } else { String::new() },
-        );
-        Some(KafkaError::new(code::KAFKA_STORAGE_ERROR, message))
-    }
-}
 
 /// A request one shard sends another (or runs on itself through the same path).
 #[derive(Debug)]
@@ -175,30 +135,17 @@ impl Drop for StopListener<'_> {
     }
 }
 
-/// What a shard needs to start.
-pub struct ShardStart {
+/// What a shard is made of, built by [`crate::runner::run`].
+pub(crate) struct ShardParts {
     pub id: ShardId,
     pub config: Arc<BrokerConfig>,
-    pub image: MetadataImage,
-    /// Shard 0 only.
-    pub metadata_log: Option<MetadataLog>,
-    /// Recovery hints from the checkpoint files, for the partitions this shard owns.
-    pub hints: BTreeMap<TopicPartition, OpenHints>,
-    pub mesh: MeshEnds<MeshMsg>,
+    pub clock: SystemClock,
+    pub metadata_cache: Rc<MetadataCache>,
+    pub replicas: ReplicaManager,
+    pub mesh: Mesh<MeshMsg>,
+    pub controller: Option<Controller>,
     pub stop: Arc<AtomicBool>,
-    /// Called once the shard has opened (recovered) every partition it owns.
-    pub on_opened: Box<dyn FnOnce() + Send>,
-    /// The broker's partitions that could not be opened (shared by all shards).
-    pub offline: Arc<OfflinePartitions>,
 }
-
-/// The mesh ends of every shard (`[i]` for shard i), built once per broker.
-pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
-    crate::mesh::build(shards, MESH_CHANNEL_CAPACITY)
-}
-
-/// What a shard reports when it stops: per partition, the recovery point and log start.
-pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
 
 pub struct Shard {
     pub id: ShardId,
@@ -229,6 +176,33 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// A shard around its parts, before it serves (see [`crate::runner::run`]).
+    pub(crate) fn new(parts: ShardParts) -> Self {
+        let ShardParts { id, config, clock, metadata_cache, replicas, mesh, controller, stop } =
+            parts;
+        let groups = Coordinator::new(clock.clone());
+        let txns = TxnCoordinator::new(clock.clone());
+        Self {
+            id,
+            config,
+            clock,
+            metadata_cache,
+            replicas,
+            mesh,
+            pending: RefCell::new(HashMap::new()),
+            next_call_id: Cell::new(0),
+            controller,
+            groups,
+            txns,
+            stop,
+            connections: Cell::new(0),
+            fetch_sends: SendStats::default(),
+            request_metrics: RequestMetrics::new(),
+            stop_fired: Cell::new(false),
+            stop_wakers: RefCell::new(HashMap::new()),
+        }
+    }
+
     pub fn shards(&self) -> usize {
         self.config.shards
     }
@@ -261,7 +235,7 @@ impl Shard {
         StopListener { shard: self, id }
     }
 
-    fn fire_stop(&self) {
+    pub(crate) fn fire_stop(&self) {
         self.stop_fired.set(true);
         let wakers = std::mem::take(&mut *self.stop_wakers.borrow_mut());
         for (_, waker) in wakers {
@@ -693,7 +667,7 @@ impl Shard {
 
     /// Loads every `__consumer_offsets` and `__transaction_state` partition this shard
     /// owns into its coordinators.
-    async fn load_coordinators(self: &Rc<Self>) {
+    pub(crate) async fn load_coordinators(self: &Rc<Self>) {
         let mut owned = self.replicas.of_topic(OFFSETS_TOPIC);
         owned.extend(self.replicas.of_topic(TXN_TOPIC));
         for tp in owned {
@@ -707,55 +681,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    async fn housekeeping(self: Rc<Self>) {
-        let tick = Duration::from_millis(100);
-        let retention_every = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
-        let mut since_retention = Duration::ZERO;
-        let expiry_every =
-            Duration::from_millis(self.config.groups.offsets_retention_check_interval_ms.max(1));
-        let mut since_expiry = Duration::ZERO;
-        let latency_every = Duration::from_millis(self.config.request_latency_log_interval_ms);
-        // `None`: reported only when the shard stops (0, or too far out to add).
-        let mut latency_window_ends =
-            (!latency_every.is_zero()).then(|| Instant::now().checked_add(latency_every)).flatten();
-        let mut cache_windows = CacheWindows::default();
-        let mut ticks = 0u64;
-        while !self.stopping() {
-            glommio::timer::sleep(tick).await;
-            ticks += 1;
-            since_retention += tick;
-            since_expiry += tick;
-            if let Some(budget) = self.config.cache_window_budget_bytes {
-                if ticks % crate::replica::CACHE_WINDOW_TICKS == 0 {
-                    cache_windows.adapt(&self.replicas.list(), budget, Instant::now());
-                }
-            }
-            // By the clock, not by counting ticks: the windows should line up with a
-            // client's per-second figures.
-            if let Some(ends) = latency_window_ends.filter(|ends| Instant::now() >= *ends) {
-                self.request_metrics.report(self.id);
-                // The next window ends one interval on, or later if the shard fell behind.
-                let now = Instant::now();
-                let mut next = ends.checked_add(latency_every);
-                while let Some(at) = next.filter(|at| *at <= now) {
-                    next = at.checked_add(latency_every);
-                }
-                latency_window_ends = next;
-            }
-            if since_expiry >= expiry_every {
-                since_expiry = Duration::ZERO;
-                self.groups.expire_offsets(&self).await;
-            }
-            let retention_due = since_retention >= retention_every;
-            if retention_due {
-                since_retention = Duration::ZERO;
-            }
-            self.replicas.housekeeping(retention_due).await;
-        }
-        self.groups.shutdown();
-        self.fire_stop();
     }
 
     /// Logs the fetched record bytes sent so far, by how they were sent.
@@ -775,7 +700,7 @@ impl Shard {
         );
     }
 
-    async fn serve_mesh(self: Rc<Self>, receivers: MeshReceivers<MeshMsg>) {
+    pub(crate) async fn serve_mesh(self: Rc<Self>, receivers: MeshReceivers<MeshMsg>) {
         let mut tasks = Vec::new();
         for (peer, receiver) in receivers {
             let shard = self.clone();
@@ -805,171 +730,5 @@ impl Shard {
         for task in tasks {
             task.await;
         }
-    }
-}
-
-/// Starts a shard on the current executor: joins the mesh, opens the partitions it owns,
-/// serves connections until `stop`, then drains, flushes and closes. Returns the
-/// checkpoint entries of its partitions.
-pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
-    let id = start.id;
-    let (senders, receivers) = crate::mesh::connect(start.mesh, MESH_JOIN_TIMEOUT).await?;
-    let clock = SystemClock::new();
-    let producer_ids_end = start.image.producer_ids_end();
-    let controller = start.metadata_log.map(|log| Controller::new(log, producer_ids_end));
-    let metadata_cache = Rc::new(MetadataCache::new(start.image));
-    let replicas = ReplicaManager::new(
-        id,
-        start.config.clone(),
-        clock.clone(),
-        metadata_cache.clone(),
-        start.offline.clone(),
-    );
-    let groups = Coordinator::new(clock.clone());
-    let txns = TxnCoordinator::new(clock.clone());
-    let shard = Rc::new(Shard {
-        id,
-        config: start.config.clone(),
-        clock,
-        metadata_cache,
-        replicas,
-        mesh: senders,
-        pending: RefCell::new(HashMap::new()),
-        next_call_id: Cell::new(0),
-        controller,
-        groups,
-        txns,
-        stop: start.stop,
-        connections: Cell::new(0),
-        fetch_sends: SendStats::default(),
-        request_metrics: RequestMetrics::new(),
-        stop_fired: Cell::new(false),
-        stop_wakers: RefCell::new(HashMap::new()),
-    });
-
-    // Segment files keep descriptors within this shard's share of `log.open.files.max`.
-    sluice_engine::fdcache::set_budget(start.config.open_files_per_shard);
-    let offline = shard.replicas.open_owned(&start.hints).await;
-    let files = sluice_engine::fdcache::stats();
-    info!(
-        shard = id,
-        partitions = shard.replicas.len(),
-        offline,
-        open_segment_files = files.held,
-        open_files_budget = files.budget,
-        "shard ready"
-    );
-    (start.on_opened)();
-
-    shard.load_coordinators().await;
-
-    let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
-    let (expired_sender, expired_receiver) = local_channel::new_unbounded();
-    let group_timer_task = shard
-        .groups
-        .timers
-        .spawn(move |(_, timer)| {
-            let _ = expired_sender.try_send(timer);
-        })
-        .map_err(|error| format!("starting the group timer: {error}"))?;
-    let group_expiry_task = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(timer) = expired_receiver.recv().await {
-                shard.groups.on_timer(&shard, timer).await;
-            }
-        })
-    };
-    let (txn_expired_sender, txn_expired_receiver) = local_channel::new_unbounded();
-    let txn_timer_task = shard
-        .txns
-        .timers
-        .spawn(move |(_, timer)| {
-            let _ = txn_expired_sender.try_send(timer);
-        })
-        .map_err(|error| format!("starting the transaction timer: {error}"))?;
-    let txn_expiry_task = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Some(timer) = txn_expired_receiver.recv().await {
-                let shard = shard.clone();
-                glommio::spawn_local(async move { shard.txns.on_timer(&shard, timer).await })
-                    .detach();
-            }
-        })
-    };
-    let timer_task = shard.replicas.spawn_timers()?;
-    let housekeeping = glommio::spawn_local(shard.clone().housekeeping());
-    let served = crate::server::serve(shard.clone()).await;
-    shard.log_fetch_sends();
-    if id == 0 {
-        // The helper's counters are per process: one shard reports them.
-        sluice_engine::writeback::log_counters();
-    }
-    shard.request_metrics.report(id);
-    housekeeping.await;
-    shard.replicas.stop_timers();
-    timer_task.await;
-    shard.groups.timers.stop();
-    group_timer_task.await;
-    drop(group_expiry_task);
-    shard.txns.timers.stop();
-    txn_timer_task.await;
-    drop(txn_expiry_task);
-    drop(mesh_task);
-
-    let checkpoints = shard.replicas.close_all().await;
-    let files = sluice_engine::fdcache::stats();
-    info!(
-        shard = id,
-        open_segment_files = files.held,
-        open_segment_files_peak = files.peak,
-        open_files_budget = files.budget,
-        segment_files_opened = files.opened,
-        segment_files_closed_for_budget = files.evictions,
-        over_budget = files.over_budget,
-        "shard stopped"
-    );
-    served.map(|()| checkpoints)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offline_partitions_are_counted_forgotten_by_topic_and_listed_sorted() {
-        let offline = OfflinePartitions::default();
-        assert!(offline.is_empty() && offline.of_topic("t").is_empty());
-        offline.insert(TopicPartition::new("t", 7), "no room".into());
-        offline.insert(TopicPartition::new("t", 2), "no room".into());
-        offline.insert(TopicPartition::new("u", 1), "in the way".into());
-        assert_eq!(offline.len(), 3);
-        assert_eq!(offline.of_topic("t"), [2, 7]);
-        assert_eq!(offline.reason(&TopicPartition::new("u", 1)).unwrap(), "in the way");
-        offline.remove(&TopicPartition::new("t", 7));
-        offline.forget_topic("u");
-        assert_eq!(offline.len(), 1);
-        assert_eq!(offline.of_topic("t"), [2]);
-        assert_eq!(offline.reason(&TopicPartition::new("u", 1)), None);
-    }
-
-    #[test]
-    fn a_storage_error_says_how_many_partitions_are_offline_and_quotes_the_first() {
-        assert!(Applied::default().storage_error().is_none());
-        let applied = Applied {
-            offline: (0..5)
-                .rev()
-                .map(|p| (TopicPartition::new("t", p), format!("reason {p}")))
-                .collect(),
-        };
-        let error = applied.storage_error().unwrap();
-        assert_eq!(error.code, code::KAFKA_STORAGE_ERROR);
-        assert_eq!(
-            error.message,
-            "the topic is stored, but 5 of its new partitions could not be opened and are \
-             offline (t-0: reason 0; t-1: reason 1; t-2: reason 2; and 2 more)"
-        );
     }
 }

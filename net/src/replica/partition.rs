@@ -100,3 +100,26 @@ impl OfflinePartitions {
         partitions
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_partitions_are_counted_forgotten_by_topic_and_listed_sorted() {
+        let offline = OfflinePartitions::default();
+        assert!(offline.is_empty() && offline.of_topic("t").is_empty());
+        offline.insert(TopicPartition::new("t", 7), "no room".into());
+        offline.insert(TopicPartition::new("t", 2), "no room".into());
+        offline.insert(TopicPartition::new("u", 1), "in the way".into());
+        assert_eq!(offline.len(), 3);
+        assert_eq!(offline.of_topic("t"), [2, 7]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)).unwrap(), "in the way");
+        offline.remove(&TopicPartition::new("t", 7));
+        offline.forget_topic("u");
+        assert_eq!(offline.len(), 1);
+        assert_eq!(offline.of_topic("t"), [2]);
+        assert_eq!(offline.reason(&TopicPartition::new("u", 1)), None);
+    }
+}
