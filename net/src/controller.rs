@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::error::{code, from_metadata_error, KafkaError};
 
+use crate::limits::{OFFLINE_REASONS_QUOTED, PRODUCER_ID_BLOCK};
 use crate::shard::{Shard, ShardRequest, ShardResponse};
 
 /// What applying a stored metadata change did: the partitions it created that could not
@@ -27,9 +28,6 @@ use crate::shard::{Shard, ShardRequest, ShardResponse};
 pub struct Applied {
     pub offline: Vec<(TopicPartition, String)>,
 }
-
-/// Reasons quoted in a CreateTopics or CreatePartitions error message; the log has all.
-const OFFLINE_REASONS_QUOTED: usize = 3;
 
 impl Applied {
     /// The error CreateTopics and CreatePartitions answer for a topic some of whose new
@@ -56,9 +54,6 @@ impl Applied {
         Some(KafkaError::new(code::KAFKA_STORAGE_ERROR, message))
     }
 }
-
-/// Producer ids stored per metadata record.
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// See the module documentation. Lives on shard 0 only.
 pub struct Controller {

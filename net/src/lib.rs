@@ -7,6 +7,7 @@ pub mod controller;
 pub mod error;
 pub mod group;
 pub mod handlers;
+pub mod limits;
 pub mod mesh;
 pub mod metadata_cache;
 pub mod protocol;

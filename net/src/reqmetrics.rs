@@ -41,13 +41,10 @@
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
+use crate::limits::LATENCY_US_MAX;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::ApiKey;
 use tracing::info;
-
-/// The longest latency a histogram holds, in microseconds (one hour); longer ones are
-/// clamped to it (a long-poll fetch is bounded by `fetch.max.wait.ms` far below this).
-const HIGHEST_US: u64 = 3_600_000_000;
 
 /// Significant figures of every histogram: values within 1% (about 20 KiB each).
 const SIGFIGS: u8 = 2;
@@ -80,7 +77,7 @@ struct Slowest {
 
 impl ApiLatency {
     fn new() -> Option<Self> {
-        let histogram = || Histogram::new_with_bounds(1, HIGHEST_US, SIGFIGS).ok();
+        let histogram = || Histogram::new_with_bounds(1, LATENCY_US_MAX, SIGFIGS).ok();
         Some(ApiLatency {
             phases: [
                 histogram()?,

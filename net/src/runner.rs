@@ -22,13 +22,12 @@ use tracing::info;
 
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
+use crate::limits::MESH_JOIN_TIMEOUT;
+use crate::limits::{CACHE_WINDOW_TICKS, HOUSEKEEPING_TICK, MESH_CHANNEL_CAPACITY};
 use crate::mesh::MeshEnds;
 use crate::metadata_cache::MetadataCache;
 use crate::replica::{CacheWindows, OfflinePartitions, ReplicaManager};
-use crate::shard::{MeshMsg, Shard, ShardParts, MESH_CHANNEL_CAPACITY};
-
-/// How long a shard waits for its peers to join the mesh at start-up.
-const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::shard::{MeshMsg, Shard, ShardParts};
 
 /// What a shard needs to start.
 pub struct ShardStart {
@@ -56,7 +55,7 @@ pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
 pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
 
 async fn housekeeping(shard: Rc<Shard>) {
-    let tick = Duration::from_millis(100);
+    let tick = HOUSEKEEPING_TICK;
     let retention_every = Duration::from_millis(shard.config.retention_check_interval_ms.max(1));
     let mut since_retention = Duration::ZERO;
     let expiry_every =
@@ -74,7 +73,7 @@ async fn housekeeping(shard: Rc<Shard>) {
         since_retention += tick;
         since_expiry += tick;
         if let Some(budget) = shard.config.cache_window_budget_bytes {
-            if ticks % crate::replica::CACHE_WINDOW_TICKS == 0 {
+            if ticks % CACHE_WINDOW_TICKS == 0 {
                 cache_windows.adapt(&shard.replicas.list(), budget, Instant::now());
             }
         }

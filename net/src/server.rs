@@ -27,18 +27,11 @@ use tracing::{debug, info, warn};
 
 use crate::handlers::context::Connection;
 use crate::handlers::{self, Parsed};
+use crate::limits::{DRAIN_TIMEOUT, READ_BUFFER_BYTES, STOP_POLL};
 use crate::protocol::{self, ProtocolError, Request, SIZE_PREFIX_BYTES};
 use crate::reqmetrics::RequestTimes;
 use crate::shard::Shard;
 use crate::zerocopy::{self, Frame};
-
-/// How often a stopping shard looks whether its connections have closed.
-const STOP_POLL: Duration = Duration::from_millis(50);
-/// How long a stopping shard waits for its connections to finish in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes a connection asks the kernel for at once while framing requests; frames larger
-/// than this are read into an allocation of their own (see [`FrameReader`]).
-const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Accepts and serves connections until the shard stops, then waits (bounded) for open
 /// connections to finish the requests they have in flight.

@@ -37,9 +37,6 @@ use crate::txn::coordinator::TxnCoordinator;
 use crate::txn::{txn_partition, TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::SendStats;
 
-/// Messages between shards waiting in one mesh channel before senders wait.
-pub const MESH_CHANNEL_CAPACITY: usize = 1024;
-
 /// A request one shard sends another (or runs on itself through the same path).
 #[derive(Debug)]
 pub enum ShardRequest {

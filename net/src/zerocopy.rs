@@ -31,6 +31,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+use crate::limits::{RESIDENCY_PROBE_STRIDE_BYTES, SEND_IOVECS_MAX};
 use bytes::Bytes;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -141,11 +142,6 @@ impl SendStats {
     }
 }
 
-/// How much of a range one residency probe vouches for.
-const PROBE_STRIDE: u64 = 256 << 10;
-/// The most iovecs handed to one `sendmsg`.
-const MAX_IOVECS: usize = 64;
-
 #[allow(unsafe_code)]
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: only used for the duration of a syscall on a descriptor the caller keeps
@@ -182,7 +178,7 @@ pub async fn send_frame(socket: RawFd, frame: &Frame, stats: &SendStats) -> io::
             .iter()
             .position(|p| matches!(p, Piece::File(_)))
             .map_or(pieces.len(), |at| index + at)
-            .min(index + MAX_IOVECS);
+            .min(index + SEND_IOVECS_MAX);
         let more = run_end < pieces.len();
         let slices: Vec<IoSlice<'_>> = pieces[index..run_end]
             .iter()
@@ -282,7 +278,7 @@ async fn send_file(
 }
 
 /// Whether the pages of `[from, to)` are in the page cache, by probing one byte per
-/// `PROBE_STRIDE` and the last byte with `preadv2(RWF_NOWAIT)`, which fails with EAGAIN
+/// `RESIDENCY_PROBE_STRIDE_BYTES` and the last byte with `preadv2(RWF_NOWAIT)`, which fails with EAGAIN
 /// instead of reading from the device.
 fn resident(fd: RawFd, from: u64, to: u64) -> bool {
     let mut at = from;
@@ -293,7 +289,7 @@ fn resident(fd: RawFd, from: u64, to: u64) -> bool {
         if at + 1 >= to {
             return true;
         }
-        at = (at + PROBE_STRIDE).min(to - 1);
+        at = (at + RESIDENCY_PROBE_STRIDE_BYTES).min(to - 1);
     }
 }
 

@@ -21,11 +21,9 @@ use sluice_engine::clock::Clock;
 use super::RequestContext;
 use super::{negative_partition, Layout};
 use crate::error::{code, KafkaError};
+use crate::limits::FETCH_WAIT_MS_MAX;
 use crate::shard::{FetchPart, FetchResult, Shard, ShardRequest, ShardResponse, Watch};
 use crate::zerocopy::{Frame, Piece, RecordBytes};
-
-/// The longest wait we honour, whatever `max_wait_ms` says.
-const MAX_WAIT_MS_LIMIT: u64 = 60_000;
 
 /// A fetch's answer before encoding: the top-level error, and per topic in request order
 /// its partitions' results.
@@ -44,7 +42,7 @@ pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer 
     }
     let max_bytes = if version >= 3 { request.max_bytes.max(0) as u64 } else { u64::MAX };
     let min_bytes = request.min_bytes.max(0) as u64;
-    let wait_ms = (request.max_wait_ms.max(0) as u64).min(MAX_WAIT_MS_LIMIT);
+    let wait_ms = (request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX);
     // +1: the clock reads whole milliseconds, and the wait must not end early.
     let deadline_ms = shard.clock.monotonic_ms() + wait_ms + 1;
 

@@ -3,16 +3,12 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sluice_engine::checkpoint::TopicPartition;
 
 use super::Partition;
-
-/// Housekeeping ticks (100 ms) between two adaptations of the auto page-cache windows.
-pub const CACHE_WINDOW_TICKS: u64 = 10;
-/// A log appended to within this long shares the page-cache budget.
-const CACHE_WINDOW_ACTIVE: Duration = Duration::from_secs(10);
+use crate::limits::CACHE_WINDOW_ACTIVE;
 
 /// `log.page.cache.window.bytes=auto` on one shard: which logs were appended to lately,
 /// and the window each of them gets, its share of the shard's budget.

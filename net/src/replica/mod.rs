@@ -30,20 +30,16 @@ use sluice_engine::shard::{shard_of, ShardId};
 use sluice_engine::timer::{DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver};
 use tracing::{error, info, warn};
 
-pub use cache_windows::{CacheWindows, CACHE_WINDOW_TICKS};
+pub use cache_windows::CacheWindows;
 pub use fetch::{FetchWaiter, Replayed};
 pub use partition::{OfflinePartitions, Partition};
 
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::error::{code, KafkaError};
+use crate::limits::{FETCH_WAITERS_MAX, RECENT_BATCHES_BYTES};
 use crate::metadata_cache::MetadataCache;
 use crate::recent::RecentBatches;
 use crate::throttle::LogThrottle;
-
-/// Delayed fetches one shard parks at once.
-const FETCH_WAITERS_MAX: usize = 100_000;
-/// Direct mode: the bytes of recently appended batches a shard keeps for tail fetches.
-const RECENT_BATCHES_BYTES: u64 = 64 << 20;
 
 type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
 
