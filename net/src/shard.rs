@@ -28,7 +28,7 @@ use crate::error::{code, KafkaError};
 use crate::group::coordinator::{Coordinator, Write};
 use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshReceivers};
-use crate::metadata_cache::MetadataCache;
+use crate::metadata_cache::{Fenced, MetadataCache};
 pub use crate::replica::types::*;
 use crate::replica::ReplicaManager;
 pub use crate::replica::{OfflinePartitions, Replayed};
@@ -89,7 +89,7 @@ pub enum ShardResponse {
     OffsetForLeaderEpoch(Vec<Result<(i32, i64), KafkaError>>),
     Controller(Result<Applied, KafkaError>),
     /// `Err`: the shard could not apply the change and stopped serving.
-    Applied(Result<Applied, String>),
+    Applied(Result<Applied, Fenced>),
     Group(GroupAnswer),
     ProducerId(Result<i64, KafkaError>),
     Txn(TxnAnswer),
@@ -406,11 +406,11 @@ impl Shard {
         &self,
         offset: i64,
         record: &MetadataRecord,
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, Fenced> {
         if let Err(fenced) = self.metadata_cache.apply(offset, record) {
             error!(shard = self.id, %fenced, ?record, "metadata copy fenced: this shard stops serving clients");
             self.fire_stop();
-            return Err(fenced.to_string());
+            return Err(fenced);
         }
         // The group coordinator forgets the groups of the offsets partitions it loses.
         let doomed_offsets = match record {

@@ -48,6 +48,15 @@ impl<'a> DelayedOperation<LogEnds<'a>> for FetchWaiter {
     }
 }
 
+/// Why an internal topic's partition could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadRecordsError {
+    #[error("{}", .0.message)]
+    Unavailable(KafkaError),
+    #[error("{0}")]
+    Replay(#[from] sluice_engine::replay::ReplayError),
+}
+
 /// What a coordinator replays from its internal topic.
 #[derive(Debug, Clone)]
 pub enum Replayed {
@@ -223,9 +232,12 @@ impl ReplicaManager {
 
     /// Every record of a partition, oldest first, with the transaction markers: the
     /// coordinators' replay of their internal topics at start-up.
-    pub async fn read_all_records(&self, tp: &TopicPartition) -> Result<Vec<Replayed>, String> {
+    pub async fn read_all_records(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Vec<Replayed>, ReadRecordsError> {
         use kafka_protocol::records::RecordBatchDecoder;
-        let partition = self.get(tp).map_err(|e| e.message)?;
+        let partition = self.get(tp).map_err(ReadRecordsError::Unavailable)?;
         let replica = &partition.replica;
         let (start, end) = (replica.log_start_offset(), replica.high_watermark());
         let mut records = Vec::new();
@@ -256,8 +268,7 @@ impl ReplicaManager {
             }
             Ok(())
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         Ok(records)
     }
 }

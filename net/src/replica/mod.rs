@@ -43,6 +43,15 @@ use crate::throttle::LogThrottle;
 
 type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
 
+/// Why a partition could not be opened (it is then offline, with this as the reason).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenPartitionError {
+    #[error("creating {}: {source}", .dir.display())]
+    CreateDir { dir: std::path::PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Replica(#[from] sluice_engine::partition::OpenError),
+}
+
 /// What applying a stored metadata change did to this shard's partitions: those it
 /// created that could not be opened, with why (they exist, offline).
 #[derive(Debug, Default)]
@@ -201,8 +210,8 @@ impl ReplicaManager {
                     if self.contains(&tp) {
                         continue;
                     }
-                    if let Err(reason) = self.open(tp.clone(), OpenHints::default()).await {
-                        opened.offline.push((tp, reason));
+                    if let Err(error) = self.open(tp.clone(), OpenHints::default()).await {
+                        opened.offline.push((tp, error.to_string()));
                     }
                 }
             }
@@ -274,7 +283,7 @@ impl ReplicaManager {
     /// Opens (creating if needed) a partition this shard owns. Failure takes the
     /// partition offline with a log line (Metadata answers it without a leader) and
     /// returns the reason; the shard serves the others.
-    async fn open(&self, tp: TopicPartition, hints: OpenHints) -> Result<(), String> {
+    async fn open(&self, tp: TopicPartition, hints: OpenHints) -> Result<(), OpenPartitionError> {
         if !self.owns(&tp) {
             return Ok(());
         }
@@ -291,8 +300,8 @@ impl ReplicaManager {
                 epoch,
             )
             .await
-            .map_err(|error| error.to_string()),
-            Err(error) => Err(format!("creating {}: {error}", dir.display())),
+            .map_err(OpenPartitionError::from),
+            Err(source) => Err(OpenPartitionError::CreateDir { dir: dir.clone(), source }),
         };
         match opened {
             Ok(replica) => {
@@ -305,10 +314,10 @@ impl ReplicaManager {
                 self.partitions.borrow_mut().insert(tp, partition);
                 Ok(())
             }
-            Err(reason) => {
-                error!(partition = %tp, %reason, "partition offline: it could not be opened");
-                self.offline.insert(tp, reason.clone());
-                Err(reason)
+            Err(error) => {
+                error!(partition = %tp, %error, "partition offline: it could not be opened");
+                self.offline.insert(tp, error.to_string());
+                Err(error)
             }
         }
     }
