@@ -4,7 +4,7 @@
 //! writes bypass the page cache, so without this every tail fetch would be a DMA read.
 //!
 //! Each partition holds its chunks (one per produce: one or more whole batches); the
-//! shard bounds the total with a FIFO over all its partitions (see `Shard::remember`).
+//! shard bounds the total with a FIFO over all its partitions (see `ReplicaManager::remember`).
 //! A fetch whose first batch is not cached falls back to a DMA read.
 
 use std::cell::RefCell;
