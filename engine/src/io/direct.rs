@@ -11,6 +11,8 @@ use std::time::Duration;
 use glommio::io::{DmaBuffer, DmaFile};
 use tracing::debug;
 
+use crate::limits::{ALLOCATE_AHEAD_MAX, ALLOCATE_AHEAD_MIN, GATHER_BYTES, MAX_WRITES_IN_FLIGHT};
+
 use super::{
     injected, jobs_of, to_io, DirectState, FileBytes, InFlight, OpenWrite, Piece, PieceJob,
     PieceState, Step,
@@ -22,19 +24,6 @@ pub(super) struct DirectFile {
     pub(super) alignment: u64,
     pub(super) state: Rc<RefCell<DirectState>>,
 }
-
-/// Most writes in flight per file. An append beyond it waits for the oldest to land,
-/// which bounds the DMA memory a file holds.
-pub(super) const MAX_WRITES_IN_FLIGHT: usize = 4;
-
-/// Room an open write gathers appends into: past it, an append waits for a write to land.
-pub(super) const GATHER_BYTES: usize = 1 << 20;
-
-/// Space a direct-mode file allocates ahead of its writes: as much as the file already
-/// holds, within these bounds, so a small partition holds little unused space and a busy
-/// one calls `fallocate` every 64 MiB.
-pub(super) const ALLOCATE_AHEAD_MIN: u64 = 1 << 20;
-pub(super) const ALLOCATE_AHEAD_MAX: u64 = 64 << 20;
 
 thread_local! {
     /// Direct-mode writes in flight on this thread's executor: (executor id, count).

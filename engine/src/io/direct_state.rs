@@ -10,7 +10,7 @@ use std::task::Waker;
 use glommio::io::{DmaBuffer, DmaFile};
 use tracing::warn;
 
-use super::MAX_WRITES_IN_FLIGHT;
+use crate::limits::MAX_WRITES_IN_FLIGHT;
 
 #[derive(Default)]
 pub(super) struct DirectState {

@@ -72,6 +72,7 @@ use std::ops::Deref;
 
 use glommio::io::ReadResult;
 
+pub use crate::limits::CACHE_WINDOW_STEP;
 pub use direct::writes_landed;
 pub use fault::FaultPlan;
 pub use index::IndexFile;
@@ -79,12 +80,12 @@ pub use segment::SegmentFile;
 pub use sys::{out_of_space, remove_file};
 
 use descriptors::{Descriptors, Handle};
-use direct::{DirectFile, MAX_WRITES_IN_FLIGHT};
+use direct::DirectFile;
 use direct_state::{jobs_of, DirectState, InFlight, OpenWrite, Piece, PieceJob, PieceState, Step};
 use fault::injected;
 use page_cache::{write_all_buffered, write_all_inline};
-use segment::{CachedTail, PREDECESSORS_MAX};
-use sys::{borrowed, open_retrying, options, owned, probe_iopoll_once, set_len, to_io, SHED_FILES};
+use segment::CachedTail;
+use sys::{borrowed, open_retrying, options, owned, probe_iopoll_once, set_len, to_io};
 
 /// How segment files do I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,8 +166,3 @@ impl Deref for FileBytes {
         }
     }
 }
-
-/// Bytes appended between two checks of the cache window when no writeback is asked for.
-pub const CACHE_WINDOW_STEP: u64 = 1 << 20;
-/// Page-cache granularity for dropping pages.
-const PAGE_BYTES: u64 = 4096;

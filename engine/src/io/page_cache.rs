@@ -11,10 +11,8 @@ use tracing::debug;
 
 use crate::fdcache;
 
-use super::{
-    owned, to_io, BufferedWrite, CachedTail, Handle, SegmentFile, CACHE_WINDOW_STEP, PAGE_BYTES,
-    PREDECESSORS_MAX, SHED_FILES,
-};
+use super::{owned, to_io, BufferedWrite, CachedTail, Handle, SegmentFile};
+use crate::limits::{CACHE_WINDOW_STEP, PAGE_BYTES, PREDECESSORS_MAX, SHED_FILES};
 
 impl SegmentFile {
     /// Buffered mode: from now on, start the device write of every `bytes` appended

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use glommio::io::{BufferedFile, DmaFile};
 
 use crate::fdcache;
+use crate::limits::{FS_BLOCK_BYTES_FALLBACK, FS_BLOCK_BYTES_MAX};
 
 use super::{
     borrowed, injected, open_retrying, options, probe_iopoll_once, remove_file, set_len, to_io,
@@ -59,11 +60,6 @@ pub struct SegmentFile {
     /// first (the window is the log's, so it spans rolls). See [`SegmentFile::follow`].
     pub(super) predecessors: RefCell<VecDeque<CachedTail>>,
 }
-
-/// Sealed segments whose cached pages an active segment keeps track of, at most (each
-/// holds a descriptor, outside the descriptor cache's budget); past it, the oldest one's
-/// pages are dropped at once.
-pub(super) const PREDECESSORS_MAX: usize = 64;
 
 /// A sealed segment's pages still in the page cache: `dropped_to..end` of the file `fd`
 /// (the segment file `file_id`).
@@ -121,10 +117,10 @@ impl SegmentFile {
                 // that is not block-aligned as unaligned I/O, which cannot go to
                 // allocated-ahead space without blocking (it would go to a kernel worker).
                 let fs_block = std::fs::metadata(path).map(|meta| meta.blksize()).unwrap_or(0);
-                let fs_block = if fs_block.is_power_of_two() && fs_block <= 64 << 10 {
+                let fs_block = if fs_block.is_power_of_two() && fs_block <= FS_BLOCK_BYTES_MAX {
                     fs_block
                 } else {
-                    4096
+                    FS_BLOCK_BYTES_FALLBACK
                 };
                 let alignment = file.alignment().max(512).max(fs_block);
                 let direct =

@@ -12,6 +12,7 @@ use glommio::io::OpenOptions;
 use tracing::warn;
 
 use crate::fdcache;
+use crate::limits::{OPEN_RETRIES, SHED_FILES};
 
 use super::write_all_buffered;
 
@@ -46,11 +47,6 @@ pub(super) fn borrowed(fd: &impl AsRawFd) -> std::os::fd::BorrowedFd<'_> {
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
-
-/// Times an open that failed for want of descriptors (EMFILE, ENFILE) is retried after
-/// closing idle files, and how many idle files each retry closes.
-pub(super) const OPEN_RETRIES: usize = 3;
-pub(super) const SHED_FILES: usize = 64;
 
 pub(super) fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(error)

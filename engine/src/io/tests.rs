@@ -1,8 +1,9 @@
 //! Tests of the file I/O seam: both modes' round trips, direct mode's write pipeline
 //! (gathering, held blocks, allocation ahead), faults, and the descriptor cache.
 
-use super::direct::{wait_to_flush, ALLOCATE_AHEAD_MIN};
+use super::direct::wait_to_flush;
 use super::*;
+use crate::limits::{ALLOCATE_AHEAD_MIN, MAX_WRITES_IN_FLIGHT};
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -34,30 +34,11 @@ use crate::sync::{FifoGuard, FifoLock};
 use index::{BatchExtent, Located, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use read::find_batch;
 
-/// Kafka's defaults for the topic-level settings the log obeys.
-pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
-pub const SEGMENT_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
-pub const INDEX_INTERVAL_BYTES_DEFAULT: u64 = 4096;
-pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
-pub const MAX_MESSAGE_BYTES_DEFAULT: usize = 1_048_588;
-/// `log.writeback.bytes` (not a Kafka setting; RocksDB's `bytes_per_sync`): 1 MiB. It
-/// keeps the dirty pages of a segment under ~2 MiB, so the kernel's flusher never writes
-/// back gigabytes in a burst (which, with inline appends, made a 1-3 ms p99 second early
-/// in every half-load run; perf/RESULTS.md, "Page-cache appends inline, drop-behind,
-/// idle polling", 2026-11-21), and drop-behind finds the pages it drops already clean.
-pub const WRITEBACK_BYTES_DEFAULT: u64 = 1 << 20;
-/// `log.page.cache.window.bytes` (not a Kafka setting): 0, the page cache is left to
-/// the kernel, as in Kafka. See [`crate::writeback`] for when a window helps.
-pub const CACHE_WINDOW_BYTES_DEFAULT: u64 = 0;
-/// Positions in `.index` are u32 and Kafka caps `segment.bytes` at `Int.MaxValue`.
-pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
-/// Bytes read per I/O when recovery walks a segment.
-const RECOVERY_READ_BYTES: usize = 1 << 20;
-/// Bytes read per I/O when scanning batch headers after an index lookup.
-const SCAN_READ_BYTES: usize = 16 << 10;
-
-const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-const _: () = assert!(SCAN_READ_BYTES >= HEADER_BYTES);
+pub use crate::limits::{
+    CACHE_WINDOW_BYTES_DEFAULT, INDEX_INTERVAL_BYTES_DEFAULT, MAX_MESSAGE_BYTES_DEFAULT,
+    RETENTION_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_MS_DEFAULT,
+    WRITEBACK_BYTES_DEFAULT,
+};
 
 /// Settings of one log, under Kafka's topic-config names.
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@ use crate::batch::{self, Batch, HEADER_BYTES};
 use crate::io::{FileBytes, SegmentFile};
 
 use super::index::Located;
-use super::{io_error, Log, LogError, ReadSlice, TimestampOffset, SCAN_READ_BYTES};
+use super::{io_error, Log, LogError, ReadSlice, TimestampOffset};
+use crate::limits::SCAN_READ_BYTES;
 
 impl Log {
     /// Finds the bytes to send for a fetch at `offset`: from the start of the batch holding

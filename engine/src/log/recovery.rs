@@ -12,13 +12,13 @@ use tracing::{error, info, warn};
 use crate::batch::{self, Batch, HEADER_BYTES};
 use crate::clock::Clock;
 use crate::io::{FileBytes, IoMode, SegmentFile};
+use crate::limits::{INDEX_REBUILD_FREE, PADDING_QUIET_BYTES, RECOVERY_READ_BYTES};
 use crate::sync::FifoLock;
 
 use super::index::{OffsetIndex, TimeIndex};
 use super::{
     index_out_of_space, io_error, list_dir, parse_segment_name, segment_file_name,
     validate_options, Log, LogError, LogOptions, OpenHints, Segment, State,
-    INDEX_INTERVAL_BYTES_DEFAULT, RECOVERY_READ_BYTES,
 };
 
 impl Log {
@@ -428,10 +428,6 @@ impl Log {
     }
 }
 
-/// Zeros after the last batch up to this size (a block's padding) are trimmed without a
-/// log line; more (space allocated ahead, or a lost tail) is logged.
-pub(super) const PADDING_QUIET_BYTES: u64 = 64 << 10;
-
 /// True when the last block of `file` is all zeros: an unsealed direct-mode segment.
 pub(super) async fn ends_in_zeros(file: &SegmentFile) -> Result<bool, LogError> {
     let len = file.len();
@@ -455,9 +451,6 @@ pub(super) async fn zeros_to_end(file: &SegmentFile, mut position: u64) -> Resul
     }
     Ok(true)
 }
-
-/// A segment this small may legitimately have an empty offset index.
-pub(super) const INDEX_REBUILD_FREE: u64 = 2 * INDEX_INTERVAL_BYTES_DEFAULT;
 
 pub(super) enum Recovered {
     /// Every byte is a valid batch.

@@ -58,20 +58,8 @@ mod tests;
 
 use level::Level;
 
-/// Largest wheel size accepted (a level is `wheel_size` bucket headers and a bitmap).
-pub const WHEEL_SIZE_MAX: u32 = 4096;
-/// Tombstones tolerated beyond the live count: past it, the slab does not grow without a
-/// compaction first. Small under test so that the model test compacts often.
-const TOMBSTONE_SLACK: usize = if cfg!(test) { 4 } else { 4096 };
-/// Largest number of live entries one wheel can hold. Live entries and tombstones share
-/// `u32` slab indexes, and the slab holds at most `2 * entries_max + TOMBSTONE_SLACK`
-/// slots (see [`TimingWheel::add`]), which this keeps below `u32::MAX`.
-pub const ENTRIES_MAX_LIMIT: usize = (u32::MAX as usize - 4096) / 2;
-/// A drained bucket keeps its vector (and the next adds to it allocate nothing) up to this
-/// capacity; a larger one, left by a burst, is freed.
-const BUCKET_KEEP_CAPACITY: usize = 1024;
-
-const _: () = assert!(TOMBSTONE_SLACK <= 4096);
+use crate::limits::{BUCKET_KEEP_CAPACITY, TOMBSTONE_SLACK};
+pub use crate::limits::{ENTRIES_MAX_LIMIT, WHEEL_SIZE_MAX};
 
 /// Errors of the timing wheel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
