@@ -1,7 +1,7 @@
 //! Entry points for the cargo-fuzz targets (`fuzz/`) into decoders of untrusted bytes that
 //! are otherwise private to their module. Not an API: the broker does not use it.
 
-use crate::metadata::{self, MetadataError, MetadataImage, MetadataRecord};
+use crate::metadata::{self, FrameError, MetadataError, MetadataImage, MetadataRecord};
 
 /// What replaying a metadata log's bytes gave.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub fn metadata_replay(bytes: &[u8]) -> MetadataReplay {
 }
 
 /// Decodes the metadata log frame at the start of `bytes`: the record and the frame's size.
-pub fn metadata_decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), String> {
+pub fn metadata_decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), FrameError> {
     metadata::decode_frame(bytes)
 }
 

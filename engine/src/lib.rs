@@ -9,6 +9,7 @@ pub mod fdcache;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
+pub mod limits;
 pub mod log;
 pub mod metadata;
 pub mod partition;

@@ -458,7 +458,7 @@ pub(crate) fn replay(bytes: &[u8]) -> Replay {
             |image, reason| Replay { image, records, end: position as u64, cut: Some(reason) };
         let (record, frame_bytes) = match decode_frame(&bytes[position..]) {
             Ok(decoded) => decoded,
-            Err(reason) => return stop(image, reason),
+            Err(reason) => return stop(image, reason.to_string()),
         };
         if let Err(error) = image.apply(&record) {
             return stop(image, format!("record does not apply: {error}"));
@@ -490,31 +490,49 @@ pub(crate) fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataE
     Ok(frame)
 }
 
+/// Why the bytes at a position of the metadata log hold no valid frame. A torn frame is
+/// what a crash during an append leaves at the end of the log; the other kinds are
+/// damage.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error("torn frame header: {got} of {} bytes", FRAME_HEADER_BYTES)]
+    TornHeader { got: usize },
+    #[error("frame length {length} exceeds {}", FRAME_PAYLOAD_BYTES_MAX)]
+    TooLong { length: u32 },
+    #[error("torn frame: {got} of {length} payload bytes")]
+    TornPayload { got: usize, length: usize },
+    #[error("crc32c {computed:#010x} does not match stored {stored:#010x}")]
+    Crc { computed: u32, stored: u32 },
+    /// rkyv's error, as text (its type is neither `Clone` nor `Eq`).
+    #[error("undecodable record: {0}")]
+    Undecodable(String),
+}
+
 /// Decodes the frame at the start of `bytes`: the record and the frame's length, or why
 /// the bytes hold no valid frame.
-pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), String> {
+pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), FrameError> {
     let Some((header, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
-        return Err(format!("torn frame header: {} of {FRAME_HEADER_BYTES} bytes", bytes.len()));
+        return Err(FrameError::TornHeader { got: bytes.len() });
     };
     let (length, crc) = header.split_at(4);
     let length = u32::from_be_bytes(length.try_into().expect("header split at 4 of 8 bytes"));
     let crc = u32::from_be_bytes(crc.try_into().expect("header split at 4 of 8 bytes"));
     if length > FRAME_PAYLOAD_BYTES_MAX {
-        return Err(format!("frame length {length} exceeds {FRAME_PAYLOAD_BYTES_MAX}"));
+        return Err(FrameError::TooLong { length });
     }
     let length = length as usize;
     let Some(payload) = rest.get(..length) else {
-        return Err(format!("torn frame: {} of {length} payload bytes", rest.len()));
+        return Err(FrameError::TornPayload { got: rest.len(), length });
     };
     let crc_computed = crc32c::crc32c(payload);
     if crc_computed != crc {
-        return Err(format!("crc32c {crc_computed:#010x} does not match stored {crc:#010x}"));
+        return Err(FrameError::Crc { computed: crc_computed, stored: crc });
     }
     // rkyv reads archived values in place, so the payload needs its alignment.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(length);
     aligned.extend_from_slice(payload);
     let record = rkyv::from_bytes::<MetadataRecord, rkyv::rancor::Error>(&aligned)
-        .map_err(|error| format!("undecodable record: {error}"))?;
+        .map_err(|error| FrameError::Undecodable(error.to_string()))?;
     Ok((record, FRAME_HEADER_BYTES + length))
 }
 

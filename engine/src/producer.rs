@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use thiserror::Error;
+
 use crate::batch::{self, Batch};
 
 /// Batches remembered per producer: the most a client keeps in flight per partition.
@@ -80,6 +82,27 @@ struct Producer {
     coordinator_epoch: i32,
     /// The max timestamp of the producer's last batch.
     last_timestamp: i64,
+}
+
+/// Why a producer snapshot cannot be read. Every kind means the same to the caller (skip
+/// the snapshot and replay the log); the kinds tell a log line, and the fuzz target,
+/// which check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    #[error("{len} bytes is too short")]
+    TooShort { len: usize },
+    #[error("version {version}")]
+    Version { version: i16 },
+    #[error("CRC mismatch")]
+    Crc,
+    #[error("count {count}")]
+    Count { count: i32 },
+    #[error("{len} bytes for {count} entries")]
+    Length { len: usize, count: usize },
+    #[error("producer id {producer_id}: offset delta {delta} for last offset {last_offset}")]
+    OffsetDelta { producer_id: i64, delta: i32, last_offset: i64 },
+    #[error("producer id {producer_id} twice")]
+    Duplicate { producer_id: i64 },
 }
 
 /// Every idempotent producer's state on one partition, and the open transactions.
@@ -457,23 +480,23 @@ impl ProducerStates {
     }
 
     /// Reads a snapshot written by [`encode_snapshot`] (or by Kafka).
-    pub fn decode_snapshot(bytes: &[u8]) -> Result<ProducerStates, String> {
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<ProducerStates, SnapshotError> {
         if bytes.len() < 10 {
-            return Err(format!("{} bytes is too short", bytes.len()));
+            return Err(SnapshotError::TooShort { len: bytes.len() });
         }
         let version = i16::from_be_bytes([bytes[0], bytes[1]]);
         if version != SNAPSHOT_VERSION {
-            return Err(format!("version {version}"));
+            return Err(SnapshotError::Version { version });
         }
         let crc = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
         let entries = &bytes[6..];
         if crc32c::crc32c(entries) != crc {
-            return Err("CRC mismatch".into());
+            return Err(SnapshotError::Crc);
         }
         let count = i32::from_be_bytes([entries[0], entries[1], entries[2], entries[3]]);
-        let count = usize::try_from(count).map_err(|_| format!("count {count}"))?;
+        let count = usize::try_from(count).map_err(|_| SnapshotError::Count { count })?;
         if entries.len() != 4 + count * SNAPSHOT_ENTRY_BYTES {
-            return Err(format!("{} bytes for {count} entries", entries.len()));
+            return Err(SnapshotError::Length { len: entries.len(), count });
         }
         let mut states = ProducerStates::default();
         for entry in entries[4..].chunks_exact(SNAPSHOT_ENTRY_BYTES) {
@@ -495,9 +518,7 @@ impl ProducerStates {
             if last_sequence >= 0 && last_offset >= 0 {
                 // The batch's first offset, last offset - delta, is never negative.
                 if delta < 0 || i64::from(delta) > last_offset {
-                    return Err(format!(
-                        "producer id {producer_id}: offset delta {delta} for last offset {last_offset}"
-                    ));
+                    return Err(SnapshotError::OffsetDelta { producer_id, delta, last_offset });
                 }
                 let first_offset = last_offset - i64::from(delta);
                 let first = (i64::from(last_sequence) - i64::from(delta)).rem_euclid(1 << 31);
@@ -510,7 +531,7 @@ impl ProducerStates {
             // One entry per producer: a second would replace the first in the map but
             // leave the first's open transaction behind, holding the last stable offset.
             if states.producers.contains_key(&producer_id) {
-                return Err(format!("producer id {producer_id} twice"));
+                return Err(SnapshotError::Duplicate { producer_id });
             }
             if let Some(first) = producer.txn_first_offset {
                 states.ongoing.insert((first, producer_id));
@@ -734,7 +755,7 @@ mod tests {
         let mut twice = SNAPSHOT_VERSION.to_be_bytes().to_vec();
         twice.extend_from_slice(&crc32c::crc32c(&entries).to_be_bytes());
         twice.extend_from_slice(&entries);
-        let error = ProducerStates::decode_snapshot(&twice).err();
+        let error = ProducerStates::decode_snapshot(&twice).err().map(|e| e.to_string());
         assert_eq!(error.as_deref(), Some("producer id 7 twice"));
     }
 
@@ -752,7 +773,7 @@ mod tests {
         bytes[10 + 22..10 + 26].copy_from_slice(&(-1i32).to_be_bytes());
         let crc = crc32c::crc32c(&bytes[6..]);
         bytes[2..6].copy_from_slice(&crc.to_be_bytes());
-        let error = ProducerStates::decode_snapshot(&bytes).err();
+        let error = ProducerStates::decode_snapshot(&bytes).err().map(|e| e.to_string());
         assert_eq!(
             error.as_deref(),
             Some("producer id 7: offset delta -1 for last offset 9223372036854775807")

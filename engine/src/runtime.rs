@@ -7,8 +7,7 @@
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
-/// Locked memory a shard needs: glommio's default 10 MiB of I/O memory plus the rings.
-pub const MEMLOCK_BYTES_PER_SHARD: u64 = 16 << 20;
+pub use crate::limits::MEMLOCK_BYTES_PER_SHARD;
 
 /// Raises `RLIMIT_MEMLOCK` as far as allowed (to unlimited for root). Returns the soft
 /// limit in force afterwards.

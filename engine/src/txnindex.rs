@@ -12,12 +12,32 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
 
 use crate::log::segment_file_name;
 
 pub const ENTRY_BYTES: usize = 34;
 const VERSION: i16 = 0;
+
+/// A `.txnindex` entry of a version this broker does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("entry version {version}")]
+pub struct UnknownVersion {
+    pub version: i16,
+}
+
+/// Why the `.txnindex` files of a partition could not be loaded: a file that could not be
+/// read, or one that holds an entry this broker does not read. Either way the caller
+/// rebuilds the index from the log.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Decode { path: PathBuf, source: UnknownVersion },
+}
 
 /// One aborted transaction on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +64,12 @@ impl AbortedTxn {
 
     /// Decodes a whole file's entries. A torn last entry (a crash mid-write) is dropped;
     /// an entry of another version is an error.
-    pub fn decode_all(bytes: &[u8]) -> Result<Vec<AbortedTxn>, String> {
+    pub fn decode_all(bytes: &[u8]) -> Result<Vec<AbortedTxn>, UnknownVersion> {
         let mut out = Vec::with_capacity(bytes.len() / ENTRY_BYTES);
         for entry in bytes.chunks_exact(ENTRY_BYTES) {
             let version = i16::from_be_bytes([entry[0], entry[1]]);
             if version != VERSION {
-                return Err(format!("entry version {version}"));
+                return Err(UnknownVersion { version });
             }
             let i64_at = |at: usize| i64::from_be_bytes(entry[at..at + 8].try_into().expect("8"));
             out.push(AbortedTxn {
@@ -140,18 +160,18 @@ pub fn append_entry(dir: &Path, base: i64, entry: &AbortedTxn) -> std::io::Resul
 
 /// Loads the `.txnindex` files of the segments `bases` in `dir` (a missing file: no
 /// aborted transaction in that segment).
-pub fn load(dir: &Path, bases: &[i64]) -> Result<TxnIndex, String> {
+pub fn load(dir: &Path, bases: &[i64]) -> Result<TxnIndex, LoadError> {
     let mut index = TxnIndex::default();
     for &base in bases {
         let path = dir.join(segment_file_name(base, "txnindex"));
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let entries = AbortedTxn::decode_all(&bytes)
-                    .map_err(|error| format!("{}: {error}", path.display()))?;
+                    .map_err(|source| LoadError::Decode { path: path.clone(), source })?;
                 index.set_segment(base, entries);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(format!("{}: {error}", path.display())),
+            Err(source) => return Err(LoadError::Read { path, source }),
         }
     }
     Ok(index)

@@ -51,21 +51,11 @@ use std::sync::{Arc, OnceLock};
 
 use tracing::warn;
 
-/// `log.page.cache.window.bytes=auto` (the default): the page cache a broker keeps for
-/// appends is a budget, a sixteenth of memory between these bounds, shared by its shards
-/// and, on each shard, by the logs appended to lately; each such log's window is its share,
-/// between [`AUTO_WINDOW_BYTES_MIN`] and [`AUTO_WINDOW_BYTES_MAX`]. On this VM the window
-/// keeps produce off the page-cache cliff (module docs); on a machine whose memory is
-/// simply there, it costs consumers further behind than the window a read from the
-/// device, and `0` (Kafka's behaviour) may suit it better.
-pub const AUTO_BUDGET_BYTES_MIN: u64 = 256 << 20;
-/// See [`AUTO_BUDGET_BYTES_MIN`].
-pub const AUTO_BUDGET_BYTES_MAX: u64 = 4 << 30;
-/// The smallest window an auto window shrinks to, however many logs share the budget.
-pub const AUTO_WINDOW_BYTES_MIN: u64 = 8 << 20;
-/// The largest auto window: 256 MiB held half-load produce at p99 1.3-11 ms where no
-/// window gave 130-200 ms (perf/RESULTS.md).
-pub const AUTO_WINDOW_BYTES_MAX: u64 = 256 << 20;
+use crate::limits::WRITEBACK_QUEUE_JOBS;
+
+pub use crate::limits::{
+    AUTO_BUDGET_BYTES_MAX, AUTO_BUDGET_BYTES_MIN, AUTO_WINDOW_BYTES_MAX, AUTO_WINDOW_BYTES_MIN,
+};
 
 /// The broker's page-cache budget for appends with auto windows, from its memory.
 pub fn auto_budget_bytes(memory_bytes: u64) -> u64 {
@@ -77,9 +67,6 @@ pub fn auto_window_bytes(budget_bytes: u64, active_logs: usize) -> u64 {
     let logs = u64::try_from(active_logs.max(1)).unwrap_or(u64::MAX);
     (budget_bytes / logs).clamp(AUTO_WINDOW_BYTES_MIN, AUTO_WINDOW_BYTES_MAX)
 }
-
-/// Ranges queued for the helper at most; more are dropped (see the module docs).
-const QUEUE_JOBS: usize = 1024;
 
 /// Ranges whose writeback the helper started.
 pub static STARTED: AtomicU64 = AtomicU64::new(0);
@@ -111,7 +98,7 @@ static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
 fn queue() -> Option<&'static SyncSender<Job>> {
     QUEUE
         .get_or_init(|| {
-            let (sender, receiver) = mpsc::sync_channel::<Job>(QUEUE_JOBS);
+            let (sender, receiver) = mpsc::sync_channel::<Job>(WRITEBACK_QUEUE_JOBS);
             let spawned = std::thread::Builder::new()
                 .name("sluice-writeback".into())
                 .spawn(move || {

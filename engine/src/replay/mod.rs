@@ -22,6 +22,10 @@ use crate::txnindex::{self, AbortedTxn, TxnIndex};
 /// Bytes read per chunk at open (a batch larger than this is read whole on its own).
 pub const CHUNK_BYTES: u64 = 1 << 20;
 
+/// What a visitor of [`for_each_chunk`] fails with: its own error, kept whole (a caller
+/// may downcast it), or a message (`?` turns a `String` into one).
+pub type VisitError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, Error)]
 pub enum ReplayError {
     #[error(transparent)]
@@ -30,8 +34,9 @@ pub enum ReplayError {
     Batch { offset: i64, source: BatchError },
     #[error("no whole batch at offset {offset} below the log end offset {end}")]
     Missing { offset: i64, end: i64 },
-    #[error("records from offset {offset}: {reason}")]
-    Decode { offset: i64, reason: String },
+    /// The visitor of [`for_each_chunk`] refused a chunk; `source` is its error.
+    #[error("records from offset {offset}: {source}")]
+    Decode { offset: i64, source: VisitError },
 }
 
 /// Reads `log` from `from` up to `end` (exclusive, a batch boundary: the log end offset
@@ -43,7 +48,7 @@ pub async fn for_each_chunk(
     log: &Log,
     from: i64,
     end: i64,
-    mut visit: impl FnMut(i64, &[u8]) -> Result<(), String>,
+    mut visit: impl FnMut(i64, &[u8]) -> Result<(), VisitError>,
 ) -> Result<(), ReplayError> {
     let mut offset = from;
     while offset < end {
@@ -53,7 +58,7 @@ pub async fn for_each_chunk(
         if whole == 0 || next <= offset {
             return Err(ReplayError::Missing { offset, end });
         }
-        visit(offset, &bytes[..whole]).map_err(|reason| ReplayError::Decode { offset, reason })?;
+        visit(offset, &bytes[..whole]).map_err(|source| ReplayError::Decode { offset, source })?;
         offset = next;
     }
     Ok(())
@@ -121,7 +126,7 @@ pub async fn rebuild_producer_state(log: &Log) -> Result<ProducerState, ReplayEr
     let mut fresh_aborts = Vec::new();
     for_each_chunk(log, from.max(start), end, |_, chunk| {
         for batch in BatchIter::new(chunk) {
-            let batch = batch.map_err(|e| e.to_string())?;
+            let batch = batch?;
             let next = batch.last_offset() + 1;
             let Some(logged) = LoggedBatch::of(&batch) else { continue };
             batches_replayed += 1;
@@ -180,7 +185,7 @@ pub fn newest_snapshot(dir: &Path, end: i64) -> Option<(i64, ProducerStates)> {
         let path = dir.join(segment_file_name(offset, "snapshot"));
         match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| ProducerStates::decode_snapshot(&bytes))
+            .and_then(|bytes| ProducerStates::decode_snapshot(&bytes).map_err(|e| e.to_string()))
         {
             Ok(states) => return Some((offset, states)),
             Err(error) => warn!(path = %path.display(), %error, "producer snapshot skipped"),
