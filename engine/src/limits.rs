@@ -188,3 +188,27 @@ const _: () = assert!(TOMBSTONE_SLACK <= 4096);
 const _: () = assert!(2 * ENTRIES_MAX_LIMIT + 4096 <= u32::MAX as usize);
 const _: () = assert!(crate::timer::WheelOptions::DEFAULT.wheel_size <= WHEEL_SIZE_MAX);
 const _: () = assert!(crate::timer::WheelOptions::DEFAULT.entries_max <= ENTRIES_MAX_LIMIT);
+
+// ---------------------------------------------------------------------------------------
+// Producer state, replay at open, the metadata log.
+// ---------------------------------------------------------------------------------------
+
+/// Batches remembered per producer: the most a client keeps in flight per partition
+/// (librdkafka and the Java client cap `max.in.flight.requests.per.connection` at 5 for
+/// idempotence).
+pub const CACHED_BATCHES: usize = 5;
+/// Bytes read per chunk when a log is read back at open (a batch larger than this is
+/// read whole on its own).
+pub const REPLAY_CHUNK_BYTES: u64 = 1 << 20;
+/// Kafka's limit on a topic name (`Topic.MAX_NAME_LENGTH`).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Limit on one metadata record's payload. Real records are a few hundred bytes; a length
+/// past this on disk is corruption, not a record.
+pub const FRAME_PAYLOAD_BYTES_MAX: u32 = 1 << 20;
+
+const _: () = assert!(CACHED_BATCHES >= 5, "clients keep up to 5 batches in flight");
+// A chunk holds at least one default-sized batch, so replay reads few batches alone.
+const _: () = assert!(REPLAY_CHUNK_BYTES as usize >= MAX_MESSAGE_BYTES_DEFAULT - HEADER_BYTES);
+// The length field is a u32, and the limit must admit the largest legal topic name.
+const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX as usize > TOPIC_NAME_BYTES_MAX);

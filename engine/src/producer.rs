@@ -17,8 +17,7 @@ use thiserror::Error;
 
 use crate::batch::{self, Batch};
 
-/// Batches remembered per producer: the most a client keeps in flight per partition.
-pub const CACHED_BATCHES: usize = 5;
+pub use crate::limits::CACHED_BATCHES;
 
 const SNAPSHOT_VERSION: i16 = 1;
 /// pid 8 + epoch 2 + last sequence 4 + last offset 8 + delta 4 + timestamp 8 + coordinator

@@ -19,8 +19,7 @@ use crate::log::{segment_file_name, Log, LogError};
 use crate::producer::{LoggedBatch, ProducerStates};
 use crate::txnindex::{self, AbortedTxn, TxnIndex};
 
-/// Bytes read per chunk at open (a batch larger than this is read whole on its own).
-pub const CHUNK_BYTES: u64 = 1 << 20;
+pub use crate::limits::REPLAY_CHUNK_BYTES as CHUNK_BYTES;
 
 /// What a visitor of [`for_each_chunk`] fails with: its own error, kept whole (a caller
 /// may downcast it), or a message (`?` turns a `String` into one).
