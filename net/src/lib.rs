@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod coordinator_host;
 pub mod error;
 pub mod group;
 pub mod handlers;
@@ -12,6 +13,7 @@ pub mod recent;
 pub mod reqmetrics;
 pub mod server;
 pub mod shard;
+mod shard_host;
 pub mod throttle;
 pub mod ticker;
 pub mod txn;

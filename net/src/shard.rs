@@ -517,9 +517,9 @@ pub struct Shard {
     fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
     controller: Option<Controller>,
     /// The groups whose `__consumer_offsets` partitions this shard owns.
-    pub groups: Coordinator,
+    pub groups: Coordinator<Shard>,
     /// The transactional ids whose `__transaction_state` partitions this shard owns.
-    pub txns: TxnCoordinator,
+    pub txns: TxnCoordinator<Shard>,
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
@@ -1717,7 +1717,7 @@ impl Shard {
                 Ok(records) if tp.topic == OFFSETS_TOPIC => {
                     self.groups.load(self, tp.partition, records)
                 }
-                Ok(records) => self.txns.load(self, tp.partition, records),
+                Ok(records) => self.load_txns(tp.partition, records),
                 Err(reason) => {
                     error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
                 }
@@ -1909,14 +1909,7 @@ impl CacheWindows {
     }
 }
 
-/// What a coordinator replays from its internal topic.
-#[derive(Debug, Clone)]
-pub enum Replayed {
-    /// A record; `producer_id` when it is part of a transaction.
-    Record { key: Bytes, value: Option<Bytes>, producer_id: Option<i64> },
-    /// A transaction marker.
-    Marker { producer_id: i64, commit: bool },
-}
+pub use crate::coordinator_host::Replayed;
 
 /// Writes the partition's producer snapshot at its log end (see
 /// [`replay::write_snapshot`]); a failure only costs the next start a longer replay.
