@@ -26,6 +26,9 @@ use sluice_engine::clock::Clock;
 use crate::config::{GroupConfig, TxnConfig};
 use crate::error::{code, KafkaError};
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// A record to write to an internal partition: key and value (None: a tombstone).
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 

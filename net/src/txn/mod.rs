@@ -11,6 +11,8 @@
 
 pub mod coordinator;
 pub mod records;
+#[cfg(test)]
+mod tests;
 
 use sluice_engine::checkpoint::TopicPartition;
 

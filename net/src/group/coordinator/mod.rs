@@ -42,6 +42,8 @@ use state::{tombstones, Group};
 mod membership;
 mod offsets;
 mod state;
+#[cfg(test)]
+mod tests;
 
 /// What a timer entry asks the coordinator to check when it fires.
 #[derive(Debug, Clone)]
