@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod coordinator_host;
 pub mod error;
 pub mod group;
 pub mod handlers;
@@ -17,6 +18,7 @@ pub mod reqmetrics;
 pub mod runner;
 pub mod server;
 pub mod shard;
+mod shard_host;
 pub mod throttle;
 pub mod ticker;
 pub mod txn;
@@ -24,8 +26,8 @@ pub mod zerocopy;
 
 /// The layering of this crate's modules, checked on the sources: the shard and what it is
 /// made of (replicas, controller, metadata, coordinators) never reach the connection
-/// server or the request handlers, and the handlers never reach the server; only
-/// `runner` ties a shard to its server. A `use crate::...` (or path) that breaks this
+/// server or the request handlers, the handlers never reach the server, and the
+/// coordinators never reach the shard; only `runner` ties a shard to its server. A `use crate::...` (or path) that breaks this
 /// fails here, before it grows into an import cycle.
 #[cfg(test)]
 mod layering {
@@ -86,12 +88,30 @@ mod layering {
     fn the_shard_never_reaches_the_server_or_the_handlers() {
         let graph = module_graph();
         assert!(graph.contains_key("shard") && graph.contains_key("handlers"), "{graph:?}");
-        for core in ["shard", "replica", "controller", "metadata_cache", "group", "txn"] {
+        let core_modules = [
+            "shard",
+            "shard_host",
+            "replica",
+            "controller",
+            "metadata_cache",
+            "coordinator_host",
+            "group",
+            "txn",
+        ];
+        for core in core_modules {
             let reached = reachable(&graph, core);
             for protocol in ["server", "handlers"] {
                 assert!(!reached.contains(protocol), "{core} reaches {protocol}: {graph:?}");
             }
         }
         assert!(!reachable(&graph, "handlers").contains("server"), "handlers reach the server");
+        // The coordinators are state machines over `CoordinatorHost`, which the shard
+        // implements: they never reach the shard itself.
+        for coordinator in ["group", "txn", "coordinator_host"] {
+            assert!(
+                !reachable(&graph, coordinator).contains("shard"),
+                "{coordinator} reaches the shard"
+            );
+        }
     }
 }

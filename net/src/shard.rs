@@ -20,21 +20,22 @@ use sluice_engine::clock::SystemClock;
 use sluice_engine::metadata::{MetadataImage, MetadataRecord};
 use sluice_engine::producer::ProducerView;
 use sluice_engine::shard::{shard_of, ShardId};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::BrokerConfig;
 use crate::controller::{Applied, Controller};
+pub use crate::coordinator_host::Replayed;
 use crate::error::{code, KafkaError};
 use crate::group::coordinator::{Coordinator, Write};
-use crate::group::{offsets_partition, GroupAnswer, GroupCall, OFFSETS_TOPIC};
+use crate::group::{GroupAnswer, GroupCall, OFFSETS_TOPIC};
 use crate::mesh::{Mesh, MeshReceivers};
 use crate::metadata_cache::{Fenced, MetadataCache};
 pub use crate::replica::types::*;
+pub use crate::replica::OfflinePartitions;
 use crate::replica::ReplicaManager;
-pub use crate::replica::{OfflinePartitions, Replayed};
 use crate::reqmetrics::RequestMetrics;
 use crate::txn::coordinator::TxnCoordinator;
-use crate::txn::{txn_partition, TxnAnswer, TxnCall, TXN_TOPIC};
+use crate::txn::{TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::SendStats;
 
 /// A request one shard sends another (or runs on itself through the same path).
@@ -158,9 +159,9 @@ pub struct Shard {
     /// Shard 0 only.
     controller: Option<Controller>,
     /// The groups whose `__consumer_offsets` partitions this shard owns.
-    pub groups: Coordinator,
+    pub groups: Coordinator<Shard>,
     /// The transactional ids whose `__transaction_state` partitions this shard owns.
-    pub txns: TxnCoordinator,
+    pub txns: TxnCoordinator<Shard>,
     pub stop: Arc<AtomicBool>,
     /// Open client connections on this shard.
     pub connections: Cell<usize>,
@@ -466,151 +467,6 @@ impl Shard {
         }
     }
 
-    // ---- consumer groups ----
-
-    /// Sends `call` to the coordinator of `group` (the shard owning the group's partition
-    /// of `__consumer_offsets`), creating that topic on first use like Kafka does.
-    pub async fn coordinate(
-        self: &Rc<Self>,
-        group: &str,
-        call: GroupCall,
-    ) -> Result<GroupAnswer, i16> {
-        let partitions = self.offsets_topic().await?;
-        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
-        match self.call(self.owner_of(&tp), ShardRequest::Group(call)).await {
-            ShardResponse::Group(answer) => Ok(answer),
-            _ => Err(code::COORDINATOR_NOT_AVAILABLE),
-        }
-    }
-
-    /// Sends `call` to the coordinator of transactional id `id` (the shard owning its
-    /// partition of `__transaction_state`), creating that topic on first use.
-    pub async fn coordinate_txn(
-        self: &Rc<Self>,
-        id: &str,
-        call: TxnCall,
-    ) -> Result<TxnAnswer, i16> {
-        let partitions = self.transaction_topic().await?;
-        let tp = TopicPartition::new(TXN_TOPIC, txn_partition(id, partitions));
-        match self.call(self.owner_of(&tp), ShardRequest::Txn(call)).await {
-            ShardResponse::Txn(answer) => Ok(answer),
-            _ => Err(code::COORDINATOR_NOT_AVAILABLE),
-        }
-    }
-
-    /// Runs `call` on every shard's transaction coordinator (ListTransactions).
-    pub async fn coordinate_all_txns(
-        self: &Rc<Self>,
-        call: TxnCall,
-    ) -> Vec<Result<TxnAnswer, i16>> {
-        if let Err(error) = self.transaction_topic().await {
-            return vec![Err(error)];
-        }
-        let mut answers = Vec::with_capacity(self.shards());
-        for target in 0..self.shards() {
-            answers.push(match self.call(target, ShardRequest::Txn(call.clone())).await {
-                ShardResponse::Txn(answer) => Ok(answer),
-                _ => Err(code::COORDINATOR_NOT_AVAILABLE),
-            });
-        }
-        answers
-    }
-
-    /// The partition count of `__transaction_state`, creating the topic if it is missing.
-    pub async fn transaction_topic(self: &Rc<Self>) -> Result<i32, i16> {
-        let txns = &self.config.txns;
-        self.internal_topic(TXN_TOPIC, txns.state_log_num_partitions, txns.state_log_segment_bytes)
-            .await
-    }
-
-    /// Runs `call` on every shard's coordinator (for ListGroups).
-    pub async fn coordinate_all(self: &Rc<Self>, call: GroupCall) -> Vec<Result<GroupAnswer, i16>> {
-        if let Err(error) = self.offsets_topic().await {
-            return vec![Err(error)];
-        }
-        let mut answers = Vec::with_capacity(self.shards());
-        for target in 0..self.shards() {
-            answers.push(match self.call(target, ShardRequest::Group(call.clone())).await {
-                ShardResponse::Group(answer) => Ok(answer),
-                _ => Err(code::COORDINATOR_NOT_AVAILABLE),
-            });
-        }
-        answers
-    }
-
-    /// The partition count of `__consumer_offsets`, creating the topic if it is missing.
-    pub async fn offsets_topic(self: &Rc<Self>) -> Result<i32, i16> {
-        let groups = &self.config.groups;
-        self.internal_topic(
-            OFFSETS_TOPIC,
-            groups.offsets_topic_num_partitions,
-            groups.offsets_topic_segment_bytes,
-        )
-        .await
-    }
-
-    /// The partition count of a coordinator's internal (compacted) topic, creating it
-    /// through the controller if it is missing.
-    async fn internal_topic(
-        self: &Rc<Self>,
-        name: &str,
-        partitions: i32,
-        segment_bytes: u64,
-    ) -> Result<i32, i16> {
-        if let Some(topic) = self.metadata().topic(name) {
-            return Ok(topic.partitions);
-        }
-        let record = MetadataRecord::CreateTopic {
-            name: name.to_string(),
-            topic_id: sluice_engine::metadata::new_topic_id(),
-            partitions,
-            replication_factor: 1,
-            configs: vec![
-                ("cleanup.policy".to_string(), "compact".to_string()),
-                ("segment.bytes".to_string(), segment_bytes.to_string()),
-            ],
-        };
-        match self.change_metadata(record, false).await {
-            Ok(applied) => match applied.storage_error() {
-                None => info!(partitions, "created {name}"),
-                Some(error) => warn!(message = %error.message, "created {name}"),
-            },
-            // Another request created it first (the controller's lock is held until every
-            // shard applied that change, so this shard knows the topic now).
-            Err(error) if error.code == code::TOPIC_ALREADY_EXISTS => {}
-            Err(error) => {
-                warn!(message = %error.message, "creating {name} failed");
-                return Err(code::COORDINATOR_NOT_AVAILABLE);
-            }
-        }
-        self.metadata().topic(name).map(|t| t.partitions).ok_or(code::COORDINATOR_NOT_AVAILABLE)
-    }
-
-    /// Appends group records (offset commits, group metadata, tombstones) to the group's
-    /// partition of `__consumer_offsets`, on this shard, as one batch.
-    pub async fn append_group_records(
-        &self,
-        group: &str,
-        writes: Vec<Write>,
-    ) -> Result<(), KafkaError> {
-        self.append_group_records_txn(group, writes, None).await
-    }
-
-    /// [`Shard::append_group_records`] as part of a transaction (TxnOffsetCommit): a
-    /// transactional batch of that producer (id, epoch).
-    pub async fn append_group_records_txn(
-        &self,
-        group: &str,
-        writes: Vec<Write>,
-        txn: Option<(i64, i16)>,
-    ) -> Result<(), KafkaError> {
-        let partitions = self.metadata().topic(OFFSETS_TOPIC).map(|t| t.partitions);
-        let partitions = partitions
-            .ok_or_else(|| KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "no offsets topic"))?;
-        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
-        self.append_records(&tp, writes, txn).await
-    }
-
     /// Appends records (key, value) to an internal topic's partition on this shard, as one
     /// batch; `txn`: a transactional batch of that producer (id, epoch).
     pub async fn append_records(
@@ -672,7 +528,7 @@ impl Shard {
                 Ok(records) if tp.topic == OFFSETS_TOPIC => {
                     self.groups.load(self, tp.partition, records)
                 }
-                Ok(records) => self.txns.load(self, tp.partition, records),
+                Ok(records) => self.load_txns(tp.partition, records),
                 Err(reason) => {
                     error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
                 }

@@ -245,6 +245,9 @@ pub enum GroupCall {
     Delete(Vec<String>),
 }
 
+/// A group coordinator's answer. Errors here are Kafka codes, not the coordinator's
+/// typed errors: the answer is what the handler writes on the wire, and it crosses the
+/// shard mesh as plain data.
 #[derive(Debug, Clone)]
 pub enum GroupAnswer {
     Join(JoinOutcome),

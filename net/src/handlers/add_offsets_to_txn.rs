@@ -5,6 +5,7 @@
 use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{offsets_partition, OFFSETS_TOPIC};
 use crate::txn::{TxnAnswer, TxnCall};
@@ -19,7 +20,7 @@ pub async fn handle(
     // An empty group id is not refused here: Kafka adds its offsets partition and fails
     // the TxnOffsetCommit that follows with INVALID_GROUP_ID, and so do we.
     let group = request.group_id.0.as_str();
-    let partitions = match shard.offsets_topic().await {
+    let partitions = match shard.offsets_topic().await.map_err(NotServing::code) {
         Ok(partitions) => partitions,
         Err(error) => {
             response.error_code = error;
@@ -33,7 +34,7 @@ pub async fn handle(
         epoch: request.producer_epoch,
         partitions: vec![TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions))],
     };
-    response.error_code = match shard.coordinate_txn(&id, call).await {
+    response.error_code = match shard.coordinate_txn(&id, call).await.map_err(NotServing::code) {
         Ok(TxnAnswer::AddPartitions(errors)) => {
             errors.first().copied().unwrap_or(code::UNKNOWN_SERVER_ERROR)
         }

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResp
 
 use super::topic_name;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::txn::{TxnAnswer, TxnCall};
 use sluice_engine::checkpoint::TopicPartition;
@@ -30,7 +31,7 @@ pub async fn handle(
         epoch: request.v3_and_below_producer_epoch,
         partitions: partitions.clone(),
     };
-    let errors = match shard.coordinate_txn(&id, call).await {
+    let errors = match shard.coordinate_txn(&id, call).await.map_err(NotServing::code) {
         Ok(TxnAnswer::AddPartitions(errors)) if errors.len() == partitions.len() => errors,
         Ok(_) => vec![code::UNKNOWN_SERVER_ERROR; partitions.len()],
         Err(error) => vec![error; partitions.len()],

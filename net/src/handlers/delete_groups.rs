@@ -6,6 +6,7 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse, GroupI
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall};
 
@@ -14,7 +15,11 @@ pub async fn handle(ctx: &RequestContext, request: DeleteGroupsRequest) -> Delet
     let mut response = DeleteGroupsResponse::default();
     for group_id in &request.groups_names {
         let group = group_id.0.to_string();
-        let error = match shard.coordinate(&group, GroupCall::Delete(vec![group.clone()])).await {
+        let error = match shard
+            .coordinate(&group, GroupCall::Delete(vec![group.clone()]))
+            .await
+            .map_err(NotServing::code)
+        {
             Ok(GroupAnswer::Delete(results)) => {
                 results.first().map_or(code::UNKNOWN_SERVER_ERROR, |(_, error)| *error)
             }

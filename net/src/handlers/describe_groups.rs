@@ -6,6 +6,7 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse, Gr
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, GroupDescription};
 
@@ -24,7 +25,7 @@ pub async fn handle(
     for group_id in &request.groups {
         let group = group_id.0.to_string();
         let call = GroupCall::Describe(vec![group.clone()]);
-        let description = match shard.coordinate(&group, call).await {
+        let description = match shard.coordinate(&group, call).await.map_err(NotServing::code) {
             Ok(GroupAnswer::Describe(mut found)) if found.len() == 1 => found.remove(0),
             Ok(_) => GroupDescription { error: code::UNKNOWN_SERVER_ERROR, ..Default::default() },
             Err(error) => GroupDescription { error, ..Default::default() },

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{
 
 use super::RequestContext;
 use super::{str_bytes, topic_name};
+use crate::coordinator_host::NotServing;
 use crate::txn::{TxnAnswer, TxnCall, TxnDescription};
 
 pub async fn handle(
@@ -18,7 +19,11 @@ pub async fn handle(
     let mut response = DescribeTransactionsResponse::default();
     for id in &request.transactional_ids {
         let id = id.0.to_string();
-        let described = match shard.coordinate_txn(&id, TxnCall::Describe(vec![id.clone()])).await {
+        let described = match shard
+            .coordinate_txn(&id, TxnCall::Describe(vec![id.clone()]))
+            .await
+            .map_err(NotServing::code)
+        {
             Ok(TxnAnswer::Describe(mut found)) if found.len() == 1 => found.remove(0),
             Ok(_) => TxnDescription {
                 error: crate::error::code::UNKNOWN_SERVER_ERROR,

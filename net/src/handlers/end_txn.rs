@@ -4,6 +4,7 @@
 use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::txn::{TxnAnswer, TxnCall};
 
@@ -17,7 +18,7 @@ pub async fn handle(ctx: &RequestContext, request: EndTxnRequest) -> EndTxnRespo
         commit: request.committed,
     };
     let mut response = EndTxnResponse::default();
-    response.error_code = match shard.coordinate_txn(&id, call).await {
+    response.error_code = match shard.coordinate_txn(&id, call).await.map_err(NotServing::code) {
         Ok(TxnAnswer::End(error)) => error,
         Ok(_) => code::UNKNOWN_SERVER_ERROR,
         Err(error) => error,

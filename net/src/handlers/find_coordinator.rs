@@ -9,6 +9,7 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 
 /// Kafka's `CoordinatorType`.
@@ -32,18 +33,20 @@ pub async fn handle(
         answer.key = str_bytes(&key);
         // An empty key is answered like any other, as Kafka answers it (its coordinator is
         // the partition "" hashes to); the group or transaction APIs judge the id itself.
-        let error =
-            match request.key_type {
-                KEY_TYPE_GROUP => shard.offsets_topic().await.err().map(|error| {
-                    (error, "the consumer offsets topic is not available".to_string())
-                }),
-                KEY_TYPE_TRANSACTION => shard.transaction_topic().await.err().map(|error| {
+        let error = match request.key_type {
+            KEY_TYPE_GROUP => shard
+                .offsets_topic()
+                .await
+                .map_err(NotServing::code)
+                .err()
+                .map(|error| (error, "the consumer offsets topic is not available".to_string())),
+            KEY_TYPE_TRANSACTION => {
+                shard.transaction_topic().await.map_err(NotServing::code).err().map(|error| {
                     (error, "the transaction state topic is not available".to_string())
-                }),
-                other => {
-                    Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}")))
-                }
-            };
+                })
+            }
+            other => Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
+        };
         match error {
             None => {
                 answer.node_id = BrokerId(shard.config.node_id);

@@ -4,6 +4,7 @@
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, HeartbeatArgs};
 
@@ -17,7 +18,11 @@ pub async fn handle(ctx: &RequestContext, request: HeartbeatRequest) -> Heartbea
         instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
     };
     let mut response = HeartbeatResponse::default();
-    response.error_code = match shard.coordinate(&group, GroupCall::Heartbeat(args)).await {
+    response.error_code = match shard
+        .coordinate(&group, GroupCall::Heartbeat(args))
+        .await
+        .map_err(NotServing::code)
+    {
         Ok(GroupAnswer::Heartbeat(error)) => error,
         Ok(_) => code::UNKNOWN_SERVER_ERROR,
         Err(error) => error,

@@ -9,6 +9,7 @@
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::txn::{TxnAnswer, TxnCall};
 
@@ -35,7 +36,7 @@ pub async fn handle(
             timeout_ms: request.transaction_timeout_ms,
             expected,
         };
-        let answer = match shard.coordinate_txn(&id, call).await {
+        let answer = match shard.coordinate_txn(&id, call).await.map_err(NotServing::code) {
             Ok(TxnAnswer::ProducerId(answer)) => answer,
             Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
             Err(error) => Err(error),

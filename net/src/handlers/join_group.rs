@@ -6,6 +6,7 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::group::{Client, GroupAnswer, GroupCall, JoinArgs, JoinOutcome};
 
 pub async fn handle(ctx: &RequestContext, request: JoinGroupRequest) -> JoinGroupResponse {
@@ -34,11 +35,12 @@ pub async fn handle(ctx: &RequestContext, request: JoinGroupRequest) -> JoinGrou
         require_known_member_id: version >= 4,
     };
     let member_id = args.member_id.clone();
-    let outcome = match shard.coordinate(&group, GroupCall::Join(args)).await {
-        Ok(GroupAnswer::Join(outcome)) => outcome,
-        Ok(_) => JoinOutcome::failed(crate::error::code::UNKNOWN_SERVER_ERROR, &member_id),
-        Err(error) => JoinOutcome::failed(error, &member_id),
-    };
+    let outcome =
+        match shard.coordinate(&group, GroupCall::Join(args)).await.map_err(NotServing::code) {
+            Ok(GroupAnswer::Join(outcome)) => outcome,
+            Ok(_) => JoinOutcome::failed(crate::error::code::UNKNOWN_SERVER_ERROR, &member_id),
+            Err(error) => JoinOutcome::failed(error, &member_id),
+        };
     let mut response = JoinGroupResponse::default();
     response.error_code = outcome.error;
     response.generation_id = outcome.generation;

@@ -6,6 +6,7 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, LeaveOutcome, Leaving};
 
@@ -25,12 +26,15 @@ pub async fn handle(ctx: &RequestContext, request: LeaveGroupRequest) -> LeaveGr
     } else {
         vec![Leaving { member_id: request.member_id.to_string(), instance_id: None }]
     };
-    let outcome =
-        match shard.coordinate(&group, GroupCall::Leave { group: group.clone(), members }).await {
-            Ok(GroupAnswer::Leave(outcome)) => outcome,
-            Ok(_) => LeaveOutcome { error: code::UNKNOWN_SERVER_ERROR, members: Vec::new() },
-            Err(error) => LeaveOutcome { error, members: Vec::new() },
-        };
+    let outcome = match shard
+        .coordinate(&group, GroupCall::Leave { group: group.clone(), members })
+        .await
+        .map_err(NotServing::code)
+    {
+        Ok(GroupAnswer::Leave(outcome)) => outcome,
+        Ok(_) => LeaveOutcome { error: code::UNKNOWN_SERVER_ERROR, members: Vec::new() },
+        Err(error) => LeaveOutcome { error, members: Vec::new() },
+    };
     let mut response = LeaveGroupResponse::default();
     if version >= 3 {
         response.error_code = outcome.error;

@@ -6,6 +6,7 @@ use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::group::{GroupAnswer, GroupCall};
 
 pub async fn handle(ctx: &RequestContext, request: ListGroupsRequest) -> ListGroupsResponse {
@@ -18,7 +19,12 @@ pub async fn handle(ctx: &RequestContext, request: ListGroupsRequest) -> ListGro
     }
     let states = request.states_filter.iter().map(|s| s.to_string()).collect();
     let mut listings = Vec::new();
-    for answer in shard.coordinate_all(GroupCall::List { states }).await {
+    for answer in shard
+        .coordinate_all(GroupCall::List { states })
+        .await
+        .into_iter()
+        .map(|answer| answer.map_err(NotServing::code))
+    {
         match answer {
             Ok(GroupAnswer::List(found)) => listings.extend(found),
             Ok(_) => {}

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::txn::records::TxnStatus;
 use crate::txn::{TxnAnswer, TxnCall};
 
@@ -42,7 +43,12 @@ pub async fn handle(
     }
     let producer_ids = request.producer_id_filters.iter().map(|p| p.0).collect();
     let call = TxnCall::List { states, producer_ids };
-    for answer in shard.coordinate_all_txns(call).await {
+    for answer in shard
+        .coordinate_all_txns(call)
+        .await
+        .into_iter()
+        .map(|answer| answer.map_err(NotServing::code))
+    {
         match answer {
             Ok(TxnAnswer::List(listings)) => {
                 for listing in listings {

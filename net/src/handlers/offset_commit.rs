@@ -9,6 +9,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::topic_name;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{CommitArgs, CommitPart, GroupAnswer, GroupCall};
 use sluice_engine::checkpoint::TopicPartition;
@@ -37,11 +38,12 @@ pub async fn handle(ctx: &RequestContext, request: OffsetCommitRequest) -> Offse
         partitions,
         txn: None,
     };
-    let errors = match shard.coordinate(&group, GroupCall::Commit(args)).await {
-        Ok(GroupAnswer::Commit(errors)) if errors.len() == count => errors,
-        Ok(_) => vec![code::UNKNOWN_SERVER_ERROR; count],
-        Err(error) => vec![error; count],
-    };
+    let errors =
+        match shard.coordinate(&group, GroupCall::Commit(args)).await.map_err(NotServing::code) {
+            Ok(GroupAnswer::Commit(errors)) if errors.len() == count => errors,
+            Ok(_) => vec![code::UNKNOWN_SERVER_ERROR; count],
+            Err(error) => vec![error; count],
+        };
     let mut errors = errors.into_iter();
     let mut response = OffsetCommitResponse::default();
     for topic in &request.topics {

@@ -8,6 +8,7 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use super::topic_name;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall};
 use sluice_engine::checkpoint::TopicPartition;
@@ -25,7 +26,7 @@ pub async fn handle(ctx: &RequestContext, request: OffsetDeleteRequest) -> Offse
     let count = partitions.len();
     let call = GroupCall::DeleteOffsets { group: group.clone(), partitions };
     let mut response = OffsetDeleteResponse::default();
-    let errors = match shard.coordinate(&group, call).await {
+    let errors = match shard.coordinate(&group, call).await.map_err(NotServing::code) {
         Ok(GroupAnswer::DeleteOffsets(Ok(errors))) if errors.len() == count => errors,
         Ok(GroupAnswer::DeleteOffsets(Err(error))) | Err(error) => {
             response.error_code = error;

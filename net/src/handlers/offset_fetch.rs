@@ -13,6 +13,7 @@ use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse}
 
 use super::RequestContext;
 use super::{str_bytes, topic_name};
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{Committed, CommittedOrError, GroupAnswer, GroupCall};
 use crate::shard::Shard;
@@ -32,7 +33,7 @@ async fn fetch(
 ) -> Offsets {
     let call =
         GroupCall::FetchOffsets { group: group.to_string(), partitions: asked, require_stable };
-    let found = match shard.coordinate(group, call).await {
+    let found = match shard.coordinate(group, call).await.map_err(NotServing::code) {
         Ok(GroupAnswer::FetchOffsets(found)) => found?,
         Ok(_) => return Err(code::UNKNOWN_SERVER_ERROR),
         Err(error) => return Err(error),

@@ -5,6 +5,7 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
 use super::str_bytes;
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{GroupAnswer, GroupCall, SyncArgs, SyncOutcome};
 
@@ -25,11 +26,12 @@ pub async fn handle(ctx: &RequestContext, request: SyncGroupRequest) -> SyncGrou
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect(),
     };
-    let outcome = match shard.coordinate(&group, GroupCall::Sync(args)).await {
-        Ok(GroupAnswer::Sync(outcome)) => outcome,
-        Ok(_) => SyncOutcome::failed(code::UNKNOWN_SERVER_ERROR),
-        Err(error) => SyncOutcome::failed(error),
-    };
+    let outcome =
+        match shard.coordinate(&group, GroupCall::Sync(args)).await.map_err(NotServing::code) {
+            Ok(GroupAnswer::Sync(outcome)) => outcome,
+            Ok(_) => SyncOutcome::failed(code::UNKNOWN_SERVER_ERROR),
+            Err(error) => SyncOutcome::failed(error),
+        };
     let mut response = SyncGroupResponse::default();
     response.error_code = outcome.error;
     response.assignment = outcome.assignment;

@@ -9,6 +9,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
 use super::RequestContext;
+use crate::coordinator_host::NotServing;
 use crate::error::code;
 use crate::group::{CommitArgs, CommitPart, GroupAnswer, GroupCall};
 use sluice_engine::checkpoint::TopicPartition;
@@ -41,11 +42,12 @@ pub async fn handle(
         partitions,
         txn: Some((request.producer_id.0, request.producer_epoch)),
     };
-    let errors = match shard.coordinate(&group, GroupCall::Commit(args)).await {
-        Ok(GroupAnswer::Commit(errors)) if errors.len() == count => errors,
-        Ok(_) => vec![code::UNKNOWN_SERVER_ERROR; count],
-        Err(error) => vec![error; count],
-    };
+    let errors =
+        match shard.coordinate(&group, GroupCall::Commit(args)).await.map_err(NotServing::code) {
+            Ok(GroupAnswer::Commit(errors)) if errors.len() == count => errors,
+            Ok(_) => vec![code::UNKNOWN_SERVER_ERROR; count],
+            Err(error) => vec![error; count],
+        };
     let mut response = TxnOffsetCommitResponse::default();
     for (tp, error) in layout.into_iter().zip(errors) {
         let mut partition = TxnOffsetCommitResponsePartition::default();

@@ -19,6 +19,7 @@ use super::types::{
     list_offsets, EpochPart, FetchPart, FetchResult, ListOffsetsPart, ListOffsetsResult, Watch,
 };
 use super::{Partition, ReplicaManager};
+use crate::coordinator_host::Replayed;
 use crate::error::{code, from_epoch_mismatch, from_log_error, KafkaError};
 use crate::zerocopy::{FileRange, RecordBytes};
 
@@ -55,15 +56,6 @@ pub enum ReadRecordsError {
     Unavailable(KafkaError),
     #[error("{0}")]
     Replay(#[from] sluice_engine::replay::ReplayError),
-}
-
-/// What a coordinator replays from its internal topic.
-#[derive(Debug, Clone)]
-pub enum Replayed {
-    /// A record; `producer_id` when it is part of a transaction.
-    Record { key: Bytes, value: Option<Bytes>, producer_id: Option<i64> },
-    /// A transaction marker.
-    Marker { producer_id: i64, commit: bool },
 }
 
 impl ReplicaManager {

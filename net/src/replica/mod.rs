@@ -31,7 +31,7 @@ use sluice_engine::timer::{DriverOptions, Expired, Purgatory, PurgatoryOptions, 
 use tracing::{error, info, warn};
 
 pub use cache_windows::CacheWindows;
-pub use fetch::{FetchWaiter, Replayed};
+pub use fetch::FetchWaiter;
 pub use partition::{OfflinePartitions, Partition};
 
 use crate::config::{BrokerConfig, TopicSettings};

@@ -14,12 +14,10 @@ use tracing::{debug, error, warn};
 
 use super::types::{ProducePart, ProduceResult};
 use super::{Partition, ReplicaManager};
+use crate::coordinator_host::Write;
 use crate::error::{code, from_append_error, KafkaError};
 use crate::group::OFFSETS_TOPIC;
 use crate::txn::TXN_TOPIC;
-
-/// A record a coordinator writes: key and value (`None`: a tombstone).
-pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
 impl ReplicaManager {
     pub async fn produce(&self, acks: i16, part: ProducePart) -> ProduceResult {

@@ -1,5 +1,5 @@
-//! The transaction coordinator of one shard: the transactional ids whose
-//! `__transaction_state` partition the shard owns.
+//! The transaction coordinator of one host: the transactional ids whose
+//! `__transaction_state` partition the host owns.
 //!
 //! Kafka's state machine (`TransactionCoordinator.scala`, `TransactionMetadata`):
 //! Empty -> Ongoing (AddPartitionsToTxn / AddOffsetsToTxn) -> PrepareCommit or
@@ -16,24 +16,27 @@
 //!
 //! Operations on one transactional id run one at a time (a FIFO lock per id); the state
 //! sits in a `RefCell` never borrowed across an `await`. Transaction timeouts are
-//! entries on a timing wheel, checked against the state when they fire.
+//! entries on a timing wheel driven by the host's clock, checked against the state when
+//! they fire. The coordinator sees the broker only through [`CoordinatorHost`], so its
+//! tests run it on a `ManualClock` with an in-memory host.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
 
 use sluice_engine::checkpoint::TopicPartition;
-use sluice_engine::clock::{Clock, SystemClock};
+use sluice_engine::clock::Clock;
 use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{DriverOptions, TimerDriver, TimingWheel, WheelOptions};
 
 use super::records::{self, TxnStatus, TxnValue};
 use super::*;
+use crate::coordinator_host::{CoordinatorHost, NotServing, Replayed};
 use crate::error::{code, KafkaError};
-use crate::shard::{Replayed, Shard};
 
 /// How often writing the markers of a transaction is tried before giving up for now
 /// (the transaction stays in its Prepare state, finished by the next attempt).
@@ -48,27 +51,72 @@ pub struct TxnTimer {
     pub epoch: i16,
 }
 
-pub type TxnTimers = TimerDriver<TimingWheel<TxnTimer>, SystemClock>;
+/// The transaction timers, driven by the host's clock (a test's `ManualClock` moves them).
+pub type TxnTimers<C> = TimerDriver<TimingWheel<TxnTimer>, C>;
 
-pub struct TxnCoordinator {
+/// Why a transaction operation failed; [`TxnError::code`] is what the client gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    #[error(transparent)]
+    NotServing(#[from] NotServing),
+    #[error("the transaction timeout is out of range")]
+    InvalidTimeout,
+    /// InitProducerId (KIP-360) named a producer id and epoch that are not current.
+    #[error("the producer was fenced by a newer one")]
+    ProducerFenced,
+    /// The producer id is not the transactional id's.
+    #[error("the producer id is not the transactional id's")]
+    UnknownProducer,
+    #[error("the producer epoch is not the current one")]
+    StaleEpoch,
+    /// Storing the transaction's state in `__transaction_state` failed.
+    #[error("storing transaction state failed: {}", .0.message)]
+    Store(KafkaError),
+    /// The controller did not hand out a producer id.
+    #[error("allocating a producer id failed: {}", .0.message)]
+    ProducerId(KafkaError),
+    /// The markers could not be written (the transaction stays prepared).
+    #[error("writing transaction markers failed: {}", .0.message)]
+    Markers(KafkaError),
+}
+
+impl TxnError {
+    /// The error code the client gets.
+    pub fn code(&self) -> i16 {
+        match self {
+            TxnError::NotServing(not_serving) => not_serving.code(),
+            TxnError::InvalidTimeout => code::INVALID_TRANSACTION_TIMEOUT,
+            TxnError::ProducerFenced => code::PRODUCER_FENCED,
+            TxnError::UnknownProducer => code::INVALID_PRODUCER_ID_MAPPING,
+            TxnError::StaleEpoch => code::INVALID_PRODUCER_EPOCH,
+            // The partition moved or vanished under us: the client should find the
+            // coordinator again.
+            TxnError::Store(error) => match error.code {
+                code::NOT_LEADER_OR_FOLLOWER | code::UNKNOWN_TOPIC_OR_PARTITION => {
+                    code::COORDINATOR_NOT_AVAILABLE
+                }
+                other => other,
+            },
+            TxnError::ProducerId(error) => error.code,
+            TxnError::Markers(_) => code::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+}
+
+/// The transaction coordinator of a host. Generic over its host (the host, or a test's
+/// in-memory host): see [`crate::coordinator_host`].
+pub struct TxnCoordinator<H: CoordinatorHost> {
     txns: RefCell<HashMap<String, TxnValue>>,
     locks: RefCell<HashMap<String, Rc<FifoLock>>>,
     /// `__transaction_state` partitions owned here whose records are loaded.
     loaded: RefCell<HashSet<i32>>,
-    pub timers: TxnTimers,
+    pub timers: TxnTimers<H::Clock>,
+    host: PhantomData<fn(&H)>,
 }
 
-fn value_error(error: KafkaError) -> i16 {
-    match error.code {
-        code::NOT_LEADER_OR_FOLLOWER | code::UNKNOWN_TOPIC_OR_PARTITION => {
-            code::COORDINATOR_NOT_AVAILABLE
-        }
-        other => other,
-    }
-}
-
-impl TxnCoordinator {
-    pub fn new(clock: SystemClock) -> TxnCoordinator {
+impl<H: CoordinatorHost> TxnCoordinator<H> {
+    /// A coordinator whose timers run on `clock`: the host's clock.
+    pub fn new(clock: H::Clock) -> Self {
         let wheel = TimingWheel::new(WheelOptions {
             start_ms: clock.monotonic_ms(),
             ..WheelOptions::default()
@@ -78,6 +126,7 @@ impl TxnCoordinator {
             locks: RefCell::new(HashMap::new()),
             loaded: RefCell::new(HashSet::new()),
             timers: TimerDriver::new(wheel, clock, DriverOptions::DEFAULT),
+            host: PhantomData,
         }
     }
 
@@ -93,54 +142,56 @@ impl TxnCoordinator {
             .clone()
     }
 
-    /// The error for a transactional id this shard cannot serve now, if any.
-    fn check_serving(&self, shard: &Shard, id: &str) -> Result<(), i16> {
+    /// Why this host cannot serve transactional id `id` now, if it cannot.
+    fn check_serving(&self, host: &H, id: &str) -> Result<(), NotServing> {
         if id.is_empty() {
-            return Err(code::INVALID_REQUEST);
+            return Err(NotServing::InvalidId);
         }
-        let partitions = shard.metadata().topic(TXN_TOPIC).map(|t| t.partitions);
-        let Some(partitions) = partitions else { return Err(code::COORDINATOR_NOT_AVAILABLE) };
+        let Some(partitions) = host.partition_count(TXN_TOPIC) else {
+            return Err(NotServing::Unavailable);
+        };
         let partition = txn_partition(id, partitions);
-        if shard.owner_of(&TopicPartition::new(TXN_TOPIC, partition)) != shard.id {
-            return Err(code::NOT_COORDINATOR);
+        if !host.owns(&TopicPartition::new(TXN_TOPIC, partition)) {
+            return Err(NotServing::NotCoordinator);
         }
         if !self.loaded.borrow().contains(&partition) {
-            return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
+            return Err(NotServing::LoadInProgress);
         }
         Ok(())
     }
 
-    pub async fn call(&self, shard: &Rc<Shard>, call: TxnCall) -> TxnAnswer {
+    pub async fn call(&self, host: &Rc<H>, call: TxnCall) -> TxnAnswer {
         match call {
             TxnCall::InitProducerId { id, timeout_ms, expected } => {
-                TxnAnswer::ProducerId(self.init(shard, &id, timeout_ms, expected).await)
+                let answer = self.init(host, &id, timeout_ms, expected).await;
+                TxnAnswer::ProducerId(answer.map_err(|error| error.code()))
             }
             TxnCall::AddPartitions { id, producer_id, epoch, partitions } => {
                 TxnAnswer::AddPartitions(
-                    self.add_partitions(shard, &id, producer_id, epoch, &partitions).await,
+                    self.add_partitions(host, &id, producer_id, epoch, &partitions).await,
                 )
             }
             TxnCall::End { id, producer_id, epoch, commit } => {
-                TxnAnswer::End(self.end(shard, &id, producer_id, epoch, commit).await)
+                TxnAnswer::End(self.end(host, &id, producer_id, epoch, commit).await)
             }
             TxnCall::List { states, producer_ids } => {
                 TxnAnswer::List(self.list(&states, &producer_ids))
             }
             TxnCall::Describe(ids) => {
-                TxnAnswer::Describe(ids.iter().map(|id| self.describe(shard, id)).collect())
+                TxnAnswer::Describe(ids.iter().map(|id| self.describe(host, id)).collect())
             }
         }
     }
 
     /// Stores `value` as the state of `id` (a record in its `__transaction_state`
     /// partition), then makes it the state in memory.
-    async fn store(&self, shard: &Shard, id: &str, value: TxnValue) -> Result<(), i16> {
+    async fn store(&self, host: &H, id: &str, value: TxnValue) -> Result<(), TxnError> {
         let write = (records::encode_key(id), Some(records::encode_value(&value)));
-        let partitions = shard.metadata().topic(TXN_TOPIC).map_or(1, |t| t.partitions);
+        let partitions = host.partition_count(TXN_TOPIC).unwrap_or(1);
         let tp = TopicPartition::new(TXN_TOPIC, txn_partition(id, partitions));
-        if let Err(error) = shard.append_records(&tp, vec![write], None).await {
+        if let Err(error) = host.append_internal(&tp, vec![write], None).await {
             warn!(transactional_id = id, message = %error.message, "storing transaction state failed");
-            return Err(value_error(error));
+            return Err(TxnError::Store(error));
         }
         debug!(
             transactional_id = id,
@@ -152,10 +203,10 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    fn schedule_timeout(&self, shard: &Shard, id: &str, value: &TxnValue) {
-        let wall = shard.clock.wall_ms();
+    fn schedule_timeout(&self, host: &H, id: &str, value: &TxnValue) {
+        let wall = host.clock().wall_ms();
         let left = (value.start_ms + i64::from(value.timeout_ms) - wall).max(0) as u64;
-        let deadline = shard.clock.monotonic_ms() + left;
+        let deadline = host.clock().monotonic_ms() + left;
         let timer = TxnTimer {
             id: id.to_string(),
             producer_id: value.producer_id,
@@ -168,18 +219,18 @@ impl TxnCoordinator {
 
     async fn init(
         &self,
-        shard: &Rc<Shard>,
+        host: &Rc<H>,
         id: &str,
         timeout_ms: i32,
         expected: Option<(i64, i16)>,
-    ) -> Result<(i64, i16), i16> {
-        self.check_serving(shard, id)?;
-        if timeout_ms <= 0 || i64::from(timeout_ms) > shard.config.txns.max_timeout_ms {
-            return Err(code::INVALID_TRANSACTION_TIMEOUT);
+    ) -> Result<(i64, i16), TxnError> {
+        self.check_serving(host, id)?;
+        if timeout_ms <= 0 || i64::from(timeout_ms) > host.txn_config().max_timeout_ms {
+            return Err(TxnError::InvalidTimeout);
         }
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
-        let now = shard.clock.wall_ms();
+        let now = host.clock().wall_ms();
         let current = self.txns.borrow().get(id).cloned();
         let fresh = |producer_id: i64, producer_epoch: i16| TxnValue {
             producer_id,
@@ -191,8 +242,8 @@ impl TxnCoordinator {
             start_ms: -1,
         };
         let Some(mut current) = current.filter(|c| c.status != TxnStatus::Dead) else {
-            let producer_id = shard.new_producer_id().await.map_err(|e| e.code)?;
-            self.store(shard, id, fresh(producer_id, 0)).await?;
+            let producer_id = host.allocate_producer_id().await.map_err(TxnError::ProducerId)?;
+            self.store(host, id, fresh(producer_id, 0)).await?;
             info!(transactional_id = id, producer_id, "new transactional producer");
             return Ok((producer_id, 0));
         };
@@ -200,14 +251,14 @@ impl TxnCoordinator {
             if expected_id >= 0
                 && (expected_id != current.producer_id || expected_epoch != current.producer_epoch)
             {
-                return Err(code::PRODUCER_FENCED);
+                return Err(TxnError::ProducerFenced);
             }
         }
         match current.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
                 // A restart left it half done: finish it first.
                 let commit = current.status == TxnStatus::PrepareCommit;
-                current = self.complete(shard, id, current, commit).await?;
+                current = self.complete(host, id, current, commit).await?;
             }
             TxnStatus::Ongoing | TxnStatus::PrepareEpochFence => {
                 // A new instance of the producer: fence the old one and abort its
@@ -218,39 +269,36 @@ impl TxnCoordinator {
                     epoch = fenced.producer_epoch,
                     "fencing the previous producer and aborting its transaction"
                 );
-                current = self.complete(shard, id, fenced, false).await?;
+                current = self.complete(host, id, fenced, false).await?;
             }
             _ => {}
         }
-        let next = bump(current, shard).await?;
+        let next = bump(current, host).await?;
         let value = fresh(next.producer_id, next.producer_epoch);
-        self.store(shard, id, value).await?;
+        self.store(host, id, value).await?;
         Ok((next.producer_id, next.producer_epoch))
     }
 
     async fn add_partitions(
         &self,
-        shard: &Rc<Shard>,
+        host: &Rc<H>,
         id: &str,
         producer_id: i64,
         epoch: i16,
         partitions: &[TopicPartition],
     ) -> Vec<i16> {
         let all = |error| vec![error; partitions.len()];
-        if let Err(error) = self.check_serving(shard, id) {
-            return all(error);
+        if let Err(error) = self.check_serving(host, id) {
+            return all(error.code());
         }
-        let unknown: Vec<bool> = {
-            let metadata = shard.metadata();
-            partitions
-                .iter()
-                .map(|tp| {
-                    !metadata
-                        .topic(&tp.topic)
-                        .is_some_and(|t| tp.partition >= 0 && tp.partition < t.partitions)
-                })
-                .collect()
-        };
+        let unknown: Vec<bool> = partitions
+            .iter()
+            .map(|tp| {
+                !host
+                    .partition_count(&tp.topic)
+                    .is_some_and(|count| tp.partition >= 0 && tp.partition < count)
+            })
+            .collect();
         if unknown.iter().any(|&u| u) {
             return unknown
                 .iter()
@@ -268,7 +316,7 @@ impl TxnCoordinator {
         let current = self.txns.borrow().get(id).cloned();
         let mut value = match check_producer(current, producer_id, epoch) {
             Ok(value) => value,
-            Err(error) => return all(error),
+            Err(error) => return all(error.code()),
         };
         match value.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort | TxnStatus::PrepareEpochFence => {
@@ -281,7 +329,7 @@ impl TxnCoordinator {
         if ongoing && partitions.iter().all(|tp| value.partitions.contains(tp)) {
             return all(code::NONE);
         }
-        let now = shard.clock.wall_ms();
+        let now = host.clock().wall_ms();
         if !ongoing {
             value.partitions.clear();
             value.start_ms = now;
@@ -289,37 +337,30 @@ impl TxnCoordinator {
         }
         value.partitions.extend(partitions.iter().cloned());
         value.last_update_ms = now;
-        if let Err(error) = self.store(shard, id, value.clone()).await {
-            return all(error);
+        if let Err(error) = self.store(host, id, value.clone()).await {
+            return all(error.code());
         }
         if !ongoing {
-            self.schedule_timeout(shard, id, &value);
+            self.schedule_timeout(host, id, &value);
         }
         all(code::NONE)
     }
 
-    async fn end(
-        &self,
-        shard: &Rc<Shard>,
-        id: &str,
-        producer_id: i64,
-        epoch: i16,
-        commit: bool,
-    ) -> i16 {
-        if let Err(error) = self.check_serving(shard, id) {
-            return error;
+    async fn end(&self, host: &Rc<H>, id: &str, producer_id: i64, epoch: i16, commit: bool) -> i16 {
+        if let Err(error) = self.check_serving(host, id) {
+            return error.code();
         }
         let lock = self.lock_of(id);
         let _guard = lock.lock().await;
         let current = self.txns.borrow().get(id).cloned();
         let value = match check_producer(current, producer_id, epoch) {
             Ok(value) => value,
-            Err(error) => return error,
+            Err(error) => return error.code(),
         };
         match (value.status, commit) {
-            (TxnStatus::Ongoing, _) => match self.complete(shard, id, value, commit).await {
+            (TxnStatus::Ongoing, _) => match self.complete(host, id, value, commit).await {
                 Ok(_) => code::NONE,
-                Err(error) => error,
+                Err(error) => error.code(),
             },
             // A retry of an EndTxn that completed.
             (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => code::NONE,
@@ -328,9 +369,9 @@ impl TxnCoordinator {
                 if was_commit != commit {
                     return code::INVALID_TXN_STATE;
                 }
-                match self.complete(shard, id, value, commit).await {
+                match self.complete(host, id, value, commit).await {
                     Ok(_) => code::NONE,
-                    Err(error) => error,
+                    Err(error) => error.code(),
                 }
             }
             _ => code::INVALID_TXN_STATE,
@@ -341,41 +382,41 @@ impl TxnCoordinator {
     /// stores the Complete state. Returns the completed state.
     async fn complete(
         &self,
-        shard: &Rc<Shard>,
+        host: &Rc<H>,
         id: &str,
         mut value: TxnValue,
         commit: bool,
-    ) -> Result<TxnValue, i16> {
-        let now = shard.clock.wall_ms();
+    ) -> Result<TxnValue, TxnError> {
+        let now = host.clock().wall_ms();
         let prepare = if commit { TxnStatus::PrepareCommit } else { TxnStatus::PrepareAbort };
         if value.status != prepare {
             value.status = prepare;
             value.last_update_ms = now;
-            self.store(shard, id, value.clone()).await?;
+            self.store(host, id, value.clone()).await?;
         }
         let partitions: Vec<TopicPartition> = value.partitions.iter().cloned().collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match shard
-                .write_markers(value.producer_id, value.producer_epoch, commit, &partitions)
+            match host
+                .write_txn_markers(value.producer_id, value.producer_epoch, commit, &partitions)
                 .await
             {
                 Ok(()) => break,
-                Err(error) if attempt < MARKER_ATTEMPTS && !shard.stopping() => {
+                Err(error) if attempt < MARKER_ATTEMPTS && !host.is_stopping() => {
                     debug!(transactional_id = id, message = %error.message, "writing markers failed; retrying");
                     glommio::timer::sleep(MARKER_RETRY).await;
                 }
                 Err(error) => {
                     error!(transactional_id = id, message = %error.message, "writing transaction markers failed; the transaction stays prepared");
-                    return Err(code::COORDINATOR_NOT_AVAILABLE);
+                    return Err(TxnError::Markers(error));
                 }
             }
         }
         value.status = if commit { TxnStatus::CompleteCommit } else { TxnStatus::CompleteAbort };
         value.partitions.clear();
-        value.last_update_ms = shard.clock.wall_ms();
-        self.store(shard, id, value.clone()).await?;
+        value.last_update_ms = host.clock().wall_ms();
+        self.store(host, id, value.clone()).await?;
         debug!(
             transactional_id = id,
             commit,
@@ -387,7 +428,7 @@ impl TxnCoordinator {
 
     /// A timeout entry fired: abort the transaction if it is still the one the entry was
     /// made for and its time is up, fencing the producer (epoch bump) like Kafka.
-    pub async fn on_timer(&self, shard: &Rc<Shard>, timer: TxnTimer) {
+    pub async fn on_timer(&self, host: &Rc<H>, timer: TxnTimer) {
         let lock = self.lock_of(&timer.id);
         let _guard = lock.lock().await;
         let current = self.txns.borrow().get(&timer.id).cloned();
@@ -398,15 +439,15 @@ impl TxnCoordinator {
         {
             return;
         }
-        let wall = shard.clock.wall_ms();
+        let wall = host.clock().wall_ms();
         if wall < value.start_ms + i64::from(value.timeout_ms) {
-            self.schedule_timeout(shard, &timer.id, &value);
+            self.schedule_timeout(host, &timer.id, &value);
             return;
         }
         info!(transactional_id = %timer.id, producer_id = value.producer_id, timeout_ms = value.timeout_ms, "transaction timed out; aborting it");
         let fenced = fence(value);
-        if let Err(error) = self.complete(shard, &timer.id, fenced, false).await {
-            warn!(transactional_id = %timer.id, error, "aborting a timed-out transaction failed");
+        if let Err(error) = self.complete(host, &timer.id, fenced, false).await {
+            warn!(transactional_id = %timer.id, %error, code = error.code(), "aborting a timed-out transaction failed");
         }
     }
 
@@ -427,7 +468,7 @@ impl TxnCoordinator {
         out
     }
 
-    fn describe(&self, shard: &Shard, id: &str) -> TxnDescription {
+    fn describe(&self, host: &H, id: &str) -> TxnDescription {
         let mut out = TxnDescription {
             id: id.to_string(),
             producer_id: -1,
@@ -435,8 +476,8 @@ impl TxnCoordinator {
             start_ms: -1,
             ..Default::default()
         };
-        if let Err(error) = self.check_serving(shard, id) {
-            out.error = error;
+        if let Err(error) = self.check_serving(host, id) {
+            out.error = error.code();
             return out;
         }
         match self.txns.borrow().get(id) {
@@ -453,9 +494,12 @@ impl TxnCoordinator {
         out
     }
 
-    /// Replays one `__transaction_state` partition's records, then finishes what a stop
-    /// left half done: Prepare states get their markers, open transactions their timeout.
-    pub fn load(&self, shard: &Rc<Shard>, partition: i32, replayed: Vec<Replayed>) {
+    /// Replays one `__transaction_state` partition's records and schedules the timeout
+    /// of each open transaction. Returns the transactional ids a stop left half done (in
+    /// a Prepare state): the caller runs [`finish_prepared`](Self::finish_prepared) on
+    /// each, in the background, since that writes markers through other shards.
+    #[must_use = "prepared transactions must be finished"]
+    pub fn load(&self, host: &H, partition: i32, replayed: Vec<Replayed>) -> Vec<String> {
         let mut loaded: HashMap<String, TxnValue> = HashMap::new();
         let mut skipped = 0usize;
         for record in replayed {
@@ -485,7 +529,7 @@ impl TxnCoordinator {
         let mut unfinished = Vec::new();
         for (id, value) in &loaded {
             match value.status {
-                TxnStatus::Ongoing => self.schedule_timeout(shard, id, value),
+                TxnStatus::Ongoing => self.schedule_timeout(host, id, value),
                 TxnStatus::PrepareCommit
                 | TxnStatus::PrepareAbort
                 | TxnStatus::PrepareEpochFence => unfinished.push(id.clone()),
@@ -495,26 +539,25 @@ impl TxnCoordinator {
         self.txns.borrow_mut().extend(loaded);
         self.mark_loaded(partition);
         info!(
-            shard = shard.id,
+            shard = host.shard_id(),
             partition,
             transactions = count,
             skipped,
             unfinished = unfinished.len(),
             "transaction state loaded"
         );
-        for id in unfinished {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let coordinator = &shard.txns;
-                let lock = coordinator.lock_of(&id);
-                let _guard = lock.lock().await;
-                let Some(value) = coordinator.txns.borrow().get(&id).cloned() else { return };
-                let commit = value.status == TxnStatus::PrepareCommit;
-                if let Err(error) = coordinator.complete(&shard, &id, value, commit).await {
-                    warn!(transactional_id = %id, error, "finishing a prepared transaction failed");
-                }
-            })
-            .detach();
+        unfinished
+    }
+
+    /// Finishes a transaction that a stop left in a Prepare state: writes its markers and
+    /// stores the completed state.
+    pub async fn finish_prepared(&self, host: &Rc<H>, id: &str) {
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        let Some(value) = self.txns.borrow().get(id).cloned() else { return };
+        let commit = value.status == TxnStatus::PrepareCommit;
+        if let Err(error) = self.complete(host, id, value, commit).await {
+            warn!(transactional_id = %id, %error, code = error.code(), "finishing a prepared transaction failed");
         }
     }
 }
@@ -525,13 +568,13 @@ fn check_producer(
     current: Option<TxnValue>,
     producer_id: i64,
     epoch: i16,
-) -> Result<TxnValue, i16> {
-    let Some(value) = current else { return Err(code::INVALID_PRODUCER_ID_MAPPING) };
+) -> Result<TxnValue, TxnError> {
+    let Some(value) = current else { return Err(TxnError::UnknownProducer) };
     if value.producer_id != producer_id {
-        return Err(code::INVALID_PRODUCER_ID_MAPPING);
+        return Err(TxnError::UnknownProducer);
     }
     if value.producer_epoch != epoch {
-        return Err(code::INVALID_PRODUCER_EPOCH);
+        return Err(TxnError::StaleEpoch);
     }
     Ok(value)
 }
@@ -545,9 +588,9 @@ fn fence(mut value: TxnValue) -> TxnValue {
 }
 
 /// The next epoch of a producer; past the largest epoch, a new producer id at epoch 0.
-async fn bump(mut value: TxnValue, shard: &Rc<Shard>) -> Result<TxnValue, i16> {
+async fn bump<H: CoordinatorHost>(mut value: TxnValue, host: &Rc<H>) -> Result<TxnValue, TxnError> {
     if value.producer_epoch >= i16::MAX - 1 {
-        value.producer_id = shard.new_producer_id().await.map_err(|e| e.code)?;
+        value.producer_id = host.allocate_producer_id().await.map_err(TxnError::ProducerId)?;
         value.producer_epoch = 0;
     } else {
         value.producer_epoch += 1;

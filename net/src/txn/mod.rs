@@ -11,6 +11,8 @@
 
 pub mod coordinator;
 pub mod records;
+#[cfg(test)]
+mod tests;
 
 use sluice_engine::checkpoint::TopicPartition;
 
@@ -54,6 +56,9 @@ pub enum TxnCall {
     Describe(Vec<String>),
 }
 
+/// A transaction coordinator's answer. Errors here are Kafka codes, not the coordinator's
+/// typed errors: the answer is what the handler writes on the wire, and it crosses the
+/// shard mesh as plain data.
 #[derive(Debug, Clone)]
 pub enum TxnAnswer {
     ProducerId(Result<(i64, i16), i16>),
