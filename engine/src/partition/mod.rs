@@ -48,6 +48,10 @@ pub enum OpenError {
     Replay(#[from] ReplayError),
     #[error("{0}")]
     Epochs(#[from] EpochFileError),
+    /// The checkpoint knows a later leader epoch than the one this replica is to lead
+    /// at: the metadata and the log disagree about history.
+    #[error("leader epoch {leader_epoch} is behind epoch {latest} of the leader-epoch checkpoint")]
+    EpochBehind { leader_epoch: i32, latest: i32 },
 }
 
 /// Why an append was refused or failed. Each maps to one Kafka error code (in the
@@ -173,6 +177,9 @@ impl Replica {
         let mut changed = cache.truncate_from_end(log_end_offset);
         if log.log_start_offset() < log_end_offset {
             changed |= cache.truncate_from_start(log.log_start_offset());
+        }
+        if let Some(latest) = cache.latest_epoch().filter(|&latest| latest > leader_epoch) {
+            return Err(OpenError::EpochBehind { leader_epoch, latest });
         }
         let mut state = ReplicaState::new(log_end_offset, cache);
         changed |= state.become_leader(leader_epoch);

@@ -128,6 +128,19 @@ fn a_new_leader_epoch_is_stamped_checkpointed_and_survives_reopen() {
         assert_eq!(replica.end_offset_for(0), (0, 5));
         assert_eq!(replica.end_offset_for(3), (3, 7));
         assert_eq!(replica.end_offset_for(4), (-1, -1));
+        replica.log().close().await.unwrap();
+        drop(replica);
+        // Asked to lead at an older epoch than the checkpoint knows: refused, not a panic.
+        let refused = Replica::open(
+            tp(),
+            dir.path(),
+            LogOptions::default(),
+            OpenHints::default(),
+            Rc::new(clock.clone()),
+            2,
+        )
+        .await;
+        assert!(matches!(refused, Err(OpenError::EpochBehind { leader_epoch: 2, latest: 3 })));
     });
 }
 
