@@ -1,7 +1,7 @@
 //! Entry points for the cargo-fuzz targets (`fuzz/`) into decoders of untrusted bytes that
 //! are otherwise private to their module. Not an API: the broker does not use it.
 
-use crate::metadata::{self, FrameError, MetadataError, MetadataImage, MetadataRecord};
+use crate::metadata::{self, MetadataError, MetadataImage, MetadataRecord};
 
 /// What replaying a metadata log's bytes gave.
 #[derive(Debug)]
@@ -13,22 +13,21 @@ pub struct MetadataReplay {
     pub end: u64,
     /// Why replay stopped before the end of the bytes.
     pub cut: Option<String>,
+    /// The records applied, in order.
+    pub applied: Vec<MetadataRecord>,
 }
 
-/// Replays `metadata.log` bytes as `MetadataLog::open` does, without the file.
-pub fn metadata_replay(bytes: &[u8]) -> MetadataReplay {
-    let replay = metadata::replay(bytes);
+/// Replays the frames of a `metadata.log` (after its file header) as `MetadataLog::open`
+/// does, without the file; `legacy`: frames of format 0 (untyped records).
+pub fn metadata_replay(bytes: &[u8], legacy: bool) -> MetadataReplay {
+    let replay = if legacy { metadata::replay_legacy(bytes) } else { metadata::replay(bytes) };
     MetadataReplay {
         image: replay.image,
         records: replay.records,
         end: replay.end,
         cut: replay.cut,
+        applied: replay.applied,
     }
-}
-
-/// Decodes the metadata log frame at the start of `bytes`: the record and the frame's size.
-pub fn metadata_decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), FrameError> {
-    metadata::decode_frame(bytes)
 }
 
 /// Encodes a metadata log frame as `MetadataLog::append` writes it.

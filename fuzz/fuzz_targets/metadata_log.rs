@@ -1,11 +1,14 @@
-//! Fuzz target: the metadata log (`__cluster_metadata/metadata.log`: length, CRC-32C and
-//! an rkyv-archived record per frame), replayed as at start-up. rkyv reads archives in
-//! place, so untrusted bytes must go through its validation: nothing here may panic or
-//! read out of bounds. The first input byte's bit 0 clear recomputes each frame's CRC, so
-//! mutations reach rkyv. The records that replay, encoded again, replay to the same image.
+//! Fuzz target: the metadata log's frames (`__cluster_metadata/metadata.log`: length,
+//! CRC-32C and a record per frame: record type, version and an rkyv-archived body; or,
+//! in logs of format 0, the rkyv archive of the whole record), replayed as at start-up.
+//! rkyv reads archives in place, so untrusted bytes must go through its validation:
+//! nothing here may panic or read out of bounds. The first input byte's bit 0 clear
+//! recomputes each frame's CRC, so mutations reach rkyv; its bit 1 set reads the frames as
+//! format 0. The records that replay, encoded again (in the current format), replay to the
+//! same image.
 #![no_main]
 
-use sluice_engine::fuzzing::{metadata_decode_frame, metadata_encode_frame, metadata_replay};
+use sluice_engine::fuzzing::{metadata_encode_frame, metadata_replay};
 use sluice_engine::metadata::{FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -14,18 +17,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if mode & 1 == 0 {
         fix_frame_crcs(&mut bytes);
     }
-    let replay = metadata_replay(&bytes);
+    let replay = metadata_replay(&bytes, mode & 2 != 0);
     assert!(replay.end <= bytes.len() as u64);
     assert_eq!(replay.cut.is_none(), replay.end == bytes.len() as u64);
-    let mut at = 0usize;
+    assert_eq!(replay.applied.len(), replay.records);
     let mut again = Vec::new();
-    for _ in 0..replay.records {
-        let (record, size) = metadata_decode_frame(&bytes[at..]).expect("a replayed frame decodes");
-        again.extend(metadata_encode_frame(&record).expect("a decoded record encodes"));
-        at += size;
+    for record in &replay.applied {
+        again.extend(metadata_encode_frame(record).expect("a decoded record encodes"));
     }
-    assert_eq!(at as u64, replay.end);
-    let second = metadata_replay(&again);
+    let second = metadata_replay(&again, false);
     assert!(second.cut.is_none(), "{:?}", second.cut);
     assert_eq!(second.records, replay.records);
     assert_eq!(second.image, replay.image);

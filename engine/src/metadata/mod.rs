@@ -7,8 +7,13 @@
 //! the same image.
 //!
 //! ```text
-//! frame = [length: u32 BE][crc32c of payload: u32 BE][payload: rkyv bytes of MetadataRecord]
+//! file    = [magic "SLMD"][format: u32 BE = 1] frame*
+//! frame   = [length: u32 BE][crc32c of payload: u32 BE][payload]
+//! payload = [record type: u16 BE][record version: u16 BE][body: rkyv bytes]   (see codec)
 //! ```
+//!
+//! A record's offset is its position in the log (the first record is offset 0); an image
+//! knows the offset of the last record it applied.
 //!
 //! A writer checks a record against the image, appends it, then applies it
 //! ([`MetadataLog::commit`] does the three steps). Replay applies every record again; a
@@ -26,7 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
-use tracing::warn;
+use tracing::{info, warn};
+
+pub mod codec;
 
 /// Directory under the data directory, named as Kafka's KRaft metadata log directory.
 pub const METADATA_DIR: &str = "__cluster_metadata";
@@ -37,6 +44,9 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 pub use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 
 /// One durable change to the cluster metadata.
+/// A change to the cluster metadata. On disk each variant has its own record type and
+/// version ([`codec`]). The rkyv derive is here only to read logs of format 0, which
+/// stored this enum whole: its variants must keep their order.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum MetadataRecord {
     /// `configs` are the topic's overrides; a repeated key keeps its last value.
@@ -63,8 +73,7 @@ pub enum MetadataRecord {
         configs: Vec<(String, String)>,
     },
     /// Producer ids below `end` may have been handed out (InitProducerId allocates them
-    /// in blocks, so ids are never reused after a restart). New variants go last: the
-    /// log stores the variant index.
+    /// in blocks, so ids are never reused after a restart).
     ProducerIds {
         end: i64,
     },
@@ -104,6 +113,13 @@ pub enum MetadataError {
     ProducerIdsBackwards { end: i64, current: i64 },
     #[error("corrupt metadata log {path} at byte {position}: {reason}")]
     Corrupt { path: PathBuf, position: u64, reason: String },
+    #[error("metadata log {path} holds, at byte {position}, a record this version of Sluice does not know ({reason}): it was written by a newer version; refusing to start rather than cut it")]
+    NewerFormat { path: PathBuf, position: u64, reason: String },
+    #[error(
+        "metadata log {path} is in format {format}; this version of Sluice reads formats 0 to {}",
+        codec::FILE_FORMAT
+    )]
+    UnknownFormat { path: PathBuf, format: u32 },
     #[error("metadata log {path} failed an earlier append; reopen it to recover")]
     Poisoned { path: PathBuf },
     #[error("metadata record of {bytes} bytes exceeds the limit of {bytes_max} bytes")]
@@ -377,14 +393,41 @@ impl MetadataLog {
         // its size when the Raft quorum arrives.
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error(&path))?;
-        let replay = replay(&bytes);
-        if let Some(reason) = replay.cut {
+        let legacy = !bytes.is_empty() && !bytes.starts_with(&codec::FILE_MAGIC);
+        let frames_at = if legacy { 0 } else { codec::FILE_HEADER_BYTES };
+        if bytes.is_empty() {
+            file.write_all(&codec::file_header())
+                .and_then(|()| file.sync_data())
+                .map_err(io_error(&path))?;
+        } else if !legacy {
+            let format = bytes
+                .get(4..codec::FILE_HEADER_BYTES)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            if format != Some(codec::FILE_FORMAT) {
+                return Err(MetadataError::UnknownFormat {
+                    path,
+                    format: format.unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let frames = bytes.get(frames_at..).unwrap_or_default();
+        let replay =
+            if legacy { replay_with(frames, codec::decode_legacy) } else { replay(frames) };
+        if let Some(reason) = &replay.cut {
+            let position = (frames_at as u64) + replay.end;
+            if replay.newer {
+                return Err(MetadataError::NewerFormat { path, position, reason: reason.clone() });
+            }
             let corrupt =
-                MetadataError::Corrupt { path: path.clone(), position: replay.end, reason };
-            let bytes_dropped = bytes.len() as u64 - replay.end;
+                MetadataError::Corrupt { path: path.clone(), position, reason: reason.clone() };
+            let bytes_dropped = bytes.len() as u64 - position;
             warn!(records_kept = replay.records, bytes_dropped, "{corrupt}; cutting the log there");
-            file.set_len(replay.end).map_err(io_error(&path))?;
+            file.set_len(position).map_err(io_error(&path))?;
             file.sync_all().map_err(io_error(&path))?;
+        }
+        if legacy {
+            file = rewrite(&path, &replay.applied)?;
+            info!(records = replay.records, path = %path.display(), "metadata log rewritten with typed, versioned records (format {})", codec::FILE_FORMAT);
         }
         Ok((MetadataLog { path, file, poisoned: false }, replay.image))
     }
@@ -424,6 +467,26 @@ impl MetadataLog {
     }
 }
 
+/// Writes `records` as a log of the current format to a temporary file, syncs it and
+/// renames it over `path` (so a crash leaves the old log or the new one, whole), and
+/// returns the new file open for appends.
+fn rewrite(path: &Path, records: &[MetadataRecord]) -> Result<File, MetadataError> {
+    let temp = path.with_extension("log.rewrite");
+    {
+        let mut bytes = codec::file_header().to_vec();
+        for record in records {
+            bytes.extend(encode_frame(record)?);
+        }
+        let mut file = File::create(&temp).map_err(io_error(&temp))?;
+        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
+    }
+    fs::rename(&temp, path).map_err(io_error(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    OpenOptions::new().read(true).append(true).open(path).map_err(io_error(path))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), MetadataError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
 }
@@ -437,36 +500,59 @@ pub(crate) struct Replay {
     pub(crate) end: u64,
     /// Why replay stopped before the end of the input.
     pub(crate) cut: Option<String>,
+    /// Replay stopped at a whole frame of a record type this build does not know (a newer
+    /// writer's), not at damage.
+    pub(crate) newer: bool,
+    /// The records applied, in order.
+    pub(crate) applied: Vec<MetadataRecord>,
 }
 
 /// Replays frames from the start of `bytes` until the end or the first bad frame. Pure, so
 /// that tests and the fuzz target (through [`crate::fuzzing`]) drive it without files.
 pub(crate) fn replay(bytes: &[u8]) -> Replay {
+    replay_with(bytes, codec::decode)
+}
+
+/// [`replay`] of a format-0 log (untyped records).
+pub(crate) fn replay_legacy(bytes: &[u8]) -> Replay {
+    replay_with(bytes, codec::decode_legacy)
+}
+
+/// [`replay`] with the payload decoder of a log format.
+fn replay_with(bytes: &[u8], decode: fn(&[u8]) -> Result<MetadataRecord, FrameError>) -> Replay {
     let mut image = MetadataImage::default();
-    let mut records = 0;
+    let mut applied = Vec::new();
     let mut position = 0;
     while position < bytes.len() {
-        let stop =
-            |image, reason| Replay { image, records, end: position as u64, cut: Some(reason) };
-        let (record, frame_bytes) = match decode_frame(&bytes[position..]) {
+        let stop = |image, applied: Vec<MetadataRecord>, reason, newer| Replay {
+            image,
+            records: applied.len(),
+            end: position as u64,
+            cut: Some(reason),
+            newer,
+            applied,
+        };
+        let (record, frame_bytes) = match decode_frame_with(&bytes[position..], decode) {
             Ok(decoded) => decoded,
-            Err(reason) => return stop(image, reason.to_string()),
+            Err(error) => {
+                let newer = matches!(error, FrameError::Unknown { .. });
+                return stop(image, applied, error.to_string(), newer);
+            }
         };
         if let Err(error) = image.apply(&record) {
-            return stop(image, format!("record does not apply: {error}"));
+            return stop(image, applied, format!("record does not apply: {error}"), false);
         }
-        records += 1;
+        applied.push(record);
         position += frame_bytes;
     }
     assert_eq!(position, bytes.len());
-    Replay { image, records, end: position as u64, cut: None }
+    Replay { image, records: applied.len(), end: position as u64, cut: None, newer: false, applied }
 }
 
 /// Encodes one frame, and decodes it again before it can be written: a record the reader
 /// would reject must not become durable.
 pub(crate) fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataError> {
-    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(record)
-        .map_err(|source| MetadataError::Encode { source })?;
+    let payload = codec::encode(record).map_err(|source| MetadataError::Encode { source })?;
     let length = u32::try_from(payload.len())
         .ok()
         .filter(|&length| length <= FRAME_PAYLOAD_BYTES_MAX)
@@ -498,11 +584,22 @@ pub enum FrameError {
     /// rkyv's error, as text (its type is neither `Clone` nor `Eq`).
     #[error("undecodable record: {0}")]
     Undecodable(String),
+    /// A whole frame of a record type or version this build does not know.
+    #[error("record type {record_type} version {version} is unknown")]
+    Unknown { record_type: u16, version: u16 },
 }
 
 /// Decodes the frame at the start of `bytes`: the record and the frame's length, or why
 /// the bytes hold no valid frame.
 pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), FrameError> {
+    decode_frame_with(bytes, codec::decode)
+}
+
+/// [`decode_frame`] with the payload decoder of a log format.
+fn decode_frame_with(
+    bytes: &[u8],
+    decode: fn(&[u8]) -> Result<MetadataRecord, FrameError>,
+) -> Result<(MetadataRecord, usize), FrameError> {
     let Some((header, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
         return Err(FrameError::TornHeader { got: bytes.len() });
     };
@@ -520,12 +617,7 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(MetadataRecord, usize), Fram
     if crc_computed != crc {
         return Err(FrameError::Crc { computed: crc_computed, stored: crc });
     }
-    // rkyv reads archived values in place, so the payload needs its alignment.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(length);
-    aligned.extend_from_slice(payload);
-    let record = rkyv::from_bytes::<MetadataRecord, rkyv::rancor::Error>(&aligned)
-        .map_err(|error| FrameError::Undecodable(error.to_string()))?;
-    Ok((record, FRAME_HEADER_BYTES + length))
+    Ok((decode(payload)?, FRAME_HEADER_BYTES + length))
 }
 
 #[cfg(test)]

@@ -37,8 +37,9 @@ fn frame_len(record: &MetadataRecord) -> u64 {
     encode_frame(record).unwrap().len() as u64
 }
 
+/// Bytes of the log's frames (the file less its header).
 fn file_len(log: &MetadataLog) -> u64 {
-    fs::metadata(log.path()).unwrap().len()
+    fs::metadata(log.path()).unwrap().len() - codec::FILE_HEADER_BYTES as u64
 }
 
 /// Applies a record that must fail, and checks that the image did not change.
@@ -260,7 +261,8 @@ fn torn_tail_is_cut_and_appends_continue() {
         }
         let len = file_len(&log);
         assert_eq!(len, end_of_two + frame_len(&records[2]));
-        File::options().write(true).open(log.path()).unwrap().set_len(len - 3).unwrap();
+        let torn = codec::FILE_HEADER_BYTES as u64 + len - 3;
+        File::options().write(true).open(log.path()).unwrap().set_len(torn).unwrap();
     }
     let (mut log, image) = MetadataLog::open(dir.path()).unwrap();
     let names: Vec<&str> = image.topics().map(|t| t.name.as_str()).collect();
@@ -287,7 +289,7 @@ fn bad_crc_in_the_middle_cuts_from_there() {
         }
         // Flip one payload byte of the second record.
         let mut bytes = fs::read(log.path()).unwrap();
-        let at = end_of_one as usize + FRAME_HEADER_BYTES + 2;
+        let at = codec::FILE_HEADER_BYTES + end_of_one as usize + FRAME_HEADER_BYTES + 2;
         bytes[at] ^= 0xff;
         fs::write(log.path(), &bytes).unwrap();
     }
@@ -433,7 +435,7 @@ proptest! {
         drop(log);
 
         let bytes = fs::read(dir.path().join(METADATA_DIR).join(METADATA_FILE)).unwrap();
-        let replayed = replay(&bytes);
+        let replayed = replay(&bytes[codec::FILE_HEADER_BYTES..]);
         prop_assert_eq!(replayed.records, committed);
         prop_assert!(replayed.cut.is_none());
         let (_, reopened) = MetadataLog::open(dir.path()).unwrap();
@@ -469,4 +471,77 @@ proptest! {
         prop_assert_eq!(replayed.cut.is_some(), ends[kept] != cut_at as u64);
         prop_assert_eq!(&replayed.image, &images[kept]);
     }
+}
+
+/// A frame of a format-0 log: the payload is the rkyv archive of the whole enum.
+fn legacy_frame(record: &MetadataRecord) -> Vec<u8> {
+    let payload = codec::encode_legacy(record);
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+#[test]
+fn a_log_of_untyped_records_is_read_and_rewritten_with_typed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = [
+        create("a", 1, 2),
+        set_configs("a", &[("retention.ms", "60000")]),
+        MetadataRecord::ProducerIds { end: 1000 },
+        create("b", 2, 1),
+        delete("b"),
+    ];
+    let mut expected = MetadataImage::default();
+    let mut bytes = Vec::new();
+    for record in &records {
+        bytes.extend(legacy_frame(record));
+        expected.apply(record).unwrap();
+    }
+    // A torn tail, as a crash during an append leaves it: cut, as in any format.
+    bytes.extend_from_slice(&legacy_frame(&create("c", 3, 1))[..10]);
+    let path = dir.path().join(METADATA_DIR).join(METADATA_FILE);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, &bytes).unwrap();
+
+    let (mut log, image) = MetadataLog::open(dir.path()).unwrap();
+    assert_eq!(image, expected);
+    assert_eq!(image.offset(), 4);
+    let on_disk = fs::read(&path).unwrap();
+    assert_eq!(on_disk[..codec::FILE_HEADER_BYTES], codec::file_header());
+    assert_eq!(file_len(&log), records.iter().map(frame_len).sum::<u64>());
+    log.append(&create("c", 3, 1)).unwrap();
+    drop(log);
+    let (_, image) = MetadataLog::open(dir.path()).unwrap();
+    assert_eq!(image.offset(), 5);
+    assert_eq!(image.topic("a").unwrap().configs.get("retention.ms").unwrap(), "60000");
+    assert!(image.topic("c").is_some());
+}
+
+#[test]
+fn a_record_type_from_a_newer_version_stops_the_open_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _) = MetadataLog::open(dir.path()).unwrap();
+        log.append(&create("a", 1, 1)).unwrap();
+    }
+    let path = dir.path().join(METADATA_DIR).join(METADATA_FILE);
+    // A whole frame, CRC right, of record type 99.
+    let payload = [0u8, 99, 0, 0, 1, 2, 3];
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend_from_slice(&frame);
+    fs::write(&path, &bytes).unwrap();
+    let Err(error) = MetadataLog::open(dir.path()) else { panic!("opened") };
+    assert!(matches!(error, MetadataError::NewerFormat { .. }), "{error}");
+    assert!(error.to_string().contains("record type 99 version 0 is unknown"), "{error}");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is cut");
+    // So is a file of a later format.
+    let mut later = codec::file_header();
+    later[7] = 2;
+    fs::write(&path, later).unwrap();
+    let Err(error) = MetadataLog::open(dir.path()) else { panic!("opened") };
+    assert!(matches!(error, MetadataError::UnknownFormat { format: 2, .. }), "{error}");
 }
