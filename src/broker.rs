@@ -22,6 +22,7 @@ use sluice_engine::writeback;
 use sluice_net::config::BrokerConfig;
 use sluice_net::replica::OfflinePartitions;
 use sluice_net::runner::{self, ShardStart};
+use sluice_net::shard::ShardError;
 use tracing::{error, info, warn};
 
 use crate::config::{AdvertisedHost, Config};
@@ -38,12 +39,12 @@ const SHARD_STOP_WAIT: Duration = Duration::from_secs(10);
 /// A shard's result, sent to the main thread when the shard ends, also by panic (drop).
 struct ShardReport {
     id: usize,
-    done: std::sync::mpsc::Sender<(usize, Result<runner::ShardCheckpoints, String>)>,
+    done: std::sync::mpsc::Sender<(usize, Result<runner::ShardCheckpoints, ShardError>)>,
     sent: bool,
 }
 
 impl ShardReport {
-    fn send(mut self, result: Result<runner::ShardCheckpoints, String>) {
+    fn send(mut self, result: Result<runner::ShardCheckpoints, ShardError>) {
         self.sent = true;
         let _ = self.done.send((self.id, result));
     }
@@ -52,7 +53,7 @@ impl ShardReport {
 impl Drop for ShardReport {
     fn drop(&mut self) {
         if !self.sent {
-            let _ = self.done.send((self.id, Err(format!("shard {} panicked", self.id))));
+            let _ = self.done.send((self.id, Err(ShardError::Panicked(self.id))));
         }
     }
 }
@@ -274,7 +275,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             }
             Some((id, Err(reason))) => {
                 error!(shard = id, %reason, "a shard failed");
-                failures.push(reason);
+                failures.push(reason.to_string());
                 stop.store(true, Ordering::SeqCst);
                 deadline.get_or_insert_with(|| std::time::Instant::now() + SHARD_STOP_WAIT);
             }

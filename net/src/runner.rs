@@ -27,7 +27,7 @@ use crate::limits::{CACHE_WINDOW_TICKS, HOUSEKEEPING_TICK, MESH_CHANNEL_CAPACITY
 use crate::mesh::MeshEnds;
 use crate::metadata_cache::MetadataCache;
 use crate::replica::{CacheWindows, OfflinePartitions, ReplicaManager};
-use crate::shard::{MeshMsg, Shard, ShardParts};
+use crate::shard::{MeshMsg, Shard, ShardError, ShardParts};
 
 /// What a shard needs to start.
 pub struct ShardStart {
@@ -106,9 +106,11 @@ async fn housekeeping(shard: Rc<Shard>) {
 /// Starts a shard on the current executor: joins the mesh, opens the partitions it owns,
 /// serves connections until `stop`, then drains, flushes and closes. Returns the
 /// checkpoint entries of its partitions.
-pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
+pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
     let id = start.id;
-    let (senders, receivers) = crate::mesh::connect(start.mesh, MESH_JOIN_TIMEOUT).await?;
+    let (senders, receivers) = crate::mesh::connect(start.mesh, MESH_JOIN_TIMEOUT)
+        .await
+        .map_err(|reason| ShardError::Mesh { shard: id, reason })?;
     let clock = SystemClock::new();
     let producer_ids_end = start.image.producer_ids_end();
     let controller = start.metadata_log.map(|log| Controller::new(log, producer_ids_end));
@@ -155,7 +157,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         .spawn(move |(_, timer)| {
             let _ = expired_sender.try_send(timer);
         })
-        .map_err(|error| format!("starting the group timer: {error}"))?;
+        .map_err(|error| ShardError::Timer { which: "group", reason: error.to_string() })?;
     let group_expiry_task = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -171,7 +173,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
         .spawn(move |(_, timer)| {
             let _ = txn_expired_sender.try_send(timer);
         })
-        .map_err(|error| format!("starting the transaction timer: {error}"))?;
+        .map_err(|error| ShardError::Timer { which: "transaction", reason: error.to_string() })?;
     let txn_expiry_task = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -182,7 +184,10 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, String> {
             }
         })
     };
-    let timer_task = shard.replicas.spawn_timers()?;
+    let timer_task = shard
+        .replicas
+        .spawn_timers()
+        .map_err(|error| ShardError::Timer { which: "fetch", reason: error.to_string() })?;
     let housekeeping = glommio::spawn_local(housekeeping(shard.clone()));
     let served = crate::server::serve(shard.clone()).await;
     shard.log_fetch_sends();

@@ -30,15 +30,18 @@ use crate::handlers::{self, Parsed};
 use crate::limits::{DRAIN_TIMEOUT, READ_BUFFER_BYTES, STOP_POLL};
 use crate::protocol::{self, ProtocolError, Request, SIZE_PREFIX_BYTES};
 use crate::reqmetrics::RequestTimes;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardError};
 use crate::zerocopy::{self, Frame};
 
 /// Accepts and serves connections until the shard stops, then waits (bounded) for open
 /// connections to finish the requests they have in flight.
-pub async fn serve(shard: Rc<Shard>) -> Result<(), String> {
+pub async fn serve(shard: Rc<Shard>) -> Result<(), ShardError> {
     let address = shard.config.listen;
-    let listener = TcpListener::bind(address)
-        .map_err(|error| format!("shard {} cannot listen on {address}: {error}", shard.id))?;
+    let listener = TcpListener::bind(address).map_err(|error| ShardError::Listen {
+        shard: shard.id,
+        address,
+        reason: error.to_string(),
+    })?;
     // The address actually bound (the configured port may be 0), for request contexts.
     let bound = listener.local_addr().unwrap_or(address);
     info!(shard = shard.id, %address, "listening");

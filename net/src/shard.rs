@@ -38,6 +38,19 @@ use crate::txn::coordinator::TxnCoordinator;
 use crate::txn::{TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::SendStats;
 
+/// Why a shard could not run. The broker stops the other shards and exits with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard} could not join the mesh: {reason}")]
+    Mesh { shard: ShardId, reason: String },
+    #[error("starting the {which} timer: {reason}")]
+    Timer { which: &'static str, reason: String },
+    #[error("shard {shard} cannot listen on {address}: {reason}")]
+    Listen { shard: ShardId, address: std::net::SocketAddr, reason: String },
+    #[error("shard {0} panicked")]
+    Panicked(ShardId),
+}
+
 /// A request one shard sends another (or runs on itself through the same path).
 #[derive(Debug)]
 pub enum ShardRequest {

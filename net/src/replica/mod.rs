@@ -163,10 +163,8 @@ impl ReplicaManager {
 
     /// Starts the fetch purgatory's timer task: an expired parked fetch answers with
     /// what it has.
-    pub fn spawn_timers(&self) -> Result<glommio::Task<()>, String> {
-        self.fetch_waiters
-            .spawn(|expired: Expired<FetchWaiter>| expired.op.wake())
-            .map_err(|error| format!("starting the fetch timer: {error}"))
+    pub fn spawn_timers(&self) -> glommio::Result<glommio::Task<()>, ()> {
+        self.fetch_waiters.spawn(|expired: Expired<FetchWaiter>| expired.op.wake())
     }
 
     pub fn stop_timers(&self) {
