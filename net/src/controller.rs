@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sluice_engine::checkpoint::TopicPartition;
-use sluice_engine::metadata::{MetadataLog, MetadataRecord};
+use sluice_engine::metadata::{MetadataError, MetadataLog, MetadataRecord};
 use sluice_engine::sync::FifoLock;
 use tracing::{error, info, warn};
 
@@ -87,11 +87,24 @@ impl Controller {
         validate_only: bool,
     ) -> Result<Applied, KafkaError> {
         let _permit = self.lock.lock().await;
+        if let Some(fenced) = shard.metadata_cache.fenced() {
+            return Err(KafkaError::new(code::NOT_CONTROLLER, fenced.to_string()));
+        }
         let offset = {
             let image = shard.metadata();
             image.check(&record).map_err(|e| from_metadata_error(&e))?;
             image.next_offset()
         };
+        // The controller's copy is checked against the log itself: a record goes out with
+        // the offset it really takes, or not at all.
+        let log_offset = self.log.lock().unwrap_or_else(PoisonError::into_inner).next_offset();
+        if log_offset != offset {
+            error!(log_offset, offset, "the controller's metadata copy is not at the log's end");
+            return Err(KafkaError::new(
+                code::NOT_CONTROLLER,
+                format!("metadata copy at offset {offset}, log at {log_offset}"),
+            ));
+        }
         if validate_only {
             return Ok(Applied::default());
         }
@@ -99,9 +112,19 @@ impl Controller {
         let stored = record.clone();
         let appended = glommio::executor()
             .spawn_blocking(move || {
-                // A panic on the pool thread while appending leaves a file the log itself
-                // marks poisoned: the next append fails and says so.
-                log.lock().unwrap_or_else(PoisonError::into_inner).append(&stored)
+                // glommio's pool does not catch a panic: its future would never finish and
+                // this lock would be held for good. A panic while appending (the frame's
+                // self-check) is an error like any other, and the log is reopened at the
+                // next start.
+                let append = || log.lock().unwrap_or_else(PoisonError::into_inner).append(&stored);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(append)).unwrap_or_else(
+                    |_| {
+                        Err(MetadataError::Io {
+                            path: "metadata log".into(),
+                            source: std::io::Error::other("the append panicked"),
+                        })
+                    },
+                )
             })
             .await;
         appended.map_err(|error| {

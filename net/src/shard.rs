@@ -336,8 +336,17 @@ impl Shard {
         results.into_iter().map(|r| r.unwrap_or_else(&unavailable)).collect()
     }
 
-    /// Serves a request on this shard.
+    /// Serves a request on this shard. A shard whose metadata copy is fenced serves
+    /// nothing but metadata records (which it refuses, saying why): its partitions and
+    /// coordinators answer as a shard that is gone, so no client is answered from a
+    /// metadata history it no longer follows.
     async fn handle(self: &Rc<Self>, request: ShardRequest) -> ShardResponse {
+        if let Some(fenced) = self.metadata_cache.fenced() {
+            return match request {
+                ShardRequest::Apply { .. } => ShardResponse::Applied(Err(fenced)),
+                _ => ShardResponse::Unavailable,
+            };
+        }
         let replicas = &self.replicas;
         match request {
             ShardRequest::Produce { acks, parts } => {
@@ -488,6 +497,9 @@ impl Shard {
         writes: Vec<Write>,
         txn: Option<(i64, i16)>,
     ) -> Result<(), KafkaError> {
+        if let Some(fenced) = self.metadata_cache.fenced() {
+            return Err(KafkaError::new(code::NOT_COORDINATOR, fenced.to_string()));
+        }
         self.replicas.append_records(tp, writes, txn).await
     }
 

@@ -362,6 +362,8 @@ pub struct MetadataLog {
     /// fdatasync) hold a frame of unknown durability, so further appends could land
     /// behind garbage. Reopening cuts the tail and says what survived.
     poisoned: bool,
+    /// Records in the log: the offset the next one takes.
+    next_offset: i64,
 }
 
 impl MetadataLog {
@@ -393,6 +395,12 @@ impl MetadataLog {
         // its size when the Raft quorum arrives.
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error(&path))?;
+        // A header torn by a crash while the file was being created: no record was ever
+        // written after it.
+        if bytes.len() < codec::FILE_HEADER_BYTES && bytes.starts_with(&codec::FILE_MAGIC) {
+            file.set_len(0).map_err(io_error(&path))?;
+            bytes.clear();
+        }
         let legacy = !bytes.is_empty() && !bytes.starts_with(&codec::FILE_MAGIC);
         let frames_at = if legacy { 0 } else { codec::FILE_HEADER_BYTES };
         if bytes.is_empty() {
@@ -426,10 +434,16 @@ impl MetadataLog {
             file.sync_all().map_err(io_error(&path))?;
         }
         if legacy {
+            // The old file is kept beside the new one: a broker of the previous format
+            // cannot read the new one (it would take the header for a frame too long and
+            // cut the log), so going back means putting this copy back first.
+            let kept = path.with_extension("log.format0");
+            fs::copy(&path, &kept).map_err(io_error(&kept))?;
             file = rewrite(&path, &replay.applied)?;
             info!(records = replay.records, path = %path.display(), "metadata log rewritten with typed, versioned records (format {})", codec::FILE_FORMAT);
         }
-        Ok((MetadataLog { path, file, poisoned: false }, replay.image))
+        let next_offset = replay.image.next_offset();
+        Ok((MetadataLog { path, file, poisoned: false, next_offset }, replay.image))
     }
 
     /// Appends one record durably: the frame is written and fdatasync'd before this
@@ -445,7 +459,13 @@ impl MetadataLog {
             self.poisoned = true;
             return Err(MetadataError::Io { path: self.path.clone(), source });
         }
+        self.next_offset += 1;
         Ok(())
+    }
+
+    /// The offset the next appended record takes (the records in the log).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
     }
 
     /// Checks the record against `image`, appends it, then applies it: the one order in

@@ -227,6 +227,7 @@ fn records_survive_reopen() {
             expected.apply(record).unwrap();
         }
         assert_eq!(image, expected);
+        assert_eq!(log.next_offset(), records.len() as i64);
         assert_eq!(file_len(&log), records.iter().map(frame_len).sum::<u64>());
     }
     let (_, image) = MetadataLog::open(dir.path()).unwrap();
@@ -507,6 +508,8 @@ fn a_log_of_untyped_records_is_read_and_rewritten_with_typed_records() {
     let (mut log, image) = MetadataLog::open(dir.path()).unwrap();
     assert_eq!(image, expected);
     assert_eq!(image.offset(), 4);
+    let kept = fs::read(path.with_extension("log.format0")).unwrap();
+    assert_eq!(kept.len(), bytes.len() - 10, "the old log is kept, without its torn tail");
     let on_disk = fs::read(&path).unwrap();
     assert_eq!(on_disk[..codec::FILE_HEADER_BYTES], codec::file_header());
     assert_eq!(file_len(&log), records.iter().map(frame_len).sum::<u64>());
@@ -544,4 +547,10 @@ fn a_record_type_from_a_newer_version_stops_the_open_and_is_kept() {
     fs::write(&path, later).unwrap();
     let Err(error) = MetadataLog::open(dir.path()) else { panic!("opened") };
     assert!(matches!(error, MetadataError::UnknownFormat { format: 2, .. }), "{error}");
+    // A header torn at creation: an empty log.
+    fs::write(&path, &codec::FILE_MAGIC[..]).unwrap();
+    let (log, image) = MetadataLog::open(dir.path()).unwrap();
+    assert!(image.is_empty());
+    assert_eq!(file_len(&log), 0);
+    assert_eq!(fs::read(&path).unwrap(), codec::file_header());
 }

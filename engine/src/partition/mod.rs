@@ -48,10 +48,6 @@ pub enum OpenError {
     Replay(#[from] ReplayError),
     #[error("{0}")]
     Epochs(#[from] EpochFileError),
-    /// The checkpoint knows a later leader epoch than the one this replica is to lead
-    /// at: the metadata and the log disagree about history.
-    #[error("leader epoch {leader_epoch} is behind epoch {latest} of the leader-epoch checkpoint")]
-    EpochBehind { leader_epoch: i32, latest: i32 },
 }
 
 /// Why an append was refused or failed. Each maps to one Kafka error code (in the
@@ -168,7 +164,26 @@ impl Replica {
             aborted_transactions = rebuilt.aborted.len(),
             "partition open"
         );
-        let stored = epochs::read(dir)?;
+        let mut set_aside = true;
+        let stored = match epochs::read(dir) {
+            // A checkpoint from another history (a Kafka partition directory adopted with
+            // its leader changes) knows epochs this broker never led at: leading at an
+            // older one would break the epochs' order, so it is set aside, as is one that
+            // does not parse. Either way this broker answers as it did before it kept
+            // epochs; the file stays for an operator to look at.
+            Ok(Some(cache)) if cache.latest_epoch().is_some_and(|latest| latest > leader_epoch) => {
+                warn!(partition = %tp, latest = cache.latest_epoch(), leader_epoch, "leader-epoch checkpoint from a later epoch than this broker leads at: set aside");
+                None
+            }
+            Ok(stored) => {
+                set_aside = false;
+                stored
+            }
+            Err(error) => {
+                warn!(partition = %tp, %error, "leader-epoch checkpoint unreadable: set aside");
+                None
+            }
+        };
         let written = stored.is_some();
         let mut cache = stored.unwrap_or_else(|| implicit_epochs(&log));
         let log_end_offset = log.log_end_offset();
@@ -177,9 +192,6 @@ impl Replica {
         let mut changed = cache.truncate_from_end(log_end_offset);
         if log.log_start_offset() < log_end_offset {
             changed |= cache.truncate_from_start(log.log_start_offset());
-        }
-        if let Some(latest) = cache.latest_epoch().filter(|&latest| latest > leader_epoch) {
-            return Err(OpenError::EpochBehind { leader_epoch, latest });
         }
         let mut state = ReplicaState::new(log_end_offset, cache);
         changed |= state.become_leader(leader_epoch);
@@ -190,7 +202,8 @@ impl Replica {
             producers: RefCell::new(rebuilt.producers),
             aborted: RefCell::new(rebuilt.aborted),
         };
-        if changed && (written || !replica.epochs_are_implicit()) {
+        let set_aside = set_aside && dir.join(epochs::LEADER_EPOCH_FILE).exists();
+        if changed && !set_aside && (written || !replica.epochs_are_implicit()) {
             epochs::write(dir, replica.state.borrow().epochs())?;
         }
         Ok(replica)
@@ -431,6 +444,11 @@ impl Replica {
     }
 
     /// Becomes the leader at `epoch` (a leader change). The epoch starts at the log end.
+    ///
+    /// An append reads the role and epoch before it waits for the log's append lock, and
+    /// the state asserts the role again when the append lands; a role change must
+    /// therefore not happen while appends wait (replication will take the log's lock, or
+    /// drain the partition's appends, around it).
     pub fn become_leader(&self, epoch: i32) {
         let changed = self.state.borrow_mut().become_leader(epoch);
         self.after_epochs_change(changed);

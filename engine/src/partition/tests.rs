@@ -130,17 +130,21 @@ fn a_new_leader_epoch_is_stamped_checkpointed_and_survives_reopen() {
         assert_eq!(replica.end_offset_for(4), (-1, -1));
         replica.log().close().await.unwrap();
         drop(replica);
-        // Asked to lead at an older epoch than the checkpoint knows: refused, not a panic.
-        let refused = Replica::open(
-            tp(),
-            dir.path(),
-            LogOptions::default(),
-            OpenHints::default(),
-            Rc::new(clock.clone()),
-            2,
-        )
-        .await;
-        assert!(matches!(refused, Err(OpenError::EpochBehind { leader_epoch: 2, latest: 3 })));
+        // Asked to lead at an older epoch than the checkpoint knows (a directory from
+        // another history): the checkpoint is set aside, not a panic and not offline.
+        let text = std::fs::read_to_string(dir.path().join(epochs::LEADER_EPOCH_FILE)).unwrap();
+        let replica = open(dir.path(), &clock, 2).await;
+        assert_eq!(replica.leader_epoch(), 2);
+        assert_eq!(replica.end_offset_for(2), (2, 7));
+        assert_eq!(replica.end_offset_for(3), (-1, -1));
+        replica.log().close().await.unwrap();
+        drop(replica);
+        let kept = std::fs::read_to_string(dir.path().join(epochs::LEADER_EPOCH_FILE)).unwrap();
+        assert_eq!(kept, text, "the file is left for an operator");
+        // An unreadable checkpoint is set aside the same way.
+        std::fs::write(dir.path().join(epochs::LEADER_EPOCH_FILE), "garbage").unwrap();
+        let replica = open(dir.path(), &clock, 3).await;
+        assert_eq!(replica.end_offset_for(3), (3, 7));
     });
 }
 

@@ -85,7 +85,11 @@ impl ReplicaManager {
                             );
                         }
                     }
-                    AppendError::Sequence { .. } | AppendError::DuplicateAmongOthers => {
+                    // As Kafka: a refused sequence, or bytes that are not whole batches, are
+                    // the client's to hear about, not the broker's log's.
+                    AppendError::Sequence { .. }
+                    | AppendError::DuplicateAmongOthers
+                    | AppendError::Malformed(_) => {
                         debug!(partition = %part.tp, %error, "produce refused");
                     }
                     _ => warn!(partition = %part.tp, %error, "rejected produce batch"),
