@@ -610,3 +610,87 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
+
+    use super::*;
+    use crate::metadata_cache::Fenced;
+    use crate::replica::OfflinePartitions;
+
+    fn produce(tp: &TopicPartition) -> ShardRequest {
+        let record = Record { key: None, value: Some(b"v".to_vec()), timestamp: 1 };
+        let batch = encode_batch(&[record], EncodeOptions::default());
+        let part = ProducePart { tp: tp.clone(), records: Some(BytesMut::from(&batch[..])) };
+        ShardRequest::Produce { acks: 1, parts: vec![part] }
+    }
+
+    /// A shard that missed a metadata record stops serving: its partitions answer as a
+    /// shard that is gone, and it refuses every later record, even the one that was due.
+    #[test]
+    fn a_fenced_shard_serves_nothing_and_refuses_later_records() {
+        sluice_engine::runtime::run_local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = crate::config::test_config();
+            config.data_dir = dir.path().to_path_buf();
+            let config = Arc::new(config);
+            let ends = crate::runner::mesh(1).into_iter().next().unwrap();
+            let (mesh, _receivers) =
+                crate::mesh::connect(ends, Duration::from_secs(10)).await.unwrap();
+            let clock = SystemClock::new();
+            let metadata_cache = Rc::new(MetadataCache::new(MetadataImage::default()));
+            let offline = Arc::new(OfflinePartitions::default());
+            let replicas = ReplicaManager::new(
+                0,
+                config.clone(),
+                clock.clone(),
+                metadata_cache.clone(),
+                offline,
+            );
+            let shard = Rc::new(Shard::new(ShardParts {
+                id: 0,
+                config,
+                clock,
+                metadata_cache,
+                replicas,
+                mesh,
+                controller: None,
+                stop: Arc::new(AtomicBool::new(false)),
+            }));
+            let tp = TopicPartition::new("t", 0);
+            let create = MetadataRecord::CreateTopic {
+                name: "t".into(),
+                topic_id: [7; 16],
+                partitions: 1,
+                replication_factor: 1,
+                configs: vec![],
+            };
+            assert!(shard.apply_metadata(0, &create).await.unwrap().offline.is_empty());
+            match shard.handle(produce(&tp)).await {
+                ShardResponse::Produce(results) => assert_eq!(results[0].error, None),
+                other => panic!("{other:?}"),
+            }
+            let delete = MetadataRecord::DeleteTopic { name: "t".into() };
+            let gap = shard.apply_metadata(2, &delete).await.unwrap_err();
+            assert_eq!(gap, Fenced::OutOfOrder { offset: 2, expected: 1 });
+            assert!(shard.stop_fired.get(), "its connections are told to close");
+            assert!(matches!(shard.handle(produce(&tp)).await, ShardResponse::Unavailable));
+            let due = ShardRequest::Apply { offset: 1, record: delete };
+            match shard.handle(due).await {
+                ShardResponse::Applied(Err(fenced)) => assert_eq!(fenced, gap),
+                other => panic!("{other:?}"),
+            }
+            // Nothing was applied behind the fence: the partition is still there.
+            assert!(shard.replicas.contains(&tp));
+            assert!(dir.path().join("t-0").is_dir());
+            let written = shard.append_records(&tp, vec![(b"k".to_vec(), None)], None).await;
+            assert_eq!(written.unwrap_err().code, code::NOT_COORDINATOR);
+            shard.replicas.close_all().await;
+        });
+    }
+}
