@@ -639,7 +639,7 @@ mod tests {
             let mut config = crate::config::test_config();
             config.data_dir = dir.path().to_path_buf();
             let config = Arc::new(config);
-            let ends = crate::runner::mesh(1).into_iter().next().unwrap();
+            let ends = crate::mesh::build(1, 16).into_iter().next().unwrap();
             let (mesh, _receivers) =
                 crate::mesh::connect(ends, Duration::from_secs(10)).await.unwrap();
             let clock = SystemClock::new();

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use sluice_engine::checkpoint::TopicPartition;
-use sluice_engine::clock::ManualClock;
+use sluice_engine::clock::{Clock, ManualClock};
+use sluice_engine::timer::{TimerDriver, TimingWheel};
 
 use super::{CoordinatorHost, Replayed, Write};
 use crate::config::{GroupConfig, TxnConfig};
@@ -180,5 +181,32 @@ impl CoordinatorHost for FakeHost {
             partitions: partitions.to_vec(),
         });
         Ok(())
+    }
+}
+
+/// Moves `clock` by `ms` and fires every timer of `timers` due by then through `fire`, as
+/// the timer driver does when it wakes. A timer re-armed in the past fires again at once;
+/// a bug that keeps doing so would spin here forever, so it fails the test instead.
+pub async fn advance<T: 'static, F, Fut>(
+    clock: &ManualClock,
+    timers: &TimerDriver<TimingWheel<T>, ManualClock>,
+    ms: u64,
+    mut fire: F,
+) where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    clock.advance_ms(ms);
+    for round in 0.. {
+        let now = clock.monotonic_ms();
+        assert!(round < 1_000, "timers keep firing at {now} ms");
+        let mut expired = Vec::new();
+        timers.with(|wheel| wheel.advance(now, &mut expired));
+        if expired.is_empty() {
+            break;
+        }
+        for (_, timer) in expired {
+            fire(timer).await;
+        }
     }
 }

@@ -12,7 +12,7 @@ use glommio::Task;
 use super::records::{self, OffsetsKey};
 use super::*;
 use crate::config::{GroupConfig, TxnConfig};
-use crate::coordinator_host::fake::{FakeHost, INTERNAL_PARTITIONS, TOPIC};
+use crate::coordinator_host::fake::{self, FakeHost, INTERNAL_PARTITIONS, TOPIC};
 
 const SESSION_MS: i32 = 10_000;
 const REBALANCE_MS: i32 = 30_000;
@@ -51,21 +51,8 @@ impl Harness {
     /// Moves the clock by `ms` and fires every timer due by then, as the timer driver
     /// does when it wakes; then lets parked requests see their answers.
     async fn advance(&self, ms: u64) {
-        self.host.clock.advance_ms(ms);
-        // A timer re-armed in the past fires again at once; a bug that keeps doing so
-        // would spin here forever, so it fails the test instead.
-        for round in 0.. {
-            let now = self.host.clock.monotonic_ms();
-            assert!(round < 1_000, "timers keep firing at {now} ms");
-            let mut expired = Vec::new();
-            self.coordinator.timers.with(|wheel| wheel.advance(now, &mut expired));
-            if expired.is_empty() {
-                break;
-            }
-            for (_, timer) in expired {
-                self.coordinator.on_timer(&self.host, timer).await;
-            }
-        }
+        let fire = |timer| self.coordinator.on_timer(&self.host, timer);
+        fake::advance(&self.host.clock, &self.coordinator.timers, ms, fire).await;
         settle().await;
     }
 
