@@ -8,7 +8,6 @@
 use std::rc::Rc;
 
 use sluice_engine::checkpoint::TopicPartition;
-use sluice_engine::clock::Clock;
 
 use super::coordinator::TxnCoordinator;
 use super::records::{self, TxnStatus};
