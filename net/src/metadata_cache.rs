@@ -2,8 +2,10 @@
 //! metadata record applied so far, and the offset of the last one. The controller sends
 //! each stored record with its offset; a shard applies them strictly in order. A record
 //! that does not apply, or one that arrives out of order, leaves the copy *fenced*: the
-//! shard stops taking requests (see `server::serve`) instead of answering from a history
-//! no writer ever wrote, and the admin request that made the change fails.
+//! shard closes its listener and connections as at shutdown, answers other shards'
+//! requests for its partitions and coordinators as a shard that is gone (see
+//! `Shard::handle`), and refuses every later record, instead of answering from a history
+//! no writer ever wrote; the admin request that made the change fails.
 //!
 //! Lives on one shard; never shared across threads.
 
