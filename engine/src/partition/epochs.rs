@@ -329,4 +329,94 @@ mod tests {
     fn entries_out_of_order_are_a_bug() {
         cache(&[(3, 0), (2, 10)]);
     }
+
+    /// What a log with these batches says about where `epoch` ended, worked out from the
+    /// batches themselves: the oracle the cache is checked against.
+    fn oracle(batches: &[(i32, i64, i64)], log_start: i64, requested: i32) -> (i32, i64) {
+        let log_end = batches.last().map_or(log_start, |b| b.2);
+        let first_offset = |b: &(i32, i64, i64)| b.1.max(log_start);
+        let Some(latest) = batches.last().map(|b| b.0) else { return (-1, -1) };
+        if requested < 0 {
+            return (-1, -1);
+        }
+        if requested == latest {
+            return (requested, log_end);
+        }
+        let Some(higher) = batches.iter().find(|b| b.0 > requested) else { return (-1, -1) };
+        match batches.iter().rev().find(|b| b.0 <= requested) {
+            None => (requested, first_offset(higher)),
+            Some(floor) => (floor.0, first_offset(higher)),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Append `count` offsets in one batch, at a new epoch when `bump` says so.
+        Append { bump: u8, count: u8 },
+        /// Truncate at the base of the batch `pick` chooses (above the log start).
+        Truncate { pick: u8 },
+        /// Move the log start to a point `pick` chooses below the log end.
+        AdvanceStart { pick: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..4, 1u8..20).prop_map(|(bump, count)| Step::Append { bump, count }),
+            1 => any::<u8>().prop_map(|pick| Step::Truncate { pick }),
+            1 => any::<u8>().prop_map(|pick| Step::AdvanceStart { pick }),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Appends at rising epochs, truncations and log start moves, in any order: the
+        /// cache answers OffsetForLeaderEpoch exactly as the surviving batches say, for
+        /// every epoch, and its file round-trips.
+        #[test]
+        fn the_cache_answers_what_the_log_holds(steps in prop::collection::vec(step(), 1..60)) {
+            let mut cache = LeaderEpochCache::default();
+            // (epoch, base offset, end offset) of each batch still in the log.
+            let mut batches: Vec<(i32, i64, i64)> = Vec::new();
+            let mut log_start = 0i64;
+            let mut epoch = 0i32;
+            for step in steps {
+                let log_end = batches.last().map_or(log_start, |b| b.2);
+                match step {
+                    Step::Append { bump, count } => {
+                        if bump == 0 {
+                            epoch += 1 + i32::from(count % 3);
+                        }
+                        let end = log_end + i64::from(count);
+                        cache.assign(epoch, log_end);
+                        batches.push((epoch, log_end, end));
+                    }
+                    Step::Truncate { pick } => {
+                        let cuts: Vec<i64> =
+                            batches.iter().map(|b| b.1).filter(|&base| base > log_start).collect();
+                        if let Some(&cut) = cuts.get(usize::from(pick) % cuts.len().max(1)) {
+                            batches.retain(|b| b.1 < cut);
+                            cache.truncate_from_end(cut);
+                        }
+                    }
+                    Step::AdvanceStart { pick } => {
+                        if log_end > log_start {
+                            log_start += i64::from(pick) % (log_end - log_start);
+                            batches.retain(|b| b.2 > log_start);
+                            cache.truncate_from_start(log_start);
+                        }
+                    }
+                }
+                for requested in -1..=epoch + 1 {
+                    let end = batches.last().map_or(log_start, |b| b.2);
+                    prop_assert_eq!(
+                        cache.end_offset_for(requested, end),
+                        oracle(&batches, log_start, requested),
+                        "epoch {} of {:?} from {}", requested, batches, log_start
+                    );
+                }
+                prop_assert_eq!(LeaderEpochCache::decode(&cache.encode()).unwrap(), cache.clone());
+            }
+        }
+    }
 }
