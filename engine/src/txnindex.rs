@@ -146,9 +146,31 @@ impl TxnIndex {
         self.segments.values().map(Vec::len).sum()
     }
 
+    /// The entries of segment `base`, in the order they were added.
+    pub fn segment(&self, base: i64) -> &[AbortedTxn] {
+        self.segments.get(&base).map_or(&[], Vec::as_slice)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
+}
+
+/// Replaces segment `base`'s `.txnindex` file in `dir` with `entries` (a temporary file
+/// renamed over it, so a crash leaves the old entries or the new ones); with no entries
+/// the file goes. Used when the log is cut inside the segment.
+pub fn rewrite(dir: &Path, base: i64, entries: &[AbortedTxn]) -> std::io::Result<()> {
+    let path = dir.join(segment_file_name(base, "txnindex"));
+    if entries.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    }
+    let temp = path.with_extension("txnindex.tmp");
+    let bytes: Vec<u8> = entries.iter().flat_map(AbortedTxn::encode).collect();
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, &path)
 }
 
 /// Appends one entry to segment `base`'s `.txnindex` file in `dir`.

@@ -35,7 +35,7 @@ use crate::producer::{
     encode_marker, BatchIdentity, LoggedBatch, Marker, ProducerStates, SequenceError, Verdict,
 };
 use crate::replay::{self, ReplayError};
-use crate::txnindex::{AbortedTxn, TxnIndex};
+use crate::txnindex::{self, AbortedTxn, TxnIndex};
 use epochs::{EpochFileError, LeaderEpochCache};
 use state::{EpochMismatch, ReplicaState, Role};
 
@@ -81,6 +81,20 @@ pub enum AppendError {
     WrongRole(Role),
     #[error("{0}")]
     Log(#[from] LogError),
+}
+
+/// Why a follower could not truncate its log.
+#[derive(Debug, Error)]
+pub enum TruncateError {
+    /// Only a follower truncates to its leader's history.
+    #[error("this replica is the {0:?}")]
+    WrongRole(Role),
+    #[error("{0}")]
+    Log(#[from] LogError),
+    #[error("rebuilding producer state: {0}")]
+    Replay(#[from] ReplayError),
+    #[error("rewriting the aborted-transaction index: {0}")]
+    TxnIndex(#[from] std::io::Error),
 }
 
 /// Why DeleteRecords could not move the log start.
@@ -436,6 +450,42 @@ impl Replica {
         let appended = self.log.append_then(bytes, on_appended).await;
         self.after_epochs_change(epochs_changed);
         Ok(appended?)
+    }
+
+    /// A follower cuts its log at `offset`, where its history and its leader's part (found
+    /// with OffsetForLeaderEpoch): the batch holding `offset` and everything after it go.
+    /// What is kept beside the log follows: the log end offset, high watermark and epochs;
+    /// the aborted-transaction index, in memory and in the cut segment's `.txnindex`; the
+    /// producer snapshots past the cut (a later start must not take one for this history);
+    /// and the producer state, rebuilt from what remains, as Kafka reloads it. Returns the
+    /// new log end offset. Appends must not run meanwhile (a follower's fetcher appends and
+    /// truncates one at a time).
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, TruncateError> {
+        let role = self.state.borrow().role();
+        if role != Role::Follower {
+            return Err(TruncateError::WrongRole(role));
+        }
+        let end = self.log.truncate_to(offset).await?;
+        let changed = self.state.borrow_mut().truncated_to(end);
+        self.after_epochs_change(changed);
+        let dir = self.log.dir();
+        // Earlier segments end before the last one starts, so only its file can hold
+        // entries past the cut (the segments after the cut are gone with their files).
+        if let Some(&base) = self.log.segment_base_offsets().last() {
+            let mut aborted = self.aborted.borrow_mut();
+            aborted.truncate(end);
+            txnindex::rewrite(dir, base, aborted.segment(base))?;
+        }
+        for snapshot in replay::snapshot_offsets(dir).into_iter().filter(|&at| at > end) {
+            let path = dir.join(crate::log::segment_file_name(snapshot, "snapshot"));
+            if let Err(error) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), %error, "removing a producer snapshot past the cut");
+            }
+        }
+        let rebuilt = replay::rebuild_producer_state(&self.log).await?;
+        *self.producers.borrow_mut() = rebuilt.producers;
+        *self.aborted.borrow_mut() = rebuilt.aborted;
+        Ok(end)
     }
 
     /// A follower learns the leader's high watermark.

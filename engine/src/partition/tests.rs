@@ -318,3 +318,62 @@ fn a_follower_keeps_the_leaders_offsets_and_epochs_and_refuses_gaps() {
         assert!(matches!(refused, AppendError::NotContinuous(_)), "{refused:?}");
     });
 }
+
+#[test]
+fn a_follower_truncates_to_its_leaders_history_and_forgets_what_was_cut() {
+    run(async {
+        let clock = ManualClock::new(T0);
+        let abort = Marker { committed: false, coordinator_epoch: 0 };
+        // An old leader's history: 3 records, producer 5's aborted transaction at 3-5,
+        // then producer 6's aborted transaction at 6-8.
+        let old_dir = tempfile::tempdir().unwrap();
+        let old = open(old_dir.path(), &clock, 1).await;
+        written(&old, plain(3)).await;
+        written(&old, transactional(5, 0, 2)).await;
+        old.append_marker(5, 0, abort, T0).await.unwrap();
+        written(&old, transactional(6, 0, 2)).await;
+        old.append_marker(6, 0, abort, T0).await.unwrap();
+        let log = old.log();
+        let slice = log.read(0, 1 << 30, log.log_end_offset(), true).await.unwrap();
+        let mut history = slice.read().await.unwrap().to_vec();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let follower = open(dir.path(), &clock, 0).await;
+            follower.become_follower(1);
+            follower.append_as_follower(&mut history).await.unwrap();
+            follower.follow_high_watermark(9);
+            assert_eq!(follower.aborted_between(0, 9), [(5, 3), (6, 6)]);
+            // A snapshot of that history, as a stop would have left it.
+            follower.write_snapshot();
+            assert!(dir.path().join(crate::log::segment_file_name(9, "snapshot")).exists());
+            let wrong_role = open(old_dir.path(), &clock, 1).await;
+            let refused = wrong_role.truncate_to(6).await.unwrap_err();
+            assert!(matches!(refused, TruncateError::WrongRole(Role::Leader)), "{refused:?}");
+            drop(wrong_role);
+
+            // The new leader's history parts from it at offset 6.
+            assert_eq!(follower.truncate_to(6).await.unwrap(), 6);
+            assert_eq!((follower.log_end_offset(), follower.high_watermark()), (6, 6));
+            assert_eq!(follower.aborted_between(0, 9), [(5, 3)]);
+            assert!(follower.producers().views().iter().all(|p| p.producer_id != 6));
+            assert_eq!(follower.last_stable_offset(), 6);
+            assert!(!dir.path().join(crate::log::segment_file_name(9, "snapshot")).exists());
+            let mut new = plain(4);
+            crate::batch::set_base_offset(&mut new, 6);
+            crate::batch::set_partition_leader_epoch(&mut new, 2);
+            follower.become_follower(2);
+            follower.append_as_follower(&mut new).await.unwrap();
+            assert_eq!(follower.end_offset_for(1), (1, 6));
+            assert_eq!(follower.end_offset_for(2), (2, 10));
+            follower.log().close().await.unwrap();
+        }
+        // After a restart the cut transaction does not come back from the index file.
+        let reopened = open(dir.path(), &clock, 2).await;
+        assert_eq!(reopened.log_end_offset(), 10);
+        assert_eq!(reopened.aborted_between(0, 10), [(5, 3)]);
+        assert!(reopened.producers().views().iter().all(|p| p.producer_id != 6));
+        assert_eq!(reopened.end_offset_for(1), (1, 6));
+        assert_eq!(batches(&reopened).await.last(), Some(&(6, 2)));
+    });
+}
