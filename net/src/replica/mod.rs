@@ -328,6 +328,7 @@ impl ReplicaManager {
             let replica = &partition.replica;
             if let Err(error) = replica.log().maybe_flush().await {
                 warn!(partition = %partition.tp(), %error, "scheduled flush failed");
+                self.note_offline(&partition);
             }
             if retention_due {
                 match replica.apply_retention().await {
@@ -389,8 +390,85 @@ impl ReplicaManager {
         self.recent_bytes.set(used);
     }
 
+    /// After an operation on `partition` failed: when its log went offline (a write that
+    /// failed after the log end had moved, or an undo that failed), the partition joins the
+    /// broker's offline partitions, so Metadata answers it without a leader as it does a
+    /// partition that could not be opened, and clients stop sending to it.
+    fn note_offline(&self, partition: &Partition) {
+        let Some(reason) = partition.replica.log().offline_reason() else { return };
+        if self.offline.reason(partition.tp()).is_none() {
+            error!(partition = %partition.tp(), %reason, "partition offline: its log failed");
+            self.offline.insert(partition.tp().clone(), reason);
+        }
+    }
+
     /// Appends failed: one error line per second per shard at most.
     fn append_failure_admitted(&self) -> Option<u64> {
         self.append_failures.admit(Instant::now())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use bytes::BytesMut;
+    use sluice_engine::batch::{encode_batch, EncodeOptions, Record};
+    use sluice_engine::io::{FaultPlan, IoMode};
+    use sluice_engine::log::LogOptions;
+    use sluice_engine::metadata::MetadataImage;
+
+    use super::*;
+    use crate::error::code;
+    use crate::replica::types::ProducePart;
+
+    fn part(tp: &TopicPartition) -> ProducePart {
+        let record = Record { key: None, value: Some(vec![1; 100]), timestamp: 1 };
+        let batch = encode_batch(&[record], EncodeOptions::default());
+        ProducePart { tp: tp.clone(), records: Some(BytesMut::from(&batch[..])) }
+    }
+
+    /// A log that fails at runtime (a direct-mode write that does not land) is listed
+    /// with the partitions that could not be opened, so Metadata answers it without a
+    /// leader and clients stop sending to it.
+    #[test]
+    fn a_log_that_fails_at_runtime_is_listed_offline() {
+        sluice_engine::runtime::run_local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(FaultPlan::default());
+            let mut config = crate::config::test_config();
+            config.data_dir = dir.path().to_path_buf();
+            config.log = LogOptions {
+                io_mode: IoMode::Direct,
+                faults: Some(faults.clone()),
+                ..LogOptions::default()
+            };
+            let create = MetadataRecord::CreateTopic {
+                name: "t".into(),
+                topic_id: [3; 16],
+                partitions: 1,
+                replication_factor: 1,
+                configs: vec![],
+            };
+            let metadata = Rc::new(MetadataCache::new(MetadataImage::default()));
+            metadata.apply(0, &create).unwrap();
+            let offline = Arc::new(OfflinePartitions::default());
+            let replicas = ReplicaManager::new(
+                0,
+                Arc::new(config),
+                SystemClock::new(),
+                metadata,
+                offline.clone(),
+            );
+            assert!(replicas.apply(&create).await.offline.is_empty());
+            let tp = TopicPartition::new("t", 0);
+            assert_eq!(replicas.produce(1, part(&tp)).await.error, None);
+            assert!(offline.is_empty());
+            faults.fail_next_write();
+            let failed = replicas.produce(1, part(&tp)).await;
+            assert_eq!(failed.error.unwrap().code, code::KAFKA_STORAGE_ERROR);
+            assert_eq!(offline.of_topic("t"), [0]);
+            assert!(offline.reason(&tp).unwrap().contains("failed"), "{:?}", offline.reason(&tp));
+            replicas.close_all().await;
+        });
     }
 }

@@ -94,6 +94,7 @@ impl ReplicaManager {
                     }
                     _ => warn!(partition = %part.tp, %error, "rejected produce batch"),
                 }
+                self.note_offline(&partition);
                 ProduceResult::failed(from_append_error(&error))
             }
         }
@@ -162,6 +163,7 @@ impl ReplicaManager {
         };
         replica.append_internal(&mut bytes, begin_txn).await.map_err(|error| {
             error!(partition = %tp, %error, "internal record append failed");
+            self.note_offline(&partition);
             from_append_error(&error)
         })?;
         self.on_append(tp);
@@ -190,6 +192,7 @@ impl ReplicaManager {
             partition.replica.append_marker(producer_id, epoch, marker, now_ms).await.map_err(
                 |error| {
                     error!(partition = %tp, %error, "transaction marker append failed");
+                    self.note_offline(&partition);
                     from_append_error(&error)
                 },
             )?;
