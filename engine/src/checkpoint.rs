@@ -114,11 +114,19 @@ pub fn read(path: &Path) -> Result<BTreeMap<TopicPartition, i64>, CheckpointErro
 /// Blocking: the broker calls it off the shards' hot path (shutdown, or the blocking
 /// pool), as Kafka does from its scheduler thread.
 pub fn write(path: &Path, entries: &BTreeMap<TopicPartition, i64>) -> Result<(), CheckpointError> {
+    Ok(write_atomically(path, "tmp", encode(entries).as_bytes())?)
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old file or the
+/// new one, whole: written to `path` with `temp_extension`, synced, renamed over `path`,
+/// then the directory synced. Blocking. Every file the broker rewrites whole (offset and
+/// leader-epoch checkpoints, a migrated metadata log) goes through here.
+pub fn write_atomically(path: &Path, temp_extension: &str, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let temp = path.with_extension("tmp");
+    let temp = path.with_extension(temp_extension);
     {
         let mut file = std::fs::File::create(&temp)?;
-        file.write_all(encode(entries).as_bytes())?;
+        file.write_all(bytes)?;
         file.sync_all()?;
     }
     std::fs::rename(&temp, path)?;

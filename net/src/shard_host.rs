@@ -116,14 +116,14 @@ impl Shard {
         if let Err(error) = self.transaction_topic().await {
             return vec![Err(error)];
         }
-        let mut answers = Vec::with_capacity(self.shards());
-        for target in 0..self.shards() {
-            answers.push(match self.call(target, ShardRequest::Txn(call.clone())).await {
-                ShardResponse::Txn(answer) => Ok(answer),
-                _ => Err(NotServing::Unavailable),
-            });
-        }
-        answers
+        self.call_every_shard(
+            || ShardRequest::Txn(call.clone()),
+            |response| match response {
+                ShardResponse::Txn(answer) => Some(answer),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// The partition count of `__transaction_state`, creating the topic if it is missing.
@@ -141,12 +141,26 @@ impl Shard {
         if let Err(error) = self.offsets_topic().await {
             return vec![Err(error)];
         }
+        self.call_every_shard(
+            || ShardRequest::Group(call.clone()),
+            |response| match response {
+                ShardResponse::Group(answer) => Some(answer),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Runs `request()` on every shard in turn (ListGroups, ListTransactions); a shard
+    /// that answers anything `answer` does not take is not serving.
+    async fn call_every_shard<A>(
+        self: &Rc<Self>,
+        request: impl Fn() -> ShardRequest,
+        answer: impl Fn(ShardResponse) -> Option<A>,
+    ) -> Vec<Result<A, NotServing>> {
         let mut answers = Vec::with_capacity(self.shards());
         for target in 0..self.shards() {
-            answers.push(match self.call(target, ShardRequest::Group(call.clone())).await {
-                ShardResponse::Group(answer) => Ok(answer),
-                _ => Err(NotServing::Unavailable),
-            });
+            answers.push(answer(self.call(target, request()).await).ok_or(NotServing::Unavailable));
         }
         answers
     }

@@ -491,19 +491,11 @@ impl MetadataLog {
 /// renames it over `path` (so a crash leaves the old log or the new one, whole), and
 /// returns the new file open for appends.
 fn rewrite(path: &Path, records: &[MetadataRecord]) -> Result<File, MetadataError> {
-    let temp = path.with_extension("log.rewrite");
-    {
-        let mut bytes = codec::file_header().to_vec();
-        for record in records {
-            bytes.extend(encode_frame(record)?);
-        }
-        let mut file = File::create(&temp).map_err(io_error(&temp))?;
-        file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io_error(&temp))?;
+    let mut bytes = codec::file_header().to_vec();
+    for record in records {
+        bytes.extend(encode_frame(record)?);
     }
-    fs::rename(&temp, path).map_err(io_error(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
+    crate::checkpoint::write_atomically(path, "log.rewrite", &bytes).map_err(io_error(path))?;
     OpenOptions::new().read(true).append(true).open(path).map_err(io_error(path))
 }
 

@@ -225,17 +225,8 @@ pub fn read(dir: &Path) -> Result<Option<LeaderEpochCache>, EpochFileError> {
 /// like the offset checkpoints. Blocking; called only when the epochs change (a leader
 /// change or a truncation), never per append.
 pub fn write(dir: &Path, cache: &LeaderEpochCache) -> Result<(), EpochFileError> {
-    use std::io::Write;
     let path = dir.join(LEADER_EPOCH_FILE);
-    let temp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(cache.encode().as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(crate::checkpoint::write_atomically(&path, "tmp", cache.encode().as_bytes())?)
 }
 
 #[cfg(test)]
