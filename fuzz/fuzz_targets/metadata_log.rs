@@ -5,15 +5,24 @@
 //! nothing here may panic or read out of bounds. The first input byte's bit 0 clear
 //! recomputes each frame's CRC, so mutations reach rkyv; its bit 1 set reads the frames as
 //! format 0. The records that replay, encoded again (in the current format), replay to the
-//! same image.
+//! same image. Bit 2 set reads the bytes as a snapshot of the metadata instead, which
+//! must decode to an image whose snapshot decodes to the same image, or fail cleanly.
 #![no_main]
 
 use sluice_engine::fuzzing::{metadata_encode_frame, metadata_replay};
-use sluice_engine::metadata::{FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
+use sluice_engine::metadata::{MetadataImage, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     let mut bytes = rest.to_vec();
+    if mode & 4 != 0 {
+        if let Ok(image) = MetadataImage::decode_snapshot(&bytes) {
+            let again = image.encode_snapshot().expect("a decoded image encodes");
+            let second = MetadataImage::decode_snapshot(&again).expect("its snapshot decodes");
+            assert_eq!(second, image);
+        }
+        return;
+    }
     if mode & 1 == 0 {
         fix_frame_crcs(&mut bytes);
     }

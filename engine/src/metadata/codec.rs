@@ -15,7 +15,7 @@
 //! the whole [`MetadataRecord`] enum, identified by variant position) are read with
 //! [`decode_legacy`] and rewritten in this format when opened.
 
-use super::{FrameError, MetadataRecord};
+use super::{BrokerEndpoint, FrameError, MetadataRecord, PartitionChangeRecord, PartitionRecord};
 
 /// Magic at the start of a metadata log in this format, then the format number (u32 BE).
 /// A format-0 log starts with a frame length below 16 MiB, so its first byte is 0.
@@ -35,6 +35,11 @@ pub mod record_type {
     pub const CREATE_PARTITIONS: u16 = 3;
     pub const SET_TOPIC_CONFIGS: u16 = 4;
     pub const PRODUCER_IDS: u16 = 5;
+    pub const REGISTER_BROKER: u16 = 6;
+    pub const CHANGE_BROKER: u16 = 7;
+    pub const UNREGISTER_BROKER: u16 = 8;
+    pub const PARTITION: u16 = 9;
+    pub const PARTITION_CHANGE: u16 = 10;
 }
 
 /// The file header of a log in the current format.
@@ -76,6 +81,88 @@ struct ProducerIdsV0 {
     end: i64,
 }
 
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct BrokerEndpointV0 {
+    name: String,
+    host: String,
+    port: u16,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct RegisterBrokerV0 {
+    id: i32,
+    epoch: i64,
+    incarnation_id: [u8; 16],
+    endpoints: Vec<BrokerEndpointV0>,
+    rack: Option<String>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChangeBrokerV0 {
+    id: i32,
+    epoch: i64,
+    fenced: bool,
+    shutting_down: bool,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct UnregisterBrokerV0 {
+    id: i32,
+    epoch: i64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PartitionV0 {
+    topic_id: [u8; 16],
+    partition: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+    leader: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    adding: Vec<i32>,
+    removing: Vec<i32>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PartitionChangeV0 {
+    topic_id: [u8; 16],
+    partition: i32,
+    leader: Option<i32>,
+    isr: Option<Vec<i32>>,
+    replicas: Option<Vec<i32>>,
+    adding: Option<Vec<i32>>,
+    removing: Option<Vec<i32>>,
+}
+
+/// The records as format 0 stored them: the rkyv archive of this whole enum, identified
+/// by variant position. Frozen: its variants, their order and their fields are what old
+/// logs hold, whatever [`MetadataRecord`] becomes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+enum LegacyRecord {
+    CreateTopic {
+        name: String,
+        topic_id: [u8; 16],
+        partitions: i32,
+        replication_factor: i16,
+        configs: Vec<(String, String)>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        partitions: i32,
+    },
+    SetTopicConfigs {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+    ProducerIds {
+        end: i64,
+    },
+}
+
 type EncodeResult = Result<Vec<u8>, rkyv::rancor::Error>;
 
 /// The payload of `record` in the current format.
@@ -113,6 +200,47 @@ pub fn encode(record: &MetadataRecord) -> EncodeResult {
         }
         MetadataRecord::ProducerIds { end } => {
             body(record_type::PRODUCER_IDS, &ProducerIdsV0 { end })
+        }
+        MetadataRecord::RegisterBroker { id, epoch, incarnation_id, endpoints, rack } => {
+            let endpoints = endpoints
+                .into_iter()
+                .map(|e| BrokerEndpointV0 { name: e.name, host: e.host, port: e.port })
+                .collect();
+            let value = RegisterBrokerV0 { id, epoch, incarnation_id, endpoints, rack };
+            body(record_type::REGISTER_BROKER, &value)
+        }
+        MetadataRecord::ChangeBroker { id, epoch, fenced, shutting_down } => {
+            let value = ChangeBrokerV0 { id, epoch, fenced, shutting_down };
+            body(record_type::CHANGE_BROKER, &value)
+        }
+        MetadataRecord::UnregisterBroker { id, epoch } => {
+            body(record_type::UNREGISTER_BROKER, &UnregisterBrokerV0 { id, epoch })
+        }
+        MetadataRecord::Partition(p) => {
+            let value = PartitionV0 {
+                topic_id: p.topic_id,
+                partition: p.partition,
+                replicas: p.replicas,
+                isr: p.isr,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                adding: p.adding,
+                removing: p.removing,
+            };
+            body(record_type::PARTITION, &value)
+        }
+        MetadataRecord::PartitionChange(c) => {
+            let value = PartitionChangeV0 {
+                topic_id: c.topic_id,
+                partition: c.partition,
+                leader: c.leader,
+                isr: c.isr,
+                replicas: c.replicas,
+                adding: c.adding,
+                removing: c.removing,
+            };
+            body(record_type::PARTITION_CHANGE, &value)
         }
     }
 }
@@ -158,6 +286,59 @@ pub fn decode(payload: &[u8]) -> Result<MetadataRecord, FrameError> {
             let v = rkyv::from_bytes::<ProducerIdsV0, _>(&aligned).map_err(undecodable)?;
             MetadataRecord::ProducerIds { end: v.end }
         }
+        (record_type::REGISTER_BROKER, 0) => {
+            let v = rkyv::from_bytes::<RegisterBrokerV0, _>(&aligned).map_err(undecodable)?;
+            MetadataRecord::RegisterBroker {
+                id: v.id,
+                epoch: v.epoch,
+                incarnation_id: v.incarnation_id,
+                endpoints: v
+                    .endpoints
+                    .into_iter()
+                    .map(|e| BrokerEndpoint { name: e.name, host: e.host, port: e.port })
+                    .collect(),
+                rack: v.rack,
+            }
+        }
+        (record_type::CHANGE_BROKER, 0) => {
+            let v = rkyv::from_bytes::<ChangeBrokerV0, _>(&aligned).map_err(undecodable)?;
+            MetadataRecord::ChangeBroker {
+                id: v.id,
+                epoch: v.epoch,
+                fenced: v.fenced,
+                shutting_down: v.shutting_down,
+            }
+        }
+        (record_type::UNREGISTER_BROKER, 0) => {
+            let v = rkyv::from_bytes::<UnregisterBrokerV0, _>(&aligned).map_err(undecodable)?;
+            MetadataRecord::UnregisterBroker { id: v.id, epoch: v.epoch }
+        }
+        (record_type::PARTITION, 0) => {
+            let v = rkyv::from_bytes::<PartitionV0, _>(&aligned).map_err(undecodable)?;
+            MetadataRecord::Partition(PartitionRecord {
+                topic_id: v.topic_id,
+                partition: v.partition,
+                replicas: v.replicas,
+                isr: v.isr,
+                leader: v.leader,
+                leader_epoch: v.leader_epoch,
+                partition_epoch: v.partition_epoch,
+                adding: v.adding,
+                removing: v.removing,
+            })
+        }
+        (record_type::PARTITION_CHANGE, 0) => {
+            let v = rkyv::from_bytes::<PartitionChangeV0, _>(&aligned).map_err(undecodable)?;
+            MetadataRecord::PartitionChange(PartitionChangeRecord {
+                topic_id: v.topic_id,
+                partition: v.partition,
+                leader: v.leader,
+                isr: v.isr,
+                replicas: v.replicas,
+                adding: v.adding,
+                removing: v.removing,
+            })
+        }
         (record_type, version) => return Err(FrameError::Unknown { record_type, version }),
     };
     Ok(record)
@@ -167,12 +348,39 @@ pub fn decode(payload: &[u8]) -> Result<MetadataRecord, FrameError> {
 pub fn decode_legacy(payload: &[u8]) -> Result<MetadataRecord, FrameError> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<MetadataRecord, rkyv::rancor::Error>(&aligned)
-        .map_err(|error| FrameError::Undecodable(error.to_string()))
+    let record = rkyv::from_bytes::<LegacyRecord, rkyv::rancor::Error>(&aligned)
+        .map_err(|error| FrameError::Undecodable(error.to_string()))?;
+    Ok(match record {
+        LegacyRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs } => {
+            MetadataRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs }
+        }
+        LegacyRecord::DeleteTopic { name } => MetadataRecord::DeleteTopic { name },
+        LegacyRecord::CreatePartitions { name, partitions } => {
+            MetadataRecord::CreatePartitions { name, partitions }
+        }
+        LegacyRecord::SetTopicConfigs { name, configs } => {
+            MetadataRecord::SetTopicConfigs { name, configs }
+        }
+        LegacyRecord::ProducerIds { end } => MetadataRecord::ProducerIds { end },
+    })
 }
 
 /// Encodes a format-0 payload, for the tests of reading old logs.
 #[cfg(test)]
 pub fn encode_legacy(record: &MetadataRecord) -> Vec<u8> {
-    rkyv::to_bytes::<rkyv::rancor::Error>(record).expect("encodes").to_vec()
+    let legacy = match record.clone() {
+        MetadataRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs } => {
+            LegacyRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs }
+        }
+        MetadataRecord::DeleteTopic { name } => LegacyRecord::DeleteTopic { name },
+        MetadataRecord::CreatePartitions { name, partitions } => {
+            LegacyRecord::CreatePartitions { name, partitions }
+        }
+        MetadataRecord::SetTopicConfigs { name, configs } => {
+            LegacyRecord::SetTopicConfigs { name, configs }
+        }
+        MetadataRecord::ProducerIds { end } => LegacyRecord::ProducerIds { end },
+        other => panic!("format 0 has no {other:?}"),
+    };
+    rkyv::to_bytes::<rkyv::rancor::Error>(&legacy).expect("encodes").to_vec()
 }

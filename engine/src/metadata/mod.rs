@@ -39,15 +39,18 @@ pub mod codec;
 pub const METADATA_DIR: &str = "__cluster_metadata";
 pub const METADATA_FILE: &str = "metadata.log";
 
+/// The start of a snapshot of the metadata ([`MetadataImage::encode_snapshot`]).
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"SLMS";
+/// Magic, format and next offset.
+const SNAPSHOT_HEADER_BYTES: usize = 16;
+
 /// Bytes of a frame header: payload length then payload CRC, both u32 big-endian.
 pub const FRAME_HEADER_BYTES: usize = 8;
 pub use crate::limits::{FRAME_PAYLOAD_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 
-/// One durable change to the cluster metadata.
 /// A change to the cluster metadata. On disk each variant has its own record type and
-/// version ([`codec`]). The rkyv derive is here only to read logs of format 0, which
-/// stored this enum whole: its variants must keep their order.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// version ([`codec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataRecord {
     /// `configs` are the topic's overrides; a repeated key keeps its last value.
     CreateTopic {
@@ -77,6 +80,101 @@ pub enum MetadataRecord {
     ProducerIds {
         end: i64,
     },
+    /// A broker joins, or rejoins after a restart (Kafka's `RegisterBrokerRecord`). Its
+    /// registration starts fenced; `epoch` (the broker epoch) is above every earlier
+    /// registration's of the same id, so that a restarted broker is never taken for its
+    /// former self. The controller uses the record's own offset, as Kafka does.
+    RegisterBroker {
+        id: i32,
+        epoch: i64,
+        /// Random per process start: tells a retried registration from a new one.
+        incarnation_id: [u8; 16],
+        endpoints: Vec<BrokerEndpoint>,
+        rack: Option<String>,
+    },
+    /// A registered broker's state changes (Kafka's `BrokerRegistrationChangeRecord`):
+    /// fenced (its session expired, or it has not caught up) or not, in controlled
+    /// shutdown or not. `epoch` must be the registration's.
+    ChangeBroker {
+        id: i32,
+        epoch: i64,
+        fenced: bool,
+        shutting_down: bool,
+    },
+    /// A broker leaves the cluster for good (Kafka's `UnregisterBrokerRecord`).
+    UnregisterBroker {
+        id: i32,
+        epoch: i64,
+    },
+    /// A partition's replicas and leadership when it is created (Kafka's
+    /// `PartitionRecord`), or in full in a snapshot.
+    Partition(PartitionRecord),
+    /// A change to a partition's leader, ISR or replicas (Kafka's `PartitionChangeRecord`):
+    /// the leader epoch goes up by one when `leader` is set, the partition epoch with
+    /// every change.
+    PartitionChange(PartitionChangeRecord),
+}
+
+/// One listener of a broker, as clients are to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    /// The listener's name (`PLAINTEXT`, ...).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// No leader: what Kafka writes as the leader of a partition none of whose in-sync
+/// replicas can lead.
+pub const NO_LEADER: i32 = -1;
+
+/// See [`MetadataRecord::Partition`]. Broker ids are `node.id`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRecord {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    /// In preference order: the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// A member of the ISR, or [`NO_LEADER`].
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    /// Replicas a reassignment adds, and removes (both also in `replicas`).
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+/// See [`MetadataRecord::PartitionChange`]: the fields that are `Some` replace the
+/// partition's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionChangeRecord {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub leader: Option<i32>,
+    pub isr: Option<Vec<i32>>,
+    pub replicas: Option<Vec<i32>>,
+    pub adding: Option<Vec<i32>>,
+    pub removing: Option<Vec<i32>>,
+}
+
+/// A registered broker, as the records so far describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    pub id: i32,
+    pub epoch: i64,
+    pub incarnation_id: [u8; 16],
+    pub endpoints: Vec<BrokerEndpoint>,
+    pub rack: Option<String>,
+    pub fenced: bool,
+    pub shutting_down: bool,
+}
+
+impl BrokerRegistration {
+    /// The endpoint of the listener called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&BrokerEndpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
 }
 
 /// One topic as the records so far describe it.
@@ -88,6 +186,17 @@ pub struct TopicMetadata {
     pub replication_factor: i16,
     /// Topic-level overrides only; broker defaults are not copied in.
     pub configs: BTreeMap<String, String>,
+    /// Replicas and leadership per partition, for the partitions that have a
+    /// [`MetadataRecord::Partition`]. A topic created before records had placements (a
+    /// single-node broker's) has none until the broker places them at start-up.
+    pub placements: BTreeMap<i32, PartitionRecord>,
+}
+
+impl TopicMetadata {
+    /// The replicas and leadership of `partition`, if it has been placed.
+    pub fn placement(&self, partition: i32) -> Option<&PartitionRecord> {
+        self.placements.get(&partition)
+    }
 }
 
 /// The state all records so far produce. The writer (the controller) owns the authoritative
@@ -99,6 +208,8 @@ pub struct MetadataImage {
     topic_names_by_id: BTreeMap<[u8; 16], String>,
     /// The first producer id never handed out.
     producer_ids_end: i64,
+    /// Registered brokers by id.
+    brokers: BTreeMap<i32, BrokerRegistration>,
     /// Records applied so far: the next record's offset in the metadata log. Every
     /// shard's copy reports it, so a copy that missed a record is detected instead of
     /// serving a history that never was.
@@ -140,6 +251,16 @@ pub enum MetadataError {
     InvalidTopicId { name: String },
     #[error("topic {name}: topic id {topic_id:02x?} already belongs to topic {existing}")]
     DuplicateTopicId { name: String, topic_id: [u8; 16], existing: String },
+    #[error("no topic has id {topic_id:02x?}")]
+    UnknownTopicId { topic_id: [u8; 16] },
+    #[error("topic {name}: partition {partition} {reason}")]
+    InvalidPartition { name: String, partition: i32, reason: String },
+    #[error("broker {id}: {reason}")]
+    InvalidBroker { id: i32, reason: String },
+    #[error("broker {id}: epoch {epoch} is not the registration's ({current:?})")]
+    StaleBrokerEpoch { id: i32, epoch: i64, current: Option<i64> },
+    #[error("a snapshot of the metadata {reason}")]
+    Snapshot { reason: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> MetadataError + '_ {
@@ -234,6 +355,78 @@ impl MetadataImage {
                 }
                 Ok(())
             }
+            MetadataRecord::RegisterBroker { id, epoch, .. } => {
+                if *id < 0 {
+                    return Err(MetadataError::InvalidBroker {
+                        id: *id,
+                        reason: "a node.id is not negative".into(),
+                    });
+                }
+                match self.brokers.get(id) {
+                    Some(current) if current.epoch >= *epoch => Err(MetadataError::InvalidBroker {
+                        id: *id,
+                        reason: format!(
+                            "a new registration's epoch {epoch} must be above {}",
+                            current.epoch
+                        ),
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            MetadataRecord::ChangeBroker { id, epoch, .. }
+            | MetadataRecord::UnregisterBroker { id, epoch } => {
+                let current = self.brokers.get(id).map(|b| b.epoch);
+                if current != Some(*epoch) {
+                    return Err(MetadataError::StaleBrokerEpoch {
+                        id: *id,
+                        epoch: *epoch,
+                        current,
+                    });
+                }
+                Ok(())
+            }
+            MetadataRecord::Partition(p) => {
+                let topic = self.topic_of(&p.topic_id)?;
+                let invalid = |reason: String| MetadataError::InvalidPartition {
+                    name: topic.name.clone(),
+                    partition: p.partition,
+                    reason,
+                };
+                if p.partition < 0 || p.partition >= topic.partitions {
+                    return Err(invalid(format!("is outside 0..{}", topic.partitions)));
+                }
+                if topic.placements.contains_key(&p.partition) {
+                    return Err(invalid("is placed already".into()));
+                }
+                if p.leader_epoch < 0 || p.partition_epoch < 0 {
+                    return Err(invalid("has a negative epoch".into()));
+                }
+                check_placement(&p.replicas, &p.isr, p.leader, &p.adding, &p.removing)
+                    .map_err(invalid)
+            }
+            MetadataRecord::PartitionChange(c) => {
+                let topic = self.topic_of(&c.topic_id)?;
+                let Some(current) = topic.placements.get(&c.partition) else {
+                    return Err(MetadataError::InvalidPartition {
+                        name: topic.name.clone(),
+                        partition: c.partition,
+                        reason: "has no placement to change".into(),
+                    });
+                };
+                let changed = current.changed(c);
+                check_placement(
+                    &changed.replicas,
+                    &changed.isr,
+                    changed.leader,
+                    &changed.adding,
+                    &changed.removing,
+                )
+                .map_err(|reason| MetadataError::InvalidPartition {
+                    name: topic.name.clone(),
+                    partition: c.partition,
+                    reason,
+                })
+            }
         }
     }
 
@@ -254,6 +447,7 @@ impl MetadataImage {
                     partitions: *partitions,
                     replication_factor: *replication_factor,
                     configs: configs.iter().cloned().collect(),
+                    placements: BTreeMap::new(),
                 };
                 let name_previous = self.topic_names_by_id.insert(*topic_id, name.clone());
                 assert!(name_previous.is_none());
@@ -275,6 +469,40 @@ impl MetadataImage {
                 topic.configs = configs.iter().cloned().collect();
             }
             MetadataRecord::ProducerIds { end } => self.producer_ids_end = *end,
+            MetadataRecord::RegisterBroker { id, epoch, incarnation_id, endpoints, rack } => {
+                let registration = BrokerRegistration {
+                    id: *id,
+                    epoch: *epoch,
+                    incarnation_id: *incarnation_id,
+                    endpoints: endpoints.clone(),
+                    rack: rack.clone(),
+                    fenced: true,
+                    shutting_down: false,
+                };
+                self.brokers.insert(*id, registration);
+            }
+            MetadataRecord::ChangeBroker { id, epoch: _, fenced, shutting_down } => {
+                let broker = self.brokers.get_mut(id).expect("checked: the broker is registered");
+                broker.fenced = *fenced;
+                broker.shutting_down = *shutting_down;
+            }
+            MetadataRecord::UnregisterBroker { id, epoch: _ } => {
+                self.brokers.remove(id);
+            }
+            MetadataRecord::Partition(p) => {
+                let name = self.topic_names_by_id[&p.topic_id].clone();
+                let topic = self.topics.get_mut(&name).expect("every topic id maps to a topic");
+                topic.placements.insert(p.partition, p.clone());
+            }
+            MetadataRecord::PartitionChange(c) => {
+                let name = self.topic_names_by_id[&c.topic_id].clone();
+                let topic = self.topics.get_mut(&name).expect("every topic id maps to a topic");
+                let placement = topic
+                    .placements
+                    .get_mut(&c.partition)
+                    .expect("checked: the partition is placed");
+                *placement = placement.changed(c);
+            }
         }
         assert_eq!(self.topics.len(), self.topic_names_by_id.len());
         self.next_offset += 1;
@@ -296,9 +524,161 @@ impl MetadataImage {
         self.producer_ids_end
     }
 
+    /// Records that rebuild this image from an empty one (all but its offset): what a
+    /// snapshot of the metadata holds, as Kafka's snapshots hold records.
+    pub fn snapshot_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if self.producer_ids_end > 0 {
+            records.push(MetadataRecord::ProducerIds { end: self.producer_ids_end });
+        }
+        for broker in self.brokers.values() {
+            records.push(MetadataRecord::RegisterBroker {
+                id: broker.id,
+                epoch: broker.epoch,
+                incarnation_id: broker.incarnation_id,
+                endpoints: broker.endpoints.clone(),
+                rack: broker.rack.clone(),
+            });
+            if !broker.fenced || broker.shutting_down {
+                records.push(MetadataRecord::ChangeBroker {
+                    id: broker.id,
+                    epoch: broker.epoch,
+                    fenced: broker.fenced,
+                    shutting_down: broker.shutting_down,
+                });
+            }
+        }
+        for topic in self.topics.values() {
+            records.push(MetadataRecord::CreateTopic {
+                name: topic.name.clone(),
+                topic_id: topic.topic_id,
+                partitions: topic.partitions,
+                replication_factor: topic.replication_factor,
+                configs: topic.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            });
+            records.extend(topic.placements.values().cloned().map(MetadataRecord::Partition));
+        }
+        records
+    }
+
+    /// The image as a snapshot's bytes:
+    /// `[magic "SLMS"][format: u32 BE = 1][next offset: i64 BE] frame*`, the frames those
+    /// of the metadata log holding [`Self::snapshot_records`].
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, MetadataError> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&codec::FILE_FORMAT.to_be_bytes());
+        bytes.extend_from_slice(&self.next_offset.to_be_bytes());
+        for record in self.snapshot_records() {
+            bytes.extend(encode_frame(&record)?);
+        }
+        Ok(bytes)
+    }
+
+    /// The image a snapshot's bytes hold (see [`Self::encode_snapshot`]). Unlike the log,
+    /// a snapshot is all or nothing: any damage is an error.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<MetadataImage, MetadataError> {
+        let fail = |reason: String| MetadataError::Snapshot { reason };
+        let Some((header, frames)) = bytes.split_first_chunk::<SNAPSHOT_HEADER_BYTES>() else {
+            return Err(fail(format!("of {} bytes has no header", bytes.len())));
+        };
+        if header[..4] != SNAPSHOT_MAGIC {
+            return Err(fail("does not start with its magic".into()));
+        }
+        let format = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if format != codec::FILE_FORMAT {
+            return Err(fail(format!("is in format {format}, not {}", codec::FILE_FORMAT)));
+        }
+        let next_offset = i64::from_be_bytes(header[8..16].try_into().expect("8 of 16 bytes"));
+        let replayed = replay(frames);
+        if let Some(cut) = replayed.cut {
+            return Err(fail(format!("is damaged after {} records: {cut}", replayed.records)));
+        }
+        let mut image = replayed.image;
+        if next_offset < image.next_offset {
+            return Err(fail(format!(
+                "claims offset {next_offset} but holds {} records",
+                image.next_offset
+            )));
+        }
+        image.next_offset = next_offset;
+        Ok(image)
+    }
+
+    /// Registered brokers, by id.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values()
+    }
+
+    pub fn broker(&self, id: i32) -> Option<&BrokerRegistration> {
+        self.brokers.get(&id)
+    }
+
+    fn topic_of(&self, topic_id: &[u8; 16]) -> Result<&TopicMetadata, MetadataError> {
+        self.topic_by_id(topic_id).ok_or(MetadataError::UnknownTopicId { topic_id: *topic_id })
+    }
+
     fn existing(&self, name: &str) -> Result<&TopicMetadata, MetadataError> {
         self.topics.get(name).ok_or_else(|| MetadataError::UnknownTopic { name: name.to_string() })
     }
+}
+
+impl PartitionRecord {
+    /// This placement with `change` applied: the leader epoch goes up when the change
+    /// names a leader, the partition epoch always.
+    pub fn changed(&self, change: &PartitionChangeRecord) -> PartitionRecord {
+        let mut next = self.clone();
+        if let Some(leader) = change.leader {
+            next.leader = leader;
+            next.leader_epoch = self.leader_epoch.saturating_add(1);
+        }
+        if let Some(isr) = &change.isr {
+            next.isr = isr.clone();
+        }
+        if let Some(replicas) = &change.replicas {
+            next.replicas = replicas.clone();
+        }
+        if let Some(adding) = &change.adding {
+            next.adding = adding.clone();
+        }
+        if let Some(removing) = &change.removing {
+            next.removing = removing.clone();
+        }
+        next.partition_epoch = self.partition_epoch.saturating_add(1);
+        next
+    }
+}
+
+/// What every stored placement satisfies: replicas are distinct broker ids and at least
+/// one; the ISR, the replicas being added and those being removed are distinct members
+/// of the replicas; the leader leads from the ISR or there is none; the ISR is empty
+/// only without a leader.
+fn check_placement(
+    replicas: &[i32],
+    isr: &[i32],
+    leader: i32,
+    adding: &[i32],
+    removing: &[i32],
+) -> Result<(), String> {
+    fn distinct(ids: &[i32]) -> bool {
+        ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id))
+    }
+    if replicas.is_empty() {
+        return Err("has no replicas".into());
+    }
+    if !distinct(replicas) || replicas.iter().any(|&id| id < 0) {
+        return Err(format!("replicas {replicas:?} are not distinct broker ids"));
+    }
+    for (what, ids) in [("ISR", isr), ("adding replicas", adding), ("removing replicas", removing)]
+    {
+        if !distinct(ids) || !ids.iter().all(|id| replicas.contains(id)) {
+            return Err(format!("{what} {ids:?} are not distinct members of {replicas:?}"));
+        }
+    }
+    if leader != NO_LEADER && !isr.contains(&leader) {
+        return Err(format!("leader {leader} is not in the ISR {isr:?}"));
+    }
+    Ok(())
 }
 
 /// Kafka's topic name rule: 1..=249 characters of `[a-zA-Z0-9._-]`, and not `.` or `..`

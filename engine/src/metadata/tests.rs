@@ -387,6 +387,58 @@ fn record_strategy() -> impl Strategy<Value = MetadataRecord> {
         }),
         (name, configs)
             .prop_map(|(name, configs)| MetadataRecord::SetTopicConfigs { name, configs }),
+        (0i32..3, 0i64..4, 0u8..2).prop_map(|(id, epoch, incarnation)| {
+            MetadataRecord::RegisterBroker {
+                id,
+                epoch,
+                incarnation_id: [incarnation; 16],
+                endpoints: vec![BrokerEndpoint {
+                    name: "PLAINTEXT".into(),
+                    host: "127.0.0.1".into(),
+                    port: 9092 + id as u16,
+                }],
+                rack: None,
+            }
+        }),
+        (0i32..3, 0i64..4, any::<bool>(), any::<bool>()).prop_map(
+            |(id, epoch, fenced, shutting_down)| MetadataRecord::ChangeBroker {
+                id,
+                epoch,
+                fenced,
+                shutting_down,
+            }
+        ),
+        (0u8..4, -1i32..3, prop::collection::vec(0i32..4, 0..4), 0usize..4, -1i32..4).prop_map(
+            |(n, partition, replicas, isr_len, leader)| {
+                let isr: Vec<i32> = replicas.iter().copied().take(isr_len).collect();
+                MetadataRecord::Partition(PartitionRecord {
+                    topic_id: id(n),
+                    partition,
+                    replicas,
+                    isr,
+                    leader,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                    adding: vec![],
+                    removing: vec![],
+                })
+            }
+        ),
+        (
+            0u8..4,
+            0i32..3,
+            prop::option::of(-1i32..4),
+            prop::option::of(prop::collection::vec(0i32..4, 0..3))
+        )
+            .prop_map(|(n, partition, leader, isr)| {
+                MetadataRecord::PartitionChange(PartitionChangeRecord {
+                    topic_id: id(n),
+                    partition,
+                    leader,
+                    isr,
+                    ..Default::default()
+                })
+            }),
     ]
 }
 
@@ -422,8 +474,15 @@ proptest! {
                 MetadataRecord::SetTopicConfigs { name, configs } => {
                     reference.get_mut(&name).unwrap().2 = configs.into_iter().collect();
                 }
-                MetadataRecord::ProducerIds { .. } => {}
+                MetadataRecord::ProducerIds { .. }
+                | MetadataRecord::RegisterBroker { .. }
+                | MetadataRecord::ChangeBroker { .. }
+                | MetadataRecord::UnregisterBroker { .. }
+                | MetadataRecord::Partition(_)
+                | MetadataRecord::PartitionChange(_) => {}
             }
+            let snapshot = image.encode_snapshot().unwrap();
+            prop_assert_eq!(&MetadataImage::decode_snapshot(&snapshot).unwrap(), &image);
         }
         let flattened: Reference = image
             .topics()
@@ -553,4 +612,158 @@ fn a_record_type_from_a_newer_version_stops_the_open_and_is_kept() {
     assert!(image.is_empty());
     assert_eq!(file_len(&log), 0);
     assert_eq!(fs::read(&path).unwrap(), codec::file_header());
+}
+
+/// A format-0 log as the version before typed records wrote it (six records: create "a"
+/// with 2 partitions, its configs, a producer id block, grow "a" to 3, create and delete
+/// "b"). Frozen bytes, so that a change to [`MetadataRecord`] cannot silently change how
+/// old logs read.
+#[test]
+fn a_format_0_log_written_by_the_previous_version_still_reads() {
+    let bytes = include_bytes!("testdata/format0.log");
+    let replayed = replay_legacy(bytes);
+    assert_eq!(replayed.cut, None);
+    assert_eq!(replayed.records, 6);
+    let records = [
+        create("a", 1, 2),
+        set_configs("a", &[("retention.ms", "60000")]),
+        MetadataRecord::ProducerIds { end: 1000 },
+        grow("a", 3),
+        create("b", 2, 1),
+        delete("b"),
+    ];
+    assert_eq!(replayed.applied, records);
+    let a = replayed.image.topic("a").unwrap();
+    assert_eq!(a.partitions, 3);
+    assert_eq!(a.configs.get("retention.ms").unwrap(), "60000");
+    assert!(replayed.image.topic("b").is_none());
+    assert_eq!(replayed.image.producer_ids_end(), 1000);
+}
+
+fn placement(n: u8, partition: i32, replicas: &[i32], leader: i32) -> MetadataRecord {
+    MetadataRecord::Partition(PartitionRecord {
+        topic_id: id(n),
+        partition,
+        replicas: replicas.to_vec(),
+        isr: replicas.to_vec(),
+        leader,
+        leader_epoch: 0,
+        partition_epoch: 0,
+        adding: vec![],
+        removing: vec![],
+    })
+}
+
+fn register(id: i32, epoch: i64) -> MetadataRecord {
+    MetadataRecord::RegisterBroker {
+        id,
+        epoch,
+        incarnation_id: [epoch as u8; 16],
+        endpoints: vec![BrokerEndpoint { name: "PLAINTEXT".into(), host: "h".into(), port: 1 }],
+        rack: None,
+    }
+}
+
+#[test]
+fn brokers_register_fenced_and_change_only_with_their_epoch() {
+    let mut image = MetadataImage::default();
+    image.apply(&register(1, 0)).unwrap();
+    let broker = image.broker(1).unwrap();
+    assert!(broker.fenced && !broker.shutting_down);
+    assert_eq!(broker.endpoint("PLAINTEXT").unwrap().host, "h");
+    let unfence =
+        MetadataRecord::ChangeBroker { id: 1, epoch: 0, fenced: false, shutting_down: false };
+    image.apply(&unfence).unwrap();
+    assert!(!image.broker(1).unwrap().fenced);
+    // A restart registers again with a higher epoch, fenced; the old epoch is stale.
+    assert!(matches!(
+        apply_rejected(&mut image, &register(1, 0)),
+        MetadataError::InvalidBroker { id: 1, .. }
+    ));
+    image.apply(&register(1, 5)).unwrap();
+    assert!(image.broker(1).unwrap().fenced);
+    assert!(matches!(
+        apply_rejected(&mut image, &unfence),
+        MetadataError::StaleBrokerEpoch { id: 1, epoch: 0, current: Some(5) }
+    ));
+    image.apply(&MetadataRecord::UnregisterBroker { id: 1, epoch: 5 }).unwrap();
+    assert_eq!(image.brokers().count(), 0);
+    assert!(matches!(
+        apply_rejected(&mut image, &register(-1, 9)),
+        MetadataError::InvalidBroker { id: -1, .. }
+    ));
+}
+
+#[test]
+fn placements_are_checked_and_changes_bump_the_epochs() {
+    let mut image = MetadataImage::default();
+    image.apply(&create("a", 1, 2)).unwrap();
+    let bad = [
+        placement(2, 0, &[1], 1),        // unknown topic id
+        placement(1, 2, &[1], 1),        // outside the partition count
+        placement(1, 0, &[], NO_LEADER), // no replicas
+        placement(1, 0, &[1, 1], 1),     // a replica twice
+        placement(1, 0, &[1, 2], 3),     // leader outside the ISR
+    ];
+    for record in &bad {
+        apply_rejected(&mut image, record);
+    }
+    image.apply(&placement(1, 0, &[1, 2, 3], 1)).unwrap();
+    apply_rejected(&mut image, &placement(1, 0, &[1], 1)); // placed already
+    let change = |leader: Option<i32>, isr: Option<Vec<i32>>| {
+        MetadataRecord::PartitionChange(PartitionChangeRecord {
+            topic_id: id(1),
+            partition: 0,
+            leader,
+            isr,
+            ..Default::default()
+        })
+    };
+    image.apply(&change(None, Some(vec![1, 3]))).unwrap();
+    let p = image.topic("a").unwrap().placement(0).unwrap().clone();
+    assert_eq!(
+        (p.isr.as_slice(), p.leader, p.leader_epoch, p.partition_epoch),
+        (&[1, 3][..], 1, 0, 1)
+    );
+    image.apply(&change(Some(3), Some(vec![3]))).unwrap();
+    let p = image.topic("a").unwrap().placement(0).unwrap().clone();
+    assert_eq!(
+        (p.isr.as_slice(), p.leader, p.leader_epoch, p.partition_epoch),
+        (&[3][..], 3, 1, 2)
+    );
+    apply_rejected(&mut image, &change(Some(2), None)); // 2 is not in the ISR
+    apply_rejected(&mut image, &change(None, Some(vec![4]))); // 4 is not a replica
+    image.apply(&change(Some(NO_LEADER), None)).unwrap();
+    assert_eq!(image.topic("a").unwrap().placement(0).unwrap().leader_epoch, 2);
+    // A deleted topic takes its placements with it; a new one with its name starts bare.
+    image.apply(&delete("a")).unwrap();
+    image.apply(&create("a", 3, 1)).unwrap();
+    assert!(image.topic("a").unwrap().placements.is_empty());
+}
+
+#[test]
+fn a_snapshot_rebuilds_the_image_and_damage_is_refused() {
+    let mut image = MetadataImage::default();
+    for record in [
+        register(2, 0),
+        MetadataRecord::ChangeBroker { id: 2, epoch: 0, fenced: false, shutting_down: true },
+        create("a", 1, 2),
+        placement(1, 1, &[2], 2),
+        set_configs("a", &[("retention.ms", "5")]),
+        MetadataRecord::ProducerIds { end: 3000 },
+        register(3, 6),
+    ] {
+        image.apply(&record).unwrap();
+    }
+    let bytes = image.encode_snapshot().unwrap();
+    let decoded = MetadataImage::decode_snapshot(&bytes).unwrap();
+    assert_eq!(decoded, image);
+    assert_eq!(decoded.next_offset(), 7);
+    for cut in [0, 10, bytes.len() - 1] {
+        assert!(MetadataImage::decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 1;
+    assert!(MetadataImage::decode_snapshot(&flipped).is_err());
 }

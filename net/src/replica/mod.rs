@@ -214,8 +214,16 @@ impl ReplicaManager {
                 }
             }
             MetadataRecord::DeleteTopic { name } => self.delete_topic(name).await,
-            // Only the controller hands out producer ids.
-            MetadataRecord::ProducerIds { .. } => {}
+            // Only the controller hands out producer ids; broker registrations change no
+            // partition of this shard.
+            MetadataRecord::ProducerIds { .. }
+            | MetadataRecord::RegisterBroker { .. }
+            | MetadataRecord::ChangeBroker { .. }
+            | MetadataRecord::UnregisterBroker { .. } => {}
+            // Placements name the brokers of each partition; this broker opens every
+            // partition of a topic (above) and, alone, leads them all, so a placement
+            // opens nothing more. Followers and leader changes arrive with replication.
+            MetadataRecord::Partition(_) | MetadataRecord::PartitionChange(_) => {}
             MetadataRecord::SetTopicConfigs { name, .. } => {
                 let settings = self.topic_settings(name);
                 for partition in self.list() {
