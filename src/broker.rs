@@ -86,7 +86,25 @@ fn open_files_per_shard(config: &Config, open_files_limit: u64) -> anyhow::Resul
     Ok((total, (total / shards).max(OPEN_FILES_PER_SHARD_MIN)))
 }
 
+/// A quorum of this node alone (Kafka's single-node KRaft file) is the one-node cluster
+/// every broker runs; a quorum with other voters, or a node that is not both broker and
+/// controller, needs the cluster runtime, which this build does not have yet: refused
+/// rather than run as a single node that other brokers cannot join.
+fn check_quorum(config: &Config) -> anyhow::Result<()> {
+    let cluster = &config.cluster;
+    let alone = cluster.voters.iter().all(|voter| voter.id == cluster.node_id);
+    if !alone || !cluster.broker || !cluster.controller {
+        bail!(
+            "controller.quorum.voters and process.roles describe a cluster of several nodes; \
+             this build of Sluice runs a one-node cluster only (broker and controller in one \
+             process, no other voter)"
+        );
+    }
+    Ok(())
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    check_quorum(&config)?;
     let memlock = runtime::raise_memlock_limit();
     let open_files_limit = runtime::raise_open_files_limit();
     let (open_files_max, open_files_per_shard) = open_files_per_shard(&config, open_files_limit)?;

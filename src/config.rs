@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use sluice_cluster::config::{parse_voters, ClusterConfig};
 use sluice_engine::io::IoMode;
 use sluice_engine::log::{self, LogOptions};
 use sluice_net::config::{GroupConfig, TxnConfig};
@@ -121,6 +122,8 @@ pub struct Config {
     pub request_latency_log_interval_ms: u64,
     pub groups: GroupConfig,
     pub txns: TxnConfig,
+    /// This node's roles and the controller quorum.
+    pub cluster: ClusterConfig,
 }
 
 fn parse_bool(name: &str, value: &str) -> anyhow::Result<bool> {
@@ -173,6 +176,15 @@ const KNOWN: &[(&str, &str)] = &[
     ("transaction.state.log.num.partitions", "50"),
     ("transaction.state.log.segment.bytes", "104857600"),
     ("transaction.max.timeout.ms", "900000"),
+    ("controller.quorum.voters", ""),
+    ("broker.session.timeout.ms", "9000"),
+    ("broker.heartbeat.interval.ms", "2000"),
+    ("unclean.leader.election.enable", "false"),
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "300"),
+    ("leader.imbalance.per.broker.percentage", "10"),
+    ("offsets.topic.replication.factor", "3"),
+    ("transaction.state.log.replication.factor", "3"),
 ];
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
@@ -507,6 +519,8 @@ fn advertise_flag(text: &str) -> anyhow::Result<Advertise> {
 struct Listeners {
     listen: SocketAddr,
     advertise: Advertise,
+    /// The listener of the first of `controller.listener.names`, if `listeners` has it.
+    controller: Option<SocketAddr>,
 }
 
 fn listeners(
@@ -527,11 +541,16 @@ fn listeners(
     let protocols = security_protocols(value("listener.security.protocol.map"))?;
     // The one client listener of `listeners`, if given.
     let mut client: Option<Endpoint> = None;
+    let mut controller = None;
     if let Some(text) = value("listeners") {
         let mut clients = Vec::new();
         for endpoint in endpoints("listeners", text)? {
+            if controllers.first() == Some(&endpoint.name) {
+                controller = Some(bind_address(&endpoint.host, endpoint.port)?);
+                continue;
+            }
             if controllers.contains(&endpoint.name) {
-                notes.push(format!("listener {endpoint} (Sluice has no controller quorum)"));
+                notes.push(format!("listener {endpoint} (the controller listens on one)"));
                 continue;
             }
             // Kafka refuses a listener without a name; it can only mean plaintext here.
@@ -556,7 +575,8 @@ fn listeners(
             clients.push(endpoint);
         }
         match clients.len() {
-            0 => bail!("listeners: no client listener, only controller listeners ({text})"),
+            // A controller-only node serves no clients; `process.roles` decides.
+            0 => {}
             1 => client = clients.pop(),
             _ => bail!(
                 "listeners: {} client listeners ({}); Sluice listens on one address: keep one \
@@ -612,7 +632,118 @@ fn listeners(
     } else {
         Advertise { host: AdvertisedHost::ListenIp, port: None }
     };
-    Ok(Listeners { listen, advertise })
+    Ok(Listeners { listen, advertise, controller })
+}
+
+/// This node's roles and quorum, validated as Kafka's `KafkaConfig` validates them: a
+/// voter has the controller role and a controller listener whose port its voter entry
+/// names; a broker-only node is not a voter; roles without voters make sense only as the
+/// one-node cluster (`broker,controller`), which is also what no cluster property means.
+fn cluster_config(
+    given: &BTreeMap<String, Given>,
+    properties: &BTreeMap<String, String>,
+    node_id: i32,
+    roles: Option<(bool, bool)>,
+    controller_listen: Option<SocketAddr>,
+) -> anyhow::Result<ClusterConfig> {
+    let get = |name: &str| properties.get(name).map(String::as_str).unwrap_or("");
+    let voters = parse_voters(get("controller.quorum.voters")).map_err(anyhow::Error::msg)?;
+    let (broker, controller) = match (roles, voters.is_empty()) {
+        (None, true) => (true, true),
+        (None, false) => bail!(
+            "controller.quorum.voters is set but process.roles is not: say whether this node \
+             is a broker, a controller or both (process.roles=broker,controller)"
+        ),
+        (Some((true, true)), true) => (true, true),
+        (Some(_), true) => bail!(
+            "process.roles names a broker or a controller alone, but controller.quorum.voters \
+             is empty: a broker needs controllers to join, a controller needs a quorum"
+        ),
+        (Some(roles), false) => roles,
+    };
+    let voter = voters.iter().find(|v| v.id == node_id);
+    let mut controller_listen_checked = None;
+    if !voters.is_empty() {
+        match (controller, voter) {
+            (true, None) => bail!(
+                "node.id {node_id} has the controller role but is not in \
+                 controller.quorum.voters ({})",
+                get("controller.quorum.voters")
+            ),
+            (false, Some(v)) => bail!(
+                "node.id {node_id} is a broker only, but controller.quorum.voters lists it \
+                 ({v}); Kafka refuses that too"
+            ),
+            (true, Some(v)) => {
+                let Some(listen) = controller_listen else {
+                    bail!(
+                        "node.id {node_id} is a controller: listeners needs the listener named \
+                         first in controller.listener.names (for example \
+                         CONTROLLER://{}:{} with controller.listener.names=CONTROLLER)",
+                        v.host,
+                        v.port
+                    );
+                };
+                if listen.port() != v.port {
+                    bail!(
+                        "the controller listener {listen} is not on the port \
+                         controller.quorum.voters gives node {node_id} ({v})"
+                    );
+                }
+                controller_listen_checked = Some(listen);
+            }
+            (false, None) => {}
+        }
+    }
+    let number = |name: &str| -> anyhow::Result<i64> { parse_number(name, get(name)) };
+    let positive = |name: &str| -> anyhow::Result<u64> {
+        u64::try_from(number(name)?)
+            .ok()
+            .filter(|&n| n > 0)
+            .with_context(|| format!("{name} must be positive"))
+    };
+    let replication_factor = |name: &str| -> anyhow::Result<Option<i16>> {
+        if !given.contains_key(name) {
+            return Ok(None);
+        }
+        let factor: i16 = parse_number(name, get(name))?;
+        if factor < 1 {
+            bail!("{name} must be at least 1");
+        }
+        Ok(Some(factor))
+    };
+    let cluster = ClusterConfig {
+        node_id,
+        broker,
+        controller,
+        voters,
+        controller_listen: controller_listen_checked,
+        session_timeout_ms: positive("broker.session.timeout.ms")?,
+        heartbeat_interval_ms: positive("broker.heartbeat.interval.ms")?,
+        unclean_leader_election: parse_bool(
+            "unclean.leader.election.enable",
+            get("unclean.leader.election.enable"),
+        )?,
+        auto_leader_rebalance: parse_bool(
+            "auto.leader.rebalance.enable",
+            get("auto.leader.rebalance.enable"),
+        )?,
+        leader_imbalance_check_interval_ms: positive("leader.imbalance.check.interval.seconds")?
+            .saturating_mul(1_000),
+        leader_imbalance_per_broker_percentage: number("leader.imbalance.per.broker.percentage")?
+            .try_into()
+            .ok()
+            .filter(|p: &u32| *p <= 100)
+            .context("leader.imbalance.per.broker.percentage must be in [0, 100]")?,
+        offsets_topic_replication_factor: replication_factor("offsets.topic.replication.factor")?,
+        transaction_state_log_replication_factor: replication_factor(
+            "transaction.state.log.replication.factor",
+        )?,
+    };
+    if cluster.heartbeat_interval_ms >= cluster.session_timeout_ms {
+        bail!("broker.heartbeat.interval.ms must be below broker.session.timeout.ms");
+    }
+    Ok(cluster)
 }
 
 /// The data directory: `--data-dir`, else `log.dirs`, else `log.dir` (Kafka reads
@@ -714,29 +845,28 @@ impl Config {
 
         let mut notes = Vec::new();
         let mut overridden = Vec::new();
-        if let Some(g) = given.get("process.roles") {
-            let roles = csv(&g.value);
-            if let Some(role) = roles.iter().find(|r| **r != "broker" && **r != "controller") {
-                bail!("process.roles: unknown role {role:?} (broker and controller are Kafka's)");
+        let roles = match given.get("process.roles") {
+            Some(g) => {
+                let roles = csv(&g.value);
+                if let Some(role) = roles.iter().find(|r| **r != "broker" && **r != "controller") {
+                    bail!(
+                        "process.roles: unknown role {role:?} (broker and controller are Kafka's)"
+                    );
+                }
+                if roles.iter().filter(|r| **r == "broker").count() > 1
+                    || roles.iter().filter(|r| **r == "controller").count() > 1
+                {
+                    bail!("process.roles: a role named twice ({})", g.value);
+                }
+                // No roles is ZooKeeper-era Kafka: a broker, which here is the one-node
+                // cluster as when the property is absent.
+                (!roles.is_empty())
+                    .then(|| (roles.contains(&"broker"), roles.contains(&"controller")))
             }
-            if roles.iter().filter(|r| **r == "broker").count() > 1
-                || roles.iter().filter(|r| **r == "controller").count() > 1
-            {
-                bail!("process.roles: a role named twice ({})", g.value);
-            }
-            // No roles is ZooKeeper-era Kafka, a broker.
-            if !roles.is_empty() && !roles.contains(&"broker") {
-                bail!(
-                    "process.roles={}: this file configures a KRaft controller; Sluice is a \
-                     broker (with its own metadata log) and needs the broker role",
-                    g.value
-                );
-            }
-            if roles.contains(&"controller") {
-                notes.push("the controller role of process.roles".to_string());
-            }
-        }
-        let Listeners { listen, advertise } = listeners(args, &given, &mut notes, &mut overridden)?;
+            None => None,
+        };
+        let Listeners { listen, advertise, controller } =
+            listeners(args, &given, &mut notes, &mut overridden)?;
         let data_dir = data_dir(args, &given, &mut overridden)?;
 
         let mut properties: BTreeMap<String, String> =
@@ -934,6 +1064,8 @@ impl Config {
         if txns.max_timeout_ms < 1 || txns.max_timeout_ms > i64::from(i32::MAX) {
             bail!("transaction.max.timeout.ms must be in [1, {}]", i32::MAX);
         }
+        let node_id: i32 = parse_number("node.id", get("node.id"))?;
+        let cluster = cluster_config(&given, &properties, node_id, roles, controller)?;
         Ok(Config {
             groups,
             txns,
@@ -947,7 +1079,8 @@ impl Config {
             cleanup_policy,
             message_timestamp_type,
             min_insync_replicas,
-            node_id: parse_number("node.id", get("node.id"))?,
+            node_id,
+            cluster,
             socket_request_max_bytes,
             queued_max_requests,
             max_connections_per_shard,
@@ -1057,8 +1190,58 @@ log.cleaner.threads=2
 ";
 
     #[test]
+    fn a_three_node_quorum_as_kafka_configures_it() {
+        let args = [
+            "--set",
+            "node.id=2",
+            "--set",
+            "process.roles=broker,controller",
+            "--set",
+            "listeners=PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093",
+            "--set",
+            "controller.listener.names=CONTROLLER",
+            "--set",
+            "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:29093,3@127.0.0.1:39093",
+            "--set",
+            "transaction.state.log.replication.factor=2",
+        ];
+        let three = config(&args).unwrap();
+        let cluster = &three.cluster;
+        assert_eq!((cluster.node_id, cluster.broker, cluster.controller), (2, true, true));
+        assert_eq!(cluster.voters.len(), 3);
+        assert_eq!(cluster.controller_listen.unwrap().to_string(), "127.0.0.1:29093");
+        assert_eq!(three.listen.to_string(), "127.0.0.1:29092");
+        assert_eq!(cluster.offsets_topic_replication_factor, None, "not set: min(3, brokers)");
+        assert_eq!(cluster.transaction_state_log_replication_factor, Some(2));
+        assert_eq!(cluster.session_timeout_ms, 9_000);
+        assert!(!cluster.unclean_leader_election);
+
+        // A broker-only node names the controllers and listens for clients only.
+        let broker = config(&[
+            "--set",
+            "node.id=4",
+            "--set",
+            "process.roles=broker",
+            "--set",
+            "controller.listener.names=CONTROLLER",
+            "--set",
+            "controller.quorum.voters=1@127.0.0.1:19093",
+        ])
+        .unwrap();
+        assert!(broker.cluster.broker && !broker.cluster.controller);
+        assert_eq!(broker.cluster.controller_listen, None);
+
+        // No cluster property: a one-node cluster, broker and controller.
+        let single = config(&[]).unwrap();
+        assert!(single.cluster.is_single_node());
+        assert!(single.cluster.broker && single.cluster.controller);
+    }
+
+    #[test]
     fn kafka_3_kraft_server_properties() {
         let config = with_file("server.properties", KAFKA_3_KRAFT, &[]).unwrap();
+        assert_eq!(config.cluster.voters.len(), 1);
+        assert_eq!(config.cluster.controller_listen.unwrap().to_string(), "0.0.0.0:9093");
         assert_eq!(config.listen.to_string(), "0.0.0.0:9092", "empty host: every interface");
         assert_eq!(config.advertise, name("localhost", 9092));
         assert_eq!(config.data_dir, PathBuf::from("/tmp/kraft-combined-logs"));
@@ -1072,13 +1255,10 @@ log.cleaner.threads=2
             config.ignored.as_deref(),
             Some(
                 "Kafka broker properties accepted but ignored: compression.type, \
-                 controller.quorum.voters, inter.broker.listener.name, log.cleaner.threads, \
-                 num.io.threads, num.network.threads, num.recovery.threads.per.data.dir, \
-                 num.replica.fetchers, offsets.topic.replication.factor, \
+                 inter.broker.listener.name, log.cleaner.threads, num.io.threads, \
+                 num.network.threads, num.recovery.threads.per.data.dir, num.replica.fetchers, \
                  replica.lag.time.max.ms, socket.receive.buffer.bytes, socket.send.buffer.bytes, \
-                 transaction.state.log.min.isr, transaction.state.log.replication.factor, \
-                 unclean.leader.election.enable; also ignored: the controller role of \
-                 process.roles, listener CONTROLLER://:9093 (Sluice has no controller quorum)"
+                 transaction.state.log.min.isr"
             )
         );
     }
@@ -1349,7 +1529,29 @@ log.cleaner.threads=2
         for (text, expected) in [
             ("log.dirs=/a,/b\n", "2 directories"),
             ("log.dirs=\n", "no directory"),
-            ("process.roles=controller\n", "KRaft controller"),
+            ("process.roles=controller\n", "controller.quorum.voters is empty"),
+            ("process.roles=broker\n", "controller.quorum.voters is empty"),
+            ("controller.quorum.voters=1@h:9093\n", "process.roles is not"),
+            (
+                "process.roles=broker,controller\nnode.id=2\ncontroller.quorum.voters=1@h:9093\n",
+                "not in controller.quorum.voters",
+            ),
+            (
+                "process.roles=broker\nnode.id=1\ncontroller.quorum.voters=1@h:9093\n",
+                "is a broker only",
+            ),
+            (
+                "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@h:9093\n",
+                "needs the listener named first in controller.listener.names",
+            ),
+            (
+                "process.roles=controller\nnode.id=1\ncontroller.quorum.voters=1@h:9093\n\
+                 listeners=CONTROLLER://127.0.0.1:9094\ncontroller.listener.names=CONTROLLER\n",
+                "not on the port",
+            ),
+            ("controller.quorum.voters=1@h\n", "ID@HOST:PORT"),
+            ("broker.heartbeat.interval.ms=9000\n", "below broker.session.timeout.ms"),
+            ("offsets.topic.replication.factor=0\n", "at least 1"),
             ("process.roles=broker,observer\n", "unknown role"),
             ("process.roles=broker,broker\n", "named twice"),
             ("node.id=1\nbroker.id=2\n", "differ"),
