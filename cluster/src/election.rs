@@ -280,6 +280,7 @@ pub fn alter_isr(
 /// One broker's share in the leader imbalance check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerLeaderImbalance {
+    /// The broker this share is about.
     pub broker: BrokerId,
     /// Partitions whose preferred leader (first replica) is this broker.
     pub partition_count_preferred: usize,

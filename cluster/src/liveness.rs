@@ -50,10 +50,13 @@ pub enum BrokerState {
 /// One broker's registration and heartbeat state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
+    /// The broker's `node.id`.
     pub broker: BrokerId,
+    /// The process that registered; a restart brings a new one.
     pub incarnation_id: IncarnationId,
     /// Heartbeats and broker-to-controller requests must carry this epoch.
     pub broker_epoch: i64,
+    /// Fenced, unfenced or in controlled shutdown.
     pub state: BrokerState,
     /// When the controller last heard from the broker (registration or heartbeat).
     pub heartbeat_last_ms: u64,
@@ -78,8 +81,11 @@ pub enum Registered {
 /// A BrokerHeartbeat request, with what the controller knows that the request implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
+    /// The broker sending it.
     pub broker: BrokerId,
+    /// The epoch its registration got; a stale one is refused.
     pub broker_epoch: i64,
+    /// When the controller received it, on the monotonic clock sessions are timed with.
     pub now_ms: u64,
     /// The broker asks to be fenced (Kafka's `wantFence`, set while it is not ready).
     pub wants_fence: bool,
@@ -108,10 +114,15 @@ pub enum Transition {
 /// The BrokerHeartbeat answer, and the transition the controller must act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatReply {
+    /// The state change the controller must act on, if any.
     pub transition: Option<Transition>,
+    /// The broker's metadata has reached its registration (Kafka's `isCaughtUp`).
     pub is_caught_up: bool,
+    /// The broker is fenced after this heartbeat (Kafka's `isFenced`).
     pub is_fenced: bool,
+    /// The broker is in controlled shutdown (Kafka's `inControlledShutdown`).
     pub in_controlled_shutdown: bool,
+    /// The broker may stop now (Kafka's `shouldShutDown`).
     pub should_shut_down: bool,
 }
 

@@ -56,7 +56,9 @@ impl ReassignmentReplicas {
 /// A reassignment's final replicas and ISR (Kafka's `CompletedReassignment`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletedReassignment {
+    /// The target replicas, in the target's order.
     pub replicas: Vec<BrokerId>,
+    /// The ISR without the removed replicas; holds every target replica.
     pub isr: Vec<BrokerId>,
 }
 
