@@ -10,6 +10,7 @@
 pub type BrokerId = i32;
 
 pub mod config;
+pub mod controller;
 pub mod election;
 pub mod liveness;
 pub mod placement;

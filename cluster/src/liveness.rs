@@ -160,6 +160,29 @@ impl Liveness {
         Self { session_timeout_ms, registrations: BTreeMap::new() }
     }
 
+    /// Takes over a registration the metadata holds, as a newly active controller does:
+    /// its session starts at `now_ms`, so no broker is fenced for heartbeats another
+    /// controller received.
+    pub fn restore(
+        &mut self,
+        broker: BrokerId,
+        incarnation_id: IncarnationId,
+        broker_epoch: i64,
+        fenced: bool,
+        shutting_down: bool,
+        now_ms: u64,
+    ) {
+        let state = match (fenced, shutting_down) {
+            (true, _) => BrokerState::Fenced,
+            (false, true) => BrokerState::ControlledShutdown,
+            (false, false) => BrokerState::Unfenced,
+        };
+        self.registrations.insert(
+            broker,
+            Registration { broker, incarnation_id, broker_epoch, state, heartbeat_last_ms: now_ms },
+        );
+    }
+
     /// BrokerRegistration (Kafka's `ClusterControlManager.registerBroker`). A different
     /// incarnation replaces the current one only once its session has ended (fenced, or no
     /// heartbeat for the session timeout); `broker_epoch` must be above the previous one.

@@ -960,6 +960,28 @@ pub(crate) fn encode_frame(record: &MetadataRecord) -> Result<Vec<u8>, MetadataE
     Ok(frame)
 }
 
+/// A batch of records as one Raft entry of the controller quorum holds them (and as
+/// controllers send them to brokers): the frames of the metadata log, back to back.
+pub fn encode_batch(records: &[MetadataRecord]) -> Result<Vec<u8>, MetadataError> {
+    let mut bytes = Vec::new();
+    for record in records {
+        bytes.extend(encode_frame(record)?);
+    }
+    Ok(bytes)
+}
+
+/// The records of a batch ([`encode_batch`]); all or nothing.
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, FrameError> {
+    let mut records = Vec::new();
+    let mut position = 0;
+    while position < bytes.len() {
+        let (record, length) = decode_frame(&bytes[position..])?;
+        records.push(record);
+        position += length;
+    }
+    Ok(records)
+}
+
 /// Why the bytes at a position of the metadata log hold no valid frame. A torn frame is
 /// what a crash during an append leaves at the end of the log; the other kinds are
 /// damage.

@@ -1,0 +1,1 @@
+//! The controller thread: see the module documentation of the parent.
