@@ -498,13 +498,13 @@ impl Listener {
         self.stopping.store(true, Ordering::SeqCst);
         // A blocking accept() does not look at the flag; a connection of our own wakes it.
         let wake = wake_addr(self.local_addr);
-        let mut woken = false;
-        for _ in 0..3 {
+        let mut attempts = 0;
+        // An accept thread that already ended (it cannot, short of a panic) needs no waking.
+        let mut woken = accept.is_finished();
+        while !woken && attempts < 3 {
+            attempts += 1;
             match TcpStream::connect_timeout(&wake, CONNECT_TIMEOUT) {
-                Ok(_) => {
-                    woken = true;
-                    break;
-                }
+                Ok(_) => woken = true,
                 Err(e) => warn!(addr = %wake, error = %e, "cannot wake the accept thread"),
             }
         }
@@ -1076,6 +1076,11 @@ impl PeerWriter {
             if stream.as_ref().is_some_and(|stream| !peer_open(stream)) {
                 debug!(to = self.to, addr = %self.addr, "controller closed the link; connecting again");
                 stream = None;
+                // Drop the shutdown handle too, or it keeps the old socket open while the
+                // peer is down.
+                if !self.queue.set_control(None) {
+                    break;
+                }
             }
             let connected = match stream.take() {
                 Some(connected) => connected,
@@ -1666,6 +1671,28 @@ mod tests {
         });
         assert_eq!(client.call(0, b"ping", PATIENCE).unwrap(), b"pong");
         answering.join().unwrap();
+    }
+
+    #[test]
+    fn a_new_link_from_a_controller_displaces_its_stale_one() {
+        let (inbox_sender, inbox) = mpsc::channel();
+        let listener = Listener::bind(localhost(), MAX, inbox_sender).unwrap();
+        let addr = listener.local_addr();
+        let hello = encode_hello(LinkKind::Peer, 7);
+        let mut stale = raw_link(addr, &hello);
+        stale.write_all(&encode_frame(b"from the old process", &[])).unwrap();
+        assert_eq!(next_peer_message(&inbox), (7, b"from the old process".to_vec()));
+        // Controller 7 restarted, say, and its old connection was never closed.
+        let mut fresh = raw_link(addr, &hello);
+        fresh.write_all(&encode_frame(b"from the new process", &[])).unwrap();
+        assert_eq!(next_peer_message(&inbox), (7, b"from the new process".to_vec()));
+        assert_closed_by_listener(stale);
+        // Another controller's link is left alone.
+        let mut other = raw_link(addr, &encode_hello(LinkKind::Peer, 8));
+        other.write_all(&encode_frame(b"from 8", &[])).unwrap();
+        assert_eq!(next_peer_message(&inbox), (8, b"from 8".to_vec()));
+        fresh.write_all(&encode_frame(b"still open", &[])).unwrap();
+        assert_eq!(next_peer_message(&inbox), (7, b"still open".to_vec()));
     }
 
     #[test]
