@@ -31,6 +31,16 @@
 //! (5 s); after a failure a peer link waits [`BACKOFF_MIN`] (50 ms) doubling to
 //! [`BACKOFF_MAX`] (2 s), jittered, before it connects again. Every `shutdown` joins the
 //! threads it started; it takes at most one connect or write timeout.
+//!
+//! # Limits
+//!
+//! `max_frame_bytes` is checked by the sender as well as the receiver, so every member of a
+//! cluster should be given the same value. The [`Listener`]'s inbox is the caller's
+//! unbounded channel: the controller thread must keep draining it, since the listener does
+//! not push back on a flood of well-formed frames beyond [`CONNECTIONS_MAX`] connections.
+//! No TCP keepalive is set (std has no knob for it): a peer host that vanishes without
+//! closing is noticed when a write to it times out, or, for peer links, when the restarted
+//! peer connects again and displaces its stale link.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
