@@ -16,3 +16,4 @@ pub mod liveness;
 pub mod placement;
 pub mod quorum;
 pub mod reassignment;
+pub mod transport;
