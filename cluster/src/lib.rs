@@ -9,6 +9,7 @@
 /// A broker's `node.id`, as Kafka numbers brokers and controllers.
 pub type BrokerId = i32;
 
+pub mod agent;
 pub mod config;
 pub mod controller;
 pub mod election;

@@ -16,7 +16,6 @@ mod log;
 mod node;
 pub mod storage;
 
-
 pub use codec::{decode_message, encode_message, CodecError};
 pub use node::{
     Committed, Output, ProposeError, QuorumError, QuorumNode, QuorumOptions, QuorumStatus,
@@ -26,12 +25,12 @@ pub use raft::eraftpb::Message;
 pub use storage::{Durability, QuorumStorage, StorageError};
 
 /// Bytes of data in one proposal (one Raft entry's data and context together).
-pub const ENTRY_BYTES_MAX: usize = 1024 * 1024;
+pub const ENTRY_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Bytes of one snapshot's application data. A snapshot travels in one message.
 pub const SNAPSHOT_DATA_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Bytes of entries the leader packs into one append message (raft-rs sends at least one
 /// entry however large).
-pub const APPEND_BYTES_MAX: u64 = 1024 * 1024;
+pub const APPEND_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Bytes of uncommitted entries a leader accepts before it drops proposals: bounds the
 /// log a leader cut off from its followers grows.
 pub const UNCOMMITTED_BYTES_MAX: u64 = 64 * 1024 * 1024;

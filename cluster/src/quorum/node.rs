@@ -471,6 +471,15 @@ impl QuorumNode {
         self.raw.raft.raft_log.applied
     }
 
+    /// Whether this node leads and has committed an entry of its own term, so that every
+    /// entry of earlier terms is committed too: the point from which a leader's state
+    /// holds every earlier decision (once it has applied up to the commit index).
+    pub fn is_leader_ready(&self) -> bool {
+        self.is_leader()
+            && self.raw.raft.commit_to_current_term()
+            && self.applied_index() >= self.commit_index()
+    }
+
     /// The quorum as this node sees it, for DescribeMetadataQuorum.
     pub fn status(&self) -> QuorumStatus {
         let progress = self.is_leader().then(|| self.raw.raft.prs());
