@@ -6,7 +6,7 @@
 //! their logs, then write Kafka's checkpoint files from the main thread (one writer).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use sluice_engine::checkpoint::{self, TopicPartition};
 use sluice_engine::log::OpenHints;
+use sluice_cluster::agent::{AgentOptions, BrokerAgent, ControllerChannel, LocalChannel, RemoteChannel};
+use sluice_cluster::controller::rpc::Endpoint;
+use sluice_cluster::controller::runtime::{process_seed, ControllerRuntime, RuntimeOptions};
+use sluice_cluster::controller::Settings;
+use sluice_cluster::quorum::Durability;
 use sluice_engine::metadata::{self, MetadataLog, MetadataRecord};
 use sluice_engine::runtime;
 use sluice_engine::shard::shard_of;
@@ -86,25 +91,16 @@ fn open_files_per_shard(config: &Config, open_files_limit: u64) -> anyhow::Resul
     Ok((total, (total / shards).max(OPEN_FILES_PER_SHARD_MIN)))
 }
 
-/// A quorum of this node alone (Kafka's single-node KRaft file) is the one-node cluster
-/// every broker runs; a quorum with other voters, or a node that is not both broker and
-/// controller, needs the cluster runtime, which this build does not have yet: refused
-/// rather than run as a single node that other brokers cannot join.
-fn check_quorum(config: &Config) -> anyhow::Result<()> {
-    let cluster = &config.cluster;
-    let alone = cluster.voters.iter().all(|voter| voter.id == cluster.node_id);
-    if !alone || !cluster.broker || !cluster.controller {
-        bail!(
-            "controller.quorum.voters and process.roles describe a cluster of several nodes; \
-             this build of Sluice runs a one-node cluster only (broker and controller in one \
-             process, no other voter)"
-        );
-    }
-    Ok(())
-}
-
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    check_quorum(&config)?;
+    // Block the shutdown signals in every thread, before any is started (they inherit
+    // the mask); one thread waits for them.
+    let signals = {
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGINT);
+        set.add(nix::sys::signal::Signal::SIGTERM);
+        set
+    };
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     let memlock = runtime::raise_memlock_limit();
     let open_files_limit = runtime::raise_open_files_limit();
     let (open_files_max, open_files_per_shard) = open_files_per_shard(&config, open_files_limit)?;
@@ -117,11 +113,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     check_data_dir(&config.data_dir)?;
     let listen = check_listen_address(config.listen)?;
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
-    let cluster_id = cluster_id(&config.data_dir, config.node_id)?;
+    let quorum_id =
+        (!config.cluster.is_single_node()).then(|| quorum_cluster_id(&config.cluster.voters));
+    let cluster_id = cluster_id(&config.data_dir, config.node_id, quorum_id)?;
 
-    let (mut metadata_log, mut image) =
-        MetadataLog::open(&config.data_dir).context("opening the metadata log")?;
-    adopt_partition_dirs(&config.data_dir, &mut metadata_log, &mut image)?;
+    let mut quorum = start_quorum(&config)?;
+    if !config.cluster.broker {
+        return serve_controller_only(quorum, signals);
+    }
+    let (agent, image) = join_cluster(&config, &quorum, &advertised_host, advertised_port)?;
     let recovery_points = checkpoint::read(&config.data_dir.join(checkpoint::RECOVERY_POINT_FILE))
         .context("reading the recovery-point checkpoint")?;
     let log_starts = checkpoint::read(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE))
@@ -167,22 +167,26 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         open_files_per_shard: usize::try_from(open_files_per_shard).unwrap_or(usize::MAX),
     });
 
-    // Block the shutdown signals in every thread; one thread waits for them.
-    let signals = {
-        let mut set = nix::sys::signal::SigSet::empty();
-        set.add(nix::sys::signal::Signal::SIGINT);
-        set.add(nix::sys::signal::Signal::SIGTERM);
-        set
-    };
-    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        let agent = agent.clone();
+        let others = !config.cluster.is_single_node();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 if let Ok(signal) = signals.wait() {
                     info!(?signal, "shutting down");
+                }
+                // Controlled shutdown: leadership moves to other in-sync replicas before
+                // the shards stop, so clients move with it. A one-node cluster has no one
+                // to hand leadership to.
+                if others {
+                    if agent.controlled_shutdown(CONTROLLED_SHUTDOWN_WAIT) {
+                        info!("controlled shutdown: the controller moved leadership away");
+                    } else {
+                        warn!("controlled shutdown did not finish within {CONTROLLED_SHUTDOWN_WAIT:?}; stopping anyway");
+                    }
                 }
                 stop.store(true, Ordering::SeqCst);
             })
@@ -191,7 +195,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut mesh_ends = runner::mesh(config.cores).into_iter();
     let offline = Arc::new(OfflinePartitions::default());
-    let mut metadata_log = Some(metadata_log);
+    let updates = agent.start(image.next_offset()).map_err(anyhow::Error::msg)?;
+    if !agent.wait_unfenced(UNFENCE_WAIT) {
+        warn!("the controller has not unfenced this broker within {UNFENCE_WAIT:?}; serving anyway (it may not lead partitions yet)");
+    }
+    let mut controller_link = Some((agent.clone(), updates));
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
     // Once every shard has opened its logs, the data dir belongs to this boot.
@@ -220,7 +228,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             id,
             config: broker.clone(),
             image: image.clone(),
-            metadata_log: if id == 0 { metadata_log.take() } else { None },
+            controller: if id == 0 { controller_link.take() } else { None },
             hints,
             mesh: mesh_ends.next().expect("one mesh end per shard"),
             stop: stop.clone(),
@@ -315,6 +323,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         if config.data_dir.join(tp.dir_name()).is_dir() {
             starts.entry(tp).or_insert(offset);
         }
+    }
+    agent.stop();
+    if let Some(runtime) = quorum.runtime.as_mut() {
+        runtime.shutdown();
     }
     checkpoint::write(&config.data_dir.join(checkpoint::RECOVERY_POINT_FILE), &recovery)?;
     checkpoint::write(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE), &starts)?;
@@ -471,7 +483,7 @@ fn machine_name() -> anyhow::Result<String> {
 /// The cluster id from `meta.properties`, created on first start (22 characters of
 /// URL-safe base64 over 16 random bytes, like Kafka's). A node id that differs from the
 /// stored one is refused: the data dir belongs to another broker.
-fn cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
+fn cluster_id(data_dir: &Path, node_id: i32, quorum: Option<String>) -> anyhow::Result<String> {
     let path = data_dir.join(META_PROPERTIES);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let mut cluster = None;
@@ -487,14 +499,36 @@ fn cluster_id(data_dir: &Path, node_id: i32) -> anyhow::Result<String> {
         if node.is_some_and(|stored| stored != node_id) {
             bail!("{} belongs to node {node:?}, this is node {node_id}", path.display());
         }
+        if let Some(quorum) = quorum.filter(|quorum| *quorum != cluster) {
+            bail!(
+                "{} belongs to cluster {cluster}, but controller.quorum.voters names cluster \
+                 {quorum}: a data dir joins the cluster it was made in",
+                path.display()
+            );
+        }
         return Ok(cluster);
     }
-    let cluster = base64_url(&metadata::new_topic_id());
+    let cluster = quorum.unwrap_or_else(|| base64_url(&metadata::new_topic_id()));
     let text = format!("version=1\ncluster.id={cluster}\nnode.id={node_id}\n");
     let temp = path.with_extension("tmp");
     std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
     std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(cluster)
+}
+
+/// The cluster id of a quorum of several voters: the same on every node without a
+/// formatting step (Kafka's `kafka-storage format --cluster-id`), since it is derived from
+/// `controller.quorum.voters`, which every node of a cluster is given alike.
+fn quorum_cluster_id(voters: &[sluice_cluster::config::Voter]) -> String {
+    let mut names: Vec<String> = voters.iter().map(ToString::to_string).collect();
+    names.sort();
+    let text = names.join(",");
+    let mut id = [0u8; 16];
+    for (index, chunk) in id.chunks_exact_mut(4).enumerate() {
+        let salted = format!("sluice-cluster-{index}:{text}");
+        chunk.copy_from_slice(&crc32c::crc32c(salted.as_bytes()).to_be_bytes());
+    }
+    base64_url(&id)
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -507,6 +541,148 @@ fn base64_url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// How long a stopping broker waits for the controller to move its leadership away.
+const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// How long a starting broker waits to be unfenced before it serves all the same.
+const UNFENCE_WAIT: Duration = Duration::from_secs(60);
+/// How long a starting broker tries to register and catch up with the metadata.
+const JOIN_WAIT: Duration = Duration::from_secs(300);
+/// Raft entries applied between two snapshots of the controller's metadata.
+const SNAPSHOT_ENTRIES: u64 = 10_000;
+/// The largest frame on the controller links (a snapshot travels in one).
+const CONTROLLER_FRAME_BYTES_MAX: u32 = 80 * 1024 * 1024;
+
+/// The cluster's parts in this process: the controller thread (on a voter) and the way
+/// to the active controller.
+struct Quorum {
+    runtime: Option<ControllerRuntime>,
+    channel: Arc<dyn ControllerChannel>,
+}
+
+/// `controller.quorum.voters` with their addresses resolved.
+fn resolve_voters(config: &Config) -> anyhow::Result<Vec<(i32, SocketAddr)>> {
+    config
+        .cluster
+        .voters
+        .iter()
+        .map(|voter| {
+            let addr = (voter.host.as_str(), voter.port)
+                .to_socket_addrs()
+                .with_context(|| format!("controller.quorum.voters: cannot resolve {voter}"))?
+                .find(SocketAddr::is_ipv4)
+                .with_context(|| format!("controller.quorum.voters: {voter} has no address"))?;
+            Ok((voter.id, addr))
+        })
+        .collect()
+}
+
+/// Starts this node's controller (a voter's, or the one-node cluster's) and opens the way
+/// to the active controller. The one-node cluster adopts the metadata log of a broker
+/// from before the quorum at its first start, with any partition directories that log
+/// did not know.
+fn start_quorum(config: &Config) -> anyhow::Result<Quorum> {
+    let cluster = &config.cluster;
+    let single = cluster.is_single_node();
+    let voters = if single {
+        // Alone: no one to talk to, so the address is never used.
+        vec![(cluster.node_id, SocketAddr::from(([127, 0, 0, 1], 0)))]
+    } else {
+        resolve_voters(config)?
+    };
+    let metadata_dir = config.data_dir.join(metadata::METADATA_DIR);
+    let raft_dir = metadata_dir.join("raft");
+    let fresh = !raft_dir.join("hardstate").exists() && !raft_dir.exists();
+    let old_log = metadata_dir.join(metadata::METADATA_FILE);
+    let adopt = if single && (fresh || old_log.exists()) {
+        let (mut log, mut image) =
+            MetadataLog::open(&config.data_dir).context("opening the metadata log")?;
+        adopt_partition_dirs(&config.data_dir, &mut log, &mut image)?;
+        Some((image, old_log))
+    } else {
+        None
+    };
+    let runtime = if cluster.controller {
+        let settings = Settings {
+            session_timeout_ms: cluster.session_timeout_ms,
+            unclean_leader_election: cluster.unclean_leader_election,
+            num_partitions: config.num_partitions,
+            default_replication_factor: config.default_replication_factor,
+            offsets_topic_replication_factor: cluster.offsets_topic_replication_factor,
+            transaction_state_log_replication_factor: cluster
+                .transaction_state_log_replication_factor,
+            leader_imbalance_percentage: cluster.leader_imbalance_per_broker_percentage,
+            local_broker: cluster.broker.then_some(cluster.node_id),
+        };
+        let runtime = ControllerRuntime::start(RuntimeOptions {
+            node_id: cluster.node_id,
+            voters: voters.clone(),
+            listen: if single { None } else { cluster.controller_listen },
+            raft_dir,
+            durability: Durability::Sync,
+            settings,
+            auto_leader_rebalance: cluster.auto_leader_rebalance,
+            leader_imbalance_check_interval_ms: cluster.leader_imbalance_check_interval_ms,
+            adopt,
+            snapshot_entries_min: SNAPSHOT_ENTRIES,
+            max_frame_bytes: CONTROLLER_FRAME_BYTES_MAX,
+            seed: process_seed(cluster.node_id),
+        })
+        .context("starting the controller")?;
+        if let Some(addr) = runtime.local_addr() {
+            info!(%addr, voters = ?voters, "controller listening");
+        }
+        Some(runtime)
+    } else {
+        None
+    };
+    let channel: Arc<dyn ControllerChannel> = match (&runtime, single) {
+        (Some(runtime), true) => Arc::new(LocalChannel(runtime.local())),
+        _ => Arc::new(RemoteChannel::new(cluster.node_id, voters, CONTROLLER_FRAME_BYTES_MAX)),
+    };
+    Ok(Quorum { runtime, channel })
+}
+
+/// A controller-only node: the quorum serves until a shutdown signal.
+fn serve_controller_only(
+    mut quorum: Quorum,
+    signals: nix::sys::signal::SigSet,
+) -> anyhow::Result<()> {
+    info!("serving as a controller only (process.roles=controller)");
+    if let Ok(signal) = signals.wait() {
+        info!(?signal, "shutting down");
+    }
+    if let Some(runtime) = quorum.runtime.as_mut() {
+        runtime.shutdown();
+    }
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Registers this broker with the active controller and catches up with the metadata.
+fn join_cluster(
+    config: &Config,
+    quorum: &Quorum,
+    host: &str,
+    port: i32,
+) -> anyhow::Result<(Arc<BrokerAgent>, metadata::MetadataImage)> {
+    let incarnation_id = metadata::new_topic_id();
+    let options = AgentOptions {
+        broker: config.cluster.node_id,
+        incarnation_id,
+        endpoints: vec![Endpoint {
+            name: "PLAINTEXT".into(),
+            host: host.to_string(),
+            port: u16::try_from(port).unwrap_or(0),
+        }],
+        rack: None,
+        heartbeat_interval: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+    };
+    let (agent, image) = BrokerAgent::register(options, quorum.channel.clone(), JOIN_WAIT)
+        .map_err(|reason| anyhow::anyhow!("joining the cluster: {reason}"))?;
+    info!(epoch = agent.epoch(), offset = image.offset(), "joined the cluster");
+    Ok((Arc::new(agent), image))
 }
 
 /// Partition directories (`<topic>-<partition>`) whose topic the metadata log does not

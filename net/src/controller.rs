@@ -1,27 +1,37 @@
-//! The controller of a single-node broker: the one writer of the metadata log, on shard
-//! 0. A change is checked against shard 0's image, appended (the write and its fdatasync
-//! run on glommio's blocking thread pool, so shard 0 keeps serving its partitions
-//! meanwhile), then sent with its offset to every shard, which applies it in order (see
-//! [`crate::metadata_cache`]). The admin request is answered once every shard applied it
-//! — or with an error naming the shard that could not, which then stops serving.
+//! The broker's link to the controller quorum, on shard 0. A metadata change a client
+//! asks for (CreateTopics, DeleteTopics, CreatePartitions, configs, producer ids, leader
+//! elections, reassignments) is forwarded to the active controller as an intent through
+//! the broker's agent (`sluice_cluster::agent`), on glommio's blocking pool so shard 0
+//! keeps serving meanwhile. The controller decides, stores the records through Raft and
+//! answers with the offset of the last one; the request is answered once every shard of
+//! this broker has applied the metadata that far.
 //!
-//! The cluster controller will replace this with a Raft quorum replicating the same
-//! records; the shards' side (apply in offset order, fence on failure) stays.
+//! The records themselves arrive, in order, from the agent's metadata fetcher: shard 0
+//! polls for them ([`Controller::pump`]) and has every shard apply each batch (see
+//! [`crate::metadata_cache`]); a shard that cannot fences itself and stops serving.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use sluice_cluster::agent::{BrokerAgent, MetadataUpdate};
+use sluice_cluster::controller::rpc::{
+    ControllerRequest, ControllerResponse, Intent, NewTopic, Outcome,
+};
 use sluice_engine::checkpoint::TopicPartition;
-use sluice_engine::metadata::{MetadataError, MetadataLog, MetadataRecord};
+use sluice_engine::metadata::MetadataRecord;
 use sluice_engine::sync::FifoLock;
 use tracing::{error, info, warn};
 
-use crate::error::{code, from_metadata_error, KafkaError};
+use crate::error::{code, KafkaError};
 
-use crate::limits::{OFFLINE_REASONS_QUOTED, PRODUCER_ID_BLOCK};
+use crate::limits::{
+    CONTROLLER_WRITE_TIMEOUT, METADATA_PUMP_INTERVAL, OFFLINE_REASONS_QUOTED, PRODUCER_ID_BLOCK,
+};
 use crate::shard::{Shard, ShardRequest, ShardResponse};
-
 /// What applying a stored metadata change did: the partitions it created that could not
 /// be opened, with why (they exist, offline).
 #[derive(Debug, Default)]
@@ -57,118 +67,266 @@ impl Applied {
 
 /// See the module documentation. Lives on shard 0 only.
 pub struct Controller {
-    /// Shared with the blocking pool's thread for the duration of one append.
-    log: Arc<Mutex<MetadataLog>>,
-    /// One metadata change at a time, from validation to every shard having applied it.
+    agent: Arc<BrokerAgent>,
+    /// Taken by the pump.
+    updates: RefCell<Option<Receiver<MetadataUpdate>>>,
+    /// The partitions each applied record created that could not be opened, by offset,
+    /// until the write that waits for them takes them.
+    offline_by_offset: RefCell<BTreeMap<i64, Vec<(TopicPartition, String)>>>,
+    /// The end of each producer id block stored, by offset.
+    producer_blocks: RefCell<BTreeMap<i64, i64>>,
+    /// One forwarded change at a time from this broker (the controller serializes them
+    /// anyway; this keeps the offsets waited for in order).
     lock: FifoLock,
-    /// The next producer id to hand out; ids up to the image's `producer_ids_end` are
-    /// allocated (stored), so none is reused after a restart.
+    /// The next producer id to hand out, and the end of this broker's block.
     next_producer_id: Cell<i64>,
+    producer_ids_end: Cell<i64>,
     /// One producer id allocation at a time.
     producer_ids: FifoLock,
 }
 
+/// The intent of a change a handler describes as a record.
+fn intent_of(record: MetadataRecord) -> Result<Intent, KafkaError> {
+    Ok(match record {
+        MetadataRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs } => {
+            Intent::CreateTopic(NewTopic {
+                name,
+                topic_id,
+                partitions,
+                replication_factor,
+                assignments: Vec::new(),
+                configs,
+            })
+        }
+        MetadataRecord::DeleteTopic { name } => Intent::DeleteTopic { name },
+        MetadataRecord::CreatePartitions { name, partitions } => {
+            Intent::CreatePartitions { name, partitions, assignments: Vec::new() }
+        }
+        MetadataRecord::SetTopicConfigs { name, configs } => {
+            Intent::SetTopicConfigs { name, configs }
+        }
+        other => {
+            return Err(KafkaError::new(
+                code::INVALID_REQUEST,
+                format!("{other:?} is the controller's to write"),
+            ))
+        }
+    })
+}
+
+fn kafka_error(outcome: Outcome) -> KafkaError {
+    KafkaError::new(outcome.code, outcome.message)
+}
+
 impl Controller {
-    pub fn new(log: MetadataLog, producer_ids_end: i64) -> Self {
+    pub fn new(agent: Arc<BrokerAgent>, updates: Receiver<MetadataUpdate>) -> Self {
         Self {
-            log: Arc::new(Mutex::new(log)),
+            agent,
+            updates: RefCell::new(Some(updates)),
+            offline_by_offset: RefCell::new(BTreeMap::new()),
+            producer_blocks: RefCell::new(BTreeMap::new()),
             lock: FifoLock::new(),
-            next_producer_id: Cell::new(producer_ids_end),
+            next_producer_id: Cell::new(0),
+            producer_ids_end: Cell::new(0),
             producer_ids: FifoLock::new(),
         }
     }
 
-    /// Checks `record` and, unless `validate_only`, stores it and has every shard apply
-    /// it.
+    pub fn agent(&self) -> &Arc<BrokerAgent> {
+        &self.agent
+    }
+
+    /// Applies the metadata the agent fetches, in order, on every shard, until the shard
+    /// stops. Runs as a task on shard 0.
+    pub async fn pump(self: Rc<Self>, shard: Rc<Shard>) {
+        let Some(updates) = self.updates.borrow_mut().take() else { return };
+        while !shard.stopping() {
+            let update = match updates.try_recv() {
+                Ok(update) => update,
+                Err(TryRecvError::Empty) => {
+                    glommio::timer::sleep(METADATA_PUMP_INTERVAL).await;
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
+            };
+            match update {
+                MetadataUpdate::Records { first_offset, records } => {
+                    self.apply_everywhere(&shard, first_offset, records).await;
+                }
+                MetadataUpdate::Snapshot(image) => {
+                    // Only a broker more than the controller's retained records behind
+                    // gets one while running; it restarts from the snapshot instead of
+                    // reconciling every partition in place.
+                    error!(
+                        offset = image.offset(),
+                        applied = shard.metadata_cache.offset(),
+                        "this broker fell behind the controller's retained metadata; stopping so that it restarts from the snapshot"
+                    );
+                    shard.fire_stop();
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn apply_everywhere(
+        &self,
+        shard: &Rc<Shard>,
+        first_offset: i64,
+        records: Vec<MetadataRecord>,
+    ) {
+        let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
+        for (index, record) in records.iter().enumerate() {
+            if let MetadataRecord::ProducerIds { end } = record {
+                self.producer_blocks.borrow_mut().insert(first_offset + index as i64, *end);
+            }
+        }
+        let mut failed = Vec::new();
+        for target in 0..shard.shards() {
+            let answer = if target == shard.id {
+                ShardResponse::Applied(shard.apply_metadata_batch(first_offset, &records).await)
+            } else {
+                let request = ShardRequest::Apply { first_offset, records: records.clone() };
+                shard.remote(target, request).await
+            };
+            match answer {
+                ShardResponse::Applied(Ok(applied)) => {
+                    let mut offline = self.offline_by_offset.borrow_mut();
+                    for (offset, tp, reason) in applied.offline_at {
+                        offline.entry(offset).or_default().push((tp, reason));
+                    }
+                }
+                ShardResponse::Applied(Err(reason)) => failed.push(format!("shard {target}: {reason}")),
+                _ => warn!(shard = target, "shard did not apply metadata (stopping?)"),
+            }
+        }
+        if !failed.is_empty() {
+            error!(failed = %failed.join("; "), "metadata not applied on every shard; those shards stopped serving");
+            return;
+        }
+        self.agent.applied(first_offset + count - 1);
+    }
+
+    /// Forwards a change (as an intent) to the active controller; unless `validate_only`,
+    /// waits until this broker applied what it stored.
     pub async fn change(
         &self,
         shard: &Rc<Shard>,
         record: MetadataRecord,
         validate_only: bool,
     ) -> Result<Applied, KafkaError> {
+        let intent = intent_of(record)?;
+        let (mut outcomes, last_offset) = self.write(shard, vec![intent], validate_only).await?;
+        let outcome = outcomes.pop().unwrap_or_else(Outcome::ok);
+        if !outcome.is_ok() {
+            return Err(kafka_error(outcome));
+        }
+        Ok(self.take_applied(last_offset))
+    }
+
+    /// Forwards intents; the outcome of each once this broker applied what was stored.
+    pub async fn write(
+        &self,
+        shard: &Rc<Shard>,
+        intents: Vec<Intent>,
+        validate_only: bool,
+    ) -> Result<(Vec<Outcome>, i64), KafkaError> {
         let _permit = self.lock.lock().await;
         if let Some(fenced) = shard.metadata_cache.fenced() {
             return Err(KafkaError::new(code::NOT_CONTROLLER, fenced.to_string()));
         }
-        let offset = {
-            let image = shard.metadata();
-            image.check(&record).map_err(|e| from_metadata_error(&e))?;
-            image.next_offset()
-        };
-        // The controller's copy is checked against the log itself: a record goes out with
-        // the offset it really takes, or not at all.
-        let log_offset = self.log.lock().unwrap_or_else(PoisonError::into_inner).next_offset();
-        if log_offset != offset {
-            error!(log_offset, offset, "the controller's metadata copy is not at the log's end");
-            return Err(KafkaError::new(
-                code::NOT_CONTROLLER,
-                format!("metadata copy at offset {offset}, log at {log_offset}"),
-            ));
-        }
-        if validate_only {
-            return Ok(Applied::default());
-        }
-        let log = self.log.clone();
-        let stored = record.clone();
-        let appended = glommio::executor()
+        let before = shard.metadata_cache.offset();
+        let agent = self.agent.clone();
+        let written = glommio::executor()
             .spawn_blocking(move || {
-                // glommio's pool does not catch a panic: its future would never finish and
-                // this lock would be held for good. A panic while appending (the frame's
-                // self-check) is an error like any other, and the log is reopened at the
-                // next start.
-                let append = || log.lock().unwrap_or_else(PoisonError::into_inner).append(&stored);
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(append)).unwrap_or_else(
-                    |_| {
-                        Err(MetadataError::Io {
-                            path: "metadata log".into(),
-                            source: std::io::Error::other("the append panicked"),
-                        })
-                    },
+                // glommio's pool does not catch a panic: its future would never finish.
+                let call = || agent.write(intents, validate_only, CONTROLLER_WRITE_TIMEOUT);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(
+                    |_| Err(Outcome::error(code::UNKNOWN_SERVER_ERROR, "the controller call panicked")),
                 )
             })
-            .await;
-        appended.map_err(|error| {
-            error!(%error, "writing the metadata log failed");
-            from_metadata_error(&error)
-        })?;
-        info!(offset, ?record, "metadata change stored");
-        // Every shard applies it, and says which of its partitions it could not open.
-        let mut applied = Applied::default();
-        let mut failed = Vec::new();
-        for target in 0..shard.shards() {
-            let answer = if target == shard.id {
-                ShardResponse::Applied(shard.apply_metadata(offset, &record).await)
-            } else {
-                shard.remote(target, ShardRequest::Apply { offset, record: record.clone() }).await
-            };
-            match answer {
-                ShardResponse::Applied(Ok(answer)) => applied.offline.extend(answer.offline),
-                ShardResponse::Applied(Err(reason)) => {
-                    failed.push(format!("shard {target}: {reason}"))
-                }
-                _ => warn!(shard = target, "shard did not apply a metadata change (stopping?)"),
-            }
+            .await
+            .map_err(kafka_error)?;
+        let (outcomes, last_offset) = written;
+        if last_offset > before {
+            self.wait_applied(shard, last_offset).await?;
+            info!(offset = last_offset, "metadata change stored and applied");
         }
-        if !failed.is_empty() {
-            return Err(KafkaError::new(
-                code::UNKNOWN_SERVER_ERROR,
-                format!("the change is stored but not applied everywhere ({})", failed.join("; ")),
-            ));
-        }
-        Ok(applied)
+        Ok((outcomes, last_offset))
     }
 
-    /// The next producer id, storing a new block of them first when the stored ones are
-    /// used up.
+    async fn wait_applied(&self, shard: &Rc<Shard>, offset: i64) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + CONTROLLER_WRITE_TIMEOUT;
+        while shard.metadata_cache.offset() < offset {
+            if let Some(fenced) = shard.metadata_cache.fenced() {
+                return Err(KafkaError::new(code::UNKNOWN_SERVER_ERROR, fenced.to_string()));
+            }
+            if Instant::now() >= deadline || shard.stopping() {
+                return Err(KafkaError::new(
+                    code::REQUEST_TIMED_OUT,
+                    format!("the change is stored at offset {offset} but not yet applied here"),
+                ));
+            }
+            glommio::timer::sleep(METADATA_PUMP_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// The partitions that could not be opened by records up to `last_offset`.
+    fn take_applied(&self, last_offset: i64) -> Applied {
+        let mut offline_by_offset = self.offline_by_offset.borrow_mut();
+        let rest = offline_by_offset.split_off(&(last_offset + 1));
+        let taken = std::mem::replace(&mut *offline_by_offset, rest);
+        Applied { offline: taken.into_values().flatten().collect() }
+    }
+
+    /// The next producer id, from a new block the controller stores when this broker's
+    /// block is used up (blocks are the brokers' own: ids are never handed out twice).
     pub async fn allocate_producer_id(&self, shard: &Rc<Shard>) -> Result<i64, KafkaError> {
         let _permit = self.producer_ids.lock().await;
         let next = self.next_producer_id.get();
-        if next >= shard.metadata().producer_ids_end() {
-            let end = next + PRODUCER_ID_BLOCK;
-            self.change(shard, MetadataRecord::ProducerIds { end }, false).await?;
+        if next >= self.producer_ids_end.get() {
+            let intent = Intent::AllocateProducerIds { count: PRODUCER_ID_BLOCK };
+            let (mut outcomes, last_offset) = self.write(shard, vec![intent], false).await?;
+            if let Some(outcome) = outcomes.pop().filter(|o| !o.is_ok()) {
+                return Err(kafka_error(outcome));
+            }
+            let end = self.producer_blocks.borrow_mut().remove(&last_offset).ok_or_else(|| {
+                KafkaError::new(code::UNKNOWN_SERVER_ERROR, "the producer id block was not seen")
+            })?;
+            self.producer_blocks.borrow_mut().retain(|&offset, _| offset > last_offset);
+            self.next_producer_id.set(end - PRODUCER_ID_BLOCK);
+            self.producer_ids_end.set(end);
         }
-        self.next_producer_id.set(next + 1);
-        Ok(next)
+        let id = self.next_producer_id.get();
+        self.next_producer_id.set(id + 1);
+        Ok(id)
+    }
+
+    /// A request that reads from the active controller (DescribeMetadataQuorum,
+    /// ListPartitionReassignments), on the blocking pool.
+    pub async fn call(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, KafkaError> {
+        let agent = self.agent.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let call = || agent.call(&request, CONTROLLER_WRITE_TIMEOUT);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+                    .unwrap_or_else(|_| Err("the controller call panicked".to_string()))
+            })
+            .await
+            .map_err(|reason| KafkaError::new(code::REQUEST_TIMED_OUT, reason))
+    }
+
+    /// Asks the controller to let this broker stop, leadership moved away first; waits up
+    /// to `timeout` (on the blocking pool).
+    pub async fn controlled_shutdown(&self, timeout: Duration) -> bool {
+        let agent = self.agent.clone();
+        glommio::executor()
+            .spawn_blocking(move || agent.controlled_shutdown(timeout))
+            .await
     }
 }
 

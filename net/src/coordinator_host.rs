@@ -108,8 +108,8 @@ pub enum NotServing {
     /// (Transactions) `__transaction_state` does not exist here.
     #[error("the coordinator's topic is not available")]
     Unavailable,
-    /// Another shard owns the id's partition.
-    #[error("another shard coordinates this id")]
+    /// Another shard, or another broker, owns (leads) the id's partition.
+    #[error("another shard or broker coordinates this id")]
     NotCoordinator,
     /// (Transactions) the transactional id is empty.
     #[error("the id is empty")]

@@ -45,6 +45,11 @@ pub const CACHE_WINDOW_ACTIVE: Duration = Duration::from_secs(10);
 
 /// Producer ids stored per metadata record.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
+/// How long a metadata change forwarded to the controller may take, from the call to this
+/// broker having applied it.
+pub const CONTROLLER_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often shard 0 looks for metadata the broker's agent fetched.
+pub const METADATA_PUMP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 /// Reasons quoted in a CreateTopics or CreatePartitions error message; the log has all.
 pub const OFFLINE_REASONS_QUOTED: usize = 3;
 

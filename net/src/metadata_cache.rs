@@ -70,11 +70,32 @@ impl MetadataCache {
         outcome
     }
 
-    /// The leader epoch of a partition. Every partition of a single broker has been led by
-    /// it since it was created: epoch 0. The cluster controller will store epochs in the
-    /// partition records and bump them on each leader change.
-    pub fn leader_epoch(&self, _topic: &str, _partition: i32) -> i32 {
-        0
+    /// The leader epoch of a partition, from its placement; 0 for a partition without one
+    /// (a one-node broker's, led by it since it was created).
+    pub fn leader_epoch(&self, topic: &str, partition: i32) -> i32 {
+        self.image
+            .borrow()
+            .topic(topic)
+            .and_then(|t| t.placement(partition))
+            .map_or(0, |p| p.leader_epoch)
+    }
+
+    /// Whether this broker holds a replica of the partition: its placement names `node`,
+    /// or it has no placement (a one-node broker's partitions before the cluster placed
+    /// them).
+    pub fn hosts(&self, node: i32, topic: &str, partition: i32) -> bool {
+        let image = self.image.borrow();
+        let Some(t) = image.topic(topic) else { return false };
+        if partition < 0 || partition >= t.partitions {
+            return false;
+        }
+        t.placement(partition).is_none_or(|p| p.replicas.contains(&node))
+    }
+
+    /// The leader of a partition and its epoch; `None` without a placement.
+    pub fn leader(&self, topic: &str, partition: i32) -> Option<(i32, i32)> {
+        let image = self.image.borrow();
+        image.topic(topic)?.placement(partition).map(|p| (p.leader, p.leader_epoch))
     }
 }
 

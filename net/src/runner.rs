@@ -16,7 +16,8 @@ use glommio::channels::local_channel;
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::SystemClock;
 use sluice_engine::log::OpenHints;
-use sluice_engine::metadata::{MetadataImage, MetadataLog};
+use sluice_cluster::agent::{BrokerAgent, MetadataUpdate};
+use sluice_engine::metadata::MetadataImage;
 use sluice_engine::shard::ShardId;
 use tracing::info;
 
@@ -34,8 +35,8 @@ pub struct ShardStart {
     pub id: ShardId,
     pub config: Arc<BrokerConfig>,
     pub image: MetadataImage,
-    /// Shard 0 only.
-    pub metadata_log: Option<MetadataLog>,
+    /// Shard 0 only: the broker's agent and the metadata it fetches.
+    pub controller: Option<(Arc<BrokerAgent>, std::sync::mpsc::Receiver<MetadataUpdate>)>,
     /// Recovery hints from the checkpoint files, for the partitions this shard owns.
     pub hints: BTreeMap<TopicPartition, OpenHints>,
     pub mesh: MeshEnds<MeshMsg>,
@@ -112,8 +113,8 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
         .await
         .map_err(|reason| ShardError::Mesh { shard: id, reason })?;
     let clock = SystemClock::new();
-    let producer_ids_end = start.image.producer_ids_end();
-    let controller = start.metadata_log.map(|log| Controller::new(log, producer_ids_end));
+    let controller =
+        start.controller.map(|(agent, updates)| Rc::new(Controller::new(agent, updates)));
     let metadata_cache = Rc::new(MetadataCache::new(start.image));
     let replicas = ReplicaManager::new(
         id,
@@ -150,6 +151,8 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
     shard.load_coordinators().await;
 
     let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
+    let pump_task =
+        shard.controller.clone().map(|c| glommio::spawn_local(c.pump(shard.clone())));
     let (expired_sender, expired_receiver) = local_channel::new_unbounded();
     let group_timer_task = shard
         .groups
@@ -206,6 +209,9 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
     txn_timer_task.await;
     drop(txn_expiry_task);
     drop(mesh_task);
+    if let Some(pump) = pump_task {
+        pump.await;
+    }
 
     let checkpoints = shard.replicas.close_all().await;
     let files = sluice_engine::fdcache::stats();

@@ -5,8 +5,9 @@
 //! starts and stops all of them. Everything here lives on one glommio executor and is
 //! never shared: other shards reach it only through [`MeshMsg`]s.
 //!
-//! Shard 0 also hosts the controller ([`crate::controller`]), the one writer of the
-//! metadata log; every shard applies its records in order.
+//! Shard 0 also hosts the link to the controller quorum ([`crate::controller`]), through
+//! which metadata changes go out and the records stored come back; every shard applies
+//! them in order.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tracing::{error, info};
 
 use crate::config::BrokerConfig;
 use crate::controller::{Applied, Controller};
+use sluice_cluster::controller::rpc::{ControllerRequest, ControllerResponse, Intent, Outcome};
 pub use crate::coordinator_host::Replayed;
 use crate::error::{code, KafkaError};
 use crate::group::coordinator::{Coordinator, Write};
@@ -72,15 +74,22 @@ pub enum ShardRequest {
         record: MetadataRecord,
         validate_only: bool,
     },
-    /// From the controller: apply the change stored at `offset` of the metadata log.
+    /// From shard 0: apply the records stored at `first_offset..` of the metadata log.
     Apply {
-        offset: i64,
-        record: MetadataRecord,
+        first_offset: i64,
+        records: Vec<MetadataRecord>,
     },
     /// To a group's coordinator shard.
     Group(GroupCall),
     /// To the controller: a new producer id.
     AllocateProducerId,
+    /// To shard 0: forward intents to the active controller.
+    ControllerWrite {
+        intents: Vec<Intent>,
+        validate_only: bool,
+    },
+    /// To shard 0: ask the active controller.
+    ControllerCall(ControllerRequest),
     /// To a transactional id's coordinator shard.
     Txn(TxnCall),
     /// From a transaction coordinator: write a commit or abort marker to each partition.
@@ -103,14 +112,23 @@ pub enum ShardResponse {
     OffsetForLeaderEpoch(Vec<Result<(i32, i64), KafkaError>>),
     Controller(Result<Applied, KafkaError>),
     /// `Err`: the shard could not apply the change and stopped serving.
-    Applied(Result<Applied, Fenced>),
+    Applied(Result<AppliedBatch, Fenced>),
     Group(GroupAnswer),
     ProducerId(Result<i64, KafkaError>),
+    Written(Result<(Vec<Outcome>, i64), KafkaError>),
+    ControllerAnswer(Result<ControllerResponse, KafkaError>),
     Txn(TxnAnswer),
     Markers(Vec<Result<(), KafkaError>>),
     Producers(Vec<Result<Vec<ProducerView>, KafkaError>>),
     /// The target shard is gone (shutting down).
     Unavailable,
+}
+
+/// What applying a batch of metadata records did on one shard: the partitions created
+/// that could not be opened, with the offset of the record and why.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    pub offline_at: Vec<(i64, TopicPartition, String)>,
 }
 
 #[derive(Debug)]
@@ -154,7 +172,7 @@ pub(crate) struct ShardParts {
     pub metadata_cache: Rc<MetadataCache>,
     pub replicas: ReplicaManager,
     pub mesh: Mesh<MeshMsg>,
-    pub controller: Option<Controller>,
+    pub controller: Option<Rc<Controller>>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -170,7 +188,7 @@ pub struct Shard {
     pending: RefCell<HashMap<u64, LocalSender<ShardResponse>>>,
     next_call_id: Cell<u64>,
     /// Shard 0 only.
-    controller: Option<Controller>,
+    pub(crate) controller: Option<Rc<Controller>>,
     /// The groups whose `__consumer_offsets` partitions this shard owns.
     pub groups: Coordinator<Shard>,
     /// The transactional ids whose `__transaction_state` partitions this shard owns.
@@ -391,10 +409,22 @@ impl Shard {
                 };
                 ShardResponse::Controller(result)
             }
-            ShardRequest::Apply { offset, record } => {
-                ShardResponse::Applied(self.apply_metadata(offset, &record).await)
+            ShardRequest::Apply { first_offset, records } => {
+                ShardResponse::Applied(self.apply_metadata_batch(first_offset, &records).await)
             }
             ShardRequest::Group(call) => ShardResponse::Group(self.groups.call(self, call).await),
+            ShardRequest::ControllerWrite { intents, validate_only } => {
+                ShardResponse::Written(match &self.controller {
+                    Some(controller) => controller.write(self, intents, validate_only).await,
+                    None => Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard")),
+                })
+            }
+            ShardRequest::ControllerCall(request) => {
+                ShardResponse::ControllerAnswer(match &self.controller {
+                    Some(controller) => controller.call(request).await,
+                    None => Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard")),
+                })
+            }
             ShardRequest::AllocateProducerId => ShardResponse::ProducerId(match &self.controller {
                 Some(controller) => controller.allocate_producer_id(self).await,
                 None => Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard")),
@@ -426,10 +456,16 @@ impl Shard {
     /// fences the copy: the shard stops serving clients rather than answer from a
     /// metadata history no writer wrote.
     pub async fn apply_metadata(
-        &self,
+        self: &Rc<Self>,
         offset: i64,
         record: &MetadataRecord,
     ) -> Result<Applied, Fenced> {
+        // Coordinators follow the leadership of their internal topics' partitions: what
+        // this broker led before the record, to tell a new leadership from a kept one.
+        let coordinated = self.coordinated_partition(record);
+        let led_before = coordinated
+            .as_ref()
+            .is_some_and(|tp| self.leads_in_metadata(tp));
         if let Err(fenced) = self.metadata_cache.apply(offset, record) {
             error!(shard = self.id, %fenced, ?record, "metadata copy fenced: this shard stops serving clients");
             self.fire_stop();
@@ -446,25 +482,87 @@ impl Shard {
             self.groups.forget_partition(tp.partition, i32::MAX);
         }
         let opened = self.replicas.apply(record).await;
-        match record {
-            // A new coordinator topic is empty: nothing to load.
-            MetadataRecord::CreateTopic { name, partitions, .. } if name == OFFSETS_TOPIC => {
-                for partition in 0..*partitions {
-                    if self.replicas.contains(&TopicPartition::new(name.clone(), partition)) {
-                        self.groups.mark_loaded(partition);
+        if let Some(tp) = coordinated.filter(|tp| self.replicas.contains(tp)) {
+            let leads = self.leads_in_metadata(&tp);
+            let partitions = self.metadata().topic(&tp.topic).map_or(1, |t| t.partitions);
+            match (record, led_before, leads) {
+                // A new partition is empty: nothing to load.
+                (MetadataRecord::Partition(_), _, true) => self.mark_coordinator_loaded(&tp),
+                (_, false, true) => {
+                    info!(partition = %tp, "leading a coordinator partition: loading it");
+                    let shard = self.clone();
+                    glommio::spawn_local(async move { shard.load_coordinator(tp).await }).detach();
+                }
+                (_, true, false) => {
+                    info!(partition = %tp, "no longer leading a coordinator partition: unloading it");
+                    if tp.topic == OFFSETS_TOPIC {
+                        self.groups.forget_partition(tp.partition, partitions);
+                    } else {
+                        self.txns.forget_partition(tp.partition, partitions);
                     }
                 }
+                _ => {}
             }
-            MetadataRecord::CreateTopic { name, partitions, .. } if name == TXN_TOPIC => {
-                for partition in 0..*partitions {
-                    if self.replicas.contains(&TopicPartition::new(name.clone(), partition)) {
-                        self.txns.mark_loaded(partition);
-                    }
-                }
-            }
-            _ => {}
         }
         Ok(Applied { offline: opened.offline })
+    }
+
+    /// The internal topic partition a placement record is about, if it is one.
+    fn coordinated_partition(&self, record: &MetadataRecord) -> Option<TopicPartition> {
+        let (topic_id, partition) = match record {
+            MetadataRecord::Partition(p) => (p.topic_id, p.partition),
+            MetadataRecord::PartitionChange(c) => (c.topic_id, c.partition),
+            _ => return None,
+        };
+        let image = self.metadata();
+        let name = &image.topic_by_id(&topic_id)?.name;
+        (name == OFFSETS_TOPIC || name == TXN_TOPIC)
+            .then(|| TopicPartition::new(name.clone(), partition))
+    }
+
+    /// Whether the metadata names this broker the leader of `tp` (a partition without a
+    /// placement is led here).
+    pub(crate) fn leads_in_metadata(&self, tp: &TopicPartition) -> bool {
+        match self.metadata_cache.leader(&tp.topic, tp.partition) {
+            Some((leader, _)) => leader == self.config.node_id,
+            None => self.metadata_cache.hosts(self.config.node_id, &tp.topic, tp.partition),
+        }
+    }
+
+    fn mark_coordinator_loaded(&self, tp: &TopicPartition) {
+        if tp.topic == OFFSETS_TOPIC {
+            self.groups.mark_loaded(tp.partition);
+        } else {
+            self.txns.mark_loaded(tp.partition);
+        }
+    }
+
+    /// Loads one coordinator partition's groups or transactions from its log.
+    async fn load_coordinator(self: &Rc<Self>, tp: TopicPartition) {
+        match self.replicas.read_all_records(&tp).await {
+            Ok(records) if tp.topic == OFFSETS_TOPIC => self.groups.load(self, tp.partition, records),
+            Ok(records) => self.load_txns(tp.partition, records),
+            Err(reason) => {
+                error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
+            }
+        }
+    }
+
+    /// Applies records stored at `first_offset`, `first_offset + 1`, ... in order (see
+    /// [`Self::apply_metadata`]); the partitions they created that could not be opened,
+    /// each with the offset of its record.
+    pub async fn apply_metadata_batch(
+        self: &Rc<Self>,
+        first_offset: i64,
+        records: &[MetadataRecord],
+    ) -> Result<AppliedBatch, Fenced> {
+        let mut batch = AppliedBatch::default();
+        for (index, record) in records.iter().enumerate() {
+            let offset = first_offset + index as i64;
+            let applied = self.apply_metadata(offset, record).await?;
+            batch.offline_at.extend(applied.offline.into_iter().map(|(tp, why)| (offset, tp, why)));
+        }
+        Ok(batch)
     }
 
     /// A new producer id from the controller.
@@ -472,6 +570,30 @@ impl Shard {
         match self.call(0, ShardRequest::AllocateProducerId).await {
             ShardResponse::ProducerId(result) => result,
             _ => Err(KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "controller unavailable")),
+        }
+    }
+
+    /// Forwards intents to the active controller (through shard 0); the outcome of each
+    /// once this broker has applied what was stored.
+    pub async fn controller_write(
+        self: &Rc<Self>,
+        intents: Vec<Intent>,
+        validate_only: bool,
+    ) -> Result<(Vec<Outcome>, i64), KafkaError> {
+        match self.call(0, ShardRequest::ControllerWrite { intents, validate_only }).await {
+            ShardResponse::Written(result) => result,
+            _ => Err(KafkaError::new(code::NOT_CONTROLLER, "controller unavailable")),
+        }
+    }
+
+    /// Asks the active controller (through shard 0).
+    pub async fn controller_call(
+        self: &Rc<Self>,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, KafkaError> {
+        match self.call(0, ShardRequest::ControllerCall(request)).await {
+            ShardResponse::ControllerAnswer(result) => result,
+            _ => Err(KafkaError::new(code::NOT_CONTROLLER, "controller unavailable")),
         }
     }
 
@@ -549,14 +671,9 @@ impl Shard {
         let mut owned = self.replicas.of_topic(OFFSETS_TOPIC);
         owned.extend(self.replicas.of_topic(TXN_TOPIC));
         for tp in owned {
-            match self.replicas.read_all_records(&tp).await {
-                Ok(records) if tp.topic == OFFSETS_TOPIC => {
-                    self.groups.load(self, tp.partition, records)
-                }
-                Ok(records) => self.load_txns(tp.partition, records),
-                Err(reason) => {
-                    error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
-                }
+            // Only the leader coordinates; a follower loads when it becomes leader.
+            if self.leads_in_metadata(&tp) {
+                self.load_coordinator(tp).await;
             }
         }
     }
@@ -671,16 +788,28 @@ mod tests {
                 configs: vec![],
             };
             assert!(shard.apply_metadata(0, &create).await.unwrap().offline.is_empty());
+            let placed = MetadataRecord::Partition(sluice_engine::metadata::PartitionRecord {
+                topic_id: [7; 16],
+                partition: 0,
+                replicas: vec![0],
+                isr: vec![0],
+                leader: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                adding: vec![],
+                removing: vec![],
+            });
+            assert!(shard.apply_metadata(1, &placed).await.unwrap().offline.is_empty());
             match shard.handle(produce(&tp)).await {
                 ShardResponse::Produce(results) => assert_eq!(results[0].error, None),
                 other => panic!("{other:?}"),
             }
             let delete = MetadataRecord::DeleteTopic { name: "t".into() };
-            let gap = shard.apply_metadata(2, &delete).await.unwrap_err();
-            assert_eq!(gap, Fenced::OutOfOrder { offset: 2, expected: 1 });
+            let gap = shard.apply_metadata(3, &delete).await.unwrap_err();
+            assert_eq!(gap, Fenced::OutOfOrder { offset: 3, expected: 2 });
             assert!(shard.stop_fired.get(), "its connections are told to close");
             assert!(matches!(shard.handle(produce(&tp)).await, ShardResponse::Unavailable));
-            let due = ShardRequest::Apply { offset: 1, record: delete };
+            let due = ShardRequest::Apply { first_offset: 2, records: vec![delete] };
             match shard.handle(due).await {
                 ShardResponse::Applied(Err(fenced)) => assert_eq!(fenced, gap),
                 other => panic!("{other:?}"),

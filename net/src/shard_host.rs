@@ -87,6 +87,9 @@ impl Shard {
     ) -> Result<GroupAnswer, NotServing> {
         let partitions = self.offsets_topic().await?;
         let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
+        if !self.leads_in_metadata(&tp) {
+            return Err(NotServing::NotCoordinator);
+        }
         match self.call(self.owner_of(&tp), ShardRequest::Group(call)).await {
             ShardResponse::Group(answer) => Ok(answer),
             _ => Err(NotServing::Unavailable),
@@ -102,6 +105,9 @@ impl Shard {
     ) -> Result<TxnAnswer, NotServing> {
         let partitions = self.transaction_topic().await?;
         let tp = TopicPartition::new(TXN_TOPIC, txn_partition(id, partitions));
+        if !self.leads_in_metadata(&tp) {
+            return Err(NotServing::NotCoordinator);
+        }
         match self.call(self.owner_of(&tp), ShardRequest::Txn(call)).await {
             ShardResponse::Txn(answer) => Ok(answer),
             _ => Err(NotServing::Unavailable),
@@ -191,7 +197,9 @@ impl Shard {
             name: name.to_string(),
             topic_id: sluice_engine::metadata::new_topic_id(),
             partitions,
-            replication_factor: 1,
+            // The controller's choice: `offsets.topic.replication.factor` or
+            // `transaction.state.log.replication.factor`, else min(3, brokers).
+            replication_factor: -1,
             configs: vec![
                 ("cleanup.policy".to_string(), "compact".to_string()),
                 ("segment.bytes".to_string(), segment_bytes.to_string()),

@@ -39,6 +39,10 @@ pub struct Settings {
     pub transaction_state_log_replication_factor: Option<i16>,
     /// `leader.imbalance.per.broker.percentage`.
     pub leader_imbalance_percentage: u32,
+    /// The broker in this controller's own process (a combined node): a registration of
+    /// it with a new incarnation is this process restarted, so it replaces the previous
+    /// one at once instead of waiting for that session to time out.
+    pub local_broker: Option<BrokerId>,
 }
 
 /// A batch of records to store, and what to answer once it is stored.
@@ -204,19 +208,22 @@ impl Controller {
         }
         let mut records = Vec::new();
         let mut scratch = image.clone();
-        // A replaced incarnation that was not fenced leaves the ISRs first; the fencing
-        // goes before the registration, so the epoch is the record's offset after them.
-        let previous_unfenced = image.broker(broker).is_some_and(|b| !b.fenced)
-            && self
-                .liveness
-                .registration(broker)
-                .is_some_and(|r| r.incarnation_id != incarnation_id);
-        if previous_unfenced {
-            records.extend(self.fence_records(&scratch, broker));
+        let replaced = self
+            .liveness
+            .registration(broker)
+            .is_some_and(|r| r.incarnation_id != incarnation_id);
+        if replaced && self.settings.local_broker == Some(broker) {
+            self.liveness.fence(broker);
+        }
+        // A replaced incarnation that was not fenced leaves the ISRs it shares with others
+        // first (it may have lost what it had not flushed); where it is the only one in
+        // sync there is no better replica, and it leads again as soon as it is unfenced.
+        // The records go before the registration, so the epoch is the record's offset
+        // after them.
+        if replaced && image.broker(broker).is_some_and(|b| !b.fenced) {
+            records.extend(self.restart_records(&scratch, broker));
             for record in &records {
-                scratch
-                    .apply(record)
-                    .map_err(|e| Outcome::error(code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
+                scratch.apply(record).map_err(|e| Outcome::error(code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
             }
         }
         let epoch = scratch.next_offset();
@@ -269,6 +276,25 @@ impl Controller {
             let state = partition_state(record);
             let unclean = self.unclean(topic);
             if let Some(change) = election::handle_broker_fenced(&state, broker, usable, unclean) {
+                records.push(change_record(topic.topic_id, partition, &change));
+            }
+        });
+        records
+    }
+
+    /// The records that take a restarted broker's previous incarnation out of the ISRs it
+    /// shares with other replicas.
+    fn restart_records(&self, image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        let usable = |id: BrokerId| id != broker && self.liveness.is_usable(id);
+        for_each_partition(image, |topic, partition, record| {
+            if !record.isr.contains(&broker) || record.isr.len() < 2 {
+                return;
+            }
+            let state = partition_state(record);
+            if let Some(change) =
+                election::handle_broker_fenced(&state, broker, usable, self.unclean(topic))
+            {
                 records.push(change_record(topic.topic_id, partition, &change));
             }
         });

@@ -311,6 +311,9 @@ impl State {
     fn run(&mut self, inputs: Receiver<Input>) {
         info!(node = self.options.node_id, voters = ?self.quorum.voters(), "controller started");
         let mut next_tick = Instant::now() + TICK;
+        if self.quorum.voters() == [self.options.node_id] {
+            self.quorum.campaign();
+        }
         self.drive();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());

@@ -11,6 +11,7 @@ fn settings() -> Settings {
         offsets_topic_replication_factor: None,
         transaction_state_log_replication_factor: None,
         leader_imbalance_percentage: 10,
+        local_broker: None,
     }
 }
 

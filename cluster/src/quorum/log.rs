@@ -30,12 +30,9 @@ impl slog::Drain for TracingDrain {
                     tracing::warn!(target: "raft", "{}", render(record, values));
                 }
             }
-            slog::Level::Info => {
-                if tracing::enabled!(target: "raft", tracing::Level::INFO) {
-                    tracing::info!(target: "raft", "{}", render(record, values));
-                }
-            }
-            slog::Level::Debug => {
+            // raft-rs says at info what every start and election does (configurations,
+            // votes, terms); the controller logs what matters (who leads) itself.
+            slog::Level::Info | slog::Level::Debug => {
                 if tracing::enabled!(target: "raft", tracing::Level::DEBUG) {
                     tracing::debug!(target: "raft", "{}", render(record, values));
                 }

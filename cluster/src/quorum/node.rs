@@ -471,6 +471,17 @@ impl QuorumNode {
         self.raw.raft.raft_log.applied
     }
 
+    /// Starts an election now instead of after an election timeout: what a quorum of one
+    /// voter does at start, since no one else could lead.
+    pub fn campaign(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if let Err(error) = self.raw.campaign() {
+            warn!(node_id = self.node_id, %error, "could not start an election");
+        }
+    }
+
     /// Whether this node leads and has committed an entry of its own term, so that every
     /// entry of earlier terms is committed too: the point from which a leader's state
     /// holds every earlier decision (once it has applied up to the commit index).

@@ -493,6 +493,11 @@ impl Replica {
         self.state.borrow_mut().follow_high_watermark(leader_high_watermark);
     }
 
+    /// Whether this replica leads its partition.
+    pub fn is_leader(&self) -> bool {
+        self.state.borrow().role() == Role::Leader
+    }
+
     /// Becomes the leader at `epoch` (a leader change). The epoch starts at the log end.
     ///
     /// An append reads the role and epoch before it waits for the log's append lock, and

@@ -1,5 +1,4 @@
-//! DescribeCluster (key 60): the cluster id, the controller and the brokers, which while
-//! we are one node is this broker, its own controller.
+//! DescribeCluster (key 60): the cluster id, the controller and the registered brokers.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -46,14 +45,20 @@ pub async fn handle(
             return response;
         }
     }
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(config.node_id);
-    broker.host = str_bytes(&config.advertised_host);
-    broker.port = config.advertised_port;
-    broker.rack = None;
-    // One broker that serves: never fenced, whether or not fenced brokers were asked for.
-    broker.is_fenced = false;
-    response.brokers = vec![broker];
+    // Fenced brokers only when asked for (v2+), as Kafka's MetadataCache answers.
+    response.brokers = super::cluster_brokers(shard)
+        .into_iter()
+        .filter(|b| request.include_fenced_brokers || !b.fenced || b.id == config.node_id)
+        .map(|b| {
+            let mut broker = DescribeClusterBroker::default();
+            broker.broker_id = BrokerId(b.id);
+            broker.host = str_bytes(&b.host);
+            broker.port = b.port;
+            broker.rack = b.rack.as_deref().map(str_bytes);
+            broker.is_fenced = b.fenced && b.id != config.node_id;
+            broker
+        })
+        .collect();
     response.cluster_id = str_bytes(&config.cluster_id);
     response.controller_id = BrokerId(config.node_id);
     response.endpoint_type = ENDPOINT_BROKER;

@@ -1,6 +1,7 @@
 //! FindCoordinator (key 10): the broker that coordinates a group (key type 0) or a
-//! transactional id (key type 1). With one broker that is always this one; what a
-//! group's coordinator shard is stays inside the broker. Like Kafka, the first lookup
+//! transactional id (key type 1): the leader of the key's `__consumer_offsets` or
+//! `__transaction_state` partition, as in Kafka; which shard of that broker coordinates
+//! stays inside the broker. Like Kafka, the first lookup
 //! creates `__consumer_offsets` (groups) or `__transaction_state` (transactions). An
 //! unknown key type is INVALID_REQUEST, as Kafka's `CoordinatorType.forId` makes it.
 
@@ -9,8 +10,9 @@ use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinator
 
 use super::str_bytes;
 use super::RequestContext;
-use crate::coordinator_host::NotServing;
 use crate::error::code;
+use crate::group::{offsets_partition, OFFSETS_TOPIC};
+use crate::txn::{txn_partition, TXN_TOPIC};
 
 /// Kafka's `CoordinatorType`.
 pub const KEY_TYPE_GROUP: i8 = 0;
@@ -33,27 +35,36 @@ pub async fn handle(
         answer.key = str_bytes(&key);
         // An empty key is answered like any other, as Kafka answers it (its coordinator is
         // the partition "" hashes to); the group or transaction APIs judge the id itself.
-        let error = match request.key_type {
+        let found = match request.key_type {
             KEY_TYPE_GROUP => shard
                 .offsets_topic()
                 .await
-                .map_err(NotServing::code)
-                .err()
-                .map(|error| (error, "the consumer offsets topic is not available".to_string())),
-            KEY_TYPE_TRANSACTION => {
-                shard.transaction_topic().await.map_err(NotServing::code).err().map(|error| {
-                    (error, "the transaction state topic is not available".to_string())
-                })
-            }
-            other => Some((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
+                .map(|partitions| (OFFSETS_TOPIC, offsets_partition(&key, partitions)))
+                .map_err(|e| (e.code(), "the consumer offsets topic is not available".to_string())),
+            KEY_TYPE_TRANSACTION => shard
+                .transaction_topic()
+                .await
+                .map(|partitions| (TXN_TOPIC, txn_partition(&key, partitions)))
+                .map_err(|e| (e.code(), "the transaction state topic is not available".to_string())),
+            other => Err((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
         };
-        match error {
-            None => {
-                answer.node_id = BrokerId(shard.config.node_id);
-                answer.host = str_bytes(&shard.config.advertised_host);
-                answer.port = shard.config.advertised_port;
+        let coordinator = found.and_then(|(topic, partition)| {
+            let leader = match shard.metadata_cache.leader(topic, partition) {
+                None => shard.config.node_id,
+                Some((leader, _)) => leader,
+            };
+            super::cluster_brokers(shard).into_iter().find(|b| b.id == leader && !b.fenced).ok_or((
+                code::COORDINATOR_NOT_AVAILABLE,
+                format!("{topic}-{partition} has no leader"),
+            ))
+        });
+        match coordinator {
+            Ok(broker) => {
+                answer.node_id = BrokerId(broker.id);
+                answer.host = str_bytes(&broker.host);
+                answer.port = broker.port;
             }
-            Some((error, message)) => {
+            Err((error, message)) => {
                 answer.node_id = BrokerId(-1);
                 answer.host = str_bytes("");
                 answer.port = -1;

@@ -20,16 +20,27 @@ pub async fn handle(ctx: &RequestContext, request: MetadataRequest) -> MetadataR
     let version = ctx.version;
     let config = &shard.config;
     let mut response = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(config.node_id);
-    broker.host = str_bytes(&config.advertised_host);
-    broker.port = config.advertised_port;
-    response.brokers = vec![broker];
+    // Kafka lists the brokers that are alive: registered and not fenced.
+    response.brokers = super::cluster_brokers(shard)
+        .into_iter()
+        .filter(|b| !b.fenced || b.id == config.node_id)
+        .map(|b| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(b.id);
+            broker.host = str_bytes(&b.host);
+            broker.port = b.port;
+            if version >= 1 {
+                broker.rack = b.rack.as_deref().map(str_bytes);
+            }
+            broker
+        })
+        .collect();
     // Fields a version does not have must keep their defaults to encode.
     if version >= 2 {
         response.cluster_id = Some(str_bytes(&config.cluster_id));
     }
     if version >= 1 {
+        // Clients cannot reach KRaft controllers; Kafka's brokers name a live broker.
         response.controller_id = BrokerId(config.node_id);
     }
 
@@ -113,22 +124,37 @@ fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataR
     // replica is offline with LEADER_NOT_AVAILABLE, no leader (-1), and the replica among
     // the offline ones (v5+). Clients then wait and retry instead of sending to it.
     let offline = shard.offline_partitions().of_topic(&topic.name);
+    let image = shard.metadata();
+    let alive = |id: i32| image.broker(id).is_none_or(|b| !b.fenced) || id == node.0;
     answer.partitions = (0..topic.partitions)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();
             partition.partition_index = index;
-            partition.leader_id = node;
+            let (leader, epoch, replicas, isr) = match topic.placement(index) {
+                Some(p) => (p.leader, p.leader_epoch, p.replicas.clone(), p.isr.clone()),
+                None => (node.0, 0, vec![node.0], vec![node.0]),
+            };
+            partition.leader_id = BrokerId(leader);
             if version >= 7 {
-                partition.leader_epoch = shard.metadata_cache.leader_epoch(&topic.name, index);
+                partition.leader_epoch = epoch;
             }
-            partition.replica_nodes = vec![node];
-            partition.isr_nodes = vec![node];
-            if offline.binary_search(&index).is_ok() {
+            partition.replica_nodes = replicas.iter().copied().map(BrokerId).collect();
+            partition.isr_nodes = isr.iter().copied().map(BrokerId).collect();
+            let mut offline_replicas: Vec<BrokerId> =
+                replicas.iter().copied().filter(|&id| !alive(id)).map(BrokerId).collect();
+            // A replica here whose log could not be opened is offline too.
+            let offline_here = offline.binary_search(&index).is_ok();
+            if offline_here && replicas.contains(&node.0) {
+                offline_replicas.push(node);
+            }
+            // Kafka answers a partition without a leader (or whose leader's replica is
+            // offline) with LEADER_NOT_AVAILABLE and leader -1; clients wait and retry.
+            if leader == metadata::NO_LEADER || (offline_here && leader == node.0) {
                 partition.error_code = code::LEADER_NOT_AVAILABLE;
                 partition.leader_id = BrokerId(-1);
-                if version >= 5 {
-                    partition.offline_replicas = vec![node];
-                }
+            }
+            if version >= 5 {
+                partition.offline_replicas = offline_replicas;
             }
             partition
         })

@@ -16,6 +16,7 @@ pub mod context;
 mod add_offsets_to_txn;
 mod add_partitions_to_txn;
 mod alter_configs;
+mod alter_partition_reassignments;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
@@ -26,7 +27,9 @@ mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
 mod describe_producers;
+mod describe_quorum;
 mod describe_transactions;
+mod elect_leaders;
 mod end_txn;
 mod fetch;
 mod find_coordinator;
@@ -37,6 +40,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_partition_reassignments;
 mod list_transactions;
 mod metadata;
 mod offset_commit;
@@ -167,6 +171,10 @@ apis! {
     CreatePartitions(CreatePartitionsRequest) => create_partitions, 0..=3;
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest) => incremental_alter_configs, 0..=1;
     DescribeCluster(DescribeClusterRequest) => describe_cluster, 0..=2;
+    ElectLeaders(ElectLeadersRequest) => elect_leaders, 0..=2;
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest) => alter_partition_reassignments, 0..=0;
+    ListPartitionReassignments(ListPartitionReassignmentsRequest) => list_partition_reassignments, 0..=0;
+    DescribeQuorum(DescribeQuorumRequest) => describe_quorum, 0..=1;
     FindCoordinator(FindCoordinatorRequest) => find_coordinator, 0..=5;
     JoinGroup(JoinGroupRequest) => join_group, 0..=9;
     SyncGroup(SyncGroupRequest) => sync_group, 0..=5;
@@ -321,6 +329,48 @@ pub fn decode_request(frame: Bytes) -> Result<ApiKey, ProtocolError> {
     };
     decode_served(request.api, request.header.request_api_version, &request.body)
         .map(|()| request.api)
+}
+
+/// A broker as Metadata, DescribeCluster and FindCoordinator describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BrokerView {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    pub fenced: bool,
+}
+
+/// The registered brokers with their client listener, from the cluster metadata; this
+/// broker as configured when the metadata has no registration of it yet (or in tests
+/// that build a bare image).
+pub(crate) fn cluster_brokers(shard: &crate::shard::Shard) -> Vec<BrokerView> {
+    let config = &shard.config;
+    let image = shard.metadata();
+    let mut brokers: Vec<BrokerView> = image
+        .brokers()
+        .filter_map(|b| {
+            let endpoint = b.endpoint("PLAINTEXT").or(b.endpoints.first())?;
+            Some(BrokerView {
+                id: b.id,
+                host: endpoint.host.clone(),
+                port: i32::from(endpoint.port),
+                rack: b.rack.clone(),
+                fenced: b.fenced,
+            })
+        })
+        .collect();
+    if !brokers.iter().any(|b| b.id == config.node_id) {
+        brokers.push(BrokerView {
+            id: config.node_id,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: None,
+            fenced: false,
+        });
+        brokers.sort_by_key(|b| b.id);
+    }
+    brokers
 }
 
 pub(crate) fn str_bytes(text: &str) -> StrBytes {

@@ -70,7 +70,7 @@ impl ReplicaManager {
     }
 
     pub async fn fetch(&self, part: FetchPart) -> FetchResult {
-        let partition = match self.get(&part.tp) {
+        let partition = match self.leader(&part.tp) {
             Ok(partition) => partition,
             Err(error) => return FetchResult::failed(error),
         };
@@ -165,7 +165,7 @@ impl ReplicaManager {
 
     pub async fn list_offsets(&self, part: ListOffsetsPart) -> ListOffsetsResult {
         let failed = ListOffsetsResult::failed;
-        let partition = match self.get(&part.tp) {
+        let partition = match self.leader(&part.tp) {
             Ok(partition) => partition,
             Err(error) => return failed(error),
         };
@@ -202,7 +202,7 @@ impl ReplicaManager {
         tp: &TopicPartition,
         offset: i64,
     ) -> Result<i64, KafkaError> {
-        let partition = self.get(tp)?;
+        let partition = self.leader(tp)?;
         partition.replica.delete_records(offset).await.map_err(|error| match error {
             DeleteRecordsError::PastHighWatermark { .. } => {
                 KafkaError::new(code::OFFSET_OUT_OF_RANGE, error.to_string())
@@ -212,14 +212,14 @@ impl ReplicaManager {
     }
 
     pub fn offset_for_leader_epoch(&self, part: &EpochPart) -> Result<(i32, i64), KafkaError> {
-        let partition = self.get(&part.tp)?;
+        let partition = self.leader(&part.tp)?;
         let replica = &partition.replica;
         replica.check_leader_epoch(part.current_leader_epoch).map_err(from_epoch_mismatch)?;
         Ok(replica.end_offset_for(part.leader_epoch))
     }
 
     pub fn producers(&self, tp: &TopicPartition) -> Result<Vec<ProducerView>, KafkaError> {
-        Ok(self.get(tp)?.replica.producers().views())
+        Ok(self.leader(tp)?.replica.producers().views())
     }
 
     /// Every record of a partition, oldest first, with the transaction markers: the

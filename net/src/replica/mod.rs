@@ -24,7 +24,7 @@ use bytes::Bytes;
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::{Clock, SystemClock};
 use sluice_engine::log::OpenHints;
-use sluice_engine::metadata::MetadataRecord;
+use sluice_engine::metadata::{MetadataRecord, PartitionChangeRecord, PartitionRecord};
 use sluice_engine::partition::Replica;
 use sluice_engine::shard::{shard_of, ShardId};
 use sluice_engine::timer::{DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver};
@@ -158,7 +158,27 @@ impl ReplicaManager {
                 "partition on another shard",
             ));
         }
+        if known && !self.hosted_here(tp) {
+            return Err(KafkaError::new(
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!("{tp} has no replica on this broker"),
+            ));
+        }
         Err(KafkaError::new(code::UNKNOWN_TOPIC_OR_PARTITION, format!("unknown partition {tp}")))
+    }
+
+    /// The partition if this broker leads it: what clients read from and write to.
+    /// A follower here is NOT_LEADER_OR_FOLLOWER, as in Kafka (followers do not serve
+    /// consumers: no KIP-392 rack-aware fetching).
+    pub fn leader(&self, tp: &TopicPartition) -> Result<Rc<Partition>, KafkaError> {
+        let partition = self.get(tp)?;
+        if !partition.replica.is_leader() {
+            return Err(KafkaError::new(
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!("this broker follows {tp}; its leader serves clients"),
+            ));
+        }
+        Ok(partition)
     }
 
     /// Starts the fetch purgatory's timer task: an expired parked fetch answers with
@@ -183,7 +203,7 @@ impl ReplicaManager {
                 .flat_map(|topic| {
                     (0..topic.partitions).map(|p| TopicPartition::new(topic.name.clone(), p))
                 })
-                .filter(|tp| self.owns(tp))
+                .filter(|tp| self.owns(tp) && self.hosted_here(tp))
                 .collect()
         };
         let mut offline = 0usize;
@@ -201,18 +221,8 @@ impl ReplicaManager {
     pub async fn apply(&self, record: &MetadataRecord) -> Opened {
         let mut opened = Opened::default();
         match record {
-            MetadataRecord::CreateTopic { name, partitions, .. }
-            | MetadataRecord::CreatePartitions { name, partitions } => {
-                for partition in 0..*partitions {
-                    let tp = TopicPartition::new(name.clone(), partition);
-                    if self.contains(&tp) {
-                        continue;
-                    }
-                    if let Err(error) = self.open(tp.clone(), OpenHints::default()).await {
-                        opened.offline.push((tp, error.to_string()));
-                    }
-                }
-            }
+            // A topic's partitions open with their placements, on the brokers they name.
+            MetadataRecord::CreateTopic { .. } | MetadataRecord::CreatePartitions { .. } => {}
             MetadataRecord::DeleteTopic { name } => self.delete_topic(name).await,
             // Only the controller hands out producer ids; broker registrations change no
             // partition of this shard.
@@ -220,10 +230,16 @@ impl ReplicaManager {
             | MetadataRecord::RegisterBroker { .. }
             | MetadataRecord::ChangeBroker { .. }
             | MetadataRecord::UnregisterBroker { .. } => {}
-            // Placements name the brokers of each partition; this broker opens every
-            // partition of a topic (above) and, alone, leads them all, so a placement
-            // opens nothing more. Followers and leader changes arrive with replication.
-            MetadataRecord::Partition(_) | MetadataRecord::PartitionChange(_) => {}
+            MetadataRecord::Partition(PartitionRecord { topic_id, partition, .. })
+            | MetadataRecord::PartitionChange(PartitionChangeRecord { topic_id, partition, .. }) => {
+                let name = self.metadata.image().topic_by_id(topic_id).map(|t| t.name.clone());
+                if let Some(name) = name {
+                    let tp = TopicPartition::new(name, *partition);
+                    if let Err((tp, error)) = self.follow_placement(tp).await {
+                        opened.offline.push((tp, error));
+                    }
+                }
+            }
             MetadataRecord::SetTopicConfigs { name, .. } => {
                 let settings = self.topic_settings(name);
                 for partition in self.list() {
@@ -241,6 +257,41 @@ impl ReplicaManager {
         opened
     }
 
+    /// Whether this broker holds a replica of `tp` (see `MetadataCache::hosts`).
+    fn hosted_here(&self, tp: &TopicPartition) -> bool {
+        self.metadata.hosts(self.config.node_id, &tp.topic, tp.partition)
+    }
+
+    /// Makes this shard's replica of `tp` what its placement says: opened where this
+    /// broker is a replica, leading or following at the placement's leader epoch; closed
+    /// and deleted where it no longer is one (a reassignment moved it away).
+    async fn follow_placement(&self, tp: TopicPartition) -> Result<(), (TopicPartition, String)> {
+        if !self.owns(&tp) {
+            return Ok(());
+        }
+        if !self.hosted_here(&tp) {
+            if let Some(partition) = self.partitions.borrow_mut().remove(&tp) {
+                info!(partition = %tp, "no longer a replica here: closing and deleting it");
+                self.remove_partition(partition).await;
+            }
+            return Ok(());
+        }
+        if !self.contains(&tp) {
+            if let Err(error) = self.open(tp.clone(), OpenHints::default()).await {
+                return Err((tp, error.to_string()));
+            }
+        }
+        let Some(partition) = self.partitions.borrow().get(&tp).cloned() else { return Ok(()) };
+        if let Some((leader, epoch)) = self.metadata.leader(&tp.topic, tp.partition) {
+            if leader == self.config.node_id {
+                partition.replica.become_leader(epoch);
+            } else {
+                partition.replica.become_follower(epoch);
+            }
+        }
+        Ok(())
+    }
+
     /// Closes and deletes this shard's partitions of a deleted topic; fetches parked on
     /// them answer now.
     async fn delete_topic(&self, name: &str) {
@@ -252,18 +303,24 @@ impl ReplicaManager {
         };
         self.offline.forget_topic(name);
         for partition in doomed {
-            let log = partition.replica.log();
-            if let Err(error) = log.close().await {
-                warn!(partition = %partition.tp(), %error, "closing a deleted partition");
-            }
-            let dir = log.dir().to_path_buf();
-            // Deleting a directory is a blocking syscall, on the rare topic deletion only,
-            // never on the produce or fetch path.
-            if let Err(error) = std::fs::remove_dir_all(&dir) {
-                warn!(dir = %dir.display(), %error, "removing a deleted partition");
-            }
-            self.on_append(partition.tp());
+            self.remove_partition(partition).await;
         }
+    }
+
+    /// Closes a partition taken out of the map and deletes its directory; fetches parked
+    /// on it answer now.
+    async fn remove_partition(&self, partition: Rc<Partition>) {
+        let log = partition.replica.log();
+        if let Err(error) = log.close().await {
+            warn!(partition = %partition.tp(), %error, "closing a deleted partition");
+        }
+        let dir = log.dir().to_path_buf();
+        // Deleting a directory is a blocking syscall, on the rare topic deletion or
+        // reassignment only, never on the produce or fetch path.
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            warn!(dir = %dir.display(), %error, "removing a deleted partition");
+        }
+        self.on_append(partition.tp());
     }
 
     /// The settings of `topic` from its stored overrides. Overrides were validated before

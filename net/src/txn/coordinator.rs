@@ -134,6 +134,13 @@ impl<H: CoordinatorHost> TxnCoordinator<H> {
         self.loaded.borrow_mut().insert(partition);
     }
 
+    /// This broker no longer leads `partition` of `__transaction_state` (of
+    /// `partitions`): its transactions are another coordinator's now.
+    pub fn forget_partition(&self, partition: i32, partitions: i32) {
+        self.loaded.borrow_mut().remove(&partition);
+        self.txns.borrow_mut().retain(|id, _| super::txn_partition(id, partitions) != partition);
+    }
+
     fn lock_of(&self, id: &str) -> Rc<FifoLock> {
         self.locks
             .borrow_mut()

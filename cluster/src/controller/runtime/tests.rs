@@ -17,6 +17,7 @@ fn settings() -> Settings {
         offsets_topic_replication_factor: None,
         transaction_state_log_replication_factor: None,
         leader_imbalance_percentage: 10,
+        local_broker: None,
     }
 }
 
@@ -26,13 +27,15 @@ fn options(
     voters: Vec<(BrokerId, SocketAddr)>,
 ) -> RuntimeOptions {
     let listen = (voters.len() > 1).then(|| voters.iter().find(|(id, _)| *id == node).unwrap().1);
+    let mut settings = settings();
+    settings.local_broker = (voters.len() == 1).then_some(node);
     RuntimeOptions {
         node_id: node,
         voters,
         listen,
         raft_dir: dir.join(format!("raft-{node}")),
         durability: Durability::NoSync,
-        settings: settings(),
+        settings,
         auto_leader_rebalance: false,
         leader_imbalance_check_interval_ms: 300_000,
         adopt: None,
