@@ -25,6 +25,10 @@ const INFLIGHT_APPENDS_MAX: usize = 256;
 /// picks up what persisting the first made ready. More are left for the next poll.
 const READY_ROUNDS_MAX: usize = 8;
 
+/// Entries by which the commit index on disk may trail the node's: a restarted node
+/// re-applies up to the one on disk and learns the rest from the leader.
+pub const COMMIT_PERSIST_LAG_MAX: u64 = 16;
+
 const _: () = assert!(ELECTION_TICKS > HEARTBEAT_TICKS);
 
 /// How to open a [`QuorumNode`].
@@ -341,22 +345,35 @@ impl QuorumNode {
         }
         apply(ready.take_committed_entries(), output);
         self.raw.mut_store().append(ready.entries())?;
-        // The hard state is written once per round, after the commit index the light
-        // ready brings: nothing leaves this node before poll returns, so the vote is
-        // still durable before any message that depends on it is sent.
-        let mut hard_state: Option<HardState> = ready.hs().cloned();
         let persisted_messages = ready.take_persisted_messages();
         let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            hard_state.get_or_insert_with(|| self.raw.store().hard_state().clone()).commit = commit;
-        }
-        if let Some(hard_state) = hard_state {
-            self.raw.mut_store().set_hard_state(hard_state)?;
-        }
+        self.persist_hard_state()?;
         self.send(persisted_messages, output);
         self.send(light.take_messages(), output);
         apply(light.take_committed_entries(), output);
         self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Writes the hard state once per round, after advancing, so it holds the commit index
+    /// the light ready brings too. Nothing leaves this node before poll returns, so a new
+    /// term or vote is durable before any message that depends on it is sent.
+    ///
+    /// A new term or vote is always written: a node that forgot its vote could vote twice
+    /// in a term. The commit index alone need not be durable (raft-rs syncs only for term
+    /// and vote): a restarted node learns it again from the leader. Writing the state
+    /// file on every commit would cost two fsyncs and a rename per round, so a commit
+    /// change alone is written once it is [`COMMIT_PERSIST_LAG_MAX`] entries ahead.
+    fn persist_hard_state(&mut self) -> Result<(), QuorumError> {
+        let current: HardState = self.raw.raft.hard_state();
+        let stored = self.raw.store().hard_state();
+        let commit_lag = current.commit.saturating_sub(stored.commit);
+        if current.term != stored.term
+            || current.vote != stored.vote
+            || commit_lag >= COMMIT_PERSIST_LAG_MAX
+        {
+            self.raw.mut_store().set_hard_state(current)?;
+        }
         Ok(())
     }
 
