@@ -16,6 +16,8 @@ mod log;
 mod node;
 pub mod storage;
 
+#[cfg(test)]
+mod sim;
 
 pub use codec::{decode_message, encode_message, CodecError};
 pub use node::{

@@ -514,6 +514,21 @@ impl QuorumNode {
         }
     }
 
+    /// Every entry in this node's log after its snapshot (unstable ones included), for
+    /// the simulation's checks.
+    #[cfg(test)]
+    pub(crate) fn log_entries(&self) -> Vec<Entry> {
+        let log = &self.raw.raft.raft_log;
+        log.entries(log.first_index(), None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default()
+    }
+
+    /// The node's storage, for the simulation's checks.
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> &QuorumStorage {
+        self.raw.store()
+    }
+
     /// raft-rs draws election timeouts from the thread's random generator; drawing them
     /// from a seeded one instead makes a simulation replay exactly. raft-rs resets the
     /// elapsed count to 0 whenever it draws a timeout (and when it hears from the leader,
