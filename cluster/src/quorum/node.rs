@@ -11,25 +11,17 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use super::storage::{Durability, QuorumStorage, StorageError};
-use super::{log, node_id, raft_id, APPEND_BYTES_MAX, ENTRY_BYTES_MAX, UNCOMMITTED_BYTES_MAX};
+use super::{
+    log, node_id, raft_id, APPEND_BYTES_MAX, COMMIT_PERSIST_LAG_MAX, ELECTION_TICKS,
+    ENTRY_BYTES_MAX, HEARTBEAT_TICKS, UNCOMMITTED_BYTES_MAX,
+};
 use crate::BrokerId;
 
-/// Ticks without a leader's message after which a follower campaigns (randomized between
-/// this and twice this). At one tick per 100 ms: 1 to 2 seconds.
-pub const ELECTION_TICKS: usize = 10;
-/// Ticks between a leader's heartbeats: every tick (100 ms).
-pub const HEARTBEAT_TICKS: usize = 1;
 /// Append messages in flight to one follower before the leader waits for answers.
 const INFLIGHT_APPENDS_MAX: usize = 256;
 /// `Ready`s handled in one [`QuorumNode::poll`]; one usually drains everything, a second
 /// picks up what persisting the first made ready. More are left for the next poll.
 const READY_ROUNDS_MAX: usize = 8;
-
-/// Entries by which the commit index on disk may trail the node's: a restarted node
-/// re-applies up to the one on disk and learns the rest from the leader.
-pub const COMMIT_PERSIST_LAG_MAX: u64 = 16;
-
-const _: () = assert!(ELECTION_TICKS > HEARTBEAT_TICKS);
 
 /// How to open a [`QuorumNode`].
 #[derive(Debug, Clone)]
@@ -251,7 +243,8 @@ impl QuorumNode {
         Ok(node)
     }
 
-    /// Advances the node's clock by one tick. Call every 100 ms.
+    /// Advances the node's clock by one tick. Call every [`TICK_MS`](super::TICK_MS)
+    /// (100 ms): election and heartbeat timeouts are counted in ticks.
     pub fn tick(&mut self) {
         if self.stopped {
             return;
@@ -313,6 +306,12 @@ impl QuorumNode {
     /// hard state are made durable; then the messages that had to wait for that; then
     /// the committed entries. Everything returned is safe to act on: sends happen after
     /// this returns, so after persisting.
+    ///
+    /// The first poll after open returns the snapshot on disk, if any, then the committed
+    /// entries after it up to the commit index on disk (which trails by less than
+    /// [`COMMIT_PERSIST_LAG_MAX`]); the rest come once a leader confirms them. A poll
+    /// handles at most a few `Ready`s; anything left comes with the next poll, so poll
+    /// after every tick.
     ///
     /// A storage error stops the node ([`QuorumError::Stopped`] from then on): reopen it.
     pub fn poll(&mut self) -> Result<Output, QuorumError> {

@@ -17,7 +17,7 @@
 //! - leader completeness: an entry applied anywhere while that node was in term t is in
 //!   the log (or snapshot) of every leader of a term after t;
 //! - a node's commit index never goes back while it runs, and after a restart it is at
-//!   most [`COMMIT_PERSIST_LAG_MAX`](super::node::COMMIT_PERSIST_LAG_MAX) behind;
+//!   most [`COMMIT_PERSIST_LAG_MAX`] behind;
 //! - liveness at the end: with the network healed and every node up, a leader is elected
 //!   and a fresh proposal commits on every node within a bounded number of ticks, and
 //!   every node's state equals the application entries of the leader's committed log.
@@ -32,9 +32,10 @@ use std::path::PathBuf;
 
 use raft::eraftpb::{EntryType, MessageType};
 
-use super::node::{SplitMix64, COMMIT_PERSIST_LAG_MAX};
+use super::node::SplitMix64;
 use super::{
     decode_message, encode_message, Committed, Durability, ProposeError, QuorumNode, QuorumOptions,
+    COMMIT_PERSIST_LAG_MAX,
 };
 use crate::BrokerId;
 
