@@ -31,6 +31,7 @@ pub struct QuorumOptions {
     /// Every voter's `node.id`, this one's included. Fixed at the first start: no dynamic
     /// membership yet.
     pub voters: Vec<BrokerId>,
+    /// [`Durability::Sync`] for a controller; `NoSync` only in tests and simulation.
     pub durability: Durability,
     /// Applied entries since the last snapshot from which [`QuorumNode::should_compact`]
     /// says to hand over a new snapshot.
@@ -120,6 +121,7 @@ pub struct Output {
 /// One voter as DescribeMetadataQuorum reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoterStatus {
+    /// The voter's `node.id`.
     pub node_id: BrokerId,
     /// The last index known to match the leader's log: known only on the leader
     /// (DescribeQuorum's log end offset).
@@ -132,8 +134,11 @@ pub struct VoterStatus {
 /// The quorum as this node sees it, for DescribeMetadataQuorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumStatus {
+    /// The `node.id` of the node reporting.
     pub node_id: BrokerId,
+    /// The leader it knows of in the current term.
     pub leader: Option<BrokerId>,
+    /// Its current term (DescribeQuorum's leader epoch).
     pub term: u64,
     /// The commit index: the last index a majority holds.
     pub high_watermark: u64,
