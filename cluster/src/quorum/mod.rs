@@ -5,6 +5,16 @@
 //! ([`QuorumNode::poll`]). The same node runs in the seeded simulation that checks the
 //! quorum's safety under loss, reordering, partitions and crashes (`sim.rs`).
 //!
+//! Driving a node, on the controller's quorum thread:
+//! - every [`TICK_MS`], [`QuorumNode::tick`];
+//! - for each message from a peer, [`decode_message`] then [`QuorumNode::step`];
+//! - for each client request on the leader, [`QuorumNode::propose`];
+//! - after any of those, [`QuorumNode::poll`]: send its messages ([`encode_message`];
+//!   report each snapshot's delivery with [`QuorumNode::report_snapshot`]) and apply its
+//!   [`Committed`] entries and snapshots in order;
+//! - when [`QuorumNode::should_compact`], hand over the application's state with
+//!   [`QuorumNode::compact`].
+//!
 //! Node ids are Kafka's `node.id` values ([`BrokerId`], may be 0). raft-rs reserves id 0,
 //! so inside the quorum a node's raft id is its node id plus one; no raft id appears in
 //! this module's API, only in the opaque [`Message`]s the transport carries.
@@ -16,6 +26,9 @@ mod log;
 mod node;
 pub mod storage;
 
+#[cfg(test)]
+mod sim;
+
 pub use codec::{decode_message, encode_message, CodecError};
 pub use node::{
     Committed, Output, ProposeError, QuorumError, QuorumNode, QuorumOptions, QuorumStatus,
@@ -23,6 +36,19 @@ pub use node::{
 };
 pub use raft::eraftpb::Message;
 pub use storage::{Durability, QuorumStorage, StorageError};
+
+/// How often the caller ticks a node. Timeouts below are in ticks.
+pub const TICK_MS: u64 = 100;
+/// Ticks without a leader's message after which a follower campaigns (randomized between
+/// this and twice this): 1 to 2 seconds.
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats: every tick.
+pub const HEARTBEAT_TICKS: usize = 1;
+/// Entries by which the commit index on disk may trail the node's: a restarted node
+/// re-applies up to the one on disk and learns the rest from the leader.
+pub const COMMIT_PERSIST_LAG_MAX: u64 = 16;
+
+const _: () = assert!(ELECTION_TICKS > HEARTBEAT_TICKS);
 
 /// Bytes of data in one proposal (one Raft entry's data and context together).
 pub const ENTRY_BYTES_MAX: usize = 8 * 1024 * 1024;

@@ -11,21 +11,17 @@ use thiserror::Error;
 use tracing::{debug, warn};
 
 use super::storage::{Durability, QuorumStorage, StorageError};
-use super::{log, node_id, raft_id, APPEND_BYTES_MAX, ENTRY_BYTES_MAX, UNCOMMITTED_BYTES_MAX};
+use super::{
+    log, node_id, raft_id, APPEND_BYTES_MAX, COMMIT_PERSIST_LAG_MAX, ELECTION_TICKS,
+    ENTRY_BYTES_MAX, HEARTBEAT_TICKS, UNCOMMITTED_BYTES_MAX,
+};
 use crate::BrokerId;
 
-/// Ticks without a leader's message after which a follower campaigns (randomized between
-/// this and twice this). At one tick per 100 ms: 1 to 2 seconds.
-pub const ELECTION_TICKS: usize = 10;
-/// Ticks between a leader's heartbeats: every tick (100 ms).
-pub const HEARTBEAT_TICKS: usize = 1;
 /// Append messages in flight to one follower before the leader waits for answers.
 const INFLIGHT_APPENDS_MAX: usize = 256;
 /// `Ready`s handled in one [`QuorumNode::poll`]; one usually drains everything, a second
 /// picks up what persisting the first made ready. More are left for the next poll.
 const READY_ROUNDS_MAX: usize = 8;
-
-const _: () = assert!(ELECTION_TICKS > HEARTBEAT_TICKS);
 
 /// How to open a [`QuorumNode`].
 #[derive(Debug, Clone)]
@@ -35,6 +31,7 @@ pub struct QuorumOptions {
     /// Every voter's `node.id`, this one's included. Fixed at the first start: no dynamic
     /// membership yet.
     pub voters: Vec<BrokerId>,
+    /// [`Durability::Sync`] for a controller; `NoSync` only in tests and simulation.
     pub durability: Durability,
     /// Applied entries since the last snapshot from which [`QuorumNode::should_compact`]
     /// says to hand over a new snapshot.
@@ -124,6 +121,7 @@ pub struct Output {
 /// One voter as DescribeMetadataQuorum reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoterStatus {
+    /// The voter's `node.id`.
     pub node_id: BrokerId,
     /// The last index known to match the leader's log: known only on the leader
     /// (DescribeQuorum's log end offset).
@@ -136,8 +134,11 @@ pub struct VoterStatus {
 /// The quorum as this node sees it, for DescribeMetadataQuorum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumStatus {
+    /// The `node.id` of the node reporting.
     pub node_id: BrokerId,
+    /// The leader it knows of in the current term.
     pub leader: Option<BrokerId>,
+    /// Its current term (DescribeQuorum's leader epoch).
     pub term: u64,
     /// The commit index: the last index a majority holds.
     pub high_watermark: u64,
@@ -247,7 +248,8 @@ impl QuorumNode {
         Ok(node)
     }
 
-    /// Advances the node's clock by one tick. Call every 100 ms.
+    /// Advances the node's clock by one tick. Call every [`TICK_MS`](super::TICK_MS)
+    /// (100 ms): election and heartbeat timeouts are counted in ticks.
     pub fn tick(&mut self) {
         if self.stopped {
             return;
@@ -310,6 +312,12 @@ impl QuorumNode {
     /// the committed entries. Everything returned is safe to act on: sends happen after
     /// this returns, so after persisting.
     ///
+    /// The first poll after open returns the snapshot on disk, if any, then the committed
+    /// entries after it up to the commit index on disk (which trails by less than
+    /// [`COMMIT_PERSIST_LAG_MAX`]); the rest come once a leader confirms them. A poll
+    /// handles at most a few `Ready`s; anything left comes with the next poll, so poll
+    /// after every tick.
+    ///
     /// A storage error stops the node ([`QuorumError::Stopped`] from then on): reopen it.
     pub fn poll(&mut self) -> Result<Output, QuorumError> {
         if self.stopped {
@@ -341,22 +349,35 @@ impl QuorumNode {
         }
         apply(ready.take_committed_entries(), output);
         self.raw.mut_store().append(ready.entries())?;
-        // The hard state is written once per round, after the commit index the light
-        // ready brings: nothing leaves this node before poll returns, so the vote is
-        // still durable before any message that depends on it is sent.
-        let mut hard_state: Option<HardState> = ready.hs().cloned();
         let persisted_messages = ready.take_persisted_messages();
         let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            hard_state.get_or_insert_with(|| self.raw.store().hard_state().clone()).commit = commit;
-        }
-        if let Some(hard_state) = hard_state {
-            self.raw.mut_store().set_hard_state(hard_state)?;
-        }
+        self.persist_hard_state()?;
         self.send(persisted_messages, output);
         self.send(light.take_messages(), output);
         apply(light.take_committed_entries(), output);
         self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Writes the hard state once per round, after advancing, so it holds the commit index
+    /// the light ready brings too. Nothing leaves this node before poll returns, so a new
+    /// term or vote is durable before any message that depends on it is sent.
+    ///
+    /// A new term or vote is always written: a node that forgot its vote could vote twice
+    /// in a term. The commit index alone need not be durable (raft-rs syncs only for term
+    /// and vote): a restarted node learns it again from the leader. Writing the state
+    /// file on every commit would cost two fsyncs and a rename per round, so a commit
+    /// change alone is written once it is [`COMMIT_PERSIST_LAG_MAX`] entries ahead.
+    fn persist_hard_state(&mut self) -> Result<(), QuorumError> {
+        let current: HardState = self.raw.raft.hard_state();
+        let stored = self.raw.store().hard_state();
+        let commit_lag = current.commit.saturating_sub(stored.commit);
+        if current.term != stored.term
+            || current.vote != stored.vote
+            || commit_lag >= COMMIT_PERSIST_LAG_MAX
+        {
+            self.raw.mut_store().set_hard_state(current)?;
+        }
         Ok(())
     }
 
@@ -517,6 +538,21 @@ impl QuorumNode {
         }
     }
 
+    /// Every entry in this node's log after its snapshot (unstable ones included), for
+    /// the simulation's checks.
+    #[cfg(test)]
+    pub(crate) fn log_entries(&self) -> Vec<Entry> {
+        let log = &self.raw.raft.raft_log;
+        log.entries(log.first_index(), None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default()
+    }
+
+    /// The node's storage, for the simulation's checks.
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> &QuorumStorage {
+        self.raw.store()
+    }
+
     /// raft-rs draws election timeouts from the thread's random generator; drawing them
     /// from a seeded one instead makes a simulation replay exactly. raft-rs resets the
     /// elapsed count to 0 whenever it draws a timeout (and when it hears from the leader,
@@ -614,5 +650,357 @@ impl SplitMix64 {
             return 0;
         }
         self.next_u64() % bound
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::quorum::{decode_message, encode_message};
+
+    fn options(node_id: BrokerId, voters: &[BrokerId]) -> QuorumOptions {
+        QuorumOptions {
+            node_id,
+            voters: voters.to_vec(),
+            durability: Durability::NoSync,
+            snapshot_entries_min: 4,
+            election_seed: 42,
+        }
+    }
+
+    /// Nodes over a perfect network: every message is encoded, decoded and delivered at
+    /// once; what each node applies is collected.
+    struct Cluster {
+        dir: tempfile::TempDir,
+        ids: Vec<BrokerId>,
+        nodes: Vec<Option<QuorumNode>>,
+        applied: Vec<Vec<Committed>>,
+    }
+
+    impl Cluster {
+        fn new(ids: &[BrokerId]) -> Cluster {
+            let dir = tempfile::tempdir().unwrap();
+            let nodes = ids
+                .iter()
+                .map(|&id| {
+                    Some(
+                        QuorumNode::open(&dir.path().join(id.to_string()), options(id, ids))
+                            .unwrap(),
+                    )
+                })
+                .collect();
+            Cluster { dir, ids: ids.to_vec(), nodes, applied: vec![Vec::new(); ids.len()] }
+        }
+
+        fn slot(&self, id: BrokerId) -> usize {
+            self.ids.iter().position(|&i| i == id).unwrap()
+        }
+
+        fn node(&mut self, id: BrokerId) -> &mut QuorumNode {
+            let slot = self.slot(id);
+            self.nodes[slot].as_mut().unwrap()
+        }
+
+        /// Polls every running node and delivers messages until nothing moves.
+        fn settle(&mut self) {
+            for _ in 0..100 {
+                let mut moved = false;
+                for slot in 0..self.nodes.len() {
+                    let Some(node) = self.nodes[slot].as_mut() else { continue };
+                    let output = node.poll().unwrap();
+                    self.applied[slot].extend(output.committed);
+                    for (to, message) in output.messages {
+                        moved = true;
+                        let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+                        let bytes = encode_message(&message).unwrap();
+                        let to_slot = self.slot(to);
+                        let delivered = match self.nodes[to_slot].as_mut() {
+                            Some(target) => {
+                                target.step(decode_message(&bytes).unwrap()).unwrap();
+                                true
+                            }
+                            None => false,
+                        };
+                        if is_snapshot {
+                            self.nodes[slot].as_mut().unwrap().report_snapshot(to, delivered);
+                        }
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("the cluster did not settle");
+        }
+
+        /// Ticks every running node until one leads.
+        fn elect(&mut self) -> BrokerId {
+            for _ in 0..200 {
+                for node in self.nodes.iter_mut().flatten() {
+                    node.tick();
+                }
+                self.settle();
+                if let Some(leader) = self.nodes.iter().flatten().find(|n| n.is_leader()) {
+                    return leader.node_id();
+                }
+            }
+            panic!("no leader elected");
+        }
+
+        fn crash(&mut self, id: BrokerId) {
+            let slot = self.slot(id);
+            self.nodes[slot] = None;
+            self.applied[slot].clear();
+        }
+
+        fn restart(&mut self, id: BrokerId) {
+            let slot = self.slot(id);
+            let dir = self.dir.path().join(id.to_string());
+            self.nodes[slot] = Some(QuorumNode::open(&dir, options(id, &self.ids)).unwrap());
+        }
+
+        fn data_applied(&self, id: BrokerId) -> Vec<Vec<u8>> {
+            self.applied[self.slot(id)]
+                .iter()
+                .filter_map(|c| match c {
+                    Committed::Entry { data, .. } => Some(data.clone()),
+                    Committed::Snapshot { .. } => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn open_checks_ids_and_voters() {
+        let dir = tempfile::tempdir().unwrap();
+        let open =
+            |node_id, voters: &[BrokerId]| QuorumNode::open(dir.path(), options(node_id, voters));
+        assert!(matches!(open(-1, &[-1]).unwrap_err(), QuorumError::InvalidNodeId { node_id: -1 }));
+        assert!(matches!(
+            open(0, &[0, -3]).unwrap_err(),
+            QuorumError::InvalidNodeId { node_id: -3 }
+        ));
+        assert!(matches!(open(0, &[]).unwrap_err(), QuorumError::NoVoters));
+        assert!(matches!(
+            open(0, &[0, 1, 0]).unwrap_err(),
+            QuorumError::DuplicateVoter { node_id: 0 }
+        ));
+        assert!(matches!(
+            open(4, &[0, 1, 2]).unwrap_err(),
+            QuorumError::NotAVoter { node_id: 4, .. }
+        ));
+        drop(open(1, &[2, 0, 1]).unwrap());
+        // The same voters in another order are the same voters.
+        drop(open(1, &[0, 1, 2]).unwrap());
+        let error = open(1, &[0, 1, 3]).unwrap_err();
+        assert!(
+            matches!(&error, QuorumError::VotersChanged { stored, given } if stored == &[0, 1, 2] && given == &[0, 1, 3]),
+            "{error}"
+        );
+        assert!(error.to_string().contains("changing the voters is not supported"), "{error}");
+    }
+
+    #[test]
+    fn a_single_voter_elects_itself_and_commits() {
+        let mut cluster = Cluster::new(&[0]);
+        assert_eq!(cluster.elect(), 0);
+        let node = cluster.node(0);
+        assert_eq!(node.leader(), Some(0));
+        assert_eq!(node.term(), 1);
+        node.propose(b"one".to_vec()).unwrap();
+        node.propose(b"two".to_vec()).unwrap();
+        cluster.settle();
+        let applied = &cluster.applied[0];
+        // Index 1 is the new leader's empty entry: applied, but not the application's.
+        assert_eq!(
+            applied,
+            &vec![
+                Committed::Entry { index: 2, term: 1, data: b"one".to_vec() },
+                Committed::Entry { index: 3, term: 1, data: b"two".to_vec() },
+            ]
+        );
+        assert_eq!(cluster.node(0).applied_index(), 3);
+        assert_eq!(cluster.node(0).commit_index(), 3);
+    }
+
+    #[test]
+    fn three_voters_agree_and_followers_name_the_leader() {
+        let mut cluster = Cluster::new(&[0, 1, 2]);
+        let leader = cluster.elect();
+        for i in 0..5u8 {
+            cluster.node(leader).propose(vec![b'a' + i]).unwrap();
+        }
+        cluster.settle();
+        let expected: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'a' + i]).collect();
+        for id in [0, 1, 2] {
+            assert_eq!(cluster.data_applied(id), expected, "node {id}");
+        }
+        let follower = [0, 1, 2].into_iter().find(|&id| id != leader).unwrap();
+        assert_eq!(
+            cluster.node(follower).propose(b"x".to_vec()),
+            Err(ProposeError::NotLeader { leader: Some(leader) })
+        );
+        assert_eq!(cluster.node(leader).propose(Vec::new()), Err(ProposeError::Empty));
+        assert_eq!(
+            cluster.node(leader).propose(vec![0; ENTRY_BYTES_MAX + 1]),
+            Err(ProposeError::TooLarge { bytes: ENTRY_BYTES_MAX + 1, bytes_max: ENTRY_BYTES_MAX })
+        );
+
+        let status = cluster.node(leader).status();
+        assert_eq!(status.leader, Some(leader));
+        assert_eq!(status.high_watermark, 6);
+        assert_eq!(status.voters.iter().map(|v| v.node_id).collect::<Vec<_>>(), vec![0, 1, 2]);
+        for voter in &status.voters {
+            assert_eq!(voter.match_index, Some(6), "{voter:?}");
+            assert!(voter.ticks_since_contact.is_some(), "{voter:?}");
+        }
+        let status = cluster.node(follower).status();
+        assert_eq!(status.leader, Some(leader));
+        assert!(status.voters.iter().all(|v| v.match_index.is_none()), "{status:?}");
+    }
+
+    #[test]
+    fn a_lagging_follower_catches_up_from_a_snapshot_and_a_restart_restores_it() {
+        let mut cluster = Cluster::new(&[0, 1, 2]);
+        let leader = cluster.elect();
+        let lagging = [0, 1, 2].into_iter().find(|&id| id != leader).unwrap();
+        cluster.crash(lagging);
+        for i in 0..10u8 {
+            cluster.node(leader).propose(vec![i + 1]).unwrap();
+        }
+        cluster.settle();
+        // The application hands over its state; the log before it is dropped.
+        let node = cluster.node(leader);
+        assert!(node.should_compact());
+        let applied_index = node.applied_index();
+        node.compact(applied_index, b"state after ten".to_vec()).unwrap();
+        assert!(!node.should_compact());
+        assert!(matches!(
+            node.compact(applied_index, Vec::new()).unwrap_err(),
+            QuorumError::CompactOutOfRange { .. }
+        ));
+        node.propose(b"after".to_vec()).unwrap();
+        cluster.settle();
+
+        cluster.restart(lagging);
+        cluster.elect();
+        for _ in 0..20 {
+            for node in cluster.nodes.iter_mut().flatten() {
+                node.tick();
+            }
+            cluster.settle();
+        }
+        let slot = cluster.slot(lagging);
+        assert_eq!(
+            cluster.applied[slot],
+            vec![
+                Committed::Snapshot {
+                    index: applied_index,
+                    term: 1,
+                    data: b"state after ten".to_vec()
+                },
+                Committed::Entry { index: applied_index + 1, term: 1, data: b"after".to_vec() },
+            ]
+        );
+
+        // After a restart the node's own snapshot comes first, then what followed it (up
+        // to the commit index on disk at once, the rest once a leader confirms it).
+        cluster.crash(leader);
+        cluster.restart(leader);
+        let output = cluster.node(leader).poll().unwrap();
+        assert!(
+            matches!(output.committed[0], Committed::Snapshot { index, .. } if index == applied_index),
+            "{:?}",
+            output.committed
+        );
+        let slot = cluster.slot(leader);
+        cluster.applied[slot] = output.committed;
+        cluster.elect();
+        cluster.settle();
+        assert_eq!(
+            cluster.applied[slot],
+            vec![
+                Committed::Snapshot {
+                    index: applied_index,
+                    term: 1,
+                    data: b"state after ten".to_vec()
+                },
+                Committed::Entry { index: applied_index + 1, term: 1, data: b"after".to_vec() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_its_term_and_log() {
+        let mut cluster = Cluster::new(&[3, 7, 9]);
+        let leader = cluster.elect();
+        cluster.node(leader).propose(b"kept".to_vec()).unwrap();
+        cluster.settle();
+        let term = cluster.node(leader).term();
+        for id in [3, 7, 9] {
+            cluster.crash(id);
+            cluster.restart(id);
+            assert_eq!(cluster.node(id).term(), term, "node {id}");
+            assert_eq!(cluster.node(id).leader(), None, "node {id}");
+        }
+        cluster.elect();
+        cluster.settle();
+        for id in [3, 7, 9] {
+            assert_eq!(cluster.data_applied(id), vec![b"kept".to_vec()], "node {id}");
+        }
+    }
+
+    #[test]
+    fn messages_for_others_from_strangers_or_of_local_types_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = QuorumNode::open(dir.path(), options(0, &[0, 1, 2])).unwrap();
+        let message = |msg_type, from: u64, to: u64| Message {
+            msg_type,
+            from,
+            to,
+            term: 5,
+            ..Message::default()
+        };
+        // Raft ids are node ids plus one: node 0 is raft id 1.
+        assert!(matches!(
+            node.step(message(MessageType::MsgHeartbeat, 2, 2)).unwrap_err(),
+            StepError::WrongRecipient { to: 2 }
+        ));
+        for from in [0, 1, 4, u64::MAX] {
+            assert!(matches!(
+                node.step(message(MessageType::MsgHeartbeat, from, 1)).unwrap_err(),
+                StepError::UnknownSender { .. }
+            ));
+        }
+        for msg_type in
+            [MessageType::MsgHup, MessageType::MsgPropose, MessageType::MsgTransferLeader]
+        {
+            assert!(matches!(
+                node.step(message(msg_type, 2, 1)).unwrap_err(),
+                StepError::UnexpectedType { .. }
+            ));
+        }
+        assert_eq!(node.term(), 0, "nothing refused changed the node");
+        node.step(message(MessageType::MsgHeartbeat, 2, 1)).unwrap();
+        assert_eq!(node.term(), 5);
+        assert_eq!(node.leader(), Some(1));
+    }
+
+    #[test]
+    fn the_seeded_election_timeout_is_in_raft_rs_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = QuorumNode::open(dir.path(), options(0, &[0, 1, 2])).unwrap();
+        for _ in 0..1000 {
+            node.tick();
+            let timeout = node.raw.raft.randomized_election_timeout();
+            assert!((ELECTION_TICKS..2 * ELECTION_TICKS).contains(&timeout), "{timeout}");
+        }
+        let mut rng = SplitMix64::new(1);
+        let draws: Vec<u64> = (0..4).map(|_| rng.below(10)).collect();
+        assert_eq!(draws, {
+            let mut again = SplitMix64::new(1);
+            (0..4).map(|_| again.below(10)).collect::<Vec<_>>()
+        });
     }
 }

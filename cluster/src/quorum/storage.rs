@@ -165,13 +165,7 @@ impl QuorumStorage {
     /// the snapshot are dropped. A corrupt state or snapshot file is an error: those are
     /// replaced atomically, so damage there is not a crash's doing.
     pub fn open(dir: &Path, durability: Durability) -> Result<Self, StorageError> {
-        let dir_existed = dir.try_exists().map_err(io_error(dir))?;
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
-        if !dir_existed && durability == Durability::Sync {
-            if let Some(parent) = dir.parent() {
-                File::open(parent).and_then(|d| d.sync_all()).map_err(io_error(parent))?;
-            }
-        }
+        create_dir_durably(dir, durability)?;
 
         let state_path = dir.join(STATE_FILE);
         let (mut hard_state, conf_state) = match read_optional(&state_path)? {
@@ -232,6 +226,27 @@ impl QuorumStorage {
                 entries.clear();
             }
         }
+
+        // Checked before anything is written, so a refusal leaves the files as found.
+        let last_index = snapshot_index + entries.len() as u64;
+        if conf_state == ConfState::default() && (snapshot_index > 0 || last_index > 0) {
+            return Err(corrupt(&state_path, "missing, but the log or a snapshot holds entries"));
+        }
+        // The snapshot is committed by definition; the state may predate it after a crash
+        // between the snapshot's write and the state's.
+        let repaired = hard_state.commit < snapshot_index || hard_state.term < snapshot_term;
+        hard_state.commit = hard_state.commit.max(snapshot_index);
+        hard_state.term = hard_state.term.max(snapshot_term);
+        if hard_state.commit > last_index {
+            return Err(corrupt(
+                &log_path,
+                format!(
+                    "committed index {} is past the last entry {last_index}: committed entries are lost",
+                    hard_state.commit
+                ),
+            ));
+        }
+
         let (log, positions, log_bytes) = if rewrite {
             write_log(&log_path, (snapshot_index, snapshot_term), &entries, durability)?
         } else {
@@ -246,7 +261,7 @@ impl QuorumStorage {
         let mut storage = QuorumStorage {
             dir: dir.to_path_buf(),
             durability,
-            hard_state: HardState::default(),
+            hard_state,
             conf_state,
             snapshot,
             entries,
@@ -255,28 +270,6 @@ impl QuorumStorage {
             log_bytes,
             poisoned: false,
         };
-        if snapshot_index > 0 && storage.conf_state == ConfState::default() {
-            return Err(corrupt(&state_path, "missing, but a snapshot exists"));
-        }
-        if storage.last_index_() > 0 && storage.conf_state == ConfState::default() {
-            return Err(corrupt(&state_path, "missing, but the log holds entries"));
-        }
-        // The snapshot is committed by definition; the state may predate it after a crash
-        // between the snapshot's write and the state's.
-        let repaired = hard_state.commit < snapshot_index || hard_state.term < snapshot_term;
-        hard_state.commit = hard_state.commit.max(snapshot_index);
-        hard_state.term = hard_state.term.max(snapshot_term);
-        if hard_state.commit > storage.last_index_() {
-            return Err(corrupt(
-                &log_path,
-                format!(
-                    "committed index {} is past the last entry {}: committed entries are lost",
-                    hard_state.commit,
-                    storage.last_index_()
-                ),
-            ));
-        }
-        storage.hard_state = hard_state;
         if repaired {
             storage.write_state()?;
         }
@@ -620,6 +613,27 @@ fn write_log(
     write_atomically(path, &bytes, durability).map_err(io_error(path))?;
     let log = OpenOptions::new().read(true).write(true).open(path).map_err(io_error(path))?;
     Ok((log, positions, bytes.len() as u64))
+}
+
+/// Creates `dir` and any missing parents; under [`Durability::Sync`] each new directory
+/// entry is made durable by syncing the directory that holds it.
+fn create_dir_durably(dir: &Path, durability: Durability) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    for ancestor in dir.ancestors() {
+        if ancestor.as_os_str().is_empty() || ancestor.try_exists().map_err(io_error(ancestor))? {
+            break;
+        }
+        missing.push(ancestor);
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    if durability == Durability::Sync {
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(io_error(parent))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
@@ -1270,6 +1284,11 @@ mod tests {
         assert!(
             matches!(&error, StorageError::Corrupt { reason, .. } if reason.contains("committed index 3")),
             "{error}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            &bytes[..bytes.len() - 1],
+            "the refusal left the log as found"
         );
     }
 
