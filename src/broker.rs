@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use sluice_engine::checkpoint::{self, TopicPartition};
-use sluice_engine::log::OpenHints;
-use sluice_cluster::agent::{AgentOptions, BrokerAgent, ControllerChannel, LocalChannel, RemoteChannel};
+use sluice_cluster::agent::{
+    AgentOptions, BrokerAgent, ControllerChannel, LocalChannel, RemoteChannel,
+};
 use sluice_cluster::controller::rpc::Endpoint;
 use sluice_cluster::controller::runtime::{process_seed, ControllerRuntime, RuntimeOptions};
 use sluice_cluster::controller::Settings;
 use sluice_cluster::quorum::Durability;
+use sluice_engine::checkpoint::{self, TopicPartition};
+use sluice_engine::log::OpenHints;
 use sluice_engine::metadata::{self, MetadataLog, MetadataRecord};
 use sluice_engine::runtime;
 use sluice_engine::shard::shard_of;
@@ -110,7 +112,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         per_shard = open_files_per_shard,
         "open-file limit raised to the hard limit; segment files keep at most log.open.files.max descriptors open"
     );
-    check_data_dir(&config.data_dir)?;
+    let full = check_data_dir(&config.data_dir)?;
+    let reserve = config.data_dir.join(metadata::METADATA_DIR).join(CONTROLLER_RESERVE_FILE);
+    if full {
+        release_reserve(&reserve);
+    }
     let listen = check_listen_address(config.listen)?;
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
     let quorum_id =
@@ -200,6 +206,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         warn!("the controller has not unfenced this broker within {UNFENCE_WAIT:?}; serving anyway (it may not lead partitions yet)");
     }
     let mut controller_link = Some((agent.clone(), updates));
+    // The controller has written what a start writes: keep room for the next start.
+    keep_reserve(&reserve);
     let mut handles = Vec::new();
     let (done_sender, finished) = std::sync::mpsc::channel();
     // Once every shard has opened its logs, the data dir belongs to this boot.
@@ -375,19 +383,20 @@ fn memory_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+/// Whether the data dir is full (a probe write found no room).
+fn check_data_dir(dir: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("data dir {} cannot be created", dir.display()))?;
     let probe = dir.join(".sluice-write-probe");
     let written = std::fs::write(&probe, b"ok");
     std::fs::remove_file(&probe).ok();
     match written {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(false),
         // Writable, but full: the logs open and serve what they hold (produce is refused
         // until there is room), as a full disk is no reason to refuse reads.
         Err(error) if sluice_engine::io::out_of_space(&error) => {
             tracing::warn!(dir = %dir.display(), %error, "the data dir is full: appends will fail until there is room");
-            Ok(())
+            Ok(true)
         }
         Err(error) => Err(anyhow::Error::new(error)
             .context(format!("data dir {} is not writable", dir.display()))),
@@ -553,6 +562,38 @@ const JOIN_WAIT: Duration = Duration::from_secs(300);
 const SNAPSHOT_ENTRIES: u64 = 10_000;
 /// The largest frame on the controller links (a snapshot travels in one).
 const CONTROLLER_FRAME_BYTES_MAX: u32 = 80 * 1024 * 1024;
+
+/// A file of [`CONTROLLER_RESERVE_BYTES`] kept in the metadata directory: on a start
+/// that finds the disk full it is deleted, so that the controller can write what a start
+/// writes (its vote, the broker's registration) and the broker serves what it holds.
+const CONTROLLER_RESERVE_FILE: &str = "reserved-space";
+const CONTROLLER_RESERVE_BYTES: usize = 1 << 20;
+
+fn release_reserve(reserve: &Path) {
+    if std::fs::remove_file(reserve).is_ok() {
+        warn!(file = %reserve.display(), bytes = CONTROLLER_RESERVE_BYTES, "the disk is full: released the space kept for the controller, so that it can start");
+    }
+}
+
+/// Makes the reserve again if it is missing (best effort: on a disk that is still full it
+/// keeps what it could get, so the disk is as full as the start found it, and a later
+/// start makes it whole).
+fn keep_reserve(reserve: &Path) {
+    if reserve.exists() {
+        return;
+    }
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = reserve.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(reserve)?;
+        std::io::Write::write_all(&mut &file, &vec![0u8; CONTROLLER_RESERVE_BYTES])?;
+        file.sync_all()
+    };
+    if let Err(error) = write() {
+        info!(%error, "no room to keep all the space for the controller's next start");
+    }
+}
 
 /// The cluster's parts in this process: the controller thread (on a voter) and the way
 /// to the active controller.

@@ -964,8 +964,8 @@ impl Config {
         }
         let default_replication_factor: i16 =
             parse_number("default.replication.factor", get("default.replication.factor"))?;
-        if default_replication_factor != 1 {
-            bail!("default.replication.factor must be 1 (Sluice runs as one node for now)");
+        if default_replication_factor < 1 {
+            bail!("default.replication.factor must be at least 1");
         }
         let message_timestamp_type = get("log.message.timestamp.type").to_string();
         if message_timestamp_type != "CreateTime" && message_timestamp_type != "LogAppendTime" {

@@ -9,6 +9,8 @@
 mod admin;
 #[path = "support/clients.rs"]
 mod clients;
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/crash.rs"]
 mod crash;
 #[path = "support/groups.rs"]

@@ -75,6 +75,8 @@ pub struct Controller {
     offline_by_offset: RefCell<BTreeMap<i64, Vec<(TopicPartition, String)>>>,
     /// The end of each producer id block stored, by offset.
     producer_blocks: RefCell<BTreeMap<i64, i64>>,
+    /// The last offset every shard applied.
+    applied_everywhere: Cell<i64>,
     /// One forwarded change at a time from this broker (the controller serializes them
     /// anyway; this keeps the offsets waited for in order).
     lock: FifoLock,
@@ -86,7 +88,7 @@ pub struct Controller {
 }
 
 /// The intent of a change a handler describes as a record.
-fn intent_of(record: MetadataRecord) -> Result<Intent, KafkaError> {
+pub(crate) fn intent_of(record: MetadataRecord) -> Result<Intent, KafkaError> {
     Ok(match record {
         MetadataRecord::CreateTopic { name, topic_id, partitions, replication_factor, configs } => {
             Intent::CreateTopic(NewTopic {
@@ -119,11 +121,13 @@ fn kafka_error(outcome: Outcome) -> KafkaError {
 }
 
 impl Controller {
-    pub fn new(agent: Arc<BrokerAgent>, updates: Receiver<MetadataUpdate>) -> Self {
+    /// `applied`: the offset the shards' images start at.
+    pub fn new(agent: Arc<BrokerAgent>, updates: Receiver<MetadataUpdate>, applied: i64) -> Self {
         Self {
             agent,
             updates: RefCell::new(Some(updates)),
             offline_by_offset: RefCell::new(BTreeMap::new()),
+            applied_everywhere: Cell::new(applied),
             producer_blocks: RefCell::new(BTreeMap::new()),
             lock: FifoLock::new(),
             next_producer_id: Cell::new(0),
@@ -196,7 +200,9 @@ impl Controller {
                         offline.entry(offset).or_default().push((tp, reason));
                     }
                 }
-                ShardResponse::Applied(Err(reason)) => failed.push(format!("shard {target}: {reason}")),
+                ShardResponse::Applied(Err(reason)) => {
+                    failed.push(format!("shard {target}: {reason}"))
+                }
                 _ => warn!(shard = target, "shard did not apply metadata (stopping?)"),
             }
         }
@@ -204,6 +210,7 @@ impl Controller {
             error!(failed = %failed.join("; "), "metadata not applied on every shard; those shards stopped serving");
             return;
         }
+        self.applied_everywhere.set(first_offset + count - 1);
         self.agent.applied(first_offset + count - 1);
     }
 
@@ -212,10 +219,9 @@ impl Controller {
     pub async fn change(
         &self,
         shard: &Rc<Shard>,
-        record: MetadataRecord,
+        intent: Intent,
         validate_only: bool,
     ) -> Result<Applied, KafkaError> {
-        let intent = intent_of(record)?;
         let (mut outcomes, last_offset) = self.write(shard, vec![intent], validate_only).await?;
         let outcome = outcomes.pop().unwrap_or_else(Outcome::ok);
         if !outcome.is_ok() {
@@ -235,15 +241,15 @@ impl Controller {
         if let Some(fenced) = shard.metadata_cache.fenced() {
             return Err(KafkaError::new(code::NOT_CONTROLLER, fenced.to_string()));
         }
-        let before = shard.metadata_cache.offset();
+        let before = self.applied_everywhere.get();
         let agent = self.agent.clone();
         let written = glommio::executor()
             .spawn_blocking(move || {
                 // glommio's pool does not catch a panic: its future would never finish.
                 let call = || agent.write(intents, validate_only, CONTROLLER_WRITE_TIMEOUT);
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(
-                    |_| Err(Outcome::error(code::UNKNOWN_SERVER_ERROR, "the controller call panicked")),
-                )
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|_| {
+                    Err(Outcome::error(code::UNKNOWN_SERVER_ERROR, "the controller call panicked"))
+                })
             })
             .await
             .map_err(kafka_error)?;
@@ -255,9 +261,10 @@ impl Controller {
         Ok((outcomes, last_offset))
     }
 
+    /// Waits until every shard applied the metadata up to `offset`.
     async fn wait_applied(&self, shard: &Rc<Shard>, offset: i64) -> Result<(), KafkaError> {
         let deadline = Instant::now() + CONTROLLER_WRITE_TIMEOUT;
-        while shard.metadata_cache.offset() < offset {
+        while self.applied_everywhere.get() < offset {
             if let Some(fenced) = shard.metadata_cache.fenced() {
                 return Err(KafkaError::new(code::UNKNOWN_SERVER_ERROR, fenced.to_string()));
             }
@@ -305,10 +312,7 @@ impl Controller {
 
     /// A request that reads from the active controller (DescribeMetadataQuorum,
     /// ListPartitionReassignments), on the blocking pool.
-    pub async fn call(
-        &self,
-        request: ControllerRequest,
-    ) -> Result<ControllerResponse, KafkaError> {
+    pub async fn call(&self, request: ControllerRequest) -> Result<ControllerResponse, KafkaError> {
         let agent = self.agent.clone();
         glommio::executor()
             .spawn_blocking(move || {
@@ -324,9 +328,7 @@ impl Controller {
     /// to `timeout` (on the blocking pool).
     pub async fn controlled_shutdown(&self, timeout: Duration) -> bool {
         let agent = self.agent.clone();
-        glommio::executor()
-            .spawn_blocking(move || agent.controlled_shutdown(timeout))
-            .await
+        glommio::executor().spawn_blocking(move || agent.controlled_shutdown(timeout)).await
     }
 }
 

@@ -89,7 +89,7 @@ impl MetadataCache {
         if partition < 0 || partition >= t.partitions {
             return false;
         }
-        t.placement(partition).is_none_or(|p| p.replicas.contains(&node))
+        t.placement(partition).map_or(true, |p| p.replicas.contains(&node))
     }
 
     /// The leader of a partition and its epoch; `None` without a placement.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::channels::local_channel;
+use sluice_cluster::agent::{BrokerAgent, MetadataUpdate};
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::clock::SystemClock;
 use sluice_engine::log::OpenHints;
-use sluice_cluster::agent::{BrokerAgent, MetadataUpdate};
 use sluice_engine::metadata::MetadataImage;
 use sluice_engine::shard::ShardId;
 use tracing::info;
@@ -113,8 +113,9 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
         .await
         .map_err(|reason| ShardError::Mesh { shard: id, reason })?;
     let clock = SystemClock::new();
+    let applied = start.image.offset();
     let controller =
-        start.controller.map(|(agent, updates)| Rc::new(Controller::new(agent, updates)));
+        start.controller.map(|(agent, updates)| Rc::new(Controller::new(agent, updates, applied)));
     let metadata_cache = Rc::new(MetadataCache::new(start.image));
     let replicas = ReplicaManager::new(
         id,
@@ -151,8 +152,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
     shard.load_coordinators().await;
 
     let mesh_task = glommio::spawn_local(shard.clone().serve_mesh(receivers));
-    let pump_task =
-        shard.controller.clone().map(|c| glommio::spawn_local(c.pump(shard.clone())));
+    let pump_task = shard.controller.clone().map(|c| glommio::spawn_local(c.pump(shard.clone())));
     let (expired_sender, expired_receiver) = local_channel::new_unbounded();
     let group_timer_task = shard
         .groups

@@ -25,7 +25,6 @@ use tracing::{error, info};
 
 use crate::config::BrokerConfig;
 use crate::controller::{Applied, Controller};
-use sluice_cluster::controller::rpc::{ControllerRequest, ControllerResponse, Intent, Outcome};
 pub use crate::coordinator_host::Replayed;
 use crate::error::{code, KafkaError};
 use crate::group::coordinator::{Coordinator, Write};
@@ -39,6 +38,7 @@ use crate::reqmetrics::RequestMetrics;
 use crate::txn::coordinator::TxnCoordinator;
 use crate::txn::{TxnAnswer, TxnCall, TXN_TOPIC};
 use crate::zerocopy::SendStats;
+use sluice_cluster::controller::rpc::{ControllerRequest, ControllerResponse, Intent, Outcome};
 
 /// Why a shard could not run. The broker stops the other shards and exits with it.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,7 @@ pub enum ShardRequest {
     OffsetForLeaderEpoch(Vec<EpochPart>),
     /// To the controller: validate (and unless `validate_only`, store and apply) a change.
     Controller {
-        record: MetadataRecord,
+        intent: Intent,
         validate_only: bool,
     },
     /// From shard 0: apply the records stored at `first_offset..` of the metadata log.
@@ -402,9 +402,9 @@ impl Shard {
             ShardRequest::OffsetForLeaderEpoch(parts) => ShardResponse::OffsetForLeaderEpoch(
                 parts.iter().map(|part| replicas.offset_for_leader_epoch(part)).collect(),
             ),
-            ShardRequest::Controller { record, validate_only } => {
+            ShardRequest::Controller { intent, validate_only } => {
                 let result = match &self.controller {
-                    Some(controller) => controller.change(self, record, validate_only).await,
+                    Some(controller) => controller.change(self, intent, validate_only).await,
                     None => Err(KafkaError::new(code::NOT_CONTROLLER, "not the controller shard")),
                 };
                 ShardResponse::Controller(result)
@@ -463,9 +463,7 @@ impl Shard {
         // Coordinators follow the leadership of their internal topics' partitions: what
         // this broker led before the record, to tell a new leadership from a kept one.
         let coordinated = self.coordinated_partition(record);
-        let led_before = coordinated
-            .as_ref()
-            .is_some_and(|tp| self.leads_in_metadata(tp));
+        let led_before = coordinated.as_ref().is_some_and(|tp| self.leads_in_metadata(tp));
         if let Err(fenced) = self.metadata_cache.apply(offset, record) {
             error!(shard = self.id, %fenced, ?record, "metadata copy fenced: this shard stops serving clients");
             self.fire_stop();
@@ -540,7 +538,9 @@ impl Shard {
     /// Loads one coordinator partition's groups or transactions from its log.
     async fn load_coordinator(self: &Rc<Self>, tp: TopicPartition) {
         match self.replicas.read_all_records(&tp).await {
-            Ok(records) if tp.topic == OFFSETS_TOPIC => self.groups.load(self, tp.partition, records),
+            Ok(records) if tp.topic == OFFSETS_TOPIC => {
+                self.groups.load(self, tp.partition, records)
+            }
             Ok(records) => self.load_txns(tp.partition, records),
             Err(reason) => {
                 error!(partition = %tp, %reason, "loading a coordinator partition failed; its groups or transactions are unavailable")
@@ -605,7 +605,16 @@ impl Shard {
         record: MetadataRecord,
         validate_only: bool,
     ) -> Result<Applied, KafkaError> {
-        match self.call(0, ShardRequest::Controller { record, validate_only }).await {
+        self.change_intent(crate::controller::intent_of(record)?, validate_only).await
+    }
+
+    /// [`Self::change_metadata`] of an intent (what the controller is asked to decide).
+    pub async fn change_intent(
+        self: &Rc<Self>,
+        intent: Intent,
+        validate_only: bool,
+    ) -> Result<Applied, KafkaError> {
+        match self.call(0, ShardRequest::Controller { intent, validate_only }).await {
             ShardResponse::Controller(result) => result,
             _ => Err(KafkaError::new(code::NOT_CONTROLLER, "controller unavailable")),
         }

@@ -208,10 +208,8 @@ impl Controller {
         }
         let mut records = Vec::new();
         let mut scratch = image.clone();
-        let replaced = self
-            .liveness
-            .registration(broker)
-            .is_some_and(|r| r.incarnation_id != incarnation_id);
+        let replaced =
+            self.liveness.registration(broker).is_some_and(|r| r.incarnation_id != incarnation_id);
         if replaced && self.settings.local_broker == Some(broker) {
             self.liveness.fence(broker);
         }
@@ -223,7 +221,9 @@ impl Controller {
         if replaced && image.broker(broker).is_some_and(|b| !b.fenced) {
             records.extend(self.restart_records(&scratch, broker));
             for record in &records {
-                scratch.apply(record).map_err(|e| Outcome::error(code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
+                scratch
+                    .apply(record)
+                    .map_err(|e| Outcome::error(code::UNKNOWN_SERVER_ERROR, e.to_string()))?;
             }
         }
         let epoch = scratch.next_offset();

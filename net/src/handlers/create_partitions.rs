@@ -1,6 +1,7 @@
 //! CreatePartitions (key 37): grows a topic to a new total partition count. Kafka never
-//! shrinks a topic (keys would move between partitions); the controller stores the new
-//! count and every shard opens the new partitions it owns before the answer. New
+//! shrinks a topic (keys would move between partitions); the active controller places
+//! the new partitions (or checks the explicit assignments) and stores them, and this
+//! broker opens the ones placed on it before the answer. New
 //! partitions that could not be opened (they exist, offline) make the topic's answer
 //! KAFKA_STORAGE_ERROR, with why in its message.
 
@@ -9,7 +10,7 @@ use std::rc::Rc;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
-use sluice_engine::metadata::MetadataRecord;
+use sluice_cluster::controller::rpc::Intent;
 
 use super::RequestContext;
 use super::{str_bytes, topic_name};
@@ -77,32 +78,15 @@ async fn create(
             ),
         ));
     }
-    if let Some(assignments) = &topic.assignments {
-        let added = i64::from(topic.count) - i64::from(current);
-        if assignments.len() as i64 != added {
-            return Err(KafkaError::new(
-                code::INVALID_REPLICA_ASSIGNMENT,
-                format!(
-                    "increasing the number of partitions by {added} but {} assignments provided",
-                    assignments.len()
-                ),
-            ));
-        }
-        let node_id = shard.config.node_id;
-        for assignment in assignments {
-            if assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != node_id {
-                return Err(KafkaError::new(
-                    code::INVALID_REPLICA_ASSIGNMENT,
-                    format!(
-                        "this cluster has one broker, node {node_id}, and replication factor 1"
-                    ),
-                ));
-            }
-        }
-    }
-    let record =
-        MetadataRecord::CreatePartitions { name: name.to_string(), partitions: topic.count };
+    let assignments: Vec<Vec<i32>> = topic
+        .assignments
+        .iter()
+        .flatten()
+        .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+        .collect();
+    let intent =
+        Intent::CreatePartitions { name: name.to_string(), partitions: topic.count, assignments };
     // Stored and applied; new partitions that could not be opened make it an error.
-    let applied = shard.change_metadata(record, validate_only).await?;
+    let applied = shard.change_intent(intent, validate_only).await?;
     applied.storage_error().map_or(Ok(()), Err)
 }

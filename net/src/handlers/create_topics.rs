@@ -1,6 +1,7 @@
-//! CreateTopics (key 19): validated (name, partitions, replication factor 1 while we are
-//! one node, configs), stored in the metadata log by the controller shard and applied on
-//! every shard before the answer; `validate_only` stops after validation. A topic some of
+//! CreateTopics (key 19): the name, counts and configs validated here, then forwarded to
+//! the active controller, which places the replicas over the live brokers (or checks the
+//! explicit assignment) and stores the topic; answered once this broker applied it.
+//! `validate_only` stops after the controller's checks. A topic some of
 //! whose partitions could not be opened (they exist, offline) is answered
 //! KAFKA_STORAGE_ERROR with how many and why; the other topics of the request are not
 //! affected.
@@ -11,7 +12,8 @@ use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
-use sluice_engine::metadata::{self, MetadataRecord};
+use sluice_cluster::controller::rpc::{Intent, NewTopic};
+use sluice_engine::metadata;
 
 use super::RequestContext;
 use super::{configs, str_bytes, topic_name, uuid};
@@ -35,24 +37,32 @@ pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Creat
             prepare(config, &name, topic.num_partitions, topic.replication_factor, &topic)
         };
         let outcome = match prepared {
-            Ok(record) => {
-                match shard.change_metadata(record.clone(), request.validate_only).await {
+            Ok(new) => {
+                let intent = Intent::CreateTopic(new.clone());
+                match shard.change_intent(intent, request.validate_only).await {
                     // Stored; partitions that could not be opened are offline, and the
                     // client is told so rather than that all went well.
-                    Ok(applied) => applied.storage_error().map_or(Ok(record), Err),
+                    Ok(applied) => applied.storage_error().map_or(Ok(new), Err),
                     Err(error) => Err(error),
                 }
             }
             Err(error) => Err(error),
         };
         match outcome {
-            Ok(MetadataRecord::CreateTopic {
-                topic_id,
-                partitions,
-                replication_factor,
-                configs,
-                ..
-            }) => {
+            Ok(new) => {
+                let topic_id = new.topic_id;
+                // What the controller chose, or (validate_only) what was asked.
+                let stored =
+                    shard.metadata().topic(&name).map(|t| (t.partitions, t.replication_factor));
+                let (partitions, replication_factor) = stored.unwrap_or((
+                    if new.partitions == -1 { config.num_partitions } else { new.partitions },
+                    if new.replication_factor == -1 {
+                        config.default_replication_factor
+                    } else {
+                        new.replication_factor
+                    },
+                ));
+                let configs = new.configs;
                 // Fields a version does not have must keep their defaults to encode.
                 if version >= 7 {
                     result.topic_id = uuid(topic_id);
@@ -65,7 +75,6 @@ pub async fn handle(ctx: &RequestContext, request: CreateTopicsRequest) -> Creat
                 }
                 tracing::info!(topic = %name, partitions, validate_only = request.validate_only, "CreateTopics");
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::info!(topic = %name, code = error.code, message = %error.message, "CreateTopics failed");
                 result.error_code = error.code;
@@ -85,49 +94,34 @@ fn prepare(
     num_partitions: i32,
     replication_factor: i16,
     topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-) -> Result<MetadataRecord, KafkaError> {
+) -> Result<NewTopic, KafkaError> {
     metadata::validate_topic_name(name).map_err(|e| from_metadata_error(&e))?;
-    let mut partitions = if num_partitions == -1 { config.num_partitions } else { num_partitions };
-    let mut replication_factor = if replication_factor == -1 {
-        config.default_replication_factor
-    } else {
-        replication_factor
-    };
-    if !topic.assignments.is_empty() {
+    let assignments: Vec<(i32, Vec<i32>)> = topic
+        .assignments
+        .iter()
+        .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+        .collect();
+    if !assignments.is_empty() {
         // Kafka: an assignment replaces both counts, which must then be -1.
-        if num_partitions != -1 || topic.replication_factor != -1 {
+        if num_partitions != -1 || replication_factor != -1 {
             return Err(KafkaError::new(
                 code::INVALID_REQUEST,
                 "replica assignment given together with a partition count or replication factor",
             ));
         }
-        let mut indexes: Vec<i32> = topic.assignments.iter().map(|a| a.partition_index).collect();
-        indexes.sort_unstable();
-        if indexes.iter().enumerate().any(|(i, p)| *p != i as i32) {
+    } else {
+        if num_partitions < 1 && num_partitions != -1 {
             return Err(KafkaError::new(
-                code::INVALID_REPLICA_ASSIGNMENT,
-                "partitions must be 0..n",
+                code::INVALID_PARTITIONS,
+                "Number of partitions was set to an invalid non-positive value.",
             ));
         }
-        for assignment in &topic.assignments {
-            if assignment.broker_ids.len() != 1 || assignment.broker_ids[0].0 != config.node_id {
-                return Err(KafkaError::new(
-                    code::INVALID_REPLICA_ASSIGNMENT,
-                    format!("this cluster has one broker, node {}", config.node_id),
-                ));
-            }
+        if replication_factor < 1 && replication_factor != -1 {
+            return Err(KafkaError::new(
+                code::INVALID_REPLICATION_FACTOR,
+                "Replication factor must be larger than 0, or -1 to use the default value.",
+            ));
         }
-        partitions = indexes.len() as i32;
-        replication_factor = 1;
-    }
-    if partitions < 1 {
-        return Err(KafkaError::new(code::INVALID_PARTITIONS, format!("{partitions} partitions")));
-    }
-    if replication_factor != 1 {
-        return Err(KafkaError::new(
-            code::INVALID_REPLICATION_FACTOR,
-            format!("replication factor {replication_factor}: this cluster has 1 broker"),
-        ));
     }
     let mut configs = BTreeMap::new();
     for entry in &topic.configs {
@@ -137,11 +131,12 @@ fn prepare(
     config
         .topic_settings(&configs)
         .map_err(|error| KafkaError::new(code::INVALID_CONFIG, error.to_string()))?;
-    Ok(MetadataRecord::CreateTopic {
+    Ok(NewTopic {
         name: name.to_string(),
         topic_id: metadata::new_topic_id(),
-        partitions,
+        partitions: num_partitions,
         replication_factor,
+        assignments,
         configs: configs.into_iter().collect(),
     })
 }

@@ -13,10 +13,14 @@ use crate::error::code;
 
 const METADATA_TOPIC: &str = "__cluster_metadata";
 
-pub async fn handle(ctx: &RequestContext, request: DescribeQuorumRequest) -> DescribeQuorumResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    request: DescribeQuorumRequest,
+) -> DescribeQuorumResponse {
     let mut response = DescribeQuorumResponse::default();
     let asks_metadata = request.topics.iter().any(|t| {
-        t.topic_name.0.as_str() == METADATA_TOPIC && t.partitions.iter().any(|p| p.partition_index == 0)
+        t.topic_name.0.as_str() == METADATA_TOPIC
+            && t.partitions.iter().any(|p| p.partition_index == 0)
     });
     if !asks_metadata {
         response.error_code = code::INVALID_REQUEST;

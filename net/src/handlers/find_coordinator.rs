@@ -45,7 +45,9 @@ pub async fn handle(
                 .transaction_topic()
                 .await
                 .map(|partitions| (TXN_TOPIC, txn_partition(&key, partitions)))
-                .map_err(|e| (e.code(), "the transaction state topic is not available".to_string())),
+                .map_err(|e| {
+                    (e.code(), "the transaction state topic is not available".to_string())
+                }),
             other => Err((code::INVALID_REQUEST, format!("unknown coordinator key type {other}"))),
         };
         let coordinator = found.and_then(|(topic, partition)| {

@@ -125,7 +125,7 @@ fn topic_answer(shard: &Shard, topic: &TopicMetadata, version: i16) -> MetadataR
     // the offline ones (v5+). Clients then wait and retry instead of sending to it.
     let offline = shard.offline_partitions().of_topic(&topic.name);
     let image = shard.metadata();
-    let alive = |id: i32| image.broker(id).is_none_or(|b| !b.fenced) || id == node.0;
+    let alive = |id: i32| image.broker(id).map_or(true, |b| !b.fenced) || id == node.0;
     answer.partitions = (0..topic.partitions)
         .map(|index| {
             let mut partition = MetadataResponsePartition::default();

@@ -231,7 +231,9 @@ impl ReplicaManager {
             | MetadataRecord::ChangeBroker { .. }
             | MetadataRecord::UnregisterBroker { .. } => {}
             MetadataRecord::Partition(PartitionRecord { topic_id, partition, .. })
-            | MetadataRecord::PartitionChange(PartitionChangeRecord { topic_id, partition, .. }) => {
+            | MetadataRecord::PartitionChange(PartitionChangeRecord {
+                topic_id, partition, ..
+            }) => {
                 let name = self.metadata.image().topic_by_id(topic_id).map(|t| t.name.clone());
                 if let Some(name) = name {
                     let tp = TopicPartition::new(name, *partition);
@@ -270,7 +272,8 @@ impl ReplicaManager {
             return Ok(());
         }
         if !self.hosted_here(&tp) {
-            if let Some(partition) = self.partitions.borrow_mut().remove(&tp) {
+            let removed = self.partitions.borrow_mut().remove(&tp);
+            if let Some(partition) = removed {
                 info!(partition = %tp, "no longer a replica here: closing and deleting it");
                 self.remove_partition(partition).await;
             }
