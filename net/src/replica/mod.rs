@@ -517,8 +517,21 @@ mod tests {
                 replication_factor: 1,
                 configs: vec![],
             };
+            // Partitions open with their placement, on the brokers it names (node 0 here).
+            let placed = MetadataRecord::Partition(PartitionRecord {
+                topic_id: [3; 16],
+                partition: 0,
+                replicas: vec![0],
+                isr: vec![0],
+                leader: 0,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                adding: vec![],
+                removing: vec![],
+            });
             let metadata = Rc::new(MetadataCache::new(MetadataImage::default()));
             metadata.apply(0, &create).unwrap();
+            metadata.apply(1, &placed).unwrap();
             let offline = Arc::new(OfflinePartitions::default());
             let replicas = ReplicaManager::new(
                 0,
@@ -528,6 +541,7 @@ mod tests {
                 offline.clone(),
             );
             assert!(replicas.apply(&create).await.offline.is_empty());
+            assert!(replicas.apply(&placed).await.offline.is_empty());
             let tp = TopicPartition::new("t", 0);
             assert_eq!(replicas.produce(1, part(&tp)).await.error, None);
             assert!(offline.is_empty());
