@@ -65,6 +65,9 @@ impl Applied {
     }
 }
 
+/// Producer id blocks remembered by offset until this broker's own write takes its block.
+const PRODUCER_BLOCKS_KEPT: usize = 1024;
+
 /// See the module documentation. Lives on shard 0 only.
 pub struct Controller {
     agent: Arc<BrokerAgent>,
@@ -180,9 +183,17 @@ impl Controller {
         records: Vec<MetadataRecord>,
     ) {
         let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
-        for (index, record) in records.iter().enumerate() {
-            if let MetadataRecord::ProducerIds { end } = record {
-                self.producer_blocks.borrow_mut().insert(first_offset + index as i64, *end);
+        {
+            let mut blocks = self.producer_blocks.borrow_mut();
+            for (index, record) in records.iter().enumerate() {
+                if let MetadataRecord::ProducerIds { end } = record {
+                    blocks.insert(first_offset + index as i64, *end);
+                }
+            }
+            // Other brokers' blocks are of no use here; keep the latest few for the write
+            // that waits for its own.
+            while blocks.len() > PRODUCER_BLOCKS_KEPT {
+                blocks.pop_first();
             }
         }
         let mut failed = Vec::new();

@@ -282,6 +282,16 @@ fn three_brokers_place_replicas_elect_leaders_and_survive_a_killed_controller() 
     brokers[index_of(victim)].restart();
     until_metadata(&survivor, None, 30, "the restarted broker listed", |m| m.brokers.len() == 3);
 
+    // kafka-python on the cluster: a topic with replication factor 3 created through its
+    // admin client, produced with acks=all to the partitions' leaders, consumed in a group
+    // whose coordinator may be any of the brokers.
+    crate::harness::run_python(
+        &brokers[index_of(victim)],
+        "kafka_python_cluster.py",
+        &["py-topic", "py-group", "300"],
+        "kafka-python cluster OK",
+    );
+
     // SIGTERM of a leader: controlled shutdown moves its leaderships to the other in-sync
     // replicas before it stops.
     let stopping = (victim % 3) + 1;

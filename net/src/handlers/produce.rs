@@ -6,7 +6,10 @@
 //! the topic's `min.insync.replicas` asks for more replicas than exist.
 
 use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use sluice_engine::checkpoint::TopicPartition;
 
@@ -66,6 +69,26 @@ pub async fn handle(
                 answer.log_start_offset = result.log_start_offset;
             }
             if let Some(error) = result.error {
+                // KIP-951 (v10+): where the leader is now, so the client need not ask
+                // Metadata first.
+                if error.code == code::NOT_LEADER_OR_FOLLOWER && version >= 10 {
+                    if let Some((leader, epoch)) = shard.metadata_cache.leader(&name, index) {
+                        answer.current_leader.leader_id = BrokerId(leader);
+                        answer.current_leader.leader_epoch = epoch;
+                        if let Some(broker) =
+                            super::cluster_brokers(shard).into_iter().find(|b| b.id == leader)
+                        {
+                            if !response.node_endpoints.iter().any(|e| e.node_id.0 == leader) {
+                                let mut endpoint = NodeEndpoint::default();
+                                endpoint.node_id = BrokerId(leader);
+                                endpoint.host = str_bytes(&broker.host);
+                                endpoint.port = broker.port;
+                                endpoint.rack = broker.rack.as_deref().map(str_bytes);
+                                response.node_endpoints.push(endpoint);
+                            }
+                        }
+                    }
+                }
                 answer.error_code = error.code;
                 if version >= 8 {
                     answer.error_message = Some(str_bytes(&error.message));

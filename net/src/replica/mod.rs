@@ -376,6 +376,13 @@ impl ReplicaManager {
                     settings: RefCell::new(settings),
                     recent: RecentBatches::default(),
                 });
+                // Leads or follows as the placement says (no placement: a one-node
+                // broker's partition, led here).
+                if let Some((leader, epoch)) = self.metadata.leader(&tp.topic, tp.partition) {
+                    if leader != self.config.node_id {
+                        partition.replica.become_follower(epoch);
+                    }
+                }
                 self.offline.remove(&tp);
                 self.partitions.borrow_mut().insert(tp, partition);
                 Ok(())
