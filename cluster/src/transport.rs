@@ -86,7 +86,7 @@ pub const CONNECTIONS_MAX: usize = 1024;
 pub const REPLIES_QUEUED_MAX: usize = 1024;
 
 /// At most one warning of a kind per this interval; the rest are counted.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// Frames to one peer are gathered into writes of about this size.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// A pause after a failed accept (out of file descriptors and the like), so as not to spin.
