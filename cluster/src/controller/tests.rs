@@ -305,3 +305,30 @@ fn a_single_node_image_is_adopted_with_every_partition_on_the_node() {
         assert_eq!((placement.replicas.clone(), placement.leader), (vec![4], 4));
     }
 }
+
+#[test]
+fn the_rebalance_hands_leadership_back_to_an_in_sync_preferred_leader() {
+    let mut cluster = Cluster::with_brokers(&[1, 2, 3]);
+    cluster.write(vec![Intent::CreateTopic(NewTopic {
+        name: "b".into(),
+        topic_id: [11; 16],
+        partitions: -1,
+        replication_factor: -1,
+        assignments: vec![(0, vec![1, 2, 3]), (1, vec![2, 3, 1])],
+        configs: vec![],
+    })]);
+    assert!(cluster.controller.rebalance(&cluster.image).is_empty(), "balanced already");
+    // Partition 0 is led by 2 while its preferred leader 1 is still in sync.
+    cluster.store(&[MetadataRecord::PartitionChange(PartitionChangeRecord {
+        topic_id: [11; 16],
+        partition: 0,
+        leader: Some(2),
+        ..Default::default()
+    })]);
+    let records = cluster.controller.rebalance(&cluster.image);
+    assert_eq!(records.len(), 1, "{records:?}");
+    cluster.store(&records);
+    let placement = cluster.partition("b", 0);
+    assert_eq!((placement.leader, placement.leader_epoch), (1, 2));
+    assert_eq!(cluster.partition("b", 1).leader, 2, "the other partition is left alone");
+}
