@@ -797,17 +797,11 @@ mod tests {
                 configs: vec![],
             };
             assert!(shard.apply_metadata(0, &create).await.unwrap().offline.is_empty());
-            let placed = MetadataRecord::Partition(sluice_engine::metadata::PartitionRecord {
-                topic_id: [7; 16],
-                partition: 0,
-                replicas: vec![0],
-                isr: vec![0],
-                leader: 0,
-                leader_epoch: 0,
-                partition_epoch: 0,
-                adding: vec![],
-                removing: vec![],
-            });
+            let placed = MetadataRecord::Partition(sluice_engine::metadata::PartitionRecord::new(
+                [7; 16],
+                0,
+                vec![0],
+            ));
             assert!(shard.apply_metadata(1, &placed).await.unwrap().offline.is_empty());
             match shard.handle(produce(&tp)).await {
                 ShardResponse::Produce(results) => assert_eq!(results[0].error, None),

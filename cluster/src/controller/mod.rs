@@ -63,6 +63,13 @@ pub struct Controller {
     rng: u64,
 }
 
+/// Why a broker leaves the ISRs it is in.
+#[derive(Debug, Clone, Copy)]
+enum Handler {
+    Fenced,
+    ControlledShutdown,
+}
+
 /// A partition's state as the election functions take it.
 pub fn partition_state(record: &PartitionRecord) -> PartitionState {
     PartitionState {
@@ -124,17 +131,11 @@ pub fn adopt_single_node(image: &MetadataImage, node: BrokerId) -> Vec<MetadataR
             if topic.placement(partition).is_some() {
                 continue;
             }
-            records.push(MetadataRecord::Partition(PartitionRecord {
-                topic_id: topic.topic_id,
+            records.push(MetadataRecord::Partition(PartitionRecord::new(
+                topic.topic_id,
                 partition,
-                replicas: vec![node],
-                isr: vec![node],
-                leader: node,
-                leader_epoch: 0,
-                partition_epoch: 0,
-                adding: Vec::new(),
-                removing: Vec::new(),
-            }));
+                vec![node],
+            )));
         }
     }
     records
@@ -268,14 +269,40 @@ impl Controller {
                 });
             }
         }
+        records.extend(self.leave_isrs(image, broker, 1, Handler::Fenced));
+        records
+    }
+
+    /// The changes that take `broker` out of the ISRs of `isr_min` or more members, each
+    /// decided by `handler` (fencing or controlled shutdown: KRaft treats both alike), a
+    /// new leader elected where it led.
+    fn leave_isrs(
+        &self,
+        image: &MetadataImage,
+        broker: BrokerId,
+        isr_min: usize,
+        handler: Handler,
+    ) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
         let usable = |id: BrokerId| id != broker && self.liveness.is_usable(id);
         for_each_partition(image, |topic, partition, record| {
-            if !record.isr.contains(&broker) {
+            if !record.isr.contains(&broker) || record.isr.len() < isr_min {
                 return;
             }
             let state = partition_state(record);
-            let unclean = self.unclean(topic);
-            if let Some(change) = election::handle_broker_fenced(&state, broker, usable, unclean) {
+            let usable: &dyn Fn(BrokerId) -> bool = &usable;
+            let change = match handler {
+                Handler::Fenced => {
+                    election::handle_broker_fenced(&state, broker, usable, self.unclean(topic))
+                }
+                Handler::ControlledShutdown => election::handle_broker_controlled_shutdown(
+                    &state,
+                    broker,
+                    usable,
+                    self.unclean(topic),
+                ),
+            };
+            if let Some(change) = change {
                 records.push(change_record(topic.topic_id, partition, &change));
             }
         });
@@ -285,20 +312,7 @@ impl Controller {
     /// The records that take a restarted broker's previous incarnation out of the ISRs it
     /// shares with other replicas.
     fn restart_records(&self, image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
-        let mut records = Vec::new();
-        let usable = |id: BrokerId| id != broker && self.liveness.is_usable(id);
-        for_each_partition(image, |topic, partition, record| {
-            if !record.isr.contains(&broker) || record.isr.len() < 2 {
-                return;
-            }
-            let state = partition_state(record);
-            if let Some(change) =
-                election::handle_broker_fenced(&state, broker, usable, self.unclean(topic))
-            {
-                records.push(change_record(topic.topic_id, partition, &change));
-            }
-        });
-        records
+        self.leave_isrs(image, broker, 2, Handler::Fenced)
     }
 
     fn unclean(&self, topic: &TopicMetadata) -> bool {
@@ -365,19 +379,7 @@ impl Controller {
                     fenced: false,
                     shutting_down: true,
                 });
-                let usable = |id: BrokerId| id != broker && self.liveness.is_usable(id);
-                for_each_partition(image, |topic, partition, record| {
-                    if !record.isr.contains(&broker) {
-                        return;
-                    }
-                    let state = partition_state(record);
-                    let unclean = self.unclean(topic);
-                    if let Some(change) =
-                        election::handle_broker_controlled_shutdown(&state, broker, usable, unclean)
-                    {
-                        records.push(change_record(topic.topic_id, partition, &change));
-                    }
-                });
+                records.extend(self.leave_isrs(image, broker, 1, Handler::ControlledShutdown));
                 info!(broker, "broker in controlled shutdown");
             }
             Some(Transition::Fence | Transition::ShutdownNow) => {

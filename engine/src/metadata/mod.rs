@@ -624,6 +624,21 @@ impl MetadataImage {
 }
 
 impl PartitionRecord {
+    /// A new partition on `replicas`, all of them in sync, led by the first at epoch 0.
+    pub fn new(topic_id: [u8; 16], partition: i32, replicas: Vec<i32>) -> Self {
+        PartitionRecord {
+            topic_id,
+            partition,
+            leader: replicas.first().copied().unwrap_or(NO_LEADER),
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
+    }
+
     /// This placement with `change` applied: the leader epoch goes up when the change
     /// names a leader, the partition epoch always.
     pub fn changed(&self, change: &PartitionChangeRecord) -> PartitionRecord {

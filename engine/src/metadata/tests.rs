@@ -642,15 +642,8 @@ fn a_format_0_log_written_by_the_previous_version_still_reads() {
 
 fn placement(n: u8, partition: i32, replicas: &[i32], leader: i32) -> MetadataRecord {
     MetadataRecord::Partition(PartitionRecord {
-        topic_id: id(n),
-        partition,
-        replicas: replicas.to_vec(),
-        isr: replicas.to_vec(),
         leader,
-        leader_epoch: 0,
-        partition_epoch: 0,
-        adding: vec![],
-        removing: vec![],
+        ..PartitionRecord::new(id(n), partition, replicas.to_vec())
     })
 }
 

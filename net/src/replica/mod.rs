@@ -525,17 +525,7 @@ mod tests {
                 configs: vec![],
             };
             // Partitions open with their placement, on the brokers it names (node 0 here).
-            let placed = MetadataRecord::Partition(PartitionRecord {
-                topic_id: [3; 16],
-                partition: 0,
-                replicas: vec![0],
-                isr: vec![0],
-                leader: 0,
-                leader_epoch: 0,
-                partition_epoch: 0,
-                adding: vec![],
-                removing: vec![],
-            });
+            let placed = MetadataRecord::Partition(PartitionRecord::new([3; 16], 0, vec![0]));
             let metadata = Rc::new(MetadataCache::new(MetadataImage::default()));
             metadata.apply(0, &create).unwrap();
             metadata.apply(1, &placed).unwrap();
