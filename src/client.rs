@@ -17,7 +17,7 @@ pub(crate) use sluice_net::client::{api_name, error_name};
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for one read or write on an established connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The client id sent in every request header.
 const CLIENT_ID: &str = "sluice-cli";
 /// The largest response frame accepted (a sanity bound against garbage length prefixes).

@@ -2,10 +2,12 @@
 
 mod broker;
 mod client;
+mod cluster_cli;
 mod config;
 mod group_cli;
 mod kafka_names;
 mod properties;
+mod topic_cli;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -34,6 +36,17 @@ enum Command {
     /// broker serving the group APIs (FindCoordinator, ListGroups, DescribeGroups,
     /// OffsetFetch, DeleteGroups; Metadata and ListOffsets for the lag).
     Group(group_cli::GroupArgs),
+    /// Topic administration: create, list, describe, delete, alter, reassign, elect leaders.
+    ///
+    /// Like Kafka's kafka-topics.sh, kafka-reassign-partitions.sh and
+    /// kafka-leader-election.sh, over the Kafka protocol: works against Sluice or any Kafka
+    /// cluster. `--brokers HOST:PORT,...` (or SLUICE_BROKERS) chooses the cluster.
+    Topic(topic_cli::TopicArgs),
+    /// The cluster: id, controller, brokers, metadata quorum, partition health.
+    ///
+    /// Like Kafka's kafka-metadata-quorum.sh describe, over the Kafka protocol.
+    /// `--brokers HOST:PORT,...` (or SLUICE_BROKERS) chooses the cluster.
+    Cluster(cluster_cli::ClusterArgs),
 }
 
 /// Log lines go to stdout. A line that cannot be written (the disk holding the log file
@@ -64,6 +77,8 @@ fn main() -> std::process::ExitCode {
         }
         // No log lines in an admin command's output: errors go to stderr below.
         Command::Group(args) => group_cli::run(args),
+        Command::Topic(args) => topic_cli::run(args),
+        Command::Cluster(args) => cluster_cli::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

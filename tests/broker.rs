@@ -7,6 +7,8 @@
 
 #[path = "support/admin.rs"]
 mod admin;
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/clients.rs"]
 mod clients;
 #[path = "support/cluster.rs"]

@@ -329,4 +329,37 @@ fn three_brokers_place_replicas_elect_leaders_and_survive_a_killed_controller() 
         "cluster: SIGKILL of the active controller {controller} to a topic created: {elapsed:?}"
     );
     assert_ne!(active_controller(&other), controller);
+
+    // The admin CLI sees the same cluster: three replicas per partition, three voters.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--brokers", &other])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "sluice {args:?}: {stderr}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let described = cli(&["topic", "describe", "replicated"]);
+    let partitions: Vec<Vec<&str>> = described
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|row| row.len() == 6 && row[0] == "replicated")
+        .collect();
+    assert_eq!(partitions.len(), 6, "{described}");
+    for row in &partitions {
+        let mut replicas: Vec<&str> = row[3].split(',').collect();
+        replicas.sort_unstable();
+        assert_eq!(replicas, ["1", "2", "3"], "{described}");
+    }
+    let info = cli(&["cluster", "info"]);
+    let voters = info
+        .lines()
+        .skip_while(|line| !line.starts_with("NODE"))
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter(|line| !line.contains("observer"))
+        .count();
+    assert_eq!(voters, 3, "{info}");
 }
