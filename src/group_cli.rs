@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::time::Duration;
 
+use crate::output::{opt_dash, table, write_json_string};
 use anyhow::{bail, Context};
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
@@ -752,41 +753,12 @@ pub(crate) fn delete(bootstrap: &str, group: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The output
 
-/// Left-aligned columns, two spaces apart, no trailing spaces.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.push_str(&" ".repeat(width - cell.chars().count()));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 fn or_dash(value: &str) -> String {
     if value.is_empty() {
         "-".to_string()
     } else {
         value.to_string()
     }
-}
-
-fn opt_dash<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 /// `sluice group list`: GROUP STATE PROTOCOL-TYPE.
@@ -947,22 +919,6 @@ impl Json {
 
 fn push_indent(out: &mut String, indent: usize) {
     out.push_str(&"  ".repeat(indent));
-}
-
-fn write_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// `sluice group list --json`: `[{"group_id", "state", "protocol_type"}, ...]`.

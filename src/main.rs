@@ -6,6 +6,7 @@ mod cluster_cli;
 mod config;
 mod group_cli;
 mod kafka_names;
+mod output;
 mod properties;
 mod topic_cli;
 

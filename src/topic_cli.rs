@@ -29,10 +29,8 @@ use kafka_protocol::messages::{
 use sluice_net::error::code;
 
 use crate::client::{error_name, KafkaError};
-use crate::cluster_cli::{
-    id_list, opt_dash, str_bytes, table, topic_id_text, write_stdout, Brokers, Json, Session,
-    REQUEST_TIMEOUT_MS,
-};
+use crate::cluster_cli::{str_bytes, topic_id_text, Brokers, Session, REQUEST_TIMEOUT_MS};
+use crate::output::{id_list, opt_dash, table, write_stdout, Json};
 
 // Versions this client speaks, per API (inclusive); the broker's range narrows them.
 /// From v4 partitions and replication factor may be left to the broker (-1); from v5 the
