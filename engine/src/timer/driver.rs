@@ -16,7 +16,9 @@
 //! built with `preempt_timer(tick)` (Seastar's task quota) and long loops call
 //! `yield_if_needed` (a DESIGN rule anyway); [`TimerDriver::spawn`] then puts the driver
 //! in its own `Latency::Matters` task queue so it runs as soon as it is woken. The test
-//! `busy_shard_still_fires_on_time` measures exactly that.
+//! `busy_shard_still_fires_on_time` checks that a timer fires while another task is
+//! still busy, well before glommio's default preemption would let it; how close to the
+//! deadline is a benchmark's to measure, not a test's on a shared machine.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::future::Future;
@@ -361,9 +363,9 @@ mod tests {
             driver.with(|wheel| wheel.add(deadline_ms, 1)).unwrap();
             // A request handler that computes for 200 ms, yielding only when glommio asks.
             let busy_clock = clock.clone();
+            let busy_until_ms = busy_clock.monotonic_ms() + 200;
             let busy = glommio::spawn_local(async move {
-                let until_ms = busy_clock.monotonic_ms() + 200;
-                while busy_clock.monotonic_ms() < until_ms {
+                while busy_clock.monotonic_ms() < busy_until_ms {
                     std::hint::black_box((0..1_000u64).sum::<u64>());
                     glommio::yield_if_needed().await;
                 }
@@ -371,7 +373,14 @@ mod tests {
             busy.await;
             let fired_at_ms = fired.borrow().first().map(|(at_ms, _)| *at_ms).unwrap();
             assert!(fired_at_ms >= deadline_ms);
-            assert!(fired_at_ms <= deadline_ms + 10, "late: {fired_at_ms} vs {deadline_ms}");
+            // Well before glommio's default preemption (100 ms) would have let it run: how
+            // close to the deadline depends on the machine (a shared one can hold the thread
+            // for tens of ms) and is the timer benchmarks' to measure.
+            assert!(
+                fired_at_ms < deadline_ms + 80,
+                "fired at {fired_at_ms}, deadline {deadline_ms}: as late as without preemption"
+            );
+            assert!(fired_at_ms < busy_until_ms);
             driver.stop();
             task.await;
         });
