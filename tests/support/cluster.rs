@@ -204,7 +204,9 @@ fn three_brokers_place_replicas_elect_leaders_and_survive_a_killed_controller() 
             "NOT_LEADER_OR_FOLLOWER"
         );
         let fetched = away.send(&fetch_request("replicated", &[(partition, 0)], 0), 12);
-        assert_eq!(fetched.responses[0].partitions[0].error_code, 6);
+        let answer = &fetched.responses[0].partitions[0];
+        assert_eq!(answer.error_code, 6);
+        assert_eq!(answer.current_leader.leader_id.0, *leader, "KIP-951: where the leader is");
     }
 
     // Real clients follow the leaders: librdkafka produces to all six and a group

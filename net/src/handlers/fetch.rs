@@ -85,7 +85,17 @@ pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer 
             .collect();
         wait_for_append(shard, positions, deadline_ms - now_ms).await;
     };
-    let topics = layout.answers(results, || FetchResult::failed(negative_partition()));
+    let mut topics = layout.answers(results, || FetchResult::failed(negative_partition()));
+    // KIP-951 (v12+): where the leader is now, so the client need not ask Metadata first.
+    if version >= 12 {
+        for (name, partitions) in &mut topics {
+            for (index, result) in partitions.iter_mut() {
+                if result.error.as_ref().is_some_and(|e| e.code == code::NOT_LEADER_OR_FOLLOWER) {
+                    result.current_leader = shard.metadata_cache.leader(name, *index);
+                }
+            }
+        }
+    }
     FetchAnswer { error_code: code::NONE, topics }
 }
 
@@ -153,8 +163,19 @@ pub fn encode(version: i16, correlation_id: i32, answer: FetchAnswer) -> Frame {
                 pieces.push(Piece::Meta(head.split().freeze()));
                 pieces.extend(result.records.pieces());
             }
-            if flexible {
-                head.put_u8(0); // partition tagged fields
+            match result.current_leader.filter(|_| flexible) {
+                // Tag 1, CurrentLeader: leader id, leader epoch, no tagged fields of its own.
+                // Kafka leaves the field out at its default (-1, -1).
+                Some((leader, epoch)) if (leader, epoch) != (-1, -1) => {
+                    head.put_u8(1); // one tagged field
+                    head.put_u8(1); // tag
+                    head.put_u8(9); // its size
+                    head.put_i32(leader);
+                    head.put_i32(epoch);
+                    head.put_u8(0);
+                }
+                _ if flexible => head.put_u8(0), // no partition tagged fields
+                _ => {}
             }
         }
         if flexible {
@@ -312,6 +333,10 @@ mod tests {
                 if version >= 5 {
                     data.log_start_offset = result.log_start_offset;
                 }
+                if let (Some((leader, epoch)), true) = (result.current_leader, version >= 12) {
+                    data.current_leader.leader_id = kafka_protocol::messages::BrokerId(leader);
+                    data.current_leader.leader_epoch = epoch;
+                }
                 data.records = Some(Bytes::from(records.next().unwrap().clone()));
                 topic.partitions.push(data);
             }
@@ -376,6 +401,7 @@ mod tests {
                         log_start_offset: *start,
                         aborted: aborted.clone(),
                         records: RecordBytes::default(),
+                        current_leader: (index % 3 == 0).then_some((*index % 7, *index % 11)),
                     };
                     results.push((*index, result));
                 }
@@ -413,6 +439,7 @@ mod tests {
             log_start_offset: 0,
             aborted: None,
             records: RecordBytes::Memory(Bytes::from(vec![0u8; len])),
+            current_leader: None,
         }
     }
 

@@ -90,6 +90,7 @@ impl ReplicaManager {
             log_start_offset,
             aborted: aborted.clone(),
             records,
+            current_leader: None,
         };
         let none = RecordBytes::default;
         if part.offset < log_start_offset || part.offset > high_watermark {

@@ -59,6 +59,9 @@ pub struct FetchResult {
     /// the records; `None` for read_uncommitted.
     pub aborted: Option<Vec<(i64, i64)>>,
     pub records: RecordBytes,
+    /// With NOT_LEADER_OR_FOLLOWER: the leader (id, epoch) the metadata names, for v12+'s
+    /// `CurrentLeader` (KIP-951).
+    pub current_leader: Option<(i32, i32)>,
 }
 
 impl FetchResult {
@@ -70,6 +73,7 @@ impl FetchResult {
             log_start_offset: -1,
             aborted: None,
             records: RecordBytes::default(),
+            current_leader: None,
         }
     }
 }
