@@ -7,6 +7,8 @@
 pub mod node;
 pub mod rpc;
 pub mod runtime;
+#[cfg(test)]
+mod sim;
 
 use sluice_engine::metadata::{
     BrokerEndpoint, MetadataImage, MetadataRecord, PartitionChangeRecord, PartitionRecord,

@@ -76,10 +76,15 @@ impl<R> Default for Output<R> {
     }
 }
 
-impl<R> Output<R> {
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.replies.is_empty() && self.adopted.is_empty()
-    }
+/// What the node applied, one committed entry or snapshot at a time, for the simulation's
+/// checks.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) enum Applied {
+    /// A committed entry's records, the first at `first_offset`.
+    Entry { first_offset: i64, records: Vec<MetadataRecord> },
+    /// A snapshot replaced the image.
+    Snapshot { image: MetadataImage },
 }
 
 /// A write request waiting for its turn.
@@ -125,6 +130,8 @@ pub struct ControllerNode<R> {
     /// trusted, so it answers nothing but this.
     broken: Option<String>,
     output: Output<R>,
+    #[cfg(test)]
+    applied: Vec<Applied>,
 }
 
 impl<R> std::fmt::Debug for ControllerNode<R> {
@@ -159,6 +166,8 @@ impl<R> ControllerNode<R> {
             adoption: None,
             broken: None,
             output: Output::default(),
+            #[cfg(test)]
+            applied: Vec::new(),
         }
     }
 
@@ -332,6 +341,12 @@ impl<R> ControllerNode<R> {
     /// its quorum's storage failed.
     pub fn broken(&self) -> Option<&str> {
         self.broken.as_deref()
+    }
+
+    /// What was applied since the last call, for the simulation's checks.
+    #[cfg(test)]
+    pub(crate) fn take_applied(&mut self) -> Vec<Applied> {
+        std::mem::take(&mut self.applied)
     }
 
     fn advance(&mut self, now_ms: u64) {
@@ -632,6 +647,8 @@ impl<R> ControllerNode<R> {
                         self.retained.clear();
                         self.retained_first = image.next_offset();
                         self.image = image;
+                        #[cfg(test)]
+                        self.applied.push(Applied::Snapshot { image: self.image.clone() });
                         self.reset_controller();
                     }
                     Err(error) => {
@@ -654,6 +671,11 @@ impl<R> ControllerNode<R> {
                         return;
                     }
                 };
+                #[cfg(test)]
+                self.applied.push(Applied::Entry {
+                    first_offset: self.image.next_offset(),
+                    records: records.clone(),
+                });
                 for record in records {
                     if let Err(error) = self.image.apply(&record) {
                         let reason = format!(
