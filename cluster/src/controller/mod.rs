@@ -4,8 +4,11 @@
 //! clock of its own; the quorum thread ([`runtime`]) stores each batch through Raft before
 //! the next decision is taken, so every decision sees every earlier one.
 
+pub mod node;
 pub mod rpc;
 pub mod runtime;
+#[cfg(test)]
+mod sim;
 
 use sluice_engine::metadata::{
     BrokerEndpoint, MetadataImage, MetadataRecord, PartitionChangeRecord, PartitionRecord,
