@@ -396,6 +396,25 @@ impl Controller {
     /// The passage of time: fences the first broker whose session expired (one per pass,
     /// as Kafka, so that each fencing's elections see the previous one's).
     pub fn tick(&mut self, image: &MetadataImage, now_ms: u64) -> Vec<MetadataRecord> {
+        // A restarted broker keeps leading the partitions whose only in-sync replica it is
+        // while it registers, fenced until its heartbeats show it caught up; if it goes
+        // silent for a session before that, those partitions lose it as a leader as any
+        // fenced broker's would (otherwise nothing would ever move them).
+        let session_ms = self.settings.session_timeout_ms;
+        let silent_leader = image.brokers().filter(|b| b.fenced).map(|b| b.id).find(|&id| {
+            image_leads(image, id)
+                && self
+                    .liveness
+                    .registration(id)
+                    .map_or(true, |r| r.heartbeat_last_ms.saturating_add(session_ms) < now_ms)
+        });
+        if let Some(broker) = silent_leader {
+            warn!(
+                broker,
+                "a fenced broker still leading went silent: its partitions lose it as leader"
+            );
+            return self.leave_isrs(image, broker, 1, Handler::Fenced);
+        }
         let Some(&broker) = self.liveness.expired(now_ms).first() else { return Vec::new() };
         warn!(
             broker,

@@ -332,3 +332,29 @@ fn the_rebalance_hands_leadership_back_to_an_in_sync_preferred_leader() {
     assert_eq!((placement.leader, placement.leader_epoch), (1, 2));
     assert_eq!(cluster.partition("b", 1).leader, 2, "the other partition is left alone");
 }
+
+#[test]
+fn a_restarted_sole_replica_that_goes_silent_before_it_is_unfenced_stops_leading() {
+    let mut settings = settings();
+    settings.local_broker = Some(1);
+    let mut cluster = Cluster::new();
+    cluster.controller = Controller::new(settings, &cluster.image, 0, 7);
+    cluster.register(1, 1, 0);
+    cluster.heartbeat(1, false, 0);
+    cluster.write(vec![topic("solo", 1, 1)]);
+    // The process restarts: the new incarnation keeps leading its sole-replica partition
+    // while fenced, then dies again before a heartbeat unfences it.
+    cluster.register(1, 2, 1_000);
+    assert!(cluster.image.broker(1).unwrap().fenced);
+    assert_eq!(cluster.partition("solo", 0).leader, 1);
+    assert!(cluster.controller.tick(&cluster.image, 9_000).is_empty(), "its session lives");
+    let records = cluster.controller.tick(&cluster.image, 10_001);
+    cluster.store(&records);
+    let placement = cluster.partition("solo", 0);
+    assert_eq!((placement.leader, placement.isr.clone()), (NO_LEADER, vec![1]));
+    assert!(cluster.controller.tick(&cluster.image, 20_000).is_empty(), "once");
+    // It comes back and catches up: it leads again.
+    cluster.register(1, 3, 20_000);
+    cluster.heartbeat(1, false, 20_001);
+    assert_eq!(cluster.partition("solo", 0).leader, 1);
+}
