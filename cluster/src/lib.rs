@@ -17,4 +17,5 @@ pub mod liveness;
 pub mod placement;
 pub mod quorum;
 pub mod reassignment;
+mod rng;
 pub mod transport;

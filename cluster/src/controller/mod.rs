@@ -20,6 +20,7 @@ use crate::election::{self, PartitionChange, PartitionState};
 use crate::liveness::{Heartbeat, Liveness, Registered, Transition};
 use crate::placement::{self, BrokerSets, PlacementError, StripeStart};
 use crate::reassignment;
+use crate::rng::SplitMix64;
 use crate::BrokerId;
 use rpc::{code, Intent, NewTopic, Outcome};
 
@@ -61,9 +62,9 @@ pub struct Decision<T> {
 pub struct Controller {
     settings: Settings,
     liveness: Liveness,
-    /// Seeds the placement's random start (Kafka's `assignReplicasToBrokers` picks it at
+    /// The placement's random start (Kafka's `assignReplicasToBrokers` picks it at
     /// random); a seed makes a simulation replay exactly.
-    rng: u64,
+    rng: SplitMix64,
 }
 
 /// Why a broker leaves the ISRs it is in.
@@ -179,7 +180,7 @@ impl Controller {
                 now_ms,
             );
         }
-        Controller { settings, liveness, rng: seed }
+        Controller { settings, liveness, rng: SplitMix64::new(seed) }
     }
 
     fn usable(&self) -> impl Fn(BrokerId) -> bool + '_ {
@@ -187,12 +188,7 @@ impl Controller {
     }
 
     fn next_random(&mut self) -> u64 {
-        // splitmix64
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// BrokerRegistration. The broker epoch is the offset its record takes (as Kafka's

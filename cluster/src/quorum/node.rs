@@ -15,6 +15,7 @@ use super::{
     log, node_id, raft_id, APPEND_BYTES_MAX, COMMIT_PERSIST_LAG_MAX, ELECTION_TICKS,
     ENTRY_BYTES_MAX, HEARTBEAT_TICKS, UNCOMMITTED_BYTES_MAX,
 };
+use crate::rng::SplitMix64;
 use crate::BrokerId;
 
 /// Append messages in flight to one follower before the leader waits for answers.
@@ -621,35 +622,6 @@ fn apply(entries: Vec<Entry>, output: &mut Output) {
                 );
             }
         }
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, for election timeouts
-/// here and for the simulation.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..bound` (0 when `bound` is 0); the modulo bias is irrelevant here.
-    pub(crate) fn below(&mut self, bound: u64) -> u64 {
-        if bound == 0 {
-            return 0;
-        }
-        self.next_u64() % bound
     }
 }
 

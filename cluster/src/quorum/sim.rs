@@ -32,11 +32,11 @@ use std::path::PathBuf;
 
 use raft::eraftpb::{EntryType, MessageType};
 
-use super::node::SplitMix64;
 use super::{
     decode_message, encode_message, Committed, Durability, ProposeError, QuorumNode, QuorumOptions,
     COMMIT_PERSIST_LAG_MAX,
 };
+use crate::rng::{seeds, SplitMix64};
 use crate::BrokerId;
 
 /// Rounds the recovery waits for its proposal to commit before proposing again.
@@ -76,7 +76,7 @@ impl SimConfig {
     /// crash often, some partition often, so that faults combine in ways fixed rates
     /// make rare.
     fn for_seed(nodes: usize, rng: &mut SplitMix64) -> Self {
-        let mut between = |low: u64, high: u64| low + rng.below(high - low + 1);
+        let mut between = |low: u64, high: u64| rng.between(low, high);
         SimConfig {
             nodes,
             rounds: 300,
@@ -810,38 +810,13 @@ impl Sim {
 /// Runs one seed, turning a panic (ours or raft-rs's) into a failure naming the seed.
 fn run_seed(seed: u64, nodes: usize) -> Result<Stats, String> {
     let config = SimConfig::for_seed(nodes, &mut SplitMix64::new(!seed));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    seeds::catching(|| {
         let mut sim = Sim::new(seed, config);
         match sim.run() {
             Ok(()) => Ok(sim.stats.clone()),
             Err(error) => Err(sim.explain(error)),
         }
-    }));
-    match outcome {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!("panicked: {message}"))
-        }
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// Seeds to run: `SLUICE_SIM_SEED` alone, or `SLUICE_SIM_SEEDS` from `SLUICE_SIM_SEED_START`.
-fn seeds(default_count: u64) -> Vec<u64> {
-    if let Some(seed) = env_u64("SLUICE_SIM_SEED") {
-        return vec![seed];
-    }
-    let start = env_u64("SLUICE_SIM_SEED_START").unwrap_or(0);
-    let count = env_u64("SLUICE_SIM_SEEDS").unwrap_or(default_count);
-    (start..start + count).collect()
+    })
 }
 
 /// Seeds each for 3 and for 5 nodes when no environment says otherwise: sized so the
@@ -851,7 +826,7 @@ const DEFAULT_SEEDS: u64 = 80;
 fn run_seeds(nodes: usize) {
     let mut total = Stats::default();
     let mut failures = Vec::new();
-    let seeds = seeds(DEFAULT_SEEDS);
+    let seeds = seeds::to_run(DEFAULT_SEEDS);
     for &seed in &seeds {
         match run_seed(seed, nodes) {
             Ok(stats) => {

@@ -59,6 +59,7 @@ use super::Settings;
 use crate::quorum::{
     decode_message, encode_message, Durability, QuorumNode, QuorumOptions, TICK_MS,
 };
+use crate::rng::{seeds, SplitMix64};
 use crate::BrokerId;
 use broker::{Event, Lane, SimBroker};
 use check::{Reference, ReferenceStats};
@@ -75,35 +76,8 @@ const CHAOS_MS: u64 = 100;
 /// Topic names clients use: few, so that they collide (exists, unknown, re-created).
 const TOPIC_NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 
-/// SplitMix64: the simulation's own seeded generator.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..bound` (0 when `bound` is 0).
-    fn below(&mut self, bound: u64) -> u64 {
-        if bound == 0 {
-            return 0;
-        }
-        self.next_u64() % bound
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low + 1)
-    }
-
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
+/// The simulation's seeded generator.
+type Rng = SplitMix64;
 
 /// Knobs of one run, drawn per seed ("swarm testing": some runs lose many messages, some
 /// crash often, some partition often).
@@ -282,7 +256,7 @@ impl Sim {
         let broker_ids = (0..config.brokers)
             .map(|b| if b < config.combined { CONTROLLER_IDS[b] } else { DEDICATED_BROKER_IDS[b] })
             .collect();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let tick_phases =
             (0..config.controllers).map(|_| rng.below(TICK_MS / STEP_MS) * STEP_MS).collect();
         let reference = Reference::new(config.unclean_leader_election);
@@ -1208,8 +1182,8 @@ fn run_seed_with(
     controllers: usize,
     setup: impl FnOnce(&mut Sim),
 ) -> Result<Stats, String> {
-    let config = SimConfig::for_seed(controllers, &mut Rng(!seed));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let config = SimConfig::for_seed(controllers, &mut Rng::new(!seed));
+    seeds::catching(|| {
         let mut sim = Sim::new(seed, config)?;
         setup(&mut sim);
         match sim.run() {
@@ -1220,32 +1194,7 @@ fn run_seed_with(
             }
             Err(error) => Err(sim.explain(error)),
         }
-    }));
-    match outcome {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!("panicked: {message}"))
-        }
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// Seeds to run: `SLUICE_SIM_SEED` alone, or `SLUICE_SIM_SEEDS` from `SLUICE_SIM_SEED_START`.
-fn seeds(default_count: u64) -> Vec<u64> {
-    if let Some(seed) = env_u64("SLUICE_SIM_SEED") {
-        return vec![seed];
-    }
-    let start = env_u64("SLUICE_SIM_SEED_START").unwrap_or(0);
-    let count = env_u64("SLUICE_SIM_SEEDS").unwrap_or(default_count);
-    (start..start + count).collect()
+    })
 }
 
 /// Seeds each for 3 and for 5 controllers when no environment says otherwise: sized so
@@ -1255,7 +1204,7 @@ const DEFAULT_SEEDS: u64 = 60;
 fn run_seeds(controllers: usize) {
     let mut total = Stats::default();
     let mut failures = Vec::new();
-    let seeds = seeds(DEFAULT_SEEDS);
+    let seeds = seeds::to_run(DEFAULT_SEEDS);
     for &seed in &seeds {
         match run_seed(seed, controllers) {
             Ok(stats) => total.add(&stats),
