@@ -162,14 +162,15 @@ impl Controller {
                 }
                 MetadataUpdate::Snapshot(image) => {
                     // Only a broker more than the controller's retained records behind
-                    // gets one while running; it restarts from the snapshot instead of
-                    // reconciling every partition in place.
+                    // gets one while running. Rather than reconcile every partition in
+                    // place, the broker stops (as on SIGTERM: logs flushed, checkpoints
+                    // written); started again, it catches up from the snapshot.
                     error!(
                         offset = image.offset(),
                         applied = shard.metadata_cache.offset(),
-                        "this broker fell behind the controller's retained metadata; stopping so that it restarts from the snapshot"
+                        "this broker fell behind the controller's retained metadata; the broker stops: start it again to catch up from the snapshot"
                     );
-                    shard.fire_stop();
+                    shard.stop.store(true, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
             }
