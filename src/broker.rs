@@ -634,13 +634,21 @@ fn start_quorum(config: &Config) -> anyhow::Result<Quorum> {
     };
     let metadata_dir = config.data_dir.join(metadata::METADATA_DIR);
     let raft_dir = metadata_dir.join("raft");
-    let fresh = !raft_dir.join("hardstate").exists() && !raft_dir.exists();
+    let fresh = !raft_dir.exists();
     let old_log = metadata_dir.join(metadata::METADATA_FILE);
-    let adopt = if single && (fresh || old_log.exists()) {
+    let had_old_log = old_log.exists();
+    let adopt = if single && (fresh || had_old_log) {
         let (mut log, mut image) =
             MetadataLog::open(&config.data_dir).context("opening the metadata log")?;
         adopt_partition_dirs(&config.data_dir, &mut log, &mut image)?;
-        Some((image, old_log))
+        drop(log);
+        if !had_old_log && image.is_empty() {
+            // A new data dir: nothing to adopt, and no old log to leave behind.
+            std::fs::remove_file(&old_log).ok();
+            None
+        } else {
+            Some((image, old_log))
+        }
     } else {
         None
     };

@@ -365,3 +365,49 @@ fn three_brokers_place_replicas_elect_leaders_and_survive_a_killed_controller() 
         .count();
     assert_eq!(voters, 3, "{info}");
 }
+
+/// A data dir of a one-node Sluice from before the controller quorum (its metadata log
+/// and a partition holding records) is upgraded in place at the first start: the topic,
+/// its configs and its records are there, the partition led by this node, and the old
+/// log is kept as `metadata.log.adopted` and not adopted twice.
+#[test]
+fn a_one_node_data_dir_from_before_the_quorum_is_upgraded_in_place() {
+    use sluice_engine::metadata::{MetadataLog, MetadataRecord, METADATA_DIR, METADATA_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        let (mut log, mut image) = MetadataLog::open(&data).unwrap();
+        let create = MetadataRecord::CreateTopic {
+            name: "old".into(),
+            topic_id: [9; 16],
+            partitions: 2,
+            replication_factor: 1,
+            configs: vec![("retention.ms".into(), "123456".into())],
+        };
+        log.commit(&mut image, &create).unwrap();
+    }
+    let mut broker = Broker::start(&data, &["--cores", "1"]);
+    let mut raw = Raw::connect(&broker.address());
+    let produced = raw.produce("old", 1, batch(&["kept"]));
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    let response = metadata(&broker.address(), Some(&["old"]));
+    assert_eq!(response.topics[0].error_code, 0);
+    assert_eq!(response.topics[0].topic_id.as_bytes(), &[9u8; 16]);
+    let placed = leaders(&response);
+    assert_eq!(placed.len(), 2);
+    assert!(placed
+        .values()
+        .all(|(leader, epoch, replicas, _)| *leader == 0 && *epoch == 0 && replicas == &[0]));
+    let metadata_dir = data.join(METADATA_DIR);
+    assert!(!metadata_dir.join(METADATA_FILE).exists());
+    assert!(metadata_dir.join(format!("{METADATA_FILE}.adopted")).exists());
+    // Restarted: the quorum's log has it; nothing adopted again, the record still there.
+    broker.stop();
+    broker.restart();
+    let mut raw = Raw::connect(&broker.address());
+    let records = crate::kafka::fetch_records(&mut raw, "old", 1);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].1, b"kept");
+    assert_eq!(broker.log().matches("adopting the one-node metadata").count(), 1, "adopted once");
+}
