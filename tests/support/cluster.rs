@@ -56,6 +56,9 @@ fn start_cluster(dir: &std::path::Path, count: i32) -> Vec<Broker> {
                     format!("broker.session.timeout.ms={SESSION_TIMEOUT_MS}"),
                     "--set".to_string(),
                     "broker.heartbeat.interval.ms=500".to_string(),
+                    // Three brokers share the tests' two cores: none polls while idle.
+                    "--set".to_string(),
+                    "reactor.idle.poll.us=0".to_string(),
                 ];
                 let data_dir = dir.join(format!("node-{}", i + 1));
                 scope.spawn(move || {
