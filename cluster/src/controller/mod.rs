@@ -49,6 +49,23 @@ pub struct Settings {
     pub local_broker: Option<BrokerId>,
 }
 
+#[cfg(test)]
+impl Settings {
+    /// Kafka's defaults with `session_timeout_ms`, one partition and one replica a topic.
+    pub(crate) fn for_tests(session_timeout_ms: u64) -> Self {
+        Settings {
+            session_timeout_ms,
+            unclean_leader_election: false,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            offsets_topic_replication_factor: None,
+            transaction_state_log_replication_factor: None,
+            leader_imbalance_percentage: 10,
+            local_broker: None,
+        }
+    }
+}
+
 /// A batch of records to store, and what to answer once it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<T> {

@@ -3,16 +3,7 @@
 use super::*;
 
 fn settings() -> Settings {
-    Settings {
-        session_timeout_ms: 9_000,
-        unclean_leader_election: false,
-        num_partitions: 1,
-        default_replication_factor: 1,
-        offsets_topic_replication_factor: None,
-        transaction_state_log_replication_factor: None,
-        leader_imbalance_percentage: 10,
-        local_broker: None,
-    }
+    Settings::for_tests(9_000)
 }
 
 /// A controller and the image its decisions are stored into, as the quorum thread keeps

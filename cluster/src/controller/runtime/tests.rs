@@ -9,16 +9,7 @@ use crate::agent::{
 use crate::controller::rpc::{Endpoint, Intent, NewTopic};
 
 fn settings() -> Settings {
-    Settings {
-        session_timeout_ms: 1_500,
-        unclean_leader_election: false,
-        num_partitions: 1,
-        default_replication_factor: 1,
-        offsets_topic_replication_factor: None,
-        transaction_state_log_replication_factor: None,
-        leader_imbalance_percentage: 10,
-        local_broker: None,
-    }
+    Settings::for_tests(1_500)
 }
 
 fn options(

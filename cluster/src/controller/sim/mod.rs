@@ -392,14 +392,9 @@ impl Sim {
         )
         .map_err(|e| format!("controller {node_id} open: {e}"))?;
         let settings = Settings {
-            session_timeout_ms: self.config.session_timeout_ms,
             unclean_leader_election: self.config.unclean_leader_election,
-            num_partitions: 1,
-            default_replication_factor: 1,
-            offsets_topic_replication_factor: None,
-            transaction_state_log_replication_factor: None,
-            leader_imbalance_percentage: 10,
             local_broker: (slot < self.config.combined).then_some(node_id),
+            ..Settings::for_tests(self.config.session_timeout_ms)
         };
         let options = NodeOptions {
             node_id,
