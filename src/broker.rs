@@ -169,6 +169,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         request_latency_log_interval_ms: config.request_latency_log_interval_ms,
         groups: config.groups.clone(),
         txns: config.txns.clone(),
+        replication: config.replication.clone(),
         properties: config.properties.clone(),
         open_files_per_shard: usize::try_from(open_files_per_shard).unwrap_or(usize::MAX),
     });

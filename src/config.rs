@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use sluice_cluster::config::{parse_voters, ClusterConfig};
 use sluice_engine::io::IoMode;
 use sluice_engine::log::{self, LogOptions};
-use sluice_net::config::{GroupConfig, TxnConfig};
+use sluice_net::config::{GroupConfig, ReplicationConfig, TxnConfig};
 
 use crate::kafka_names;
 use crate::properties;
@@ -122,6 +122,8 @@ pub struct Config {
     pub request_latency_log_interval_ms: u64,
     pub groups: GroupConfig,
     pub txns: TxnConfig,
+    /// `replica.*`: followers' fetching and the ISR's lag limit.
+    pub replication: ReplicationConfig,
     /// This node's roles and the controller quorum.
     pub cluster: ClusterConfig,
 }
@@ -184,8 +186,24 @@ const KNOWN: &[(&str, &str)] = &[
     ("leader.imbalance.check.interval.seconds", "300"),
     ("leader.imbalance.per.broker.percentage", "10"),
     ("offsets.topic.replication.factor", "3"),
+    ("replica.lag.time.max.ms", "30000"),
+    ("replica.fetch.wait.max.ms", "500"),
+    ("replica.fetch.max.bytes", "1048576"),
+    ("replica.fetch.response.max.bytes", "10485760"),
+    ("replica.fetch.backoff.ms", "1000"),
     ("transaction.state.log.replication.factor", "3"),
 ];
+
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(
+    name: &str,
+    value: &str,
+) -> anyhow::Result<T> {
+    let number: T = parse_number(name, value)?;
+    if number <= T::default() {
+        anyhow::bail!("{name} must be positive, not {value:?}");
+    }
+    Ok(number)
+}
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
     value.trim().parse().map_err(|_| anyhow::anyhow!("{name}: {value:?} is not a valid number"))
@@ -1093,6 +1111,28 @@ impl Config {
                 "request.latency.log.interval.ms",
                 get("request.latency.log.interval.ms"),
             )?,
+            replication: ReplicationConfig {
+                lag_time_max_ms: parse_positive(
+                    "replica.lag.time.max.ms",
+                    get("replica.lag.time.max.ms"),
+                )?,
+                fetch_wait_max_ms: parse_positive(
+                    "replica.fetch.wait.max.ms",
+                    get("replica.fetch.wait.max.ms"),
+                )?,
+                fetch_max_bytes: parse_positive(
+                    "replica.fetch.max.bytes",
+                    get("replica.fetch.max.bytes"),
+                )?,
+                fetch_response_max_bytes: parse_positive(
+                    "replica.fetch.response.max.bytes",
+                    get("replica.fetch.response.max.bytes"),
+                )?,
+                fetch_backoff_ms: parse_number(
+                    "replica.fetch.backoff.ms",
+                    get("replica.fetch.backoff.ms"),
+                )?,
+            },
             listen,
             advertise,
             data_dir,

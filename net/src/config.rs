@@ -60,11 +60,41 @@ pub struct BrokerConfig {
     pub groups: GroupConfig,
     /// The transaction coordinator's settings.
     pub txns: TxnConfig,
+    /// How followers copy their leaders' logs, and when a leader drops one from the ISR.
+    pub replication: ReplicationConfig,
     /// Every broker property with its value (defaults included), for DescribeConfigs.
     pub properties: BTreeMap<String, String>,
     /// Each shard's share of `log.open.files.max`: the descriptors its segment files may
     /// hold (see `sluice_engine::fdcache`).
     pub open_files_per_shard: usize,
+}
+
+/// Replication settings, under Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub lag_time_max_ms: u64,
+    /// `replica.fetch.wait.max.ms`: how long a follower's fetch waits for new records.
+    pub fetch_wait_max_ms: i32,
+    /// `replica.fetch.max.bytes`: per partition in a follower's fetch.
+    pub fetch_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`: for a whole follower's fetch.
+    pub fetch_response_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`: the pause after a failed fetch.
+    pub fetch_backoff_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    /// Kafka's defaults.
+    fn default() -> Self {
+        Self {
+            lag_time_max_ms: 30_000,
+            fetch_wait_max_ms: 500,
+            fetch_max_bytes: 1 << 20,
+            fetch_response_max_bytes: 10 << 20,
+            fetch_backoff_ms: 1_000,
+        }
+    }
 }
 
 /// The transaction coordinator's settings, under Kafka's names.
@@ -654,6 +684,7 @@ pub(crate) fn test_config() -> BrokerConfig {
         request_latency_log_interval_ms: 0,
         groups: GroupConfig::default(),
         txns: TxnConfig::default(),
+        replication: ReplicationConfig::default(),
         properties: BTreeMap::new(),
         open_files_per_shard: 1000,
     }

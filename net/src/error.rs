@@ -40,6 +40,7 @@ pub mod code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
@@ -95,6 +96,8 @@ pub fn from_log_error(error: &LogError) -> KafkaError {
         LogError::Batch(_) => code::CORRUPT_MESSAGE,
         LogError::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
         LogError::EmptyAppend => code::CORRUPT_MESSAGE,
+        // A leader change while the append waited for the log.
+        LogError::Refused(_) => code::NOT_LEADER_OR_FOLLOWER,
         LogError::InvalidOptions(_) => code::INVALID_CONFIG,
         LogError::Io { .. } | LogError::Corrupt { .. } | LogError::Offline { .. } => {
             code::KAFKA_STORAGE_ERROR

@@ -14,6 +14,7 @@ pub mod metadata_cache;
 pub mod protocol;
 pub mod recent;
 pub mod replica;
+pub mod replication;
 pub mod reqmetrics;
 pub mod runner;
 pub mod server;

@@ -192,6 +192,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
         .spawn_timers()
         .map_err(|error| ShardError::Timer { which: "fetch", reason: error.to_string() })?;
     let housekeeping = glommio::spawn_local(housekeeping(shard.clone()));
+    let replication = glommio::spawn_local(crate::replication::run(shard.clone()));
     let served = crate::server::serve(shard.clone()).await;
     shard.log_fetch_sends();
     if id == 0 {
@@ -200,6 +201,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
     }
     shard.request_metrics.report(id);
     housekeeping.await;
+    replication.await;
     shard.replicas.stop_timers();
     timer_task.await;
     shard.groups.timers.stop();

@@ -58,6 +58,8 @@ pub enum ShardError {
 pub enum ShardRequest {
     Produce {
         acks: i16,
+        /// How long acks=all waits for the in-sync replicas (the request's `timeout_ms`).
+        timeout_ms: u64,
         parts: Vec<ProducePart>,
     },
     Fetch(Vec<FetchPart>),
@@ -367,11 +369,17 @@ impl Shard {
         }
         let replicas = &self.replicas;
         match request {
-            ShardRequest::Produce { acks, parts } => {
+            ShardRequest::Produce { acks, timeout_ms, parts } => {
+                // Every partition is appended first; acks=all then waits for all of them
+                // at once.
                 let mut results = Vec::with_capacity(parts.len());
+                let mut waits = Vec::with_capacity(parts.len());
                 for part in parts {
-                    results.push(replicas.produce(acks, part).await);
+                    let (result, wait) = replicas.produce(acks, part).await;
+                    results.push(result);
+                    waits.push(wait);
                 }
+                replicas.await_replication(&mut results, waits, timeout_ms).await;
                 ShardResponse::Produce(results)
             }
             ShardRequest::Fetch(parts) => {
@@ -753,7 +761,7 @@ mod tests {
         let record = Record { key: None, value: Some(b"v".to_vec()), timestamp: 1 };
         let batch = encode_batch(&[record], EncodeOptions::default());
         let part = ProducePart { tp: tp.clone(), records: Some(BytesMut::from(&batch[..])) };
-        ShardRequest::Produce { acks: 1, parts: vec![part] }
+        ShardRequest::Produce { acks: 1, timeout_ms: 30_000, parts: vec![part] }
     }
 
     /// A shard that missed a metadata record stops serving: its partitions answer as a

@@ -40,9 +40,9 @@ fn crc32_ieee(bytes: &[u8]) -> u32 {
 }
 
 #[derive(Default)]
-struct Reports {
-    delivered: Mutex<Vec<(usize, i32, i64)>>,
-    failed: Mutex<Vec<String>>,
+pub(crate) struct Reports {
+    pub(crate) delivered: Mutex<Vec<(usize, i32, i64)>>,
+    pub(crate) failed: Mutex<Vec<String>>,
 }
 
 impl ClientContext for Reports {}
@@ -72,7 +72,7 @@ fn producer(address: &str, acks: &str) -> BaseProducer<Reports> {
         .unwrap()
 }
 
-struct LogToStderr;
+pub(crate) struct LogToStderr;
 impl ClientContext for LogToStderr {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         eprintln!("librdkafka {level:?} {fac}: {log_message}");
@@ -80,7 +80,7 @@ impl ClientContext for LogToStderr {
 }
 impl rdkafka::consumer::ConsumerContext for LogToStderr {}
 
-fn consumer(address: &str) -> BaseConsumer<LogToStderr> {
+pub(crate) fn consumer(address: &str) -> BaseConsumer<LogToStderr> {
     ClientConfig::new()
         .set("bootstrap.servers", address)
         // librdkafka wants a group id even for assign(); no group protocol is used

@@ -544,6 +544,20 @@ impl Controller {
             Intent::Reassign { topic, partition, target } => {
                 self.reassign(image, topic, *partition, target.as_deref())
             }
+            Intent::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_partition(
+                image,
+                topic,
+                *partition,
+                (*leader, *leader_epoch, *partition_epoch),
+                isr,
+            ),
         }
     }
 
@@ -748,6 +762,61 @@ impl Controller {
                     code::NO_REASSIGNMENT_IN_PROGRESS
                 }
                 _ => code::INVALID_REPLICA_ASSIGNMENT,
+            };
+            Outcome::error(code, e.to_string())
+        })?;
+        let records = change.iter().map(|c| change_record(topic.topic_id, partition, c)).collect();
+        Ok((Outcome::ok(), records))
+    }
+}
+
+impl Controller {
+    /// AlterPartition (Kafka's `ReplicationControlManager.alterPartition`): only the
+    /// current leader at the current leader epoch and partition epoch changes the ISR.
+    fn alter_partition(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        partition: i32,
+        (leader, leader_epoch, partition_epoch): (BrokerId, i32, i32),
+        isr: &[BrokerId],
+    ) -> Result<(Outcome, Vec<MetadataRecord>), Outcome> {
+        let found = image.topic(name).and_then(|t| t.placement(partition).map(|r| (t, r)));
+        let Some((topic, record)) = found else {
+            return Err(Outcome::error(
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("{name}-{partition} does not exist"),
+            ));
+        };
+        let state = partition_state(record);
+        if state.leader != leader {
+            return Err(Outcome::error(
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!(
+                    "broker {leader} does not lead {name}-{partition} (leader {})",
+                    state.leader
+                ),
+            ));
+        }
+        if leader_epoch != state.leader_epoch {
+            return Err(Outcome::error(
+                code::FENCED_LEADER_EPOCH,
+                format!("leader epoch {leader_epoch}, the partition is at {}", state.leader_epoch),
+            ));
+        }
+        if partition_epoch != state.partition_epoch {
+            return Err(Outcome::error(
+                code::INVALID_UPDATE_VERSION,
+                format!(
+                    "partition epoch {partition_epoch}, the partition is at {}",
+                    state.partition_epoch
+                ),
+            ));
+        }
+        let change = election::alter_isr(&state, isr, self.usable()).map_err(|e| {
+            let code = match e {
+                election::IsrChangeError::IneligibleReplica { .. } => code::INELIGIBLE_REPLICA,
+                _ => code::INVALID_REQUEST,
             };
             Outcome::error(code, e.to_string())
         })?;

@@ -34,6 +34,9 @@ pub mod code {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
     pub const INELIGIBLE_REPLICA: i16 = 107;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const INVALID_UPDATE_VERSION: i16 = 95;
 }
 
 /// A listener of a broker: name, host, port.
@@ -95,6 +98,17 @@ pub enum Intent {
         topic: String,
         partition: i32,
         target: Option<Vec<BrokerId>>,
+    },
+    /// Kafka's AlterPartition: the leader of a partition, at `leader_epoch` and
+    /// `partition_epoch` (the placement it acts on), asks for a new ISR. A stale leader or
+    /// placement is refused, so two changes built on the same state cannot both land.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<BrokerId>,
     },
 }
 

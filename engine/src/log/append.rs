@@ -29,6 +29,19 @@ impl Log {
         batches: &mut [u8],
         on_appended: impl FnOnce(&AppendInfo),
     ) -> Result<AppendInfo, LogError> {
+        self.append_admitted(batches, || Ok(()), on_appended).await
+    }
+
+    /// [`append_then`](Self::append_then), asking `admit` once the append holds the log
+    /// (after every earlier writer): an `Err(reason)` refuses it with
+    /// [`LogError::Refused`] before anything is written. A partition's leadership is
+    /// checked there, so an append that waited across a leader change is not written.
+    pub async fn append_admitted(
+        &self,
+        batches: &mut [u8],
+        admit: impl FnOnce() -> Result<(), String>,
+        on_appended: impl FnOnce(&AppendInfo),
+    ) -> Result<AppendInfo, LogError> {
         self.check_online()?;
         if batches.is_empty() {
             return Err(LogError::EmptyAppend);
@@ -39,6 +52,7 @@ impl Log {
         }
         let permit = self.lock().await;
         self.check_online()?;
+        admit().map_err(LogError::Refused)?;
 
         // Assign offsets: base offsets are outside the CRC, so this is a pure rewrite.
         let base_offset = self.log_end_offset();

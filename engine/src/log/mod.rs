@@ -131,6 +131,9 @@ pub enum LogError {
     InvalidOptions(String),
     #[error("empty append")]
     EmptyAppend,
+    /// The append's admission check failed (see [`Log::append_admitted`]).
+    #[error("append refused: {0}")]
+    Refused(String),
 }
 
 /// True for a write of an index file that failed because the file system is full (or
@@ -507,6 +510,13 @@ impl Log {
     /// produce requests must land in the order they arrived).
     async fn lock(&self) -> FifoGuard<'_> {
         self.append_lock.lock().await
+    }
+
+    /// Waits for every append, truncation and flush before this call to finish, and holds
+    /// the log until the guard drops: a partition's role changes under it, between two
+    /// appends, never in the middle of one.
+    pub async fn exclusive(&self) -> FifoGuard<'_> {
+        self.lock().await
     }
 
     /// Flushes and seals every segment (trims direct-mode padding). After this the files

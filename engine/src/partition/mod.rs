@@ -15,6 +15,7 @@
 //! sans-I/O state machine with its invariants asserted; this type adds the log's I/O.
 
 pub mod epochs;
+pub mod isr;
 pub mod state;
 
 #[cfg(test)]
@@ -157,8 +158,11 @@ pub struct Replica {
 
 impl Replica {
     /// Opens (recovers) the log in `dir`, rebuilds the producer state and reads the
-    /// leader-epoch checkpoint, then leads at `leader_epoch`. A log without a checkpoint
-    /// was written by a single broker that never changed leader: all of it is epoch 0.
+    /// leader-epoch checkpoint, then leads at `leader_epoch` (`lead`), or follows the
+    /// leader of that epoch. A follower records no epoch of its own: its epochs are those
+    /// of the batches it has, which is what its `LastFetchedEpoch` must say. A log without
+    /// a checkpoint was written by a single broker that never changed leader: all of it is
+    /// epoch 0.
     pub async fn open(
         tp: TopicPartition,
         dir: &Path,
@@ -166,6 +170,7 @@ impl Replica {
         hints: OpenHints,
         clock: Rc<dyn Clock>,
         leader_epoch: i32,
+        lead: bool,
     ) -> Result<Replica, OpenError> {
         let log = Log::open(dir, options, hints, clock).await?;
         let rebuilt = replay::rebuild_producer_state(&log).await?;
@@ -208,7 +213,11 @@ impl Replica {
             changed |= cache.truncate_from_start(log.log_start_offset());
         }
         let mut state = ReplicaState::new(log_end_offset, cache);
-        changed |= state.become_leader(leader_epoch);
+        if lead {
+            changed |= state.become_leader(leader_epoch);
+        } else {
+            state.become_follower(leader_epoch);
+        }
         let replica = Replica {
             tp,
             log,
@@ -346,7 +355,8 @@ impl Replica {
                 offset += extent.count;
             }
         };
-        let appended = self.log.append_then(bytes, on_appended).await;
+        let admit = || self.admit(Role::Leader, Some(epoch));
+        let appended = self.log.append_admitted(bytes, admit, on_appended).await;
         self.after_epochs_change(epochs_changed);
         match appended {
             Ok(info) => Ok(Appended::Written(info)),
@@ -447,9 +457,26 @@ impl Replica {
                 }
             }
         };
-        let appended = self.log.append_then(bytes, on_appended).await;
+        let admit = || self.admit(Role::Follower, None);
+        let appended = self.log.append_admitted(bytes, admit, on_appended).await;
         self.after_epochs_change(epochs_changed);
         Ok(appended?)
+    }
+
+    /// An append may go ahead only in the role (and leader epoch) it was prepared for: it
+    /// is asked with the log held, so a role change cannot slip between it and the write.
+    fn admit(&self, role: Role, epoch: Option<i32>) -> Result<(), String> {
+        let state = self.state.borrow();
+        if state.role() != role {
+            return Err(format!("prepared as {role:?}, the replica is now the {:?}", state.role()));
+        }
+        match epoch {
+            Some(epoch) if epoch != state.leader_epoch() => Err(format!(
+                "prepared at leader epoch {epoch}, the replica is at {}",
+                state.leader_epoch()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A follower cuts its log at `offset`, where its history and its leader's part (found
@@ -500,18 +527,69 @@ impl Replica {
 
     /// Becomes the leader at `epoch` (a leader change). The epoch starts at the log end.
     ///
-    /// An append reads the role and epoch before it waits for the log's append lock, and
-    /// the state asserts the role again when the append lands; a role change must
-    /// therefore not happen while appends wait (replication will take the log's lock, or
-    /// drain the partition's appends, around it).
-    pub fn become_leader(&self, epoch: i32) {
+    /// Waits for the appends before it to finish (they hold the log from their admission
+    /// check until the log end has moved); appends after it were prepared in the old role
+    /// and are refused at admission.
+    pub async fn become_leader(&self, epoch: i32) {
+        let _held = self.log.exclusive().await;
         let changed = self.state.borrow_mut().become_leader(epoch);
         self.after_epochs_change(changed);
     }
 
-    /// Becomes a follower of the leader of `epoch`.
-    pub fn become_follower(&self, epoch: i32) {
+    /// Becomes a follower of the leader of `epoch` (after the appends before it).
+    pub async fn become_follower(&self, epoch: i32) {
+        let _held = self.log.exclusive().await;
         self.state.borrow_mut().become_follower(epoch);
+    }
+
+    /// The role and epoch, unless they are already these (nothing to wait for).
+    pub fn is_at(&self, leader: bool, epoch: i32) -> bool {
+        let state = self.state.borrow();
+        (state.role() == Role::Leader) == leader && state.leader_epoch() == epoch
+    }
+
+    /// A leader learns its replicas and ISR as stored. Returns whether the high watermark
+    /// moved.
+    pub fn update_replica_set(
+        &self,
+        local: i32,
+        replicas: &[i32],
+        isr: &[i32],
+        now_ms: u64,
+    ) -> bool {
+        self.state.borrow_mut().update_replica_set(local, replicas, isr, now_ms)
+    }
+
+    /// A follower fetched from `fetch_offset` (see [`ReplicaState::follower_fetched`]).
+    pub fn follower_fetched(&self, broker: i32, fetch_offset: i64, now_ms: u64) -> Option<bool> {
+        self.state.borrow_mut().follower_fetched(broker, fetch_offset, now_ms)
+    }
+
+    /// How many replicas are in sync, the leader included.
+    pub fn isr_len(&self) -> usize {
+        self.state.borrow().replica_set().isr_len()
+    }
+
+    /// The ISR this leader should ask the controller for, if it should (see
+    /// [`isr::ReplicaSet::proposed_isr`]).
+    pub fn proposed_isr(&self, local: i32, now_ms: u64, lag_max_ms: u64) -> Option<Vec<i32>> {
+        let state = self.state.borrow();
+        if state.role() != Role::Leader {
+            return None;
+        }
+        state.replica_set().proposed_isr(
+            local,
+            state.high_watermark(),
+            state.current_epoch_start(),
+            now_ms,
+            lag_max_ms,
+        )
+    }
+
+    /// The latest leader epoch in this replica's log (-1: none): a follower's
+    /// `LastFetchedEpoch`.
+    pub fn latest_log_epoch(&self) -> i32 {
+        self.state.borrow().epochs().latest_epoch().unwrap_or(-1)
     }
 
     /// Writes a transaction marker (a control batch) for producer `producer_id` at
@@ -558,16 +636,21 @@ impl Replica {
         if role != Role::Leader {
             return Err(AppendError::WrongRole(role));
         }
+        let epoch = self.leader_epoch();
         let mut epochs_changed = false;
         let appended = self
             .log
-            .append_then(bytes, |info| {
-                epochs_changed = self
-                    .state
-                    .borrow_mut()
-                    .appended_as_leader(info.base_offset, info.last_offset + 1);
-                on_appended(info);
-            })
+            .append_admitted(
+                bytes,
+                || self.admit(Role::Leader, Some(epoch)),
+                |info| {
+                    epochs_changed = self
+                        .state
+                        .borrow_mut()
+                        .appended_as_leader(info.base_offset, info.last_offset + 1);
+                    on_appended(info);
+                },
+            )
             .await;
         self.after_epochs_change(epochs_changed);
         Ok(appended?)

@@ -10,11 +10,12 @@
 //!   where the log ended);
 //! - the epoch cache's epochs and start offsets both increase.
 //!
-//! With one replica (a single broker) the leader is the whole in-sync replica set, so its
-//! high watermark is its log end offset after every append. Replication will feed the
-//! followers' log end offsets in and take the minimum over the in-sync set.
+//! A leader's high watermark is the lowest log end offset over the in-sync replicas
+//! ([`ReplicaSet`]: the followers' ends come from their fetches); with one replica (a
+//! single broker) that is its own log end offset after every append.
 
 use super::epochs::LeaderEpochCache;
+use super::isr::ReplicaSet;
 
 /// Whether this replica takes writes from clients or copies them from a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct ReplicaState {
     log_end_offset: i64,
     high_watermark: i64,
     epochs: LeaderEpochCache,
+    /// A leader's followers and ISR (empty on a follower).
+    set: ReplicaSet,
 }
 
 impl ReplicaState {
@@ -70,6 +73,7 @@ impl ReplicaState {
             log_end_offset,
             high_watermark: log_end_offset,
             epochs,
+            set: ReplicaSet::default(),
         };
         state.check();
         state
@@ -95,6 +99,58 @@ impl ReplicaState {
         &self.epochs
     }
 
+    /// A leader's view of its followers and ISR.
+    pub fn replica_set(&self) -> &ReplicaSet {
+        &self.set
+    }
+
+    /// Where the current leader epoch started in this replica's log (its log end when
+    /// it has no entry for it).
+    pub fn current_epoch_start(&self) -> i64 {
+        match self.epochs.latest() {
+            Some(latest) if latest.epoch == self.leader_epoch => latest.start_offset,
+            _ => self.log_end_offset,
+        }
+    }
+
+    /// A leader learns its placement: replicas and ISR as stored. Returns whether the high
+    /// watermark moved (a smaller ISR may let it rise).
+    pub fn update_replica_set(
+        &mut self,
+        local: i32,
+        replicas: &[i32],
+        isr: &[i32],
+        now_ms: u64,
+    ) -> bool {
+        assert_eq!(self.role, Role::Leader, "a follower keeps no replica set");
+        self.set.update(local, replicas, isr, now_ms);
+        self.maybe_advance_high_watermark()
+    }
+
+    /// A follower of this leader fetched from `fetch_offset`. `None` when `broker` is not
+    /// one of its followers; otherwise whether the high watermark moved.
+    pub fn follower_fetched(
+        &mut self,
+        broker: i32,
+        fetch_offset: i64,
+        now_ms: u64,
+    ) -> Option<bool> {
+        assert_eq!(self.role, Role::Leader, "a follower was fetched from");
+        if !self.set.fetched(broker, fetch_offset, self.log_end_offset, now_ms) {
+            return None;
+        }
+        Some(self.maybe_advance_high_watermark())
+    }
+
+    fn maybe_advance_high_watermark(&mut self) -> bool {
+        let candidate = self.set.min_isr_end(self.log_end_offset);
+        if candidate > self.high_watermark {
+            self.set_high_watermark(candidate);
+            return true;
+        }
+        false
+    }
+
     /// This replica leads from `epoch` on; its epoch starts at the current log end.
     /// Returns whether the epoch cache changed (its file must be written).
     pub fn become_leader(&mut self, epoch: i32) -> bool {
@@ -110,6 +166,7 @@ impl ReplicaState {
     pub fn become_follower(&mut self, epoch: i32) {
         assert!(epoch >= self.leader_epoch, "leader epoch {epoch} after {}", self.leader_epoch);
         self.role = Role::Follower;
+        self.set.clear();
         self.leader_epoch = epoch;
         self.check();
     }
@@ -134,7 +191,8 @@ impl ReplicaState {
         assert_eq!(self.role, Role::Leader, "a follower appended as leader");
         self.advance_log_end(base_offset, end_offset);
         let changed = self.epochs.assign(self.leader_epoch, base_offset);
-        self.set_high_watermark(self.log_end_offset);
+        self.maybe_advance_high_watermark();
+        self.check();
         changed
     }
 

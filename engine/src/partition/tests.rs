@@ -60,6 +60,7 @@ async fn open(dir: &Path, clock: &ManualClock, epoch: i32) -> Replica {
         OpenHints::default(),
         Rc::new(clock.clone()),
         epoch,
+        true,
     )
     .await
     .unwrap()
@@ -113,7 +114,7 @@ fn a_new_leader_epoch_is_stamped_checkpointed_and_survives_reopen() {
         {
             let replica = open(dir.path(), &clock, 0).await;
             written(&replica, plain(5)).await;
-            replica.become_leader(3);
+            replica.become_leader(3).await;
             written(&replica, plain(2)).await;
             assert_eq!(batches(&replica).await, [(0, 0), (5, 3)]);
             assert_eq!(replica.check_leader_epoch(3), Ok(()));
@@ -291,7 +292,7 @@ fn a_follower_keeps_the_leaders_offsets_and_epochs_and_refuses_gaps() {
             follower.append_as_follower(&mut wrong_role).await,
             Err(AppendError::WrongRole(Role::Leader))
         ));
-        follower.become_follower(2);
+        follower.become_follower(2).await;
         // The batches from offset 3 on first: a gap.
         let (first, rest) = Batch::parse(&copied).unwrap();
         let mut gap = rest.to_vec();
@@ -340,7 +341,7 @@ fn a_follower_truncates_to_its_leaders_history_and_forgets_what_was_cut() {
         let dir = tempfile::tempdir().unwrap();
         {
             let follower = open(dir.path(), &clock, 0).await;
-            follower.become_follower(1);
+            follower.become_follower(1).await;
             follower.append_as_follower(&mut history).await.unwrap();
             follower.follow_high_watermark(9);
             assert_eq!(follower.aborted_between(0, 9), [(5, 3), (6, 6)]);
@@ -362,7 +363,7 @@ fn a_follower_truncates_to_its_leaders_history_and_forgets_what_was_cut() {
             let mut new = plain(4);
             crate::batch::set_base_offset(&mut new, 6);
             crate::batch::set_partition_leader_epoch(&mut new, 2);
-            follower.become_follower(2);
+            follower.become_follower(2).await;
             follower.append_as_follower(&mut new).await.unwrap();
             assert_eq!(follower.end_offset_for(1), (1, 6));
             assert_eq!(follower.end_offset_for(2), (2, 10));

@@ -47,6 +47,10 @@ pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer 
     let deadline_ms = shard.clock.monotonic_ms() + wait_ms + 1;
 
     let read_committed = request.isolation_level == 1;
+    // A follower's fetch names its broker (v15+ in ReplicaState); consumers send -1.
+    let replica_id =
+        if version >= 15 { request.replica_state.replica_id.0 } else { request.replica_id.0 };
+    let follower = replica_id >= 0;
     let mut layout = Layout::new();
     for topic in &request.topics {
         layout.topic(topic.topic.0.as_str());
@@ -61,6 +65,8 @@ pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer 
                     -1
                 },
                 read_committed,
+                replica_id,
+                last_fetched_epoch: if version >= 12 { partition.last_fetched_epoch } else { -1 },
             });
         }
     }
@@ -80,7 +86,9 @@ pub async fn handle(ctx: &RequestContext, request: FetchRequest) -> FetchAnswer 
             .map(|(part, result)| {
                 let bound =
                     if read_committed { result.last_stable_offset } else { result.high_watermark };
-                Watch { tp: part.tp.clone(), seen: bound.max(part.offset), read_committed }
+                // A follower waits for its leader's log end to pass where it fetches from.
+                let seen = if follower { part.offset } else { bound.max(part.offset) };
+                Watch { tp: part.tp.clone(), seen, read_committed, follower }
             })
             .collect();
         wait_for_append(shard, positions, deadline_ms - now_ms).await;
@@ -163,19 +171,27 @@ pub fn encode(version: i16, correlation_id: i32, answer: FetchAnswer) -> Frame {
                 pieces.push(Piece::Meta(head.split().freeze()));
                 pieces.extend(result.records.pieces());
             }
-            match result.current_leader.filter(|_| flexible) {
-                // Tag 1, CurrentLeader: leader id, leader epoch, no tagged fields of its own.
-                // Kafka leaves the field out at its default (-1, -1).
-                Some((leader, epoch)) if (leader, epoch) != (-1, -1) => {
-                    head.put_u8(1); // one tagged field
+            if flexible {
+                // Tagged fields, in tag order; Kafka leaves each out at its default.
+                // Tag 0, DivergingEpoch: epoch, end offset. Tag 1, CurrentLeader: leader id,
+                // leader epoch. Each with no tagged fields of its own.
+                let diverging = result.diverging_epoch;
+                let leader = result.current_leader.filter(|&leader| leader != (-1, -1));
+                head.put_u8(u8::from(diverging.is_some()) + u8::from(leader.is_some()));
+                if let Some((epoch, end_offset)) = diverging {
+                    head.put_u8(0); // tag
+                    head.put_u8(13); // its size
+                    head.put_i32(epoch);
+                    head.put_i64(end_offset);
+                    head.put_u8(0);
+                }
+                if let Some((leader, epoch)) = leader {
                     head.put_u8(1); // tag
                     head.put_u8(9); // its size
                     head.put_i32(leader);
                     head.put_i32(epoch);
                     head.put_u8(0);
                 }
-                _ if flexible => head.put_u8(0), // no partition tagged fields
-                _ => {}
             }
         }
         if flexible {
@@ -333,6 +349,10 @@ mod tests {
                 if version >= 5 {
                     data.log_start_offset = result.log_start_offset;
                 }
+                if let (Some((epoch, end_offset)), true) = (result.diverging_epoch, version >= 12) {
+                    data.diverging_epoch.epoch = epoch;
+                    data.diverging_epoch.end_offset = end_offset;
+                }
                 if let (Some((leader, epoch)), true) = (result.current_leader, version >= 12) {
                     data.current_leader.leader_id = kafka_protocol::messages::BrokerId(leader);
                     data.current_leader.leader_epoch = epoch;
@@ -402,6 +422,7 @@ mod tests {
                         aborted: aborted.clone(),
                         records: RecordBytes::default(),
                         current_leader: (index % 3 == 0).then_some((*index % 7, *index % 11)),
+                        diverging_epoch: (index % 2 == 0).then_some((*index % 5, *hw)),
                     };
                     results.push((*index, result));
                 }
@@ -440,6 +461,7 @@ mod tests {
             aborted: None,
             records: RecordBytes::Memory(Bytes::from(vec![0u8; len])),
             current_leader: None,
+            diverging_epoch: None,
         }
     }
 
@@ -450,6 +472,8 @@ mod tests {
             max_bytes,
             current_leader_epoch: -1,
             read_committed: false,
+            replica_id: -1,
+            last_fetched_epoch: -1,
         }
     }
 

@@ -1,9 +1,10 @@
 //! Produce (key 0): record batches (v2) appended as received, apart from the base offset
 //! (and with `message.timestamp.type=LogAppendTime`, the timestamp) the broker assigns.
-//! Partitions are appended on the shards that own them; acks=0 gets no response; with one
-//! replica, acks=1 and acks=all are both answered once the append is done (the high
-//! watermark is the log end offset), and acks=all fails with NOT_ENOUGH_REPLICAS when
-//! the topic's `min.insync.replicas` asks for more replicas than exist.
+//! Partitions are appended on the shards that own them; acks=0 gets no response; acks=1
+//! is answered once the leader's append is done; acks=all fails with NOT_ENOUGH_REPLICAS
+//! when fewer replicas than the topic's `min.insync.replicas` are in sync, and is answered
+//! once the high watermark has passed the records (every in-sync replica has them), or
+//! with REQUEST_TIMED_OUT after the request's `timeout_ms`.
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{
@@ -27,6 +28,7 @@ pub async fn handle(
     let shard = &ctx.shard;
     let version = ctx.version;
     let acks = request.acks;
+    let timeout_ms = u64::try_from(request.timeout_ms).unwrap_or(0);
     let (layout, parts) = split(request, body);
     let results: Vec<ProduceResult> = if !matches!(acks, -1..=1) {
         let error = KafkaError::new(code::INVALID_REQUIRED_ACKS, format!("acks={acks}"));
@@ -36,7 +38,7 @@ pub async fn handle(
             .scatter(
                 parts,
                 |part| &part.tp,
-                |parts| ShardRequest::Produce { acks, parts },
+                |parts| ShardRequest::Produce { acks, timeout_ms, parts },
                 |response| match response {
                     ShardResponse::Produce(results) => Some(results),
                     _ => None,

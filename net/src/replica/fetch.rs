@@ -42,6 +42,7 @@ pub struct LogEnds<'a>(&'a HashMap<TopicPartition, Rc<Partition>>);
 impl<'a> DelayedOperation<LogEnds<'a>> for FetchWaiter {
     fn try_complete(&mut self, ends: &mut LogEnds<'a>) -> bool {
         self.positions.iter().any(|watch| match ends.0.get(&watch.tp) {
+            Some(partition) if watch.follower => partition.replica.log_end_offset() > watch.seen,
             Some(partition) => partition.replica.fetch_bound(watch.read_committed) > watch.seen,
             // Deleted or moved: the fetch answers now with the error.
             None => true,
@@ -78,9 +79,22 @@ impl ReplicaManager {
         if let Err(mismatch) = replica.check_leader_epoch(part.current_leader_epoch) {
             return FetchResult::failed(from_epoch_mismatch(mismatch));
         }
+        let follower = part.replica_id >= 0;
+        if follower {
+            if let Some(diverging) = self.follower_fetched(&partition, &part) {
+                return diverging;
+            }
+        }
         let high_watermark = replica.high_watermark();
         let last_stable_offset = replica.last_stable_offset();
-        let bound = if part.read_committed { last_stable_offset } else { high_watermark };
+        // A follower copies the whole log; clients read what the ISR has.
+        let bound = if follower {
+            replica.log_end_offset()
+        } else if part.read_committed {
+            last_stable_offset
+        } else {
+            high_watermark
+        };
         let log_start_offset = replica.log_start_offset();
         let aborted = part.read_committed.then(|| replica.aborted_between(part.offset, bound));
         let answer = |error: Option<KafkaError>, records: RecordBytes| FetchResult {
@@ -91,11 +105,13 @@ impl ReplicaManager {
             aborted: aborted.clone(),
             records,
             current_leader: None,
+            diverging_epoch: None,
         };
         let none = RecordBytes::default;
-        if part.offset < log_start_offset || part.offset > high_watermark {
+        let readable_end = if follower { bound } else { high_watermark };
+        if part.offset < log_start_offset || part.offset > readable_end {
             let message =
-                format!("offset {} is outside [{log_start_offset}, {high_watermark}]", part.offset);
+                format!("offset {} is outside [{log_start_offset}, {readable_end}]", part.offset);
             return answer(Some(KafkaError::new(code::OFFSET_OUT_OF_RANGE, message)), none());
         }
         if part.offset >= bound || part.max_bytes == 0 {
@@ -131,6 +147,41 @@ impl ReplicaManager {
                 answer(Some(from_log_error(&error)), none())
             }
         }
+    }
+
+    /// A follower's fetch: first its history (KIP-320: if the leader's log does not
+    /// continue the follower's `LastFetchedEpoch` up to its fetch offset, the answer is
+    /// where they part, and the follower truncates there), then its progress: its log end
+    /// is its fetch offset, which may move the high watermark (waking acks=all produces and
+    /// consumers) and the ISR.
+    fn follower_fetched(&self, partition: &Partition, part: &FetchPart) -> Option<FetchResult> {
+        use sluice_engine::clock::Clock;
+        let replica = &partition.replica;
+        if part.last_fetched_epoch >= 0 {
+            let (epoch, end_offset) = replica.end_offset_for(part.last_fetched_epoch);
+            if epoch < part.last_fetched_epoch || end_offset < part.offset {
+                let mut result = FetchResult::failed(KafkaError::new(code::NONE, ""));
+                result.error = None;
+                result.high_watermark = replica.high_watermark();
+                result.last_stable_offset = replica.last_stable_offset();
+                result.log_start_offset = replica.log_start_offset();
+                result.diverging_epoch = Some((epoch, end_offset));
+                return Some(result);
+            }
+        }
+        if part.offset > replica.log_end_offset() {
+            // Ahead of the leader (a history this leader does not have, from a follower
+            // that sent no epoch): answered out of range below, and it truncates.
+            return None;
+        }
+        match replica.follower_fetched(part.replica_id, part.offset, self.clock.monotonic_ms()) {
+            Some(true) => self.on_high_watermark(&part.tp),
+            Some(false) => {}
+            None => {
+                debug!(partition = %part.tp, replica = part.replica_id, "fetch from a broker that is not a replica");
+            }
+        }
+        None
     }
 
     /// Parks until one of `positions` grows past what its fetch saw, or `wait_ms` passes.

@@ -27,12 +27,14 @@ use sluice_engine::log::OpenHints;
 use sluice_engine::metadata::{MetadataRecord, PartitionChangeRecord, PartitionRecord};
 use sluice_engine::partition::Replica;
 use sluice_engine::shard::{shard_of, ShardId};
+use sluice_engine::sync::FifoLock;
 use sluice_engine::timer::{DriverOptions, Expired, Purgatory, PurgatoryOptions, TimerDriver};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use cache_windows::CacheWindows;
 pub use fetch::FetchWaiter;
 pub use partition::{OfflinePartitions, Partition};
+pub use produce::{ProduceWaiter, Replication};
 
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::error::{code, KafkaError};
@@ -42,6 +44,7 @@ use crate::recent::RecentBatches;
 use crate::throttle::LogThrottle;
 
 type FetchPurgatory = Purgatory<TopicPartition, FetchWaiter>;
+type ProducePurgatory = Purgatory<TopicPartition, ProduceWaiter>;
 
 /// Why a partition could not be opened (it is then offline, with this as the reason).
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +70,14 @@ pub struct ReplicaManager {
     log_clock: Rc<dyn Clock>,
     metadata: Rc<MetadataCache>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
+    /// The partitions this shard follows, and the broker that leads each.
+    following: RefCell<HashMap<TopicPartition, i32>>,
     /// Partitions of the broker that could not be opened, with the reason: this shard
     /// writes its own, and every shard reads all for Metadata answers.
     offline: Arc<OfflinePartitions>,
     fetch_waiters: TimerDriver<FetchPurgatory, SystemClock>,
+    /// acks=all produces waiting for the in-sync replicas.
+    produce_waiters: TimerDriver<ProducePurgatory, SystemClock>,
     /// Direct mode's cache of recent batches over all partitions, oldest first:
     /// (partition, chunk base offset, chunk bytes), and the bytes it holds.
     recent_order: RefCell<VecDeque<(Weak<Partition>, i64, u64)>>,
@@ -95,13 +102,23 @@ impl ReplicaManager {
             clock.clone(),
             DriverOptions::DEFAULT,
         );
+        let produce_waiters = TimerDriver::new(
+            Purgatory::new(PurgatoryOptions {
+                ops_max: FETCH_WAITERS_MAX,
+                ..PurgatoryOptions::starting_at(clock.monotonic_ms())
+            }),
+            clock.clone(),
+            DriverOptions::DEFAULT,
+        );
         Self {
             shard,
             config,
+            produce_waiters,
             log_clock: Rc::new(clock.clone()),
             clock,
             metadata,
             partitions: RefCell::new(HashMap::new()),
+            following: RefCell::new(HashMap::new()),
             offline,
             fetch_waiters,
             recent_order: RefCell::new(VecDeque::new()),
@@ -184,11 +201,19 @@ impl ReplicaManager {
     /// Starts the fetch purgatory's timer task: an expired parked fetch answers with
     /// what it has.
     pub fn spawn_timers(&self) -> glommio::Result<glommio::Task<()>, ()> {
-        self.fetch_waiters.spawn(|expired: Expired<FetchWaiter>| expired.op.wake())
+        let fetches =
+            self.fetch_waiters.spawn(|expired: Expired<FetchWaiter>| expired.op.wake())?;
+        let produces =
+            self.produce_waiters.spawn(|expired: Expired<ProduceWaiter>| expired.op.wake())?;
+        Ok(glommio::spawn_local(async move {
+            fetches.await;
+            produces.await;
+        }))
     }
 
     pub fn stop_timers(&self) {
         self.fetch_waiters.stop();
+        self.produce_waiters.stop();
     }
 
     // ---- partitions open and close as metadata changes ----
@@ -285,14 +310,63 @@ impl ReplicaManager {
             }
         }
         let Some(partition) = self.partitions.borrow().get(&tp).cloned() else { return Ok(()) };
-        if let Some((leader, epoch)) = self.metadata.leader(&tp.topic, tp.partition) {
-            if leader == self.config.node_id {
-                partition.replica.become_leader(epoch);
+        self.take_role(&partition).await;
+        Ok(())
+    }
+
+    /// Leads or follows `partition` as its placement says (no placement: a one-node
+    /// broker's partition, led here). A leader learns its replicas and ISR (its high
+    /// watermark may move); a follower is handed to the replica fetcher of its leader.
+    /// Parked acks=all produces are checked again: leadership may have moved.
+    async fn take_role(&self, partition: &Rc<Partition>) {
+        use sluice_engine::clock::Clock;
+        let tp = partition.tp().clone();
+        let placement = {
+            let image = self.metadata.image();
+            image.topic(&tp.topic).and_then(|t| t.placement(tp.partition).cloned())
+        };
+        let Some(placement) = placement else { return };
+        let node = self.config.node_id;
+        let replica = &partition.replica;
+        let _held = partition.replication.lock().await;
+        if placement.leader_epoch < replica.leader_epoch() {
+            // An older placement than the replica has acted on (cannot come from the
+            // metadata log, which only moves forward).
+            warn!(partition = %tp, epoch = placement.leader_epoch, current = replica.leader_epoch(), "placement older than the replica's leader epoch ignored");
+            return;
+        }
+        if placement.leader == node {
+            if !replica.is_at(true, placement.leader_epoch) {
+                replica.become_leader(placement.leader_epoch).await;
+                info!(partition = %tp, epoch = placement.leader_epoch, "leading");
+            }
+            self.following.borrow_mut().remove(&tp);
+            let now_ms = self.clock.monotonic_ms();
+            replica.update_replica_set(node, &placement.replicas, &placement.isr, now_ms);
+        } else {
+            if !replica.is_at(false, placement.leader_epoch) {
+                replica.become_follower(placement.leader_epoch).await;
+                debug!(partition = %tp, leader = placement.leader, epoch = placement.leader_epoch, "following");
+            }
+            let mut following = self.following.borrow_mut();
+            if placement.leader >= 0 {
+                following.insert(tp.clone(), placement.leader);
             } else {
-                partition.replica.become_follower(epoch);
+                following.remove(&tp);
             }
         }
-        Ok(())
+        self.on_high_watermark(&tp);
+    }
+
+    /// The partitions this shard follows, with their leaders (the replica fetcher's work).
+    pub fn following(&self) -> Vec<(TopicPartition, i32)> {
+        self.following.borrow().iter().map(|(tp, leader)| (tp.clone(), *leader)).collect()
+    }
+
+    /// The partitions this shard leads with more than one replica: their ISR may need to
+    /// change (see `replication::isr_changes`).
+    pub fn led(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().filter(|p| p.replica.is_leader()).cloned().collect()
     }
 
     /// Closes and deletes this shard's partitions of a deleted topic; fetches parked on
@@ -313,6 +387,9 @@ impl ReplicaManager {
     /// Closes a partition taken out of the map and deletes its directory; fetches parked
     /// on it answer now.
     async fn remove_partition(&self, partition: Rc<Partition>) {
+        self.following.borrow_mut().remove(partition.tp());
+        // The fetcher may be copying into it: let that finish first.
+        let _held = partition.replication.lock().await;
         let log = partition.replica.log();
         if let Err(error) = log.close().await {
             warn!(partition = %partition.tp(), %error, "closing a deleted partition");
@@ -356,6 +433,11 @@ impl ReplicaManager {
         let settings = self.topic_settings(&tp.topic);
         let dir = self.config.data_dir.join(tp.dir_name());
         let epoch = self.metadata.leader_epoch(&tp.topic, tp.partition);
+        // No placement: a one-node broker's partition, led here.
+        let lead = self
+            .metadata
+            .leader(&tp.topic, tp.partition)
+            .map_or(true, |(leader, _)| leader == self.config.node_id);
         let opened = match std::fs::create_dir_all(&dir) {
             Ok(()) => Replica::open(
                 tp.clone(),
@@ -364,6 +446,7 @@ impl ReplicaManager {
                 hints,
                 self.log_clock.clone(),
                 epoch,
+                lead,
             )
             .await
             .map_err(OpenPartitionError::from),
@@ -375,16 +458,11 @@ impl ReplicaManager {
                     replica,
                     settings: RefCell::new(settings),
                     recent: RecentBatches::default(),
+                    replication: FifoLock::new(),
                 });
-                // Leads or follows as the placement says (no placement: a one-node
-                // broker's partition, led here).
-                if let Some((leader, epoch)) = self.metadata.leader(&tp.topic, tp.partition) {
-                    if leader != self.config.node_id {
-                        partition.replica.become_follower(epoch);
-                    }
-                }
                 self.offline.remove(&tp);
-                self.partitions.borrow_mut().insert(tp, partition);
+                self.partitions.borrow_mut().insert(tp, partition.clone());
+                self.take_role(&partition).await;
                 Ok(())
             }
             Err(error) => {
@@ -540,10 +618,10 @@ mod tests {
             assert!(replicas.apply(&create).await.offline.is_empty());
             assert!(replicas.apply(&placed).await.offline.is_empty());
             let tp = TopicPartition::new("t", 0);
-            assert_eq!(replicas.produce(1, part(&tp)).await.error, None);
+            assert_eq!(replicas.produce(1, part(&tp)).await.0.error, None);
             assert!(offline.is_empty());
             faults.fail_next_write();
-            let failed = replicas.produce(1, part(&tp)).await;
+            let (failed, _) = replicas.produce(1, part(&tp)).await;
             assert_eq!(failed.error.unwrap().code, code::KAFKA_STORAGE_ERROR);
             assert_eq!(offline.of_topic("t"), [0]);
             assert!(offline.reason(&tp).unwrap().contains("failed"), "{:?}", offline.reason(&tp));

@@ -8,16 +8,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_engine::checkpoint::TopicPartition;
 use sluice_engine::partition::Replica;
+use sluice_engine::sync::FifoLock;
 
 use crate::config::TopicSettings;
 use crate::recent::RecentBatches;
 
-/// One partition this shard leads. Lives on the shard `shard_of(topic, partition)`.
+/// One partition replica of this shard. Lives on the shard `shard_of(topic, partition)`.
 pub struct Partition {
     pub replica: Replica,
     pub settings: RefCell<TopicSettings>,
     /// Direct mode: the most recently appended batches, for tail fetches.
     pub recent: RecentBatches,
+    /// Held by the replica fetcher while it truncates or appends what it fetched, and by
+    /// a role change: a follower's copy and its becoming leader never interleave.
+    pub replication: FifoLock,
 }
 
 impl Partition {

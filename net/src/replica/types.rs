@@ -38,15 +38,22 @@ pub struct FetchPart {
     pub current_leader_epoch: i32,
     /// Isolation level read_committed: read up to the last stable offset.
     pub read_committed: bool,
+    /// The fetching follower's broker id; -1 for a consumer.
+    pub replica_id: i32,
+    /// A follower's `LastFetchedEpoch` (v12+; -1: none).
+    pub last_fetched_epoch: i32,
 }
 
 /// A partition a parked fetch waits on: it wakes when the partition's bound (high
-/// watermark, or last stable offset for read_committed) passes `seen`.
+/// watermark, or last stable offset for read_committed; the log end for a follower)
+/// passes `seen`.
 #[derive(Debug, Clone)]
 pub struct Watch {
     pub tp: TopicPartition,
     pub seen: i64,
     pub read_committed: bool,
+    /// A follower's fetch: it waits for the log end, not the high watermark.
+    pub follower: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +69,9 @@ pub struct FetchResult {
     /// With NOT_LEADER_OR_FOLLOWER: the leader (id, epoch) the metadata names, for v12+'s
     /// `CurrentLeader` (KIP-951).
     pub current_leader: Option<(i32, i32)>,
+    /// A follower's fetch whose `LastFetchedEpoch` this leader's history does not continue:
+    /// the (epoch, end offset) it should truncate to (v12+'s `DivergingEpoch`, KIP-320).
+    pub diverging_epoch: Option<(i32, i64)>,
 }
 
 impl FetchResult {
@@ -74,6 +84,7 @@ impl FetchResult {
             aborted: None,
             records: RecordBytes::default(),
             current_leader: None,
+            diverging_epoch: None,
         }
     }
 }
