@@ -614,6 +614,33 @@ fn acks_all_messages_survive_repeated_leader_kills() {
     until_isr(&brokers[index_of(leader)].address(), "pair", 2, -1, 60);
     assert_eq!(code(raw.produce("pair", 0, batch(&["again"]))), 0);
 
+    // Reassignment moves the data: the pair's follower is replaced by the third broker,
+    // which copies the log from the leader, joins the ISR, and completes the move (the
+    // replaced replica's directory goes).
+    let third = (1..=3).find(|node| !replicas.contains(node)).unwrap();
+    let target = format!("{leader},{third}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["topic", "reassign", "--topic", "pair", "--partition", "0", "--replicas", &target])
+        .args(["--brokers", &first])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let moved = until_metadata(&first, Some(&["pair"]), 60, "the pair moved", |m| {
+        let p = &m.topics[0].partitions[0];
+        let mut replicas: Vec<i32> = p.replica_nodes.iter().map(|b| b.0).collect();
+        replicas.sort_unstable();
+        let mut expected = vec![leader, third];
+        expected.sort_unstable();
+        replicas == expected && p.isr_nodes.len() == 2
+    });
+    eprintln!("replication: pair reassigned to {:?}", leaders(&moved)[&0]);
+    let gone = dir.path().join(format!("node-{follower}/pair-0"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gone.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!gone.exists(), "the replaced replica's directory is deleted");
+
     // Two of three brokers down (the quorum with them): acks=all is never acknowledged.
     let kept = leader;
     for node in (1..=3).filter(|&node| node != kept) {
@@ -636,10 +663,14 @@ fn acks_all_messages_survive_repeated_leader_kills() {
     for broker in &mut brokers {
         assert!(broker.stop().success());
     }
-    for partition in 0..3 {
-        let logs: Vec<Vec<u8>> = (1..=3)
+    let mut compared = vec![("durable", 0, vec![1, 2, 3]), ("durable", 1, vec![1, 2, 3])];
+    compared.push(("durable", 2, vec![1, 2, 3]));
+    compared.push(("pair", 0, vec![leader, third]));
+    for (topic, partition, nodes) in compared {
+        let logs: Vec<Vec<u8>> = nodes
+            .iter()
             .map(|node| {
-                let partition_dir = dir.path().join(format!("node-{node}/durable-{partition}"));
+                let partition_dir = dir.path().join(format!("node-{node}/{topic}-{partition}"));
                 let mut files: Vec<_> = std::fs::read_dir(&partition_dir)
                     .unwrap()
                     .map(|e| e.unwrap().path())
@@ -650,12 +681,13 @@ fn acks_all_messages_survive_repeated_leader_kills() {
             })
             .collect();
         let longest = logs.iter().map(Vec::len).max().unwrap();
+        assert!(logs.iter().all(|log| !log.is_empty()), "{topic}-{partition}: a replica is empty");
         for (node, log) in logs.iter().enumerate() {
             let reference = logs.iter().find(|l| l.len() == longest).unwrap();
             assert!(
                 reference.starts_with(log),
-                "partition {partition}: node {}'s log diverges from the longest",
-                node + 1
+                "{topic}-{partition}: node {}'s log diverges from the longest",
+                nodes[node]
             );
         }
     }

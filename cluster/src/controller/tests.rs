@@ -272,6 +272,89 @@ fn a_reassignment_adds_replicas_then_can_be_cancelled() {
     assert_eq!(cluster.write(vec![reassign(None)])[0].code, code::NO_REASSIGNMENT_IN_PROGRESS);
 }
 
+/// AlterPartition: only the current leader, at the current leader and partition epochs,
+/// changes the ISR; a follower that is fenced may not join; an ISR change that puts every
+/// target replica in sync completes a reassignment.
+#[test]
+fn isr_changes_come_from_the_current_leader_at_the_current_epochs() {
+    let mut cluster = Cluster::with_brokers(&[1, 2, 3]);
+    cluster.write(vec![Intent::CreateTopic(NewTopic {
+        name: "a".into(),
+        topic_id: [6; 16],
+        partitions: -1,
+        replication_factor: -1,
+        assignments: vec![(0, vec![1, 2, 3])],
+        configs: vec![],
+    })]);
+    let placed = cluster.partition("a", 0);
+    assert_eq!((placed.leader, placed.isr.clone()), (1, vec![1, 2, 3]));
+    let alter = |leader: BrokerId, leader_epoch: i32, partition_epoch: i32, isr: Vec<BrokerId>| {
+        Intent::AlterPartition {
+            topic: "a".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        }
+    };
+    let (le, pe) = (placed.leader_epoch, placed.partition_epoch);
+    // Shrink: broker 3 lags.
+    assert!(cluster.write(vec![alter(1, le, pe, vec![1, 2])])[0].is_ok());
+    let shrunk = cluster.partition("a", 0);
+    assert_eq!(shrunk.isr, vec![1, 2]);
+    assert_eq!(shrunk.leader_epoch, le, "an ISR change keeps the leader epoch");
+    assert_eq!(shrunk.partition_epoch, pe + 1);
+    // The same change again, built on the old partition epoch: refused.
+    let stale = &cluster.write(vec![alter(1, le, pe, vec![1, 2, 3])])[0];
+    assert_eq!(stale.code, code::INVALID_UPDATE_VERSION, "{stale:?}");
+    // Not the leader, or an old leader epoch: refused.
+    assert_eq!(
+        cluster.write(vec![alter(2, le, pe + 1, vec![2, 3])])[0].code,
+        code::NOT_LEADER_OR_FOLLOWER
+    );
+    assert_eq!(
+        cluster.write(vec![alter(1, le - 1, pe + 1, vec![1, 2, 3])])[0].code,
+        code::FENCED_LEADER_EPOCH
+    );
+    // A member must be a replica and include the leader.
+    assert_eq!(
+        cluster.write(vec![alter(1, le, pe + 1, vec![1, 2, 4])])[0].code,
+        code::INVALID_REQUEST
+    );
+    assert_eq!(cluster.write(vec![alter(1, le, pe + 1, vec![2])])[0].code, code::INVALID_REQUEST);
+    // Expand: broker 3 caught up.
+    assert!(cluster.write(vec![alter(1, le, pe + 1, vec![1, 2, 3])])[0].is_ok());
+    assert_eq!(cluster.partition("a", 0).isr, vec![1, 2, 3]);
+
+    // A reassignment from [1] to [1, 2] completes when broker 2 joins the ISR.
+    cluster.write(vec![Intent::CreateTopic(NewTopic {
+        name: "m".into(),
+        topic_id: [7; 16],
+        partitions: -1,
+        replication_factor: -1,
+        assignments: vec![(0, vec![1])],
+        configs: vec![],
+    })]);
+    let target = Some(vec![1, 2]);
+    assert!(cluster.write(vec![Intent::Reassign { topic: "m".into(), partition: 0, target }])[0]
+        .is_ok());
+    let moving = cluster.partition("m", 0);
+    assert_eq!(moving.adding, vec![2]);
+    let change = Intent::AlterPartition {
+        topic: "m".into(),
+        partition: 0,
+        leader: 1,
+        leader_epoch: moving.leader_epoch,
+        partition_epoch: moving.partition_epoch,
+        isr: vec![1, 2],
+    };
+    assert!(cluster.write(vec![change])[0].is_ok());
+    let moved = cluster.partition("m", 0);
+    assert_eq!((moved.replicas.clone(), moved.isr.clone()), (vec![1, 2], vec![1, 2]));
+    assert!(moved.adding.is_empty() && moved.removing.is_empty(), "{moved:?}");
+}
+
 #[test]
 fn a_single_node_image_is_adopted_with_every_partition_on_the_node() {
     let mut old = MetadataImage::default();

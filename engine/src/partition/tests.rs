@@ -378,3 +378,49 @@ fn a_follower_truncates_to_its_leaders_history_and_forgets_what_was_cut() {
         assert_eq!(batches(&reopened).await.last(), Some(&(6, 2)));
     });
 }
+
+/// A role change waits for the appends queued before it on the log, and an append
+/// prepared as leader that reaches the log after the change is refused, not written: a
+/// replica that became a follower never takes a client's batch.
+#[test]
+fn an_append_queued_behind_a_role_change_is_refused() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let replica = Rc::new(open(dir.path(), &clock, 0).await);
+        let held = replica.log().exclusive().await;
+        // Queued first: an append, then the role change, then another append.
+        let first = {
+            let replica = replica.clone();
+            glommio::spawn_local(async move {
+                let mut bytes = plain(2);
+                replica.append_as_leader(&mut bytes, CREATE_TIME).await.map(|_| ())
+            })
+        };
+        let settle = || glommio::timer::sleep(std::time::Duration::from_millis(2));
+        settle().await;
+        let change = {
+            let replica = replica.clone();
+            glommio::spawn_local(async move { replica.become_follower(1).await })
+        };
+        settle().await;
+        let second = {
+            let replica = replica.clone();
+            glommio::spawn_local(async move {
+                let mut bytes = plain(3);
+                replica.append_as_leader(&mut bytes, CREATE_TIME).await.map(|_| ())
+            })
+        };
+        settle().await;
+        drop(held);
+        first.await.unwrap();
+        change.await;
+        let refused = second.await.unwrap_err();
+        assert!(
+            matches!(refused, AppendError::Log(crate::log::LogError::Refused(_))),
+            "{refused:?}"
+        );
+        assert_eq!(replica.log_end_offset(), 2, "only the append before the change");
+        assert!(!replica.is_leader());
+    });
+}
