@@ -1297,7 +1297,7 @@ log.cleaner.threads=2
                 "Kafka broker properties accepted but ignored: compression.type, \
                  inter.broker.listener.name, log.cleaner.threads, num.io.threads, \
                  num.network.threads, num.recovery.threads.per.data.dir, num.replica.fetchers, \
-                 replica.lag.time.max.ms, socket.receive.buffer.bytes, socket.send.buffer.bytes, \
+                 socket.receive.buffer.bytes, socket.send.buffer.bytes, \
                  transaction.state.log.min.isr"
             )
         );

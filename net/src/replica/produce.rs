@@ -183,8 +183,13 @@ impl ReplicaManager {
             return (ProduceResult::failed(error), None);
         }
         let epoch = partition.replica.leader_epoch();
+        // Nothing to wait for when the high watermark is already there (one replica).
         let replication = |required: i64| {
-            (acks == -1).then(|| Replication { tp: part.tp.clone(), required, epoch })
+            (acks == -1 && partition.replica.high_watermark() < required).then(|| Replication {
+                tp: part.tp.clone(),
+                required,
+                epoch,
+            })
         };
         if part.tp.topic == OFFSETS_TOPIC || part.tp.topic == TXN_TOPIC {
             // Kafka's answer: only the coordinators write their internal topics.
