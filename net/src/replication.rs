@@ -30,7 +30,7 @@ use sluice_engine::clock::Clock;
 use tracing::{debug, info, warn};
 
 use crate::client::{Connection, ConnectionOptions};
-use crate::error::code;
+use crate::error::{code, KafkaError};
 use crate::handlers::topic_name;
 use crate::replica::Partition;
 use crate::shard::Shard;
@@ -177,13 +177,7 @@ async fn link(shard: Rc<Shard>, leader: i32) {
             break;
         }
         if connection.is_none() {
-            let address = {
-                let image = shard.metadata();
-                image.broker(leader).and_then(|b| {
-                    let endpoint = b.endpoint("PLAINTEXT").or(b.endpoints.first())?;
-                    Some(format!("{}:{}", endpoint.host, endpoint.port))
-                })
-            };
+            let address = leader_address(&shard, leader);
             let Some(address) = address else {
                 glommio::timer::sleep(backoff).await;
                 continue;
@@ -354,4 +348,78 @@ async fn apply(
     }
     replica.follow_high_watermark(data.high_watermark);
     Ok(())
+}
+
+/// Sends a transaction's markers for `partitions` to their leader broker `leader`
+/// (WriteTxnMarkers, on a connection of its own: markers are written once per
+/// transaction and partition leader). Any partition's error fails the call.
+pub async fn send_markers(
+    shard: &Rc<Shard>,
+    leader: i32,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    partitions: &[TopicPartition],
+) -> Result<(), KafkaError> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{ProducerId, WriteTxnMarkersRequest};
+    let unavailable = |message: String| KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, message);
+    let address = leader_address(shard, leader)
+        .ok_or_else(|| unavailable(format!("broker {leader} has no known address")))?;
+    let options = ConnectionOptions {
+        client_id: format!("sluice-txn-markers-{}", shard.config.node_id),
+        request_timeout: Duration::from_secs(10),
+        ..ConnectionOptions::default()
+    };
+    let mut connection = Connection::connect(&address, options)
+        .await
+        .map_err(|error| unavailable(error.to_string()))?;
+    let mut marker = WritableTxnMarker::default();
+    marker.producer_id = ProducerId(producer_id);
+    marker.producer_epoch = epoch;
+    marker.transaction_result = commit;
+    for tp in partitions {
+        match marker.topics.last_mut() {
+            Some(topic) if topic.name.0.as_str() == tp.topic => {
+                topic.partition_indexes.push(tp.partition)
+            }
+            _ => marker.topics.push(
+                WritableTxnMarkerTopic::default()
+                    .with_name(topic_name(&tp.topic))
+                    .with_partition_indexes(vec![tp.partition]),
+            ),
+        }
+    }
+    let mut request = WriteTxnMarkersRequest::default();
+    request.markers = vec![marker];
+    let response =
+        connection.request(&request).await.map_err(|error| unavailable(error.to_string()))?;
+    for result in &response.markers {
+        for topic in &result.topics {
+            for partition in &topic.partitions {
+                if partition.error_code != code::NONE {
+                    return Err(KafkaError::new(
+                        partition.error_code,
+                        format!(
+                            "marker on {}-{} at broker {leader}",
+                            topic.name.0.as_str(),
+                            partition.partition_index
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The address of broker `id`'s client listener, from the metadata.
+fn leader_address(shard: &Shard, id: i32) -> Option<String> {
+    let image = shard.metadata();
+    image.broker(id).and_then(|b| {
+        let endpoint = b.endpoint("PLAINTEXT").or(b.endpoints.first())?;
+        Some(format!("{}:{}", endpoint.host, endpoint.port))
+    })
 }

@@ -642,7 +642,10 @@ impl Shard {
         self.replicas.append_records(tp, writes, txn).await
     }
 
-    /// Writes a transaction's markers to `partitions`, each on its owning shard.
+    /// Writes a transaction's markers to `partitions`: on this broker's shards where it
+    /// leads them, and through WriteTxnMarkers to the leaders of the others (Kafka's
+    /// coordinator sends markers to each partition's leader). The first failure, if any:
+    /// the coordinator retries them all (a marker written twice is ignored by readers).
     pub async fn write_markers(
         self: &Rc<Self>,
         producer_id: i64,
@@ -650,19 +653,53 @@ impl Shard {
         commit: bool,
         partitions: &[TopicPartition],
     ) -> Result<(), KafkaError> {
-        let results = self
-            .scatter(
-                partitions.to_vec(),
-                |tp| tp,
-                |partitions| ShardRequest::WriteMarkers { producer_id, epoch, commit, partitions },
-                |response| match response {
-                    ShardResponse::Markers(results) => Some(results),
-                    _ => None,
-                },
-                || Err(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
-            )
-            .await;
+        let node = self.config.node_id;
+        let mut local = Vec::new();
+        let mut remote: std::collections::BTreeMap<i32, Vec<TopicPartition>> =
+            std::collections::BTreeMap::new();
+        for tp in partitions {
+            match self.metadata_cache.leader(&tp.topic, tp.partition) {
+                None => local.push(tp.clone()),
+                Some((leader, _)) if leader == node => local.push(tp.clone()),
+                Some((leader, _)) if leader >= 0 => {
+                    remote.entry(leader).or_default().push(tp.clone())
+                }
+                Some(_) => {
+                    return Err(KafkaError::new(
+                        code::NOT_LEADER_OR_FOLLOWER,
+                        format!("{tp} has no leader"),
+                    ))
+                }
+            }
+        }
+        for (leader, partitions) in remote {
+            crate::replication::send_markers(self, leader, producer_id, epoch, commit, &partitions)
+                .await?;
+        }
+        let results = self.write_local_markers(producer_id, epoch, commit, &local).await;
         results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    }
+
+    /// Writes a transaction's markers to `partitions` on this broker's shards, one result
+    /// per partition.
+    pub async fn write_local_markers(
+        self: &Rc<Self>,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        partitions: &[TopicPartition],
+    ) -> Vec<Result<(), KafkaError>> {
+        self.scatter(
+            partitions.to_vec(),
+            |tp| tp,
+            |partitions| ShardRequest::WriteMarkers { producer_id, epoch, commit, partitions },
+            |response| match response {
+                ShardResponse::Markers(results) => Some(results),
+                _ => None,
+            },
+            || Err(KafkaError::new(code::NOT_LEADER_OR_FOLLOWER, "shard unavailable")),
+        )
+        .await
     }
 
     /// Writes one transaction marker on this shard (see

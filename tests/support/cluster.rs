@@ -602,11 +602,24 @@ fn acks_all_messages_survive_repeated_leader_kills() {
     let state = until_isr(&first, "pair", 2, -1, 30);
     let (leader, _, replicas, _) = state[&0].clone();
     let follower = *replicas.iter().find(|&&r| r != leader).unwrap();
+    // The leader itself has applied the placement (metadata reaches brokers one by one).
+    until_isr(&brokers[index_of(leader)].address(), "pair", 2, -1, 30);
     let mut raw = Raw::connect(&brokers[index_of(leader)].address());
     let code = |response: kafka_protocol::messages::ProduceResponse| {
         response.responses[0].partition_responses[0].error_code
     };
-    assert_eq!(code(raw.produce("pair", 0, batch(&["both"]))), 0);
+    // The partition opens on the leader just after its placement is visible: retried as
+    // clients retry UNKNOWN_TOPIC_OR_PARTITION.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = code(raw.produce("pair", 0, batch(&["both"])));
+        if answer == 0 || Instant::now() > deadline {
+            assert_eq!(answer, 0);
+            break;
+        }
+        assert_eq!(answer, 3, "only UNKNOWN_TOPIC_OR_PARTITION while the partition opens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     brokers[index_of(follower)].kill();
     until_isr(&brokers[index_of(leader)].address(), "pair", 1, -1, 30);
     assert_eq!(code(raw.produce("pair", 0, batch(&["alone"]))), 19, "NOT_ENOUGH_REPLICAS");
@@ -691,4 +704,139 @@ fn acks_all_messages_survive_repeated_leader_kills() {
             );
         }
     }
+}
+
+/// Transactions and a consumer group across SIGKILLs, replication factor 3: a
+/// transactional producer commits batch after batch while the leader of its data
+/// partition is killed mid-transaction and the transaction coordinator's broker later;
+/// a transaction that fails is aborted and sent again. A read_committed group consumer
+/// sees every committed message exactly once and nothing aborted; after the broker
+/// leading the group's `__consumer_offsets` partition is killed, the group resumes from
+/// the offsets it committed (the new coordinator has them: the internal topics replicate).
+#[test]
+fn transactions_and_groups_go_on_across_leader_kills() {
+    use rdkafka::error::KafkaError;
+    use std::collections::BTreeSet;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = start_cluster(dir.path(), 3);
+    let first = brokers[0].address();
+    until_metadata(&first, None, 30, "three live brokers", |m| m.brokers.len() == 3);
+    let configs = [("min.insync.replicas", "2")];
+    assert_eq!(create_topic_with(&first, "txns", 2, 3, &configs).0, 0);
+    let state = until_isr(&first, "txns", 3, -1, 30);
+    let bootstrap: String = brokers.iter().map(Broker::address).collect::<Vec<_>>().join(",");
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", "replicated-txn")
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(60)).unwrap();
+    let mut committed: BTreeSet<String> = BTreeSet::new();
+    let mut aborted = 0;
+    let data_leader = state[&0].0;
+    let mut killed: Vec<i32> = Vec::new();
+    for round in 0..24 {
+        if round == 16 {
+            // The transaction coordinator's broker (the leader of the id's
+            // __transaction_state partition).
+            let mut find = FindCoordinatorRequest::default();
+            find.key = StrBytes::from_static_str("replicated-txn");
+            find.key_type = 1;
+            let alive = brokers[index_of((killed[0] % 3) + 1)].address();
+            let coordinator = Raw::connect(&alive).send(&find, 3).node_id.0;
+            brokers[index_of(coordinator)].kill();
+            killed.push(coordinator);
+        }
+        let values: Vec<String> = (0..20).map(|i| format!("t{round:02}-{i:02}")).collect();
+        let result = (|| -> Result<(), KafkaError> {
+            producer.begin_transaction()?;
+            for (i, value) in values.iter().enumerate() {
+                let partition = i32::try_from(i % 2).unwrap();
+                crate::kafka::send_waiting(
+                    &producer,
+                    BaseRecord::to("txns").partition(partition).key(value).payload(value),
+                );
+                if round == 8 && i == 10 {
+                    // Mid-transaction: the data partition's leader dies.
+                    brokers[index_of(data_leader)].kill();
+                    killed.push(data_leader);
+                }
+            }
+            producer.commit_transaction(Duration::from_secs(60))
+        })();
+        match result {
+            Ok(()) => committed.extend(values),
+            Err(error) if error.rdkafka_error_code().is_some() => {
+                eprintln!("transaction round {round} failed: {error}; aborting");
+                producer.abort_transaction(Duration::from_secs(60)).unwrap();
+                aborted += 1;
+            }
+            Err(error) => panic!("round {round}: {error}"),
+        }
+        if round == 12 || round == 20 {
+            let back = killed[killed.len() - 1];
+            brokers[index_of(back)].restart();
+        }
+    }
+    eprintln!(
+        "transactions: {} committed messages, {aborted} aborted transactions",
+        committed.len()
+    );
+    assert!(committed.len() >= 20 * 20, "most transactions commit");
+    drop(producer);
+    until_isr(&first, "txns", 3, -1, 90);
+
+    let consume = |expected: usize, seconds: u64| -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "replicated-group")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["txns"]).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < deadline && (seen.len() < expected || expected == 0) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    seen.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap())
+                }
+                // A killed broker in the bootstrap list: librdkafka reports it and goes on.
+                Some(Err(error)) => eprintln!("consumer: {error}"),
+                None => {}
+            }
+        }
+        if !seen.is_empty() {
+            consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+        }
+        seen
+    };
+    let seen = consume(committed.len(), 60);
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a committed message read twice");
+    assert_eq!(unique, committed, "read_committed shows exactly the committed messages");
+
+    // The group's coordinator dies; the group resumes where it committed.
+    let offsets = until_metadata(&first, Some(&["__consumer_offsets"]), 10, "offsets", |m| {
+        m.topics[0].error_code == 0
+    });
+    let group_partition = sluice_net::group::offsets_partition("replicated-group", 50);
+    let coordinator = leaders(&offsets)[&group_partition].0;
+    brokers[index_of(coordinator)].kill();
+    let observer = brokers[index_of((coordinator % 3) + 1)].address();
+    until_metadata(&observer, Some(&["__consumer_offsets"]), 30, "a new coordinator", |m| {
+        m.topics[0]
+            .partitions
+            .iter()
+            .find(|p| p.partition_index == group_partition)
+            .is_some_and(|p| p.leader_id.0 >= 0 && p.leader_id.0 != coordinator)
+    });
+    let again = consume(0, 8);
+    assert!(again.is_empty(), "the group starts from its committed offsets: {} read", again.len());
 }

@@ -50,6 +50,7 @@ mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 mod txn_offset_commit;
+mod write_txn_markers;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{self as m, ApiKey, TopicName};
@@ -194,6 +195,7 @@ apis! {
     DescribeProducers(DescribeProducersRequest) => describe_producers, 0..=0;
     DescribeTransactions(DescribeTransactionsRequest) => describe_transactions, 0..=0;
     ListTransactions(ListTransactionsRequest) => list_transactions, 0..=0;
+    WriteTxnMarkers(WriteTxnMarkersRequest) => write_txn_markers, 0..=1;
 }
 
 /// The lowest Produce version ApiVersions advertises, below the v3 we serve: Kafka 4.0
