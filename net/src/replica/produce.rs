@@ -23,6 +23,10 @@ use crate::error::{code, from_append_error, KafkaError};
 use crate::group::OFFSETS_TOPIC;
 use crate::txn::TXN_TOPIC;
 
+/// How long a coordinator's record waits for the in-sync replicas (Kafka's
+/// `offsets.commit.timeout.ms` default) before its request fails with REQUEST_TIMED_OUT.
+const INTERNAL_REPLICATION_TIMEOUT_MS: u64 = 5_000;
+
 /// An acks=all append waiting for the in-sync replicas (Kafka's DelayedProduce): the
 /// high watermark of `tp` must reach `required` while this broker still leads at `epoch`.
 #[derive(Debug, Clone)]
@@ -321,12 +325,32 @@ impl ReplicaManager {
                 replica.producers_mut().begin_txn(producer_id, epoch, info.base_offset);
             }
         };
-        replica.append_internal(&mut bytes, begin_txn).await.map_err(|error| {
+        let epoch = replica.leader_epoch();
+        let info = replica.append_internal(&mut bytes, begin_txn).await.map_err(|error| {
             error!(partition = %tp, %error, "internal record append failed");
             self.note_offline(&partition);
             from_append_error(&error)
         })?;
         self.on_append(tp);
+        // As Kafka's coordinators append (acks=all): a committed offset or transaction
+        // state is answered once every in-sync replica has it, so a new coordinator
+        // elected from the ISR has it too.
+        let required = info.last_offset + 1;
+        if replica.high_watermark() < required {
+            let mut results = [ProduceResult {
+                error: None,
+                base_offset: info.base_offset,
+                log_append_time_ms: -1,
+                log_start_offset: -1,
+            }];
+            let wait = Replication { tp: tp.clone(), required, epoch };
+            self.await_replication(&mut results, vec![Some(wait)], INTERNAL_REPLICATION_TIMEOUT_MS)
+                .await;
+            let [result] = results;
+            if let Some(error) = result.error {
+                return Err(error);
+            }
+        }
         Ok(())
     }
 
