@@ -3,9 +3,11 @@
 # three-broker cluster on this machine: three `sluice serve --cores 1` processes on
 # loopback, each a broker and a controller voter, all on this machine's cores with the
 # load generator. Both topics have one partition led by broker 1 (replicas 1,2,3 and 1);
-# the producer sends to broker 1.
+# the producer sends to broker 1. Retention keeps about 1 GiB per replica (the runs write
+# tens of GB).
 #
 #   perf/replication.sh [ROUNDS] [SECONDS]   (default 3 rounds of 10 s, alternating)
+#   BROKER_ARGS="--set NAME=VALUE ..." perf/replication.sh   (more broker properties)
 #
 # First, as fast as it goes (MB/s; RF3 / RF1 is the figure: the machine does three
 # times the writes on the same cores). Then both at half of RF3's median rate, for the
@@ -39,6 +41,7 @@ start() { # $1 node id (1..3)
     --set "node.id=$1" --set process.roles=broker,controller \
     --set "listeners=PLAINTEXT://127.0.0.1:${ports[$i]},CONTROLLER://127.0.0.1:${controllers[$i]}" \
     --set controller.listener.names=CONTROLLER --set "controller.quorum.voters=$voters" \
+    --set log.retention.check.interval.ms=1000 ${BROKER_ARGS:-} \
     >>"$dir/n$1.log" 2>&1 &
   pids[$i]=$!
 }
@@ -55,8 +58,10 @@ done
 b1="127.0.0.1:${ports[0]}"
 cli() { target/release/sluice "$@" --brokers "$b1"; }
 for _ in $(seq 100); do cli cluster info >/dev/null 2>&1 && break; sleep 0.2; done
-cli topic create rf1 --partitions 1 --replica-assignment 1 >/dev/null
-cli topic create rf3 --partitions 1 --replica-assignment 1:2:3 >/dev/null
+# A GiB per replica at most: the runs write tens of GB.
+keep=(--config retention.bytes=1073741824 --config segment.bytes=268435456)
+cli topic create rf1 --replica-assignment 1 "${keep[@]}" >/dev/null
+cli topic create rf3 --replica-assignment 1:2:3 "${keep[@]}" >/dev/null
 sleep 3
 
 bench() { # $1 name, rest: sluice-bench produce arguments

@@ -15,6 +15,8 @@ mod clients;
 mod cluster;
 #[path = "support/crash.rs"]
 mod crash;
+#[path = "support/faults.rs"]
+mod faults;
 #[path = "support/groups.rs"]
 mod groups;
 #[path = "support/harness.rs"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs the clients the integration tests drive beyond cargo's own
-# (kcat from apt, the Python clients pinned in tests/requirements.txt, KafkaJS locked in
+# (kcat and iptables from apt, the Python clients pinned in tests/requirements.txt, KafkaJS locked in
 # tests/clients/js), each only when missing or not at its pinned version, raises the
 # locked-memory limit for io_uring, then `cargo test --workspace` (extra arguments are
 # passed on). A client that cannot be installed is not skipped: its test fails and says so.
@@ -17,6 +17,12 @@ if ! command -v kcat >/dev/null; then
         echo "warning: kcat is missing and this is not root: 'apt-get install kcat' as root," \
             "or the kcat test fails" >&2
     fi
+fi
+
+# iptables (Debian's), for the fault rounds' network partitions (tools/faults.py).
+if ! command -v iptables >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null
 fi
 
 # The Python clients and their codecs, at exactly the pinned versions.

@@ -198,8 +198,8 @@ impl ReplicaManager {
         Ok(partition)
     }
 
-    /// Starts the fetch purgatory's timer task: an expired parked fetch answers with
-    /// what it has.
+    /// Starts the purgatories' timer task: an expired parked fetch answers with what it
+    /// has, an expired acks=all produce with REQUEST_TIMED_OUT.
     pub fn spawn_timers(&self) -> glommio::Result<glommio::Task<()>, ()> {
         let fetches =
             self.fetch_waiters.spawn(|expired: Expired<FetchWaiter>| expired.op.wake())?;
@@ -338,7 +338,7 @@ impl ReplicaManager {
         if placement.leader == node {
             if !replica.is_at(true, placement.leader_epoch) {
                 replica.become_leader(placement.leader_epoch).await;
-                info!(partition = %tp, epoch = placement.leader_epoch, "leading");
+                debug!(partition = %tp, epoch = placement.leader_epoch, "leading");
             }
             self.following.borrow_mut().remove(&tp);
             let now_ms = self.clock.monotonic_ms();
