@@ -8,6 +8,9 @@
 #
 #   perf/replication.sh [ROUNDS] [SECONDS]   (default 3 rounds of 10 s, alternating)
 #   BROKER_ARGS="--set NAME=VALUE ..." perf/replication.sh   (more broker properties)
+#   KEEP_DIR=1 perf/replication.sh   (keep the brokers' data dirs and logs)
+#   PARTITIONS=N PRODUCERS=M perf/replication.sh   (N partitions, all led by broker 1, M
+#                                                  producer connections; default 1 and 1)
 #
 # First, as fast as it goes (MB/s; RF3 / RF1 is the figure: the machine does three
 # times the writes on the same cores). Then both at half of RF3's median rate, for the
@@ -48,7 +51,7 @@ start() { # $1 node id (1..3)
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$dir"
+  [ -n "${KEEP_DIR:-}" ] || rm -rf "$dir"
 }
 trap stop_all EXIT
 for n in 1 2 3; do start $n; done
@@ -60,15 +63,21 @@ cli() { target/release/sluice "$@" --brokers "$b1"; }
 for _ in $(seq 100); do cli cluster info >/dev/null 2>&1 && break; sleep 0.2; done
 # A GiB per replica at most: the runs write tens of GB.
 keep=(--config retention.bytes=1073741824 --config segment.bytes=268435456)
-cli topic create rf1 --replica-assignment 1 "${keep[@]}" >/dev/null
-cli topic create rf3 --replica-assignment 1:2:3 "${keep[@]}" >/dev/null
+partitions=${PARTITIONS:-1}
+rf1=1 rf3=1:2:3
+for p in $(seq 2 "$partitions"); do
+  rf1="$rf1,1"
+  if [ $((p % 2)) = 0 ]; then rf3="$rf3,1:3:2"; else rf3="$rf3,1:2:3"; fi
+done
+cli topic create rf1 --replica-assignment "$rf1" "${keep[@]}" >/dev/null
+cli topic create rf3 --replica-assignment "$rf3" "${keep[@]}" >/dev/null
 sleep 3
 
 bench() { # $1 name, rest: sluice-bench produce arguments
   local name=$1
   shift
   target/release/sluice-bench produce --brokers "$b1" --acks all --duration "$seconds" \
-    --warmup 2 "$@" --json "$out/$name.json" >/dev/null 2>"$out/$name.err" || {
+    --warmup 2 --producers "${PRODUCERS:-1}" "$@" --json "$out/$name.json" >/dev/null 2>"$out/$name.err" || {
     echo "bench $name failed:" >&2
     cat "$out/$name.err" >&2
     exit 1
