@@ -22,16 +22,13 @@ fn kill_cycles(io: &str, cycles: u32) {
         .expect("python3 runs (tools/test.sh installs confluent-kafka)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let summary = stdout.lines().rev().find(|line| line.starts_with("cycles=")).unwrap_or_else(|| {
-        panic!("no summary from crash-cycles.py (install confluent-kafka with `pip install -r tests/requirements.txt`):\n{stdout}\n{stderr}")
-    });
-    let field = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {summary:?}"))
-    };
+    let summary = crate::harness::script_summary(
+        &stdout,
+        &stderr,
+        "cycles=",
+        "crash-cycles.py: install confluent-kafka with `pip install -r tests/requirements.txt`",
+    );
+    let field = |name: &str| crate::harness::summary_field(&summary, name);
     assert!(output.status.success(), "crash cycles failed:\n{stdout}\n{stderr}");
     assert_eq!(field("cycles"), u64::from(cycles), "{stdout}");
     assert_eq!(field("lost"), 0, "{stdout}");

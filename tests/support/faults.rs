@@ -23,16 +23,13 @@ fn random_faults_lose_nothing_and_replicas_agree() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stdout}");
-    let summary = stdout.lines().rev().find(|line| line.starts_with("rounds=")).unwrap_or_else(|| {
-        panic!("no summary from faults.py (it needs root for network namespaces):\n{stdout}\n{stderr}")
-    });
-    let field = |name: &str| -> u64 {
-        summary
-            .split_whitespace()
-            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {summary:?}"))
-    };
+    let summary = crate::harness::script_summary(
+        &stdout,
+        &stderr,
+        "rounds=",
+        "faults.py needs root for network namespaces",
+    );
+    let field = |name: &str| crate::harness::summary_field(&summary, name);
     assert!(output.status.success(), "fault rounds failed:\n{stdout}\n{stderr}");
     assert!(field("acked") > 0, "{summary}");
     for invariant in ["lost", "duplicated", "diverged", "gaps", "unhealed", "failed"] {

@@ -342,3 +342,21 @@ pub fn produce_request(topic: &str, partition: i32, records: Vec<u8>) -> Produce
     request.topic_data = vec![topic_data];
     request
 }
+
+/// The last line of a test script's output that starts with `prefix` (its summary of
+/// `name=value` pairs), or a panic with the whole output and `hint`.
+pub fn script_summary(stdout: &str, stderr: &str, prefix: &str, hint: &str) -> String {
+    match stdout.lines().rev().find(|line| line.starts_with(prefix)) {
+        Some(line) => line.to_string(),
+        None => panic!("no summary ({hint}):\n{stdout}\n{stderr}"),
+    }
+}
+
+/// The number `name=N` in a script's summary line.
+pub fn summary_field(summary: &str, name: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {summary:?}"))
+}

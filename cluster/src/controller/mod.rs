@@ -743,13 +743,7 @@ impl Controller {
         partition: i32,
         target: Option<&[BrokerId]>,
     ) -> Result<(Outcome, Vec<MetadataRecord>), Outcome> {
-        let found = image.topic(name).and_then(|t| t.placement(partition).map(|r| (t, r)));
-        let Some((topic, record)) = found else {
-            return Err(Outcome::error(
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("{name}-{partition} does not exist"),
-            ));
-        };
+        let (topic, record) = placed(image, name, partition)?;
         let state = partition_state(record);
         let registered = self.liveness.brokers_registered();
         let change = match target {
@@ -781,13 +775,7 @@ impl Controller {
         (leader, leader_epoch, partition_epoch): (BrokerId, i32, i32),
         isr: &[BrokerId],
     ) -> Result<(Outcome, Vec<MetadataRecord>), Outcome> {
-        let found = image.topic(name).and_then(|t| t.placement(partition).map(|r| (t, r)));
-        let Some((topic, record)) = found else {
-            return Err(Outcome::error(
-                code::UNKNOWN_TOPIC_OR_PARTITION,
-                format!("{name}-{partition} does not exist"),
-            ));
-        };
+        let (topic, record) = placed(image, name, partition)?;
         let state = partition_state(record);
         if state.leader != leader {
             return Err(Outcome::error(
@@ -823,6 +811,20 @@ impl Controller {
         let records = change.iter().map(|c| change_record(topic.topic_id, partition, c)).collect();
         Ok((Outcome::ok(), records))
     }
+}
+
+/// A partition's topic and placement, or UNKNOWN_TOPIC_OR_PARTITION.
+fn placed<'a>(
+    image: &'a MetadataImage,
+    name: &str,
+    partition: i32,
+) -> Result<(&'a TopicMetadata, &'a PartitionRecord), Outcome> {
+    image.topic(name).and_then(|t| t.placement(partition).map(|r| (t, r))).ok_or_else(|| {
+        Outcome::error(
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("{name}-{partition} does not exist"),
+        )
+    })
 }
 
 /// Calls `f` for every placed partition, topics by name, partitions in order.
