@@ -132,6 +132,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .context("reading the recovery-point checkpoint")?;
     let log_starts = checkpoint::read(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE))
         .context("reading the log-start-offset checkpoint")?;
+    // Written at a clean shutdown only: after a crash it is older, so lower, which is safe
+    // (a replicated partition's high watermark then rises as its ISR reports).
+    let high_watermarks = checkpoint::read(&config.data_dir.join(checkpoint::HIGH_WATERMARK_FILE))
+        .context("reading the replication-offset checkpoint")?;
     let (machine_restarted, boot_id) = machine_restarted(&config.data_dir);
     // `log.page.cache.window.bytes=auto`: the page cache kept for appends, shared by shards.
     let cache_budget =
@@ -238,6 +242,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config: broker.clone(),
             image: image.clone(),
             controller: if id == 0 { controller_link.take() } else { None },
+            high_watermarks: high_watermarks
+                .iter()
+                .filter(|(tp, _)| hints.contains_key(tp))
+                .map(|(tp, offset)| (tp.clone(), *offset))
+                .collect(),
             hints,
             mesh: mesh_ends.next().expect("one mesh end per shard"),
             stop: stop.clone(),
@@ -292,6 +301,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // exits with the error rather than hanging.
     let mut recovery = BTreeMap::new();
     let mut starts = BTreeMap::new();
+    let mut watermarks = BTreeMap::new();
     let mut failures = Vec::new();
     let mut deadline: Option<std::time::Instant> = None;
     for _ in 0..handles.len() {
@@ -303,9 +313,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         };
         match report {
             Some((_, Ok(entries))) => {
-                for (tp, recovery_point, log_start_offset) in entries {
+                for (tp, recovery_point, log_start_offset, high_watermark) in entries {
                     recovery.insert(tp.clone(), recovery_point);
-                    starts.insert(tp, log_start_offset);
+                    starts.insert(tp.clone(), log_start_offset);
+                    watermarks.insert(tp, high_watermark);
                 }
             }
             Some((id, Err(reason))) => {
@@ -333,12 +344,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             starts.entry(tp).or_insert(offset);
         }
     }
+    for (tp, offset) in high_watermarks {
+        if config.data_dir.join(tp.dir_name()).is_dir() {
+            watermarks.entry(tp).or_insert(offset);
+        }
+    }
     agent.stop();
     if let Some(runtime) = quorum.runtime.as_mut() {
         runtime.shutdown();
     }
     checkpoint::write(&config.data_dir.join(checkpoint::RECOVERY_POINT_FILE), &recovery)?;
     checkpoint::write(&config.data_dir.join(checkpoint::LOG_START_OFFSET_FILE), &starts)?;
+    checkpoint::write(&config.data_dir.join(checkpoint::HIGH_WATERMARK_FILE), &watermarks)?;
     if let Some(first) = failures.first() {
         bail!("{first}");
     }

@@ -39,6 +39,8 @@ pub struct ShardStart {
     pub controller: Option<(Arc<BrokerAgent>, std::sync::mpsc::Receiver<MetadataUpdate>)>,
     /// Recovery hints from the checkpoint files, for the partitions this shard owns.
     pub hints: BTreeMap<TopicPartition, OpenHints>,
+    /// High watermarks from `replication-offset-checkpoint` (a clean shutdown's).
+    pub high_watermarks: BTreeMap<TopicPartition, i64>,
     pub mesh: MeshEnds<MeshMsg>,
     pub stop: Arc<AtomicBool>,
     /// Called once the shard has opened (recovered) every partition it owns.
@@ -52,8 +54,9 @@ pub fn mesh(shards: usize) -> Vec<MeshEnds<MeshMsg>> {
     crate::mesh::build(shards, MESH_CHANNEL_CAPACITY)
 }
 
-/// What a shard reports when it stops: per partition, the recovery point and log start.
-pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64)>;
+/// What a shard reports when it stops: per partition, the recovery point, log start and
+/// high watermark.
+pub type ShardCheckpoints = Vec<(TopicPartition, i64, i64, i64)>;
 
 async fn housekeeping(shard: Rc<Shard>) {
     let tick = HOUSEKEEPING_TICK;
@@ -137,7 +140,7 @@ pub async fn run(start: ShardStart) -> Result<ShardCheckpoints, ShardError> {
 
     // Segment files keep descriptors within this shard's share of `log.open.files.max`.
     sluice_engine::fdcache::set_budget(start.config.open_files_per_shard);
-    let offline = shard.replicas.open_owned(&start.hints).await;
+    let offline = shard.replicas.open_owned(&start.hints, &start.high_watermarks).await;
     let files = sluice_engine::fdcache::stats();
     info!(
         shard = id,

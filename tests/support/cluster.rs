@@ -676,6 +676,15 @@ fn acks_all_messages_survive_repeated_leader_kills() {
     for broker in &mut brokers {
         assert!(broker.stop().success());
     }
+    // A clean stop checkpoints the high watermarks, where a replicated partition's
+    // starts at the next open.
+    for node in 1..=3 {
+        let path = dir.path().join(format!("node-{node}/replication-offset-checkpoint"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for partition in 0..3 {
+            assert!(text.contains(&format!("durable {partition} ")), "{path:?}: {text}");
+        }
+    }
     let mut compared = vec![("durable", 0, vec![1, 2, 3]), ("durable", 1, vec![1, 2, 3])];
     compared.push(("durable", 2, vec![1, 2, 3]));
     compared.push(("pair", 0, vec![leader, third]));

@@ -520,6 +520,14 @@ impl Replica {
         self.state.borrow_mut().follow_high_watermark(leader_high_watermark);
     }
 
+    /// At open, before the replica serves anyone: the high watermark starts at `offset`
+    /// (the `replication-offset-checkpoint`'s, or the log start) rather than the log end,
+    /// as a replicated partition's must (see [`ReplicaState::start_high_watermark`]).
+    pub fn start_high_watermark(&self, offset: i64) {
+        let start = self.log.log_start_offset();
+        self.state.borrow_mut().start_high_watermark(offset, start);
+    }
+
     /// Whether this replica leads its partition.
     pub fn is_leader(&self) -> bool {
         self.state.borrow().role() == Role::Leader

@@ -63,7 +63,7 @@ impl ReplicaState {
     /// The state of a replica whose log ends at `log_end_offset`, with the epochs known
     /// from its checkpoint, before it is told its role. The high watermark starts at the
     /// log end: with one replica everything in the log was acknowledged by the whole
-    /// in-sync set (replication will start it from the `replication-offset-checkpoint`).
+    /// in-sync set (a replicated partition's starts lower: [`Self::start_high_watermark`]).
     pub fn new(log_end_offset: i64, epochs: LeaderEpochCache) -> Self {
         assert!(log_end_offset >= 0);
         let leader_epoch = epochs.latest_epoch().unwrap_or(0);
@@ -77,6 +77,14 @@ impl ReplicaState {
         };
         state.check();
         state
+    }
+
+    /// At open, before the replica serves anyone: the high watermark starts at `offset`
+    /// (within the log) instead of the log end. A replicated partition's log may end
+    /// with records not every in-sync replica had; they count once the ISR has them.
+    pub fn start_high_watermark(&mut self, offset: i64, log_start_offset: i64) {
+        self.high_watermark = offset.max(log_start_offset).clamp(0, self.log_end_offset);
+        self.check();
     }
 
     pub fn role(&self) -> Role {
@@ -340,6 +348,28 @@ mod tests {
         assert!(state.truncated_to(5));
         assert_eq!((state.log_end_offset(), state.high_watermark()), (5, 5));
         assert_eq!(state.epochs().latest_epoch(), Some(1));
+    }
+
+    /// A replicated partition reopened: its high watermark starts at the checkpointed
+    /// one, and rises only as the ISR's log ends are learnt.
+    #[test]
+    fn a_reopened_leader_waits_for_its_isr_before_its_high_watermark_rises() {
+        let mut state = ReplicaState::new(10, LeaderEpochCache::default());
+        state.start_high_watermark(4, 0);
+        state.become_leader(1);
+        assert!(!state.update_replica_set(1, &[1, 2], &[1, 2], 0));
+        assert_eq!(state.high_watermark(), 4, "follower 2's end is not known yet");
+        assert_eq!(state.follower_fetched(2, 7, 1), Some(true));
+        assert_eq!(state.high_watermark(), 7);
+        assert_eq!(state.follower_fetched(3, 10, 1), None, "not a replica");
+        // Alone in the ISR: the log end.
+        assert!(state.update_replica_set(1, &[1, 2], &[1], 2));
+        assert_eq!(state.high_watermark(), 10);
+        let mut clamped = ReplicaState::new(10, LeaderEpochCache::default());
+        clamped.start_high_watermark(50, 3);
+        assert_eq!(clamped.high_watermark(), 10, "never past the log end");
+        clamped.start_high_watermark(0, 3);
+        assert_eq!(clamped.high_watermark(), 3, "never below the log start");
     }
 
     #[test]

@@ -275,7 +275,10 @@ impl ReplicaManager {
     }
 
     /// Every record of a partition, oldest first, with the transaction markers: the
-    /// coordinators' replay of their internal topics at start-up.
+    /// coordinators' replay of their internal topics when they take a partition over. Up
+    /// to the log end, not the high watermark, as Kafka's classic coordinators load: a
+    /// leader newly elected from the ISR has every acknowledged record, but may not have
+    /// learnt the high watermark that covers the last ones yet.
     pub async fn read_all_records(
         &self,
         tp: &TopicPartition,
@@ -283,7 +286,7 @@ impl ReplicaManager {
         use kafka_protocol::records::RecordBatchDecoder;
         let partition = self.get(tp).map_err(ReadRecordsError::Unavailable)?;
         let replica = &partition.replica;
-        let (start, end) = (replica.log_start_offset(), replica.high_watermark());
+        let (start, end) = (replica.log_start_offset(), replica.log_end_offset());
         let mut records = Vec::new();
         replay::for_each_chunk(replica.log(), start, end, |offset, chunk| {
             let mut buffer = Bytes::copy_from_slice(chunk);

@@ -220,7 +220,11 @@ impl ReplicaManager {
 
     /// Opens, at start-up, every partition of the image this shard owns. Returns how many
     /// could not be opened (they are offline, each with a log line).
-    pub async fn open_owned(&self, hints: &BTreeMap<TopicPartition, OpenHints>) -> usize {
+    pub async fn open_owned(
+        &self,
+        hints: &BTreeMap<TopicPartition, OpenHints>,
+        high_watermarks: &BTreeMap<TopicPartition, i64>,
+    ) -> usize {
         let owned: Vec<TopicPartition> = {
             let image = self.metadata.image();
             image
@@ -234,7 +238,8 @@ impl ReplicaManager {
         let mut offline = 0usize;
         for tp in owned {
             let hint = hints.get(&tp).copied().unwrap_or_default();
-            if self.open(tp, hint).await.is_err() {
+            let high_watermark = high_watermarks.get(&tp).copied();
+            if self.open(tp, hint, high_watermark).await.is_err() {
                 offline += 1;
             }
         }
@@ -305,7 +310,7 @@ impl ReplicaManager {
             return Ok(());
         }
         if !self.contains(&tp) {
-            if let Err(error) = self.open(tp.clone(), OpenHints::default()).await {
+            if let Err(error) = self.open(tp.clone(), OpenHints::default(), None).await {
                 return Err((tp, error.to_string()));
             }
         }
@@ -426,7 +431,12 @@ impl ReplicaManager {
     /// Opens (creating if needed) a partition this shard owns. Failure takes the
     /// partition offline with a log line (Metadata answers it without a leader) and
     /// returns the reason; the shard serves the others.
-    async fn open(&self, tp: TopicPartition, hints: OpenHints) -> Result<(), OpenPartitionError> {
+    async fn open(
+        &self,
+        tp: TopicPartition,
+        hints: OpenHints,
+        high_watermark: Option<i64>,
+    ) -> Result<(), OpenPartitionError> {
         if !self.owns(&tp) {
             return Ok(());
         }
@@ -454,6 +464,19 @@ impl ReplicaManager {
         };
         match opened {
             Ok(replica) => {
+                // A replicated partition's log may end with records the ISR did not all
+                // have: its high watermark starts at the checkpointed one (or the log
+                // start) and rises as the ISR's log ends are learnt. One replica: the
+                // log end, as always.
+                let replicated = self
+                    .metadata
+                    .image()
+                    .topic(&tp.topic)
+                    .and_then(|t| t.placement(tp.partition).map(|p| p.replicas.len() > 1))
+                    .unwrap_or(false);
+                if replicated {
+                    replica.start_high_watermark(high_watermark.unwrap_or(0));
+                }
                 let partition = Rc::new(Partition {
                     replica,
                     settings: RefCell::new(settings),
@@ -496,8 +519,9 @@ impl ReplicaManager {
     }
 
     /// Writes every partition's producer snapshot and closes its log; returns the
-    /// checkpoint entries (recovery point, log start) of those that closed cleanly.
-    pub async fn close_all(&self) -> Vec<(TopicPartition, i64, i64)> {
+    /// checkpoint entries (recovery point, log start, high watermark) of those that closed
+    /// cleanly.
+    pub async fn close_all(&self) -> Vec<(TopicPartition, i64, i64, i64)> {
         let mut checkpoints = Vec::new();
         for partition in self.list() {
             let replica = &partition.replica;
@@ -509,6 +533,7 @@ impl ReplicaManager {
                     partition.tp().clone(),
                     log.recovery_point(),
                     log.log_start_offset(),
+                    replica.high_watermark(),
                 )),
                 Err(error) => {
                     error!(shard = self.shard, partition = %partition.tp(), %error, "closing the log failed")
