@@ -320,6 +320,16 @@ async fn apply(
             info!(partition = %tp, end, "follower ahead of its leader: truncated to the high watermark");
             return Ok(());
         }
+        code::OFFSET_OUT_OF_RANGE if asked.offset < data.log_start_offset => {
+            // The leader's retention deleted what this replica still lacks: start over
+            // at the leader's log start.
+            let start = replica
+                .truncate_fully_and_start_at(data.log_start_offset)
+                .await
+                .map_err(|e| e.to_string())?;
+            warn!(partition = %tp, start, behind = asked.offset, "follower behind its leader's log start: started over empty");
+            return Ok(());
+        }
         other => return Err(format!("leader answered error {other}")),
     }
     if data.diverging_epoch.epoch >= 0 {

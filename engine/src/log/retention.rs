@@ -101,6 +101,14 @@ impl Log {
         Ok(new_end)
     }
 
+    /// Removes every segment and starts the log empty at `start` (a follower whose
+    /// leader's log now starts past this log's end: Kafka's `truncateFullyAndStartAt`).
+    pub async fn truncate_fully_and_start_at(&self, start: i64) -> Result<i64, LogError> {
+        self.check_online()?;
+        let _permit = self.lock().await;
+        self.truncate_fully_locked(start.max(0)).await
+    }
+
     async fn truncate_fully_locked(&self, start: i64) -> Result<i64, LogError> {
         let bases: Vec<i64> = self.state.borrow().segments.keys().copied().collect();
         for base in &bases {

@@ -515,6 +515,31 @@ impl Replica {
         Ok(end)
     }
 
+    /// A follower whose log ends before its leader's log start (the leader's retention
+    /// deleted what it still needs) starts over, empty, at `offset`: its segments,
+    /// epochs, producer snapshots and state and aborted transactions all go, as Kafka's
+    /// `truncateFullyAndStartAt`. Returns the new log end offset.
+    pub async fn truncate_fully_and_start_at(&self, offset: i64) -> Result<i64, TruncateError> {
+        let role = self.state.borrow().role();
+        if role != Role::Follower {
+            return Err(TruncateError::WrongRole(role));
+        }
+        let start = self.log.truncate_fully_and_start_at(offset).await?;
+        self.state.borrow_mut().restarted_at(start);
+        let dir = self.log.dir();
+        for snapshot in replay::snapshot_offsets(dir) {
+            let path = dir.join(crate::log::segment_file_name(snapshot, "snapshot"));
+            if let Err(error) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), %error, "removing a producer snapshot of a log started over");
+            }
+        }
+        let rebuilt = replay::rebuild_producer_state(&self.log).await?;
+        *self.producers.borrow_mut() = rebuilt.producers;
+        *self.aborted.borrow_mut() = rebuilt.aborted;
+        self.after_epochs_change(true);
+        Ok(start)
+    }
+
     /// A follower learns the leader's high watermark.
     pub fn follow_high_watermark(&self, leader_high_watermark: i64) {
         self.state.borrow_mut().follow_high_watermark(leader_high_watermark);

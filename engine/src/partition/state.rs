@@ -242,6 +242,17 @@ impl ReplicaState {
         changed
     }
 
+    /// The log was emptied and starts at `offset` now (a follower that fell behind its
+    /// leader's log start). Its epochs go with its records.
+    pub fn restarted_at(&mut self, offset: i64) {
+        assert_eq!(self.role, Role::Follower, "only a follower starts over");
+        assert!(offset >= 0);
+        self.log_end_offset = offset;
+        self.high_watermark = offset;
+        self.epochs = LeaderEpochCache::default();
+        self.check();
+    }
+
     /// The log start moved to `log_start_offset` (retention or DeleteRecords). Returns
     /// whether the epoch cache changed.
     pub fn log_start_moved(&mut self, log_start_offset: i64) -> bool {

@@ -424,3 +424,35 @@ fn an_append_queued_behind_a_role_change_is_refused() {
         assert!(!replica.is_leader());
     });
 }
+
+/// A follower that fell behind its leader's log start starts over at it: empty, its
+/// epochs and producer state gone, and it then continues with the leader's batches.
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_over_there() {
+    run(async {
+        let clock = ManualClock::new(T0);
+        let leader_dir = tempfile::tempdir().unwrap();
+        let leader = open(leader_dir.path(), &clock, 1).await;
+        written(&leader, plain(3)).await;
+        written(&leader, idempotent(9, 0, 2)).await;
+        let log = leader.log();
+        let slice = log.read(3, 1 << 30, log.log_end_offset(), true).await.unwrap();
+        let tail = slice.read().await.unwrap().to_vec();
+
+        let follower_dir = tempfile::tempdir().unwrap();
+        let follower = open(follower_dir.path(), &clock, 0).await;
+        written(&follower, idempotent(7, 0, 1)).await;
+        assert!(follower.truncate_fully_and_start_at(3).await.is_err(), "a leader never does");
+        follower.become_follower(1).await;
+        assert_eq!(follower.truncate_fully_and_start_at(3).await.unwrap(), 3);
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (3, 3));
+        assert_eq!(follower.high_watermark(), 3);
+        assert_eq!(follower.latest_log_epoch(), -1, "no epoch without records");
+        assert!(follower.producers().views().is_empty(), "producer 7's state went");
+        let mut copied = tail.clone();
+        follower.append_as_follower(&mut copied).await.unwrap();
+        assert_eq!(follower.log_end_offset(), 5);
+        assert_eq!(batches(&follower).await, [(3, 1)]);
+        assert_eq!(follower.producers().views().len(), 1, "producer 9 replayed");
+    });
+}
