@@ -31,7 +31,6 @@ use tracing::{debug, info, warn};
 
 use crate::client::{Connection, ConnectionOptions};
 use crate::error::{code, KafkaError};
-use crate::handlers::topic_name;
 use crate::replica::Partition;
 use crate::shard::Shard;
 use crate::throttle::LogThrottle;
@@ -423,6 +422,14 @@ pub async fn send_markers(
         }
     }
     Ok(())
+}
+
+/// A topic name for a request (the handlers have their own: the shard must not reach
+/// them).
+fn topic_name(name: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(
+        name.to_string(),
+    ))
 }
 
 /// The address of broker `id`'s client listener, from the metadata.
