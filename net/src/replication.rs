@@ -93,11 +93,27 @@ async fn isr_changes(shard: &Rc<Shard>, sent: &mut HashMap<TopicPartition, (i32,
             sent.remove(&tp);
             continue;
         };
-        let placement = {
+        let (placement, isr) = {
             let image = shard.metadata();
-            image.topic(&tp.topic).and_then(|t| t.placement(tp.partition).cloned())
+            let placement = image.topic(&tp.topic).and_then(|t| t.placement(tp.partition).cloned());
+            // Only brokers that are neither fenced nor shutting down may join (KIP-841), so a
+            // follower that just died is not proposed again and again.
+            let eligible =
+                |broker: i32| image.broker(broker).is_some_and(|b| !b.fenced && !b.shutting_down);
+            let current = placement.as_ref().map(|p| p.isr.clone()).unwrap_or_default();
+            let isr: Vec<i32> =
+                isr.into_iter().filter(|b| current.contains(b) || eligible(*b)).collect();
+            (placement, isr)
         };
         let Some(placement) = placement else { continue };
+        let mut sorted = isr.clone();
+        sorted.sort_unstable();
+        let mut current = placement.isr.clone();
+        current.sort_unstable();
+        if sorted == current {
+            sent.remove(&tp);
+            continue;
+        }
         if placement.leader != node || placement.leader_epoch != partition.replica.leader_epoch() {
             continue;
         }
