@@ -214,7 +214,45 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report_failure();
+        }
         self.kill();
+    }
+}
+
+impl Broker {
+    /// A test failed while this broker ran: the end of its log and, for a broker that
+    /// may have hung, its threads' stacks (with gdb, when the machine has it), so a
+    /// failure seen once in CI can be understood from its output.
+    fn report_failure(&mut self) {
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        eprintln!(
+            "---- broker {} (data {}): last {} log lines ----",
+            self.address(),
+            self.data_dir.display(),
+            tail.len()
+        );
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+        let Some(child) = self.child.as_mut() else { return };
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = child.id().to_string();
+        let stacks = std::process::Command::new("timeout")
+            .args(["30", "gdb", "-p", &pid, "-batch", "-ex", "thread apply all bt 40"])
+            .output();
+        match stacks {
+            Ok(output) => eprintln!(
+                "---- broker {} threads ----\n{}",
+                self.address(),
+                String::from_utf8_lossy(&output.stdout)
+            ),
+            Err(error) => eprintln!("(no thread stacks: {error})"),
+        }
     }
 }
 
