@@ -197,6 +197,10 @@ impl Log {
             segments.insert(base, segment);
         }
         let first_base = bases.first().copied().unwrap_or(hints.log_start_offset.max(0));
+        // A log created now holds nothing to make durable: no flush (its fsyncs cost a
+        // new topic seconds when the disk is busy, and a crash before the first append
+        // only means an empty segment is created again).
+        let created = segments.is_empty();
         if segments.is_empty() {
             let segment = self.new_segment(first_base).await?;
             segments.insert(first_base, segment);
@@ -217,7 +221,10 @@ impl Log {
         // before a flush succeeds scans the same bytes again, and the next flush (the
         // scheduled one when `flush.ms` or `flush.messages` is set, else the one at
         // shutdown) writes every segment's indexes again.
-        if let Err(error) = self.flush_locked(true).await {
+        if created {
+            let mut state = self.state.borrow_mut();
+            state.recovery_point = state.log_end_offset;
+        } else if let Err(error) = self.flush_locked(true).await {
             if !index_out_of_space(&error) || self.offline_reason().is_some() {
                 return Err(error);
             }
