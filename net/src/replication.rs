@@ -452,7 +452,7 @@ fn topic_name(name: &str) -> kafka_protocol::messages::TopicName {
 fn leader_address(shard: &Shard, id: i32) -> Option<String> {
     let image = shard.metadata();
     image.broker(id).and_then(|b| {
-        let endpoint = b.endpoint("PLAINTEXT").or(b.endpoints.first())?;
+        let endpoint = b.client_endpoint()?;
         Some(format!("{}:{}", endpoint.host, endpoint.port))
     })
 }

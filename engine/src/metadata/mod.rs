@@ -175,6 +175,12 @@ impl BrokerRegistration {
     pub fn endpoint(&self, name: &str) -> Option<&BrokerEndpoint> {
         self.endpoints.iter().find(|e| e.name == name)
     }
+
+    /// The endpoint clients and other brokers connect to: the PLAINTEXT listener, else
+    /// the first one registered.
+    pub fn client_endpoint(&self) -> Option<&BrokerEndpoint> {
+        self.endpoint("PLAINTEXT").or(self.endpoints.first())
+    }
 }
 
 /// One topic as the records so far describe it.

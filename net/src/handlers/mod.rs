@@ -352,7 +352,7 @@ pub(crate) fn cluster_brokers(shard: &crate::shard::Shard) -> Vec<BrokerView> {
     let mut brokers: Vec<BrokerView> = image
         .brokers()
         .filter_map(|b| {
-            let endpoint = b.endpoint("PLAINTEXT").or(b.endpoints.first())?;
+            let endpoint = b.client_endpoint()?;
             Some(BrokerView {
                 id: b.id,
                 host: endpoint.host.clone(),
